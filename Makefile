@@ -1,0 +1,44 @@
+# The two commands of the README:   make demo   (the main job)    make test   (the test suite)
+# Both create .venv on a fresh machine and reuse it afterwards.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.densernet-deps
+DATA    ?= synthetic
+# With a system ROS 2 sourced, use its rclpy (venv sees system site-packages); else the PyPI wheels.
+ifdef ROS_DISTRO
+VENV_FLAGS := --system-site-packages
+EXTRAS     := dev
+else
+VENV_FLAGS :=
+EXTRAS     := ros,dev
+endif
+export AMENT_PREFIX_PATH := $(if $(ROS_DISTRO),$(abspath $(VENV)):$(AMENT_PREFIX_PATH),$(abspath $(VENV)))
+
+.PHONY: venv install weights test demo bench clean
+
+$(STAMP): setup.py
+	test -x $(PY) || python3 -m venv $(VENV_FLAGS) $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check ".[$(EXTRAS)]"
+	touch $@
+
+venv: $(STAMP)
+
+# Reinstall our own package (no deps) so share/ (launch, config, ament marker) matches the tree.
+install: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --force-reinstall .
+
+weights: install
+	$(VENV)/bin/densernet weights fetch
+
+test: weights
+	bash scripts/run_tests.sh $(PY)
+
+demo: weights
+	$(VENV)/bin/densernet-demo --data $(DATA) --out demo_out
+
+bench: weights
+	$(PY) benchmarks/bench_describe.py
+
+clean:
+	rm -rf build install log demo_out *.egg-info

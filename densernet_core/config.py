@@ -1,0 +1,140 @@
+"""Typed configuration for the model, validated on load.
+
+Configuration is data: YAML or JSON maps onto these dataclasses, and every value is
+checked once, here, with a message that names the field and the value at fault.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+# Branch widths (pool3, pool4, pool5) of the reference model zoo. "large" is the paper's model.
+PRESETS: dict[str, tuple[int, int, int]] = {
+    "small": (64, 64, 64),
+    "middle": (128, 128, 128),
+    "large": (384, 256, 512),
+}
+WEIGHT_SOURCES = ("caffe-vgg16", "torchvision", "none")
+# Which preprocessing each backbone weight source was trained with.
+PREPROCESSING_FOR_WEIGHTS = {"caffe-vgg16": "caffe", "torchvision": "torchvision", "none": "torchvision"}
+PREPROCESSINGS = ("caffe", "torchvision")
+# Trainable part of the trunk, by the first torchvision `features` index that trains.
+TRAIN_LAYERS = {"none": 31, "conv5": 24, "conv4": 17, "conv3": 10, "conv2": 5, "full": 0}
+FUSE_STRIDES = (4, 8)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a DenserNet (stored verbatim in each checkpoint)."""
+
+    preset: str = "small"
+    branch_dims: tuple[int, int, int] = PRESETS["small"]
+    fuse_stride: int = 4
+    num_clusters: int = 64
+    pca_dim: int = 4096
+    image_size: tuple[int, int] = (480, 640)  # (height, width) images are resized to
+    train_layers: str = "none"
+    weights: str = "caffe-vgg16"
+    preprocessing: str = "caffe"
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS and self.preset != "custom":
+            raise ConfigError(f"preset {self.preset!r} unknown; choose one of {sorted(PRESETS)} or 'custom'")
+        dims = tuple(self.branch_dims)
+        if len(dims) != 3 or not all(isinstance(d, int) and d > 0 for d in dims):
+            raise ConfigError(f"branch_dims must be three positive integers, got {self.branch_dims!r}")
+        object.__setattr__(self, "branch_dims", dims)
+        if self.fuse_stride not in FUSE_STRIDES:
+            raise ConfigError(f"fuse_stride must be one of {FUSE_STRIDES}, got {self.fuse_stride!r}")
+        if not isinstance(self.num_clusters, int) or self.num_clusters < 2:
+            raise ConfigError(f"num_clusters must be an integer >= 2, got {self.num_clusters!r}")
+        if not isinstance(self.pca_dim, int) or self.pca_dim < 0:
+            raise ConfigError(f"pca_dim must be an integer >= 0 (0 disables PCA), got {self.pca_dim!r}")
+        size = tuple(self.image_size)
+        if len(size) != 2 or not all(isinstance(s, int) and s >= 32 for s in size):
+            raise ConfigError(f"image_size must be [height, width], each an integer >= 32, got {self.image_size!r}")
+        object.__setattr__(self, "image_size", size)
+        if self.train_layers not in TRAIN_LAYERS:
+            raise ConfigError(f"train_layers {self.train_layers!r} unknown; choose one of {list(TRAIN_LAYERS)}")
+        if self.weights not in WEIGHT_SOURCES:
+            raise ConfigError(f"weights {self.weights!r} unknown; choose one of {list(WEIGHT_SOURCES)}")
+        if self.preprocessing not in PREPROCESSINGS:
+            raise ConfigError(f"preprocessing {self.preprocessing!r} unknown; choose one of {list(PREPROCESSINGS)}")
+
+    @property
+    def feature_dim(self) -> int:
+        return sum(self.branch_dims)
+
+    @property
+    def vlad_dim(self) -> int:
+        return self.feature_dim * self.num_clusters
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["branch_dims"] = list(self.branch_dims)
+        data["image_size"] = list(self.image_size)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def dataclass_from_mapping(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    """Build a dataclass from a mapping, rejecting unknown keys by name (typos must not pass silently)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(names)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def model_config(preset: str = "small", **overrides: Any) -> ModelConfig:
+    """A preset's config with the caller's overrides; the preset fixes branch widths unless overridden."""
+    if preset not in PRESETS:
+        raise ConfigError(f"preset {preset!r} unknown; choose one of {sorted(PRESETS)}")
+    weights = overrides.get("weights", "caffe-vgg16")
+    base = {"preset": preset, "branch_dims": PRESETS[preset], "preprocessing": PREPROCESSING_FOR_WEIGHTS.get(weights, "caffe")}
+    base.update(overrides)
+    return dataclass_from_mapping(ModelConfig, base, f"preset {preset!r}")
+
+
+def model_config_from_json(text: str) -> ModelConfig:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"model config is not valid JSON: {exc}") from exc
+    return dataclass_from_mapping(ModelConfig, data, "model config")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data

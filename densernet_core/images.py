@@ -1,0 +1,116 @@
+"""Turning user images (paths, arrays, PIL) into the tensor a backbone expects.
+
+Colour order is explicit everywhere: arrays are RGB unless the caller says BGR, and the
+checkpoint, not the user, decides the normalisation its weights were trained with.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+# Caffe VGG16: BGR, 0-255, minus the ImageNet mean in BGR order.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+# torchvision: RGB, 0-1, minus mean, divided by std.
+TORCHVISION_MEAN_RGB = (0.485, 0.456, 0.406)
+TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
+COLOR_ORDERS = ("rgb", "bgr")
+
+ImageLike = Any  # str | Path | np.ndarray | PIL.Image.Image
+
+
+class ImageError(ValueError):
+    """An image could not be read or has a shape/type we cannot interpret."""
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An RGB uint8 array from a file; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image not found: {path}")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise ImageError(f"cannot decode image {path} (corrupt or not an image)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def to_rgb_uint8(image: ImageLike, color: str = "rgb") -> np.ndarray:
+    """Any supported image as an HxWx3 RGB uint8 array."""
+    if color not in COLOR_ORDERS:
+        raise ImageError(f"color must be one of {COLOR_ORDERS}, got {color!r}")
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if not isinstance(image, np.ndarray):
+        try:
+            from PIL import Image
+        except ImportError:  # pragma: no cover - PIL ships with torchvision
+            Image = None
+        if Image is not None and isinstance(image, Image.Image):
+            return np.asarray(image.convert("RGB"))
+        raise ImageError(f"unsupported image type {type(image).__name__}; pass a path, a numpy array or a PIL image")
+    arr = image
+    if arr.size == 0:
+        raise ImageError(f"empty image (shape {arr.shape})")
+    if arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    elif arr.dtype in (np.float32, np.float64):
+        if arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise ImageError(f"unsupported image dtype {arr.dtype}; expected uint8, uint16 or float")
+    if arr.ndim == 2:
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ImageError(f"unsupported image shape {arr.shape}; expected HxW, HxWx1, HxWx3 or HxWx4")
+    if arr.shape[2] == 1:
+        return np.repeat(arr, 3, axis=2)
+    arr = arr[:, :, :3]
+    return np.ascontiguousarray(arr[:, :, ::-1] if color == "bgr" else arr)
+
+
+def resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to (height, width); area interpolation when shrinking avoids aliasing."""
+    h, w = size
+    if rgb.shape[:2] == (h, w):
+        return rgb
+    shrink = rgb.shape[0] > h or rgb.shape[1] > w
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def normalise(batch_rgb: np.ndarray, preprocessing: str) -> torch.Tensor:
+    """NxHxWx3 RGB uint8 -> Nx3xHxW float tensor in the weights' expected space."""
+    x = torch.from_numpy(np.ascontiguousarray(batch_rgb)).permute(0, 3, 1, 2).float()
+    if preprocessing == "caffe":
+        x = x.flip(1)  # RGB -> BGR
+        mean = torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
+        return x - mean
+    if preprocessing == "torchvision":
+        mean = torch.tensor(TORCHVISION_MEAN_RGB).view(1, 3, 1, 1)
+        std = torch.tensor(TORCHVISION_STD_RGB).view(1, 3, 1, 1)
+        return (x / 255.0 - mean) / std
+    raise ImageError(f"unknown preprocessing {preprocessing!r}")
+
+
+def prepare_batch(images: Sequence[ImageLike], size: tuple[int, int], preprocessing: str,
+                  color: str = "rgb") -> torch.Tensor:
+    return normalise(np.stack([resize(to_rgb_uint8(im, color), size) for im in images]), preprocessing)
+
+
+def list_images(items: Iterable[str | Path]) -> list[Path]:
+    """Expand folders into their image files (sorted); files are kept as given."""
+    exts = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp"}
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in exts))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ImageError(f"no such image or folder: {p}")
+    return out

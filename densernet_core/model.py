@@ -1,0 +1,170 @@
+"""DenserNet: VGG16 maps from three depths fused into one dense map, NetVLAD, PCA whitening.
+
+The model constructor takes a config and reads no files; `build()` loads backbone weights and
+`checkpoint.load_model()` restores a trained model. `describe()` is the one entry point that
+turns images into descriptors, handling colour, resizing, batching, device and precision.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .backbone import TAP_CHANNELS, VGG16Trunk, load_backbone_weights
+from .config import ModelConfig, model_config
+from .images import ImageLike, prepare_batch
+from .netvlad import NetVLAD, kmeans
+from .pca import PCAWhitening, fit_pca_whitening
+
+LOG = logging.getLogger("densernet")
+# The reference fuses pool5, pool4 and pool3 branches in that order; official checkpoints'
+# NetVLAD channels follow it, so we keep it.
+FUSE_ORDER = (2, 1, 0)
+DEFAULT_BATCH = 8
+# Dense descriptors sampled per image for the k-means NetVLAD initialisation (reference: 100).
+DESCRIPTORS_PER_IMAGE = 100
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but CUDA is not available on this machine")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    return torch.device(device)
+
+
+class DenserNet(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.trunk = VGG16Trunk()
+        self.branches = nn.ModuleList(nn.Conv2d(c, d, kernel_size=1) for c, d in zip(TAP_CHANNELS, config.branch_dims))
+        self.netvlad = NetVLAD(config.num_clusters, config.feature_dim)
+        self.pca: PCAWhitening | None = None
+        self.trunk.set_trainable(config.train_layers)
+        # Provenance recorded in the checkpoint; a model used before these are set says so.
+        self.netvlad_init = "random"
+
+    # ---- forward pieces -------------------------------------------------------------------
+    def fuse(self, taps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """1x1-reduce each tap, nearest-upsample to the fuse stride, concatenate.
+
+        The 1x1 conv commutes with nearest upsampling, so reducing first gives the reference's
+        result on fewer pixels.
+        """
+        h3, w3 = taps[0].shape[-2:]
+        scale = 8 // self.config.fuse_stride
+        size = (h3 * scale, w3 * scale)
+        maps = []
+        for i in FUSE_ORDER:
+            y = self.branches[i](taps[i])
+            if y.shape[-2:] != size:
+                y = F.interpolate(y, size=size, mode="nearest")
+            maps.append(y)
+        return torch.cat(maps, dim=1)
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused dense feature map (N x feature_dim x H/stride x W/stride)."""
+        return self.fuse(self.trunk(x))
+
+    def aggregate(self, dense: torch.Tensor) -> torch.Tensor:
+        vlad = self.netvlad(dense.float())
+        return self.pca(vlad) if self.pca is not None else vlad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.aggregate(self.dense(x))
+
+    @property
+    def descriptor_dim(self) -> int:
+        return self.pca.out_dim if self.pca is not None else self.config.vlad_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ---- inference ---------------------------------------------------------------------------
+    def _batches(self, images: Sequence[ImageLike], batch_size: int, color: str, progress: bool
+                 ) -> Iterable[torch.Tensor]:
+        for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="describe", unit="batch"):
+            chunk = images[start:start + batch_size]
+            yield prepare_batch(chunk, self.config.image_size, self.config.preprocessing, color).to(self.device)
+
+    @torch.inference_mode()
+    def describe(self, images: Sequence[ImageLike] | ImageLike, color: str = "rgb", batch_size: int = DEFAULT_BATCH,
+                 return_dense: bool = False, progress: bool = False) -> np.ndarray | tuple[np.ndarray, list[np.ndarray]]:
+        """Global descriptors (N x D float32, unit L2 norm) for paths, arrays (`color` order) or PIL images.
+
+        With `return_dense`, also the fused dense maps (one C x h x w float32 array per image),
+        for local matching downstream.
+        """
+        if isinstance(images, (str, np.ndarray)) or not isinstance(images, Sequence):
+            images = [images]
+        was_training = self.training
+        self.eval()
+        use_amp = self.device.type == "cuda"
+        out, dense_out = [], []
+        try:
+            for x in self._batches(images, batch_size, color, progress):
+                with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+                    dense = self.dense(x)
+                out.append(self.aggregate(dense).float().cpu())
+                if return_dense:
+                    dense_out.extend(d.float().cpu().numpy() for d in dense)
+        finally:
+            self.train(was_training)
+        desc = torch.cat(out).numpy() if out else np.zeros((0, self.descriptor_dim), np.float32)
+        return (desc, dense_out) if return_dense else desc
+
+    # ---- data-driven initialisation ------------------------------------------------------
+    @torch.inference_mode()
+    def sample_dense_descriptors(self, images: Sequence[ImageLike], per_image: int = DESCRIPTORS_PER_IMAGE,
+                                 seed: int = 0, batch_size: int = DEFAULT_BATCH, progress: bool = False) -> np.ndarray:
+        """L2-normalised dense descriptors sampled from each image (k-means input, as the reference)."""
+        rng = np.random.default_rng(seed)
+        self.eval()
+        samples = []
+        for x in self._batches(images, batch_size, "rgb", progress):
+            dense = F.normalize(self.dense(x).float(), p=2, dim=1)
+            flat = dense.flatten(2).transpose(1, 2).cpu().numpy()  # N, HW, C
+            for d in flat:
+                pick = rng.choice(d.shape[0], size=min(per_image, d.shape[0]), replace=False)
+                samples.append(d[pick])
+        return np.concatenate(samples).astype(np.float32)
+
+    def init_netvlad(self, images: Sequence[ImageLike], per_image: int = DESCRIPTORS_PER_IMAGE, seed: int = 0,
+                     iterations: int = 100, progress: bool = False) -> float:
+        """k-means over dense descriptors -> NetVLAD centroids and assignment weights. Returns alpha."""
+        descs = self.sample_dense_descriptors(images, per_image, seed, progress=progress)
+        centroids = kmeans(descs, self.config.num_clusters, iterations=iterations, seed=seed)
+        alpha = self.netvlad.init_from_clusters(centroids, descs)
+        self.netvlad_init = "kmeans"
+        return alpha
+
+    @torch.inference_mode()
+    def fit_pca(self, images: Sequence[ImageLike], batch_size: int = DEFAULT_BATCH, progress: bool = False) -> int:
+        """Fit PCA whitening on these images' VLAD descriptors. Returns the output dimension."""
+        if self.config.pca_dim == 0:
+            self.pca = None
+            return self.config.vlad_dim
+        self.pca = None
+        vlads = self.describe(images, batch_size=batch_size, progress=progress)
+        self.pca = fit_pca_whitening(vlads, self.config.pca_dim).to(self.device)
+        return self.pca.out_dim
+
+
+def build(preset: str = "small", weights: str = "caffe-vgg16", device: str = "cpu", **overrides) -> DenserNet:
+    """A fresh model from a preset with ImageNet trunk weights (NetVLAD/PCA not yet initialised)."""
+    return build_from_config(model_config(preset, weights=weights, **overrides), device)
+
+
+def build_from_config(config: ModelConfig, device: str = "cpu") -> DenserNet:
+    model = DenserNet(config)
+    load_backbone_weights(model.trunk, config.weights)
+    return model.to(resolve_device(device))

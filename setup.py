@@ -1,0 +1,60 @@
+"""densernet_ros: one ament_python package holding the ROS-free core and the ROS 2 node.
+
+`colcon build` and a plain `pip install .` into a venv both install the ament index marker,
+package.xml, the launch file and the config under share/, so `ros2 launch` and
+`ament_index_python` find the package either way.
+"""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "densernet_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="DenserNet visual place recognition and localization for ROS 2",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["densernet_core", "densernet_core.*", "densernet_ros", "densernet_ros.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+    ],
+    install_requires=[
+        "setuptools",
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "faiss-cpu>=1.8",
+        "opencv-python-headless>=4.8",
+        "numpy>=1.24",
+        "pyyaml>=6",
+        "scipy>=1.10",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+        "onnx>=1.15",
+        "safetensors>=0.4",
+        "rosbags>=0.10",
+        "rosbags-image>=0.9",
+        "scikit-image>=0.22",
+    ],
+    extras_require={
+        # ROS 2 (Kilted) from PyPI wheels, for machines without a system ROS 2 install.
+        "ros": ["ros-rclpy", "ros-sensor-msgs", "ros-geometry-msgs", "ros-std-msgs", "ros-nav-msgs",
+                "ros-diagnostic-msgs", "ros-rmw-fastrtps-cpp"],
+        "dev": ["pytest>=7", "onnxruntime>=1.17", "colcon-common-extensions"],
+    },
+    zip_safe=True,
+    entry_points={
+        "console_scripts": [
+            "densernet = densernet_core.cli:main",
+            "densernet-map = densernet_core.map_cli:main",
+            "densernet-localize = densernet_core.localize_cli:main",
+            "densernet-demo = densernet_core.demo.run:main",
+            "localize_node = densernet_ros.node:main",
+            "densernet-node = densernet_ros.node:main",
+        ],
+    },
+)

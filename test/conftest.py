@@ -1,0 +1,64 @@
+"""Shared fixtures: the real data folder (skipped when absent) and small generated images."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DENSERNET_SHARED_DATA", ROOT.parent / "shared" / "data"))
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def gardens_point() -> Path:
+    path = SHARED_DATA / "gardens_point"
+    if not (path / "day_left").is_dir():
+        pytest.skip(f"Gardens Point data not found at {path} (needs ../shared/data beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def kitti() -> Path:
+    path = SHARED_DATA / "kitti_vo_seq1"
+    if not (path / "poses.txt").is_file():
+        pytest.skip(f"KITTI snippet not found at {path} (needs ../shared/data beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def caffe_weights_ready() -> None:
+    from densernet_core.weights import CAFFE_WEIGHTS_FILE, cache_dir
+
+    if not (cache_dir() / CAFFE_WEIGHTS_FILE).is_file():
+        pytest.fail("Caffe VGG16 weights are not prepared; the test command runs `densernet weights fetch` first")
+
+
+def random_images(n: int, h: int = 64, w: int = 80, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)
+    out = []
+    for i in range(n):
+        img = np.kron(base, np.ones((8, 8, 1), dtype=np.uint8))
+        img = np.roll(img, i * 3, axis=1)
+        noise = rng.integers(0, 40, img.shape, dtype=np.uint8)
+        out.append(np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A small random-weights model with NetVLAD and PCA initialised (fast, deterministic)."""
+    import torch
+
+    from densernet_core.model import build
+
+    torch.manual_seed(0)
+    model = build("small", weights="none", image_size=(64, 80), num_clusters=8, pca_dim=16)
+    imgs = random_images(24)
+    model.init_netvlad(imgs, per_image=20, iterations=10)
+    model.fit_pca(imgs)
+    return model
