@@ -1,0 +1,319 @@
+"""Geo-tagged image sets: image paths with metric positions, optional orientation and time.
+
+One interface (`GeoImages`) for every source: a folder plus a CSV, index-aligned traverses
+(Gardens Point style, frame index as position), KITTI pose files and rosbag2 recordings.
+Bad rows and missing images raise an error naming the file and line unless the caller asks
+to skip them, and then each skip is logged; nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+LOG = logging.getLogger("densernet")
+IDENTITY_QUAT = (0.0, 0.0, 0.0, 1.0)  # x, y, z, w
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, malformed or refers to missing images."""
+
+
+@dataclass
+class GeoImages:
+    """Images with positions in metres (N x 3), quaternions xyzw (N x 4) and timestamps (s)."""
+
+    images: list[Path]
+    positions: np.ndarray
+    orientations: np.ndarray
+    timestamps: np.ndarray
+    source: str = ""
+    has_orientation: bool = False
+    frame_id: str = "map"
+    names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        self.positions = np.asarray(self.positions, dtype=np.float64).reshape(n, 3)
+        self.orientations = np.asarray(self.orientations, dtype=np.float64).reshape(n, 4)
+        self.timestamps = np.asarray(self.timestamps, dtype=np.float64).reshape(n)
+        if not self.names:
+            self.names = [p.name for p in self.images]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, idx: Sequence[int]) -> "GeoImages":
+        idx = list(idx)
+        return GeoImages([self.images[i] for i in idx], self.positions[idx], self.orientations[idx],
+                         self.timestamps[idx], self.source, self.has_orientation, self.frame_id,
+                         [self.names[i] for i in idx])
+
+
+# ---- geometry helpers -----------------------------------------------------------------------
+def yaw_to_quat(yaw: float) -> tuple[float, float, float, float]:
+    return (0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2))
+
+
+def quat_to_yaw(q: np.ndarray) -> np.ndarray:
+    q = np.asarray(q, dtype=np.float64)
+    x, y, z, w = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    return np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+
+
+def rotation_to_quat(r: np.ndarray) -> tuple[float, float, float, float]:
+    """3x3 rotation matrix -> quaternion (x, y, z, w)."""
+    from scipy.spatial.transform import Rotation
+
+    x, y, z, w = Rotation.from_matrix(r).as_quat()
+    return (float(x), float(y), float(z), float(w))
+
+
+def latlon_to_utm(lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """WGS84 to UTM easting/northing (m) in the zone of the first point (Snyder's series)."""
+    lat, lon = np.asarray(lat, float), np.asarray(lon, float)
+    if np.any(np.abs(lat) > 84) or np.any(np.abs(lon) > 180):
+        raise DatasetError("latitude must be within +-84 and longitude within +-180 degrees for UTM")
+    zone = int((lon[0] + 180) // 6) + 1
+    a, f, k0 = 6378137.0, 1 / 298.257223563, 0.9996
+    e2 = f * (2 - f)
+    ep2 = e2 / (1 - e2)
+    phi, lam = np.radians(lat), np.radians(lon)
+    lam0 = math.radians((zone - 1) * 6 - 180 + 3)
+    n = a / np.sqrt(1 - e2 * np.sin(phi) ** 2)
+    t = np.tan(phi) ** 2
+    c = ep2 * np.cos(phi) ** 2
+    aa = np.cos(phi) * (lam - lam0)
+    m = a * ((1 - e2 / 4 - 3 * e2 ** 2 / 64 - 5 * e2 ** 3 / 256) * phi
+             - (3 * e2 / 8 + 3 * e2 ** 2 / 32 + 45 * e2 ** 3 / 1024) * np.sin(2 * phi)
+             + (15 * e2 ** 2 / 256 + 45 * e2 ** 3 / 1024) * np.sin(4 * phi)
+             - (35 * e2 ** 3 / 3072) * np.sin(6 * phi))
+    east = k0 * n * (aa + (1 - t + c) * aa ** 3 / 6 + (5 - 18 * t + t ** 2 + 72 * c - 58 * ep2) * aa ** 5 / 120) + 500000.0
+    north = k0 * (m + n * np.tan(phi) * (aa ** 2 / 2 + (5 - t + 9 * c + 4 * c ** 2) * aa ** 4 / 24
+                                         + (61 - 58 * t + t ** 2 + 600 * c - 330 * ep2) * aa ** 6 / 720))
+    north = np.where(lat < 0, north + 10000000.0, north)
+    return east, north, zone
+
+
+# ---- loaders ----------------------------------------------------------------------------------
+def _float(row: dict, key: str, where: str) -> float:
+    try:
+        value = float(row[key])
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}: column {key!r} is {row.get(key)!r}, not a number") from None
+    if not math.isfinite(value):
+        raise DatasetError(f"{where}: column {key!r} is not finite ({value})")
+    return value
+
+
+def load_csv(csv_path: str | Path, image_root: str | Path | None = None, skip_bad: bool = False,
+             frame_id: str = "map") -> GeoImages:
+    """`image,x,y[,z][,yaw | qx,qy,qz,qw][,timestamp]` or `image,lat,lon[,alt]...` (converted to UTM)."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DatasetError(f"poses CSV not found: {csv_path}")
+    root = Path(image_root) if image_root else csv_path.parent
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = set(reader.fieldnames or [])
+        geo = {"lat", "lon"} <= cols
+        if "image" not in cols or not (geo or {"x", "y"} <= cols):
+            raise DatasetError(f"{csv_path}: header must have 'image' and 'x,y' or 'lat,lon'; got {reader.fieldnames}")
+        quat = {"qx", "qy", "qz", "qw"} <= cols
+        rows, images, pos, ori, stamps = [], [], [], [], []
+        for line, row in enumerate(reader, start=2):
+            where = f"{csv_path}:{line}"
+            try:
+                img = root / row["image"]
+                if not img.is_file():
+                    raise DatasetError(f"{where}: image {img} not found")
+                a, b = (_float(row, "lat", where), _float(row, "lon", where)) if geo else \
+                    (_float(row, "x", where), _float(row, "y", where))
+                z = _float(row, "alt" if geo else "z", where) if (("alt" if geo else "z") in cols and row.get("alt" if geo else "z")) else 0.0
+                if quat:
+                    q = tuple(_float(row, k, where) for k in ("qx", "qy", "qz", "qw"))
+                    norm = math.sqrt(sum(v * v for v in q))
+                    if norm < 1e-9:
+                        raise DatasetError(f"{where}: zero quaternion")
+                    q = tuple(v / norm for v in q)
+                elif "yaw" in cols and row.get("yaw"):
+                    q = yaw_to_quat(_float(row, "yaw", where))
+                else:
+                    q = IDENTITY_QUAT
+                t = _float(row, "timestamp", where) if ("timestamp" in cols and row.get("timestamp")) else float(line - 2)
+            except DatasetError as exc:
+                if not skip_bad:
+                    raise
+                LOG.warning("skipping row: %s", exc)
+                continue
+            images.append(img)
+            pos.append((a, b, z))
+            ori.append(q)
+            stamps.append(t)
+    if not images:
+        raise DatasetError(f"{csv_path}: no usable rows")
+    pos = np.array(pos)
+    if geo:
+        east, north, zone = latlon_to_utm(pos[:, 0], pos[:, 1])
+        LOG.info("%s: lat/lon converted to UTM zone %d", csv_path, zone)
+        pos = np.stack([east, north, pos[:, 2]], axis=1)
+    return GeoImages(images, pos, np.array(ori), np.array(stamps), str(csv_path),
+                     has_orientation=quat or "yaw" in cols, frame_id=frame_id)
+
+
+def load_traverse(folder: str | Path, frames: Sequence[int] | None = None, spacing: float = 1.0,
+                  pattern: str = "Image{:03d}.jpg") -> GeoImages:
+    """Index-aligned traverse (Gardens Point, Nordland): same index = same place; x = index * spacing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"traverse folder not found: {folder}")
+    if frames is None:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".png", ".jpeg"))
+        frames = list(range(len(files)))
+        images = files
+    else:
+        images = [folder / pattern.format(i) for i in frames]
+        missing = [str(p) for p in images if not p.is_file()]
+        if missing:
+            raise DatasetError(f"{folder}: missing frames {missing[:3]}{'...' if len(missing) > 3 else ''}")
+    n = len(images)
+    pos = np.zeros((n, 3))
+    pos[:, 0] = np.asarray(frames, float) * spacing
+    return GeoImages(list(images), pos, np.tile(IDENTITY_QUAT, (n, 1)), np.asarray(frames, float), str(folder))
+
+
+def load_kitti(folder: str | Path, frames: Sequence[int] | None = None) -> GeoImages:
+    """KITTI odometry: image_l/NNNNNN.png and poses.txt (camera-to-world 3x4 per line)."""
+    folder = Path(folder)
+    poses_file = folder / "poses.txt"
+    if not poses_file.is_file():
+        raise DatasetError(f"KITTI poses not found: {poses_file}")
+    poses = []
+    for line, text in enumerate(poses_file.read_text().splitlines(), start=1):
+        values = text.split()
+        if len(values) != 12:
+            raise DatasetError(f"{poses_file}:{line}: expected 12 numbers, got {len(values)}")
+        poses.append(np.array(values, float).reshape(3, 4))
+    frames = list(range(len(poses))) if frames is None else list(frames)
+    images = [folder / "image_l" / f"{i:06d}.png" for i in frames]
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        raise DatasetError(f"{folder}: missing images {missing[:3]}")
+    pos = np.array([poses[i][:, 3] for i in frames])
+    ori = np.array([rotation_to_quat(poses[i][:, :3]) for i in frames])
+    return GeoImages(images, pos, ori, np.asarray(frames, float) * 0.1, str(folder), has_orientation=True)
+
+
+# ---- rosbag2 ------------------------------------------------------------------------------------
+POSE_TYPES = ("nav_msgs/msg/Odometry", "geometry_msgs/msg/PoseStamped",
+              "geometry_msgs/msg/PoseWithCovarianceStamped", "sensor_msgs/msg/NavSatFix")
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+def _stamp(msg) -> float:
+    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+
+
+def _pose_of(msg, msgtype: str) -> tuple[tuple[float, float, float], tuple[float, float, float, float] | None, str]:
+    if msgtype == "sensor_msgs/msg/NavSatFix":
+        return (msg.latitude, msg.longitude, msg.altitude), None, msg.header.frame_id
+    pose = msg.pose.pose if msgtype in ("nav_msgs/msg/Odometry", "geometry_msgs/msg/PoseWithCovarianceStamped") else msg.pose
+    p, q = pose.position, pose.orientation
+    return (p.x, p.y, p.z), (q.x, q.y, q.z, q.w), msg.header.frame_id
+
+
+def load_rosbag(bag: str | Path, image_topic: str, pose_topic: str, out_dir: str | Path,
+                max_dt: float = 0.1, every: int = 1) -> GeoImages:
+    """Images from a rosbag2 recording with the pose nearest in time (within `max_dt` s).
+
+    Frames are written to `out_dir` as JPEG/PNG so the map keeps what it was built from.
+    """
+    import cv2
+    from rosbags.highlevel import AnyReader
+
+    bag, out_dir = Path(bag), Path(out_dir)
+    if not bag.exists():
+        raise DatasetError(f"rosbag not found: {bag}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        reader_cm = AnyReader([bag])
+        reader = reader_cm.__enter__()
+    except Exception as exc:
+        raise DatasetError(f"{bag}: cannot open as a rosbag2: {exc}") from exc
+    try:
+        by_topic = {c.topic: c for c in reader.connections}
+        for topic, kinds, what in ((image_topic, IMAGE_TYPES, "image"), (pose_topic, POSE_TYPES, "pose")):
+            if topic not in by_topic:
+                raise DatasetError(f"{bag}: no topic {topic!r}; topics are {sorted(by_topic)}")
+            if by_topic[topic].msgtype not in kinds:
+                raise DatasetError(f"{bag}: {what} topic {topic!r} has type {by_topic[topic].msgtype}, expected one of {kinds}")
+        pose_conn, img_conn = by_topic[pose_topic], by_topic[image_topic]
+        pose_t, pose_p, pose_q, frame = [], [], [], "map"
+        for conn, _, raw in reader.messages(connections=[pose_conn]):
+            msg = reader.deserialize(raw, conn.msgtype)
+            p, q, frame = _pose_of(msg, conn.msgtype)
+            pose_t.append(_stamp(msg))
+            pose_p.append(p)
+            pose_q.append(q if q is not None else IDENTITY_QUAT)
+        if not pose_t:
+            raise DatasetError(f"{bag}: pose topic {pose_topic!r} has no messages")
+        pose_t = np.array(pose_t)
+        order = np.argsort(pose_t)
+        pose_t, pose_p, pose_q = pose_t[order], np.array(pose_p)[order], np.array(pose_q)[order]
+        if pose_conn.msgtype == "sensor_msgs/msg/NavSatFix":
+            east, north, _ = latlon_to_utm(pose_p[:, 0], pose_p[:, 1])
+            pose_p = np.stack([east, north, pose_p[:, 2]], axis=1)
+        images, pos, ori, stamps, unmatched = [], [], [], [], 0
+        from rosbags.image import compressed_image_to_cvimage, message_to_cvimage
+
+        for k, (conn, _, raw) in enumerate(reader.messages(connections=[img_conn])):
+            if k % every:
+                continue
+            msg = reader.deserialize(raw, conn.msgtype)
+            t = _stamp(msg)
+            j = int(np.clip(np.searchsorted(pose_t, t), 1, len(pose_t) - 1)) if len(pose_t) > 1 else 0
+            if len(pose_t) > 1 and abs(pose_t[j - 1] - t) < abs(pose_t[j] - t):
+                j -= 1
+            if abs(pose_t[j] - t) > max_dt:
+                unmatched += 1
+                continue
+            try:
+                img = compressed_image_to_cvimage(msg, "bgr8") if conn.msgtype.endswith("CompressedImage") \
+                    else message_to_cvimage(msg, "bgr8")
+            except Exception as exc:
+                raise DatasetError(f"{bag}: image {k} on {image_topic} cannot be decoded: {exc}") from exc
+            path = out_dir / f"{k:06d}.png"
+            cv2.imwrite(str(path), img)
+            images.append(path)
+            pos.append(pose_p[j])
+            ori.append(pose_q[j])
+            stamps.append(t)
+    finally:
+        reader_cm.__exit__(None, None, None)
+    if unmatched:
+        LOG.warning("%s: %d image(s) had no pose within %.3f s and were not used", bag, unmatched, max_dt)
+    if not images:
+        raise DatasetError(f"{bag}: no image on {image_topic!r} has a pose within {max_dt} s")
+    return GeoImages(images, np.array(pos), np.array(ori), np.array(stamps), str(bag),
+                     has_orientation=pose_conn.msgtype != "sensor_msgs/msg/NavSatFix", frame_id=frame or "map")
+
+
+def thin(data: GeoImages, min_distance: float, min_angle_deg: float) -> GeoImages:
+    """Keep a frame when it moved at least `min_distance` or turned `min_angle_deg` since the last kept one."""
+    if min_distance <= 0 and min_angle_deg <= 0:
+        return data
+    yaws = quat_to_yaw(data.orientations)
+    keep = [0]
+    for i in range(1, len(data)):
+        j = keep[-1]
+        moved = np.linalg.norm(data.positions[i] - data.positions[j])
+        turned = abs(math.degrees(math.atan2(math.sin(yaws[i] - yaws[j]), math.cos(yaws[i] - yaws[j]))))
+        if moved >= min_distance or (min_angle_deg > 0 and turned >= min_angle_deg):
+            keep.append(i)
+    LOG.info("thinning kept %d of %d frames", len(keep), len(data))
+    return data.subset(keep)

@@ -1,0 +1,66 @@
+"""Model + map + pose estimator: one image in, one pose estimate out (used by CLI, node and demo)."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import checkpoint_hash, load_model
+from .placemap import MapError, PlaceMap
+from .pose import PoseEstimate, PoseEstimatorConfig, estimate_pose
+
+LOG = logging.getLogger("densernet")
+
+
+@dataclass
+class Localization:
+    estimate: PoseEstimate
+    ids: np.ndarray      # top-k place ids
+    scores: np.ndarray   # their similarities
+    describe_s: float    # inference time
+    total_s: float       # inference + search + pose
+
+
+class Localizer:
+    def __init__(self, model, place_map: PlaceMap, estimator: PoseEstimatorConfig = PoseEstimatorConfig(),
+                 top_k: int = 10) -> None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        self.model, self.map, self.estimator, self.top_k = model, place_map, estimator, top_k
+
+    @classmethod
+    def from_paths(cls, map_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
+                   image_size: tuple[int, int] | None = None, estimator: PoseEstimatorConfig = PoseEstimatorConfig(),
+                   top_k: int = 10) -> "Localizer":
+        place_map = PlaceMap.load(map_dir)
+        ckpt = Path(checkpoint) if checkpoint else Path(place_map.manifest.checkpoint)
+        if not ckpt.is_absolute() and not ckpt.is_file():
+            ckpt = Path(map_dir) / ckpt
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+        map_size = tuple(place_map.manifest.model_config.get("image_size", ()))
+        if image_size is not None and tuple(image_size) != map_size:
+            raise MapError(f"image size {tuple(image_size)} differs from the map's {map_size}; "
+                           "descriptors at other resolutions are not comparable")
+        model = load_model(ckpt, device=device, image_size=map_size or None)
+        place_map.check_model(model.descriptor_dim, checkpoint_hash(ckpt))
+        return cls(model, place_map, estimator, top_k)
+
+    def localize_descriptor(self, descriptor: np.ndarray) -> tuple[PoseEstimate, np.ndarray, np.ndarray]:
+        scores, ids = self.map.search(descriptor, self.top_k)
+        ids, scores = ids[0], scores[0]
+        valid = ids >= 0
+        places = self.map.places
+        est = estimate_pose(ids[valid], scores[valid], places.positions[ids[valid]], places.orientations[ids[valid]],
+                            self.estimator)
+        return est, ids[valid], scores[valid]
+
+    def localize(self, image, color: str = "rgb") -> Localization:
+        t0 = time.perf_counter()
+        desc = self.model.describe([image], color=color)
+        t1 = time.perf_counter()
+        est, ids, scores = self.localize_descriptor(desc)
+        return Localization(est, ids, scores, t1 - t0, time.perf_counter() - t0)

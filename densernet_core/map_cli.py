@@ -1,0 +1,113 @@
+"""`densernet-map`: build a place map from a recorded route, inspect it, append a traverse."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .cli import run_cli, setup_logging
+from .datasets import GeoImages, load_csv, load_kitti, load_rosbag, load_traverse, thin
+from .index import INDEX_TYPES
+from .placemap import DTYPES, PlaceMap, add_to_map, build_map
+
+LOG = logging.getLogger("densernet")
+
+
+def load_route(args: argparse.Namespace, out_dir: Path) -> GeoImages:
+    """The route to map, from exactly one of: --poses CSV, --bag, --traverse, --kitti."""
+    given = [x for x in ("poses", "bag", "traverse", "kitti") if getattr(args, x)]
+    if len(given) != 1:
+        raise ValueError("give exactly one route source: --poses CSV, --bag BAG, --traverse DIR or --kitti DIR")
+    if args.poses:
+        data = load_csv(args.poses, args.images, skip_bad=args.skip_bad, frame_id=args.frame_id)
+    elif args.bag:
+        if not (args.image_topic and args.pose_topic):
+            raise ValueError("--bag needs --image-topic and --pose-topic")
+        data = load_rosbag(args.bag, args.image_topic, args.pose_topic, out_dir / "images", args.max_dt)
+    elif args.traverse:
+        data = load_traverse(args.traverse, spacing=args.spacing)
+    else:
+        data = load_kitti(args.kitti)
+    if args.every > 1:
+        data = data.subset(range(0, len(data), args.every))
+    return thin(data, args.min_distance, args.min_angle)
+
+
+def _model(args: argparse.Namespace):
+    from .checkpoint import checkpoint_hash, load_model
+
+    image_size = tuple(args.image_size) if args.image_size else None
+    return load_model(args.checkpoint, device=args.device, image_size=image_size), checkpoint_hash(args.checkpoint)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    data = load_route(args, out)
+    model, sha = _model(args)
+    pmap = build_map(model, Path(args.checkpoint).resolve(), sha, data, out, args.index, args.dtype)
+    print(pmap.info())
+    return 0
+
+
+def _cmd_add(args: argparse.Namespace) -> int:
+    data = load_route(args, Path(args.map))
+    model, sha = _model(args)
+    print(add_to_map(args.map, model, sha, data).info())
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    print(PlaceMap.load(args.map).info())
+    return 0
+
+
+def _route_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--poses", help="CSV: image,x,y[,z][,yaw|qx,qy,qz,qw][,timestamp] or image,lat,lon,...")
+    p.add_argument("--images", help="folder the CSV's image paths are relative to (default: the CSV's folder)")
+    p.add_argument("--skip-bad", action="store_true", help="skip bad CSV rows with a warning instead of failing")
+    p.add_argument("--bag", help="rosbag2 recording")
+    p.add_argument("--image-topic")
+    p.add_argument("--pose-topic", help="nav_msgs/Odometry, PoseStamped, PoseWithCovarianceStamped or NavSatFix")
+    p.add_argument("--max-dt", type=float, default=0.1, help="max image/pose time difference (s)")
+    p.add_argument("--traverse", help="index-aligned image folder (frame index as position)")
+    p.add_argument("--spacing", type=float, default=1.0, help="distance between traverse frames")
+    p.add_argument("--kitti", help="KITTI odometry folder (image_l/, poses.txt)")
+    p.add_argument("--every", type=int, default=1, help="use every n-th frame")
+    p.add_argument("--min-distance", type=float, default=0.0, help="thinning: skip frames closer than this")
+    p.add_argument("--min-angle", type=float, default=0.0, help="thinning: ...unless turned this many degrees")
+    p.add_argument("--frame-id", default="map")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
+    p.add_argument("--device", default="auto")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="densernet-map", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build a map (resumes an interrupted build)")
+    b.add_argument("--out", required=True)
+    b.add_argument("--index", choices=INDEX_TYPES, default="flat")
+    b.add_argument("--dtype", choices=DTYPES, default="float32")
+    _route_args(b)
+    b.set_defaults(func=_cmd_build)
+    a = sub.add_parser("add", help="append a traverse to a map")
+    a.add_argument("map")
+    _route_args(a)
+    a.set_defaults(func=_cmd_add)
+    i = sub.add_parser("info", help="what is in a map")
+    i.add_argument("map")
+    i.set_defaults(func=_cmd_info)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.verbose)
+    return run_cli(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

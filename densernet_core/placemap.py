@@ -1,0 +1,236 @@
+"""A map of places: a folder a user can copy to a robot.
+
+    manifest.json     format version, model config, checkpoint sha256, descriptor dim, places, frame, ...
+    descriptors.npy   N x D float32 or float16 (no pickle)
+    index.faiss       FAISS index over the descriptors
+    places.csv        id,image,x,y,z,qx,qy,qz,qw,timestamp,source
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .datasets import GeoImages
+from .index import INDEX_TYPES, build_index, load_index, save_index, to_gpu_if_available
+
+LOG = logging.getLogger("densernet")
+FORMAT_VERSION = 1
+MANIFEST, DESCRIPTORS, INDEX, PLACES, PARTIAL = "manifest.json", "descriptors.npy", "index.faiss", "places.csv", ".partial"
+PLACE_FIELDS = ["id", "image", "x", "y", "z", "qx", "qy", "qz", "qw", "timestamp", "source"]
+DTYPES = ("float32", "float16")
+CHUNK = 32  # images per resumable extraction chunk
+
+
+class MapError(ValueError):
+    """A map folder is missing, corrupt, or does not belong to the model in use."""
+
+
+@dataclass
+class Manifest:
+    format_version: int
+    model_config: dict
+    checkpoint_sha256: str
+    checkpoint: str
+    descriptor_dim: int
+    num_places: int
+    frame_id: str
+    created: str
+    index_type: str
+    dtype: str
+
+
+class PlaceMap:
+    def __init__(self, manifest: Manifest, descriptors: np.ndarray, places: GeoImages, index=None) -> None:
+        self.manifest = manifest
+        self.descriptors = descriptors
+        self.places = places
+        self.index = index if index is not None else build_index(descriptors.astype(np.float32), manifest.index_type)
+        self._search_index = to_gpu_if_available(self.index)
+
+    def __len__(self) -> int:
+        return len(self.places)
+
+    # ---- io -------------------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / DESCRIPTORS, self.descriptors.astype(self.manifest.dtype), allow_pickle=False)
+        save_index(self.index, folder / INDEX)
+        with open(folder / PLACES, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(PLACE_FIELDS)
+            for i in range(len(self.places)):
+                img = self.places.images[i]
+                try:
+                    img = img.relative_to(folder)
+                except ValueError:
+                    pass
+                w.writerow([i, str(img), *self.places.positions[i], *self.places.orientations[i],
+                            f"{self.places.timestamps[i]:.9f}", self.places.source])
+        (folder / MANIFEST).write_text(json.dumps(asdict(self.manifest), indent=2))  # last: marks the map complete
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "PlaceMap":
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise MapError(f"map folder not found: {folder}")
+        for name in (MANIFEST, DESCRIPTORS, INDEX, PLACES):
+            if not (folder / name).is_file():
+                raise MapError(f"map {folder} is incomplete: {name} missing")
+        try:
+            raw = json.loads((folder / MANIFEST).read_text())
+            manifest = Manifest(**raw)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise MapError(f"{folder / MANIFEST}: corrupt manifest ({exc})") from exc
+        if manifest.format_version != FORMAT_VERSION:
+            raise MapError(f"{folder}: map format {manifest.format_version}, this densernet reads {FORMAT_VERSION}")
+        try:
+            desc = np.load(folder / DESCRIPTORS, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise MapError(f"{folder / DESCRIPTORS}: corrupt descriptors ({exc})") from exc
+        if desc.ndim != 2 or desc.shape != (manifest.num_places, manifest.descriptor_dim):
+            raise MapError(f"{folder / DESCRIPTORS}: shape {desc.shape}, manifest says "
+                           f"({manifest.num_places}, {manifest.descriptor_dim})")
+        places = read_places(folder / PLACES, folder, manifest.frame_id)
+        if len(places) != manifest.num_places:
+            raise MapError(f"{folder / PLACES}: {len(places)} places, manifest says {manifest.num_places}")
+        try:
+            index = load_index(folder / INDEX)
+        except ValueError as exc:
+            raise MapError(str(exc)) from exc
+        if index.ntotal != manifest.num_places or index.d != manifest.descriptor_dim:
+            raise MapError(f"{folder / INDEX}: {index.ntotal} vectors of dim {index.d}, manifest says "
+                           f"{manifest.num_places} of dim {manifest.descriptor_dim}")
+        return cls(manifest, desc.astype(np.float32), places, index)
+
+    # ---- use ------------------------------------------------------------------------------------
+    def check_model(self, descriptor_dim: int, checkpoint_sha256: str | None = None) -> None:
+        """Refuse to compare descriptors from another model: dimension and checkpoint hash must match."""
+        if descriptor_dim != self.manifest.descriptor_dim:
+            raise MapError(f"descriptor size mismatch: the model gives {descriptor_dim}-D descriptors, the map holds "
+                           f"{self.manifest.descriptor_dim}-D (built with checkpoint {self.manifest.checkpoint})")
+        if checkpoint_sha256 is not None and checkpoint_sha256 != self.manifest.checkpoint_sha256:
+            raise MapError(f"checkpoint mismatch: the map was built with checkpoint sha256 "
+                           f"{self.manifest.checkpoint_sha256[:12]}… ({self.manifest.checkpoint}), the model in use "
+                           f"has {checkpoint_sha256[:12]}…; rebuild the map or use that checkpoint")
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if q.shape[1] != self.manifest.descriptor_dim:
+            raise MapError(f"query descriptors have dimension {q.shape[1]}, the map {self.manifest.descriptor_dim}")
+        return self._search_index.search(q, min(k, len(self)))
+
+    def info(self) -> str:
+        m = self.manifest
+        pos = self.places.positions
+        extent = pos.max(0) - pos.min(0)
+        return "\n".join([
+            f"places: {m.num_places}   descriptor: {m.descriptor_dim}-D {m.dtype}   index: {m.index_type}",
+            f"frame: {m.frame_id}   extent: {extent[0]:.1f} x {extent[1]:.1f} x {extent[2]:.1f}",
+            f"model: preset {m.model_config.get('preset')}, image {m.model_config.get('image_size')}, "
+            f"weights {m.model_config.get('weights')}",
+            f"checkpoint: {m.checkpoint} (sha256 {m.checkpoint_sha256[:16]}…)",
+            f"created: {m.created}   sources: {sorted(set(self.places.source.split(';')))}",
+        ])
+
+
+def read_places(path: Path, folder: Path, frame_id: str) -> GeoImages:
+    images, pos, ori, stamps, sources = [], [], [], [], []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != PLACE_FIELDS:
+            raise MapError(f"{path}: header {reader.fieldnames}, expected {PLACE_FIELDS}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                if int(row["id"]) != line - 2:
+                    raise ValueError(f"id {row['id']} out of order")
+                pos.append([float(row[k]) for k in ("x", "y", "z")])
+                ori.append([float(row[k]) for k in ("qx", "qy", "qz", "qw")])
+                stamps.append(float(row["timestamp"]))
+            except (TypeError, ValueError) as exc:
+                raise MapError(f"{path}:{line}: bad row ({exc})") from exc
+            img = Path(row["image"])
+            images.append(img if img.is_absolute() else folder / img)
+            sources.append(row["source"])
+    source = ";".join(dict.fromkeys(sources))
+    return GeoImages(images, np.array(pos).reshape(-1, 3), np.array(ori).reshape(-1, 4), np.array(stamps),
+                     source, True, frame_id)
+
+
+def _describe_resumable(model, images: list[Path], work: Path, key: str, progress: bool) -> np.ndarray:
+    """Descriptors in chunks saved under `work`, so an interrupted build resumes where it stopped."""
+    work.mkdir(parents=True, exist_ok=True)
+    plan = work / "plan.json"
+    wanted = {"key": key, "images": [str(p) for p in images], "chunk": CHUNK}
+    if plan.is_file() and json.loads(plan.read_text()) != wanted:
+        LOG.info("previous partial build was for other inputs; starting over")
+        shutil.rmtree(work)
+        work.mkdir(parents=True)
+    plan.write_text(json.dumps(wanted))
+    chunks = []
+    starts = range(0, len(images), CHUNK)
+    for c, start in enumerate(tqdm(starts, disable=not progress, desc="map descriptors", unit="chunk")):
+        path = work / f"chunk_{c:05d}.npy"
+        if path.is_file():
+            chunks.append(np.load(path, allow_pickle=False))
+            continue
+        d = model.describe(images[start:start + CHUNK])
+        np.save(path, d, allow_pickle=False)
+        chunks.append(d)
+    return np.concatenate(chunks) if chunks else np.zeros((0, model.descriptor_dim), np.float32)
+
+
+def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoImages, out: str | Path,
+              index_type: str = "flat", dtype: str = "float32", progress: bool = True) -> PlaceMap:
+    if index_type not in INDEX_TYPES:
+        raise MapError(f"index type {index_type!r} unknown; choose one of {INDEX_TYPES}")
+    if dtype not in DTYPES:
+        raise MapError(f"dtype {dtype!r} unknown; choose one of {DTYPES}")
+    if len(data) == 0:
+        raise MapError("no images to build a map from")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    desc = _describe_resumable(model, data.images, out / PARTIAL, checkpoint_sha256, progress)
+    stored = desc.astype(dtype).astype(np.float32)
+    manifest = Manifest(FORMAT_VERSION, model.config.to_dict(), checkpoint_sha256, str(checkpoint),
+                        int(desc.shape[1]), len(data), data.frame_id, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        index_type, dtype)
+    pmap = PlaceMap(manifest, stored, data)
+    pmap.save(out)
+    shutil.rmtree(out / PARTIAL, ignore_errors=True)
+    return pmap
+
+
+def add_to_map(folder: str | Path, model, checkpoint_sha256: str, data: GeoImages, progress: bool = True) -> PlaceMap:
+    """Append a traverse to an existing map (descriptors added to the index, nothing re-extracted)."""
+    folder = Path(folder)
+    pmap = PlaceMap.load(folder)
+    pmap.check_model(model.descriptor_dim, checkpoint_sha256)
+    if data.frame_id != pmap.manifest.frame_id and data.frame_id != "map":
+        raise MapError(f"traverse frame {data.frame_id!r} differs from the map frame {pmap.manifest.frame_id!r}")
+    new = _describe_resumable(model, data.images, folder / PARTIAL, checkpoint_sha256, progress)
+    new = new.astype(pmap.manifest.dtype).astype(np.float32)
+    merged = GeoImages(pmap.places.images + data.images, np.vstack([pmap.places.positions, data.positions]),
+                       np.vstack([pmap.places.orientations, data.orientations]),
+                       np.concatenate([pmap.places.timestamps, data.timestamps]),
+                       ";".join(dict.fromkeys(pmap.places.source.split(";") + [data.source])), True, pmap.manifest.frame_id)
+    descriptors = np.vstack([pmap.descriptors, new])
+    if pmap.manifest.index_type == "flat":
+        pmap.index.add(new)
+        index = pmap.index
+    else:  # approximate indexes are retrained on the whole set
+        index = build_index(descriptors, pmap.manifest.index_type)
+    pmap.manifest.num_places = len(merged)
+    out = PlaceMap(pmap.manifest, descriptors, merged, index)
+    out.save(folder)
+    shutil.rmtree(folder / PARTIAL, ignore_errors=True)
+    return out

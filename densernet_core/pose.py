@@ -1,0 +1,117 @@
+"""From retrieved places to a pose with an honest covariance, or an explicit "no fix".
+
+The model is documented in docs/POSE_MODEL.md. In short: candidates that agree spatially are
+grouped, the group with the largest total similarity wins, its positions are fused by
+score-weighted mean, and a ratio test against the runner-up group gates the fix. The
+covariance grows with the group's spread and with lack of confidence, and never drops
+below a floor.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .datasets import quat_to_yaw, yaw_to_quat
+
+
+@dataclass(frozen=True)
+class PoseEstimatorConfig:
+    min_score: float = 0.0          # candidates below this similarity are ignored
+    cluster_radius: float = 5.0     # candidates closer than this (map units) agree
+    ratio_threshold: float = 1.05   # best group weight / runner-up group weight needed for a fix
+    min_confidence: float = 0.2     # below this confidence, no fix
+    position_floor: float = 1.0     # smallest position standard deviation (map units)
+    yaw_floor_deg: float = 10.0     # smallest yaw standard deviation
+    planar: bool = True             # fuse yaw by weighted circular mean (else take the best candidate's)
+
+    def __post_init__(self) -> None:
+        from .config import ConfigError
+
+        checks = {"cluster_radius": self.cluster_radius > 0, "ratio_threshold": self.ratio_threshold >= 1.0,
+                  "min_confidence": 0.0 <= self.min_confidence <= 1.0, "position_floor": self.position_floor > 0,
+                  "yaw_floor_deg": self.yaw_floor_deg > 0, "min_score": -1.0 <= self.min_score <= 1.0}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"pose estimator: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)} "
+                              "(cluster_radius, floors > 0; ratio_threshold >= 1; min_confidence, min_score in range)")
+
+
+@dataclass
+class PoseEstimate:
+    fix: bool
+    reason: str                     # why there is (or is not) a fix
+    place_id: int = -1              # best candidate of the winning group
+    score: float = 0.0
+    position: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    orientation: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 0.0, 1.0]))  # x, y, z, w
+    covariance: np.ndarray = field(default_factory=lambda: np.eye(6))  # x y z roll pitch yaw, row-major
+    confidence: float = 0.0
+    group: list[int] = field(default_factory=list)  # ids in the winning group
+    ratio: float = 0.0
+
+
+def _groups(order: np.ndarray, positions: np.ndarray, radius: float) -> list[list[int]]:
+    """Greedy grouping by score: each candidate joins the first group whose seed is within radius."""
+    groups: list[list[int]] = []
+    for i in order:
+        for g in groups:
+            if np.linalg.norm(positions[i] - positions[g[0]]) <= radius:
+                g.append(int(i))
+                break
+        else:
+            groups.append([int(i)])
+    return groups
+
+
+def estimate_pose(ids: np.ndarray, scores: np.ndarray, positions: np.ndarray, orientations: np.ndarray,
+                  config: PoseEstimatorConfig = PoseEstimatorConfig()) -> PoseEstimate:
+    """`ids`/`scores`: top-k retrieval (ids < 0 are padding); `positions`/`orientations`: of those places."""
+    ids = np.asarray(ids).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    orientations = np.asarray(orientations, dtype=np.float64).reshape(-1, 4)
+    valid = (ids >= 0) & (scores >= config.min_score) & np.isfinite(scores)
+    if not valid.any():
+        return PoseEstimate(False, "no candidate above min_score")
+    ids, scores, positions, orientations = ids[valid], scores[valid], positions[valid], orientations[valid]
+    weights = np.maximum(scores, 1e-6)
+    groups = _groups(np.argsort(-scores, kind="stable"), positions, config.cluster_radius)
+    totals = np.array([weights[g].sum() for g in groups])
+    rank = np.argsort(-totals, kind="stable")
+    best = groups[rank[0]]
+    runner_up = totals[rank[1]] if len(groups) > 1 else 0.0
+    ratio = float(totals[rank[0]] / runner_up) if runner_up > 0 else math.inf
+    top = best[0]  # groups keep score order, so the first is the group's best candidate
+    top_score = float(np.clip(scores[top], 0.0, 1.0))
+    # Confidence: how much the winner dominates, times how similar its best match is.
+    dominance = 1.0 - 1.0 / ratio if math.isfinite(ratio) else 1.0
+    confidence = float(np.clip(dominance * top_score, 0.0, 1.0))
+
+    w = weights[best] / weights[best].sum()
+    position = (w[:, None] * positions[best]).sum(0)
+    spread = (w[:, None] * (positions[best] - position) ** 2).sum(0)
+    uncertain = (config.cluster_radius / 2) ** 2 * (1.0 - confidence)
+    pos_var = config.position_floor ** 2 + spread + uncertain
+
+    yaws = quat_to_yaw(orientations[best])
+    if config.planar:
+        s, c = (w * np.sin(yaws)).sum(), (w * np.cos(yaws)).sum()
+        yaw = math.atan2(s, c)
+        orientation = np.array(yaw_to_quat(yaw))
+        circ_var = -2.0 * math.log(max(math.hypot(s, c), 1e-9))  # circular variance of the group's yaws
+    else:
+        orientation = orientations[top] / np.linalg.norm(orientations[top])
+        circ_var = 0.0
+    yaw_floor = math.radians(config.yaw_floor_deg)
+    yaw_var = yaw_floor ** 2 + circ_var + (math.pi / 4) ** 2 * (1.0 - confidence)
+    cov = np.diag([*pos_var, yaw_var, yaw_var, yaw_var])
+
+    est = PoseEstimate(True, "ok", int(ids[top]), float(scores[top]), position, orientation, cov, confidence,
+                       [int(ids[i]) for i in best], ratio)
+    if ratio < config.ratio_threshold:
+        est.fix, est.reason = False, f"ambiguous: best/runner-up group ratio {ratio:.3f} < {config.ratio_threshold}"
+    elif confidence < config.min_confidence:
+        est.fix, est.reason = False, f"low confidence {confidence:.3f} < {config.min_confidence}"
+    return est

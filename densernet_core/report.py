@@ -1,0 +1,62 @@
+"""Position-error statistics and trajectory plots (localize CLI, demo, benchmarks)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def error_stats(errors: np.ndarray, thresholds: Sequence[float] = (5.0, 10.0, 25.0)) -> dict[str, float]:
+    e = np.asarray(errors, float)
+    if e.size == 0:
+        return {"n": 0}
+    out = {"n": int(e.size), "median": float(np.median(e)), "p90": float(np.percentile(e, 90)), "mean": float(e.mean())}
+    for t in thresholds:
+        out[f"within_{t:g}"] = float(np.mean(e <= t))
+    return out
+
+
+def format_stats(stats: dict[str, float], unit: str = "m") -> str:
+    if not stats.get("n"):
+        return "no fixes to evaluate"
+    within = ", ".join(f"{100 * v:.0f}% <= {k[7:]} {unit}" for k, v in stats.items() if k.startswith("within_"))
+    return f"{stats['n']} fixes: median {stats['median']:.2f} {unit}, p90 {stats['p90']:.2f} {unit}; {within}"
+
+
+def plot_trajectory(path: str | Path, true_xy: np.ndarray | None, est_xy: np.ndarray, fix: np.ndarray,
+                    map_xy: np.ndarray | None = None, title: str = "", pairs: Sequence[tuple] = ()) -> Path:
+    """True vs estimated positions (and, optionally, query/retrieved image pairs beneath)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = 2 if pairs else 1
+    fig = plt.figure(figsize=(10, 5 * rows))
+    ax = fig.add_subplot(rows, 1, 1) if not pairs else fig.add_subplot(2, 1, 1)
+    if map_xy is not None:
+        ax.plot(map_xy[:, 0], map_xy[:, 1], ".", color="0.8", ms=3, label="map places")
+    if true_xy is not None:
+        ax.plot(true_xy[:, 0], true_xy[:, 1], "-", color="tab:green", lw=2, label="ground truth")
+        for t, e, f in zip(true_xy, est_xy, fix):
+            if f:
+                ax.plot([t[0], e[0]], [t[1], e[1]], "-", color="tab:red", lw=0.5, alpha=0.5)
+    fix = np.asarray(fix, bool)
+    ax.plot(est_xy[fix, 0], est_xy[fix, 1], "o", color="tab:blue", ms=4, label="estimate (fix)")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.legend(loc="best")
+    ax.set_title(title)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    for j, (query, retrieved, caption) in enumerate(pairs):
+        for k, img in enumerate((query, retrieved)):
+            sub = fig.add_subplot(2, 2 * len(pairs), 2 * len(pairs) + 2 * j + k + 1)
+            sub.imshow(img)
+            sub.set_axis_off()
+            sub.set_title(("query " if k == 0 else "retrieved ") + caption, fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
