@@ -1,0 +1,337 @@
+"""The localizer node: camera frames in, place and pose out.
+
+Subscribes to `image` (sensor_msgs/Image) or `image/compressed` (CompressedImage), best-effort,
+depth 1. The callback only keeps the newest frame; a worker thread runs inference, so the
+executor never blocks and no queue builds up. Publishes (all relative to the node namespace):
+
+  place_recognition/pose        geometry_msgs/PoseWithCovarianceStamped, map frame, image stamp;
+                                nothing when there is no fix
+  place_recognition/candidates  geometry_msgs/PoseArray: the top-k retrieved places (RViz)
+  place_recognition/place       diagnostic_msgs/DiagnosticArray: one status 'place' whose key/values
+                                hold place_id, score, confidence, fix, reason, top_k_ids, top_k_scores
+  /diagnostics                  diagnostic_msgs/DiagnosticArray, ~1 Hz
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Pose, PoseArray, PoseWithCovarianceStamped
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CompressedImage, Image
+
+from densernet_core.config import ConfigError
+from densernet_core.pose import PoseEstimatorConfig
+
+from .image_conversion import FrameError, compressed_to_rgb, image_to_rgb
+
+NODE_NAME = "densernet_localizer"
+DIAGNOSTICS_PERIOD_S = 1.0
+WARN_THROTTLE_S = 5.0
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    map_dir: str
+    checkpoint: str
+    image_topic: str
+    use_compressed: bool
+    device: str
+    image_size: tuple[int, int] | None
+    top_k: int
+    max_rate_hz: float
+    map_frame: str
+    estimator: PoseEstimatorConfig
+
+
+# name: (default, description, read_only, range)
+PARAMETERS = {
+    "map_dir": ("", "map folder built by densernet-map", True, None),
+    "checkpoint": ("", "model checkpoint; empty: the one recorded in the map", True, None),
+    "image_topic": ("image", "camera topic (relative; remap it or set a namespace)", True, None),
+    "use_compressed": (False, "subscribe to <image_topic>/compressed", True, None),
+    "device": ("auto", "auto, cpu or cuda", True, None),
+    "image_height": (0, "inference height; 0: the map's (any other value must equal it)", True, (0, 4096)),
+    "image_width": (0, "inference width; 0: the map's (any other value must equal it)", True, (0, 4096)),
+    "top_k": (10, "candidates retrieved per frame", True, (1, 1000)),
+    "max_rate_hz": (0.0, "max frames processed per second (0: unlimited)", True, (0.0, 1000.0)),
+    "map_frame": ("map", "frame_id of published poses", True, None),
+    "min_score": (0.0, "ignore candidates below this cosine similarity", True, (-1.0, 1.0)),
+    "cluster_radius": (5.0, "candidates closer than this agree on a place (map units)", True, (1e-3, 1e6)),
+    "ratio_threshold": (1.05, "best/runner-up group weight needed for a fix", True, (1.0, 1e6)),
+    "min_confidence": (0.2, "no fix below this confidence", True, (0.0, 1.0)),
+    "position_floor": (1.0, "smallest position std-dev reported (map units)", True, (1e-6, 1e6)),
+    "yaw_floor_deg": (10.0, "smallest yaw std-dev reported (degrees)", True, (1e-6, 180.0)),
+}
+
+
+class LocalizerNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.settings = self._declare_parameters()
+        self._load_localizer()  # raises on start-up failure; main() turns that into exit 1
+        self._lock = threading.Condition()
+        self._latest: tuple[object, str] | None = None
+        self._running = True
+        self.stats = {"received": 0, "processed": 0, "dropped": 0, "bad_frames": 0, "fixes": 0, "no_fix": 0,
+                      "last_score": 0.0, "last_confidence": 0.0, "last_latency_ms": 0.0, "last_error": ""}
+        self._rate_marks: list[tuple[float, int, int]] = [(time.monotonic(), 0, 0)]
+        self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "place_recognition/pose", 10)
+        self.cand_pub = self.create_publisher(PoseArray, "place_recognition/candidates", 10)
+        self.place_pub = self.create_publisher(DiagnosticArray, "place_recognition/place", 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        qos = QoSProfile(**{**_qos_kwargs(qos_profile_sensor_data), "depth": 1})
+        topic = self.settings.image_topic
+        # Users may switch reliability/depth with qos_overrides.<topic>.subscription.* parameters.
+        overrides = QoSOverridingOptions.with_default_policies()
+        if self.settings.use_compressed:
+            self.sub = self.create_subscription(CompressedImage, f"{topic}/compressed", self._on_compressed, qos,
+                                                qos_overriding_options=overrides)
+        else:
+            self.sub = self.create_subscription(Image, topic, self._on_image, qos, qos_overriding_options=overrides)
+        self.diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
+        self.worker = threading.Thread(target=self._work, name="densernet-inference", daemon=True)
+        self.worker.start()
+        self.get_logger().info(
+            f"localizing against {len(self.localizer.map)} places ({self.settings.map_dir}) on "
+            f"{self.localizer.model.device}; listening on {self.sub.topic_name}")
+
+    # ---- set-up ---------------------------------------------------------------------------------
+    def _declare_parameters(self) -> NodeSettings:
+        values = {}
+        for name, (default, text, read_only, rng) in PARAMETERS.items():
+            desc = ParameterDescriptor(description=text, read_only=read_only)
+            if isinstance(rng, tuple) and isinstance(default, int) and not isinstance(default, bool):
+                desc.integer_range = [IntegerRange(from_value=rng[0], to_value=rng[1], step=1)]
+            elif isinstance(rng, tuple):
+                desc.floating_point_range = [FloatingPointRange(from_value=rng[0], to_value=rng[1], step=0.0)]
+            values[name] = self.declare_parameter(name, default, desc).value
+        if not values["map_dir"]:
+            raise ConfigError("parameter map_dir is empty: set it to a map folder built by densernet-map")
+        if values["device"] not in ("auto", "cpu", "cuda") and not str(values["device"]).startswith("cuda:"):
+            raise ConfigError(f"parameter device={values['device']!r}: use auto, cpu or cuda")
+        if not values["image_topic"]:
+            raise ConfigError("parameter image_topic is empty")
+        size = (values["image_height"], values["image_width"])
+        if (size[0] == 0) != (size[1] == 0):
+            raise ConfigError(f"parameters image_height={size[0]}, image_width={size[1]}: set both or neither (0)")
+        estimator = PoseEstimatorConfig(values["min_score"], values["cluster_radius"], values["ratio_threshold"],
+                                        values["min_confidence"], values["position_floor"], values["yaw_floor_deg"])
+        return NodeSettings(values["map_dir"], values["checkpoint"], values["image_topic"], values["use_compressed"],
+                            values["device"], size, values["top_k"],
+                            values["max_rate_hz"], values["map_frame"], estimator)
+
+    def _load_localizer(self) -> None:
+        from densernet_core.localizer import Localizer
+
+        s = self.settings
+        size = s.image_size if s.image_size and s.image_size[0] > 0 else None
+        self.localizer = Localizer.from_paths(s.map_dir, s.checkpoint or None, s.device, size, s.estimator,
+                                              s.top_k)
+
+    # ---- callbacks: keep only the newest frame ------------------------------------------------
+    def _store(self, msg, kind: str) -> None:
+        with self._lock:
+            self.stats["received"] += 1
+            if self._latest is not None:
+                self.stats["dropped"] += 1
+            self._latest = (msg, kind)
+            self._lock.notify()
+
+    def _on_image(self, msg: Image) -> None:
+        self._store(msg, "raw")
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        self._store(msg, "compressed")
+
+    # ---- worker -------------------------------------------------------------------------------
+    def _work(self) -> None:
+        min_period = 1.0 / self.settings.max_rate_hz if self.settings.max_rate_hz > 0 else 0.0
+        last = 0.0
+        while True:
+            with self._lock:
+                while self._running and self._latest is None:
+                    self._lock.wait(timeout=0.5)
+                if not self._running:
+                    return
+                msg, kind = self._latest
+                self._latest = None
+            wait = last + min_period - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            last = time.monotonic()
+            try:
+                self._process(msg, kind)
+            except FrameError as exc:
+                self.stats["bad_frames"] += 1
+                self.stats["last_error"] = str(exc)
+                self.get_logger().warning(f"frame skipped: {exc}", throttle_duration_sec=WARN_THROTTLE_S)
+            except Exception as exc:  # noqa: BLE001 - a bad frame must never kill the node
+                self.stats["bad_frames"] += 1
+                self.stats["last_error"] = f"{type(exc).__name__}: {exc}"
+                self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}",
+                                        throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _process(self, msg, kind: str) -> None:
+        rgb = compressed_to_rgb(msg) if kind == "compressed" else image_to_rgb(msg)
+        result = self.localizer.localize(rgb)
+        est = result.estimate
+        stamp = msg.header.stamp
+        frame = self.settings.map_frame
+        places = self.localizer.map.places
+        cands = PoseArray()
+        cands.header.stamp, cands.header.frame_id = stamp, frame
+        cands.poses = [_pose(places.positions[i], places.orientations[i]) for i in result.ids]
+        self.cand_pub.publish(cands)
+        self.place_pub.publish(_place_array(stamp, frame, est, result))
+        if est.fix:
+            out = PoseWithCovarianceStamped()
+            out.header.stamp, out.header.frame_id = stamp, frame
+            out.pose.pose = _pose(est.position, est.orientation)
+            out.pose.covariance = [float(v) for v in est.covariance.reshape(-1)]
+            self.pose_pub.publish(out)
+            self.stats["fixes"] += 1
+        else:
+            self.stats["no_fix"] += 1
+            self.get_logger().debug(f"no fix: {est.reason}")
+        self.stats.update(processed=self.stats["processed"] + 1, last_score=est.score, last_confidence=est.confidence,
+                          last_latency_ms=1000 * result.total_s, last_reason=est.reason)
+
+    # ---- diagnostics ----------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        t0, r0, p0 = self._rate_marks[0]
+        s = self.stats
+        self._rate_marks = [(now, s["received"], s["processed"])]
+        dt = max(now - t0, 1e-6)
+        status = DiagnosticStatus(name=f"{self.get_name()}: localization", hardware_id=str(self.localizer.model.device))
+        if s["processed"] == 0 and s["bad_frames"] == 0:
+            status.level, status.message = DiagnosticStatus.WARN, "waiting for images"
+        elif s.get("last_reason", "ok") != "ok":
+            status.level, status.message = DiagnosticStatus.WARN, f"no fix: {s.get('last_reason')}"
+        elif s["bad_frames"] and s["processed"] == 0:
+            status.level, status.message = DiagnosticStatus.ERROR, f"no usable frames: {s['last_error']}"
+        else:
+            status.level, status.message = DiagnosticStatus.OK, "localized"
+        values = {"input_rate_hz": (s["received"] - r0) / dt, "output_rate_hz": (s["processed"] - p0) / dt,
+                  "inference_latency_ms": s["last_latency_ms"], "frames_received": s["received"],
+                  "frames_processed": s["processed"], "frames_dropped": s["dropped"], "bad_frames": s["bad_frames"],
+                  "fixes": s["fixes"], "no_fix": s["no_fix"], "map_places": len(self.localizer.map),
+                  "last_score": s["last_score"], "last_confidence": s["last_confidence"],
+                  "last_error": s["last_error"]}
+        status.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()]
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [status]
+        self.diag_pub.publish(arr)
+
+    def shutdown(self) -> None:
+        """Stop the worker and release the model (and GPU memory)."""
+        with self._lock:
+            self._running = False
+            self._lock.notify_all()
+        self.worker.join(timeout=10.0)
+        device = self.localizer.model.device
+        del self.localizer
+        gc.collect()
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def _qos_kwargs(profile) -> dict:
+    return {"history": profile.history, "depth": profile.depth, "reliability": profile.reliability,
+            "durability": profile.durability}
+
+
+def _pose(position, orientation) -> Pose:
+    p = Pose()
+    p.position.x, p.position.y, p.position.z = (float(v) for v in position)
+    p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = (float(v) for v in orientation)
+    return p
+
+
+def _place_array(stamp, frame: str, est, result) -> DiagnosticArray:
+    status = DiagnosticStatus(name="place", hardware_id=frame,
+                              level=DiagnosticStatus.OK if est.fix else DiagnosticStatus.WARN,
+                              message=f"place {est.place_id}" if est.fix else f"no fix: {est.reason}")
+    values = {"place_id": str(est.place_id), "score": f"{est.score:.4f}", "confidence": f"{est.confidence:.4f}",
+              "fix": str(est.fix).lower(), "reason": est.reason,
+              "top_k_ids": ",".join(str(int(i)) for i in result.ids),
+              "top_k_scores": ",".join(f"{s:.4f}" for s in result.scores)}
+    status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+    arr = DiagnosticArray()
+    arr.header.stamp, arr.header.frame_id = stamp, frame
+    arr.status = [status]
+    return arr
+
+
+def default_params_file() -> Path:
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("densernet_ros")) / "config" / "localize.yaml"
+    except Exception:  # noqa: BLE001 - not installed: use the source tree's copy
+        return Path(__file__).resolve().parents[1] / "config" / "localize.yaml"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry: `densernet-node [--params-file F] [--map-dir M] [--checkpoint C] [--ros-args ...]`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ros_args: list[str] = []
+    if "--ros-args" in argv:
+        i = argv.index("--ros-args")
+        argv, ros_args = argv[:i], argv[i:]
+    p = argparse.ArgumentParser(prog="densernet-node", description="DenserNet localizer node (no ros2 launch needed)")
+    p.add_argument("--params-file", help=f"parameter YAML (default: {default_params_file()})")
+    p.add_argument("--map-dir")
+    p.add_argument("--checkpoint")
+    p.add_argument("--image-topic")
+    args = p.parse_args(argv)
+    extra = ["--ros-args"]
+    params_file = args.params_file
+    if params_file is None and not any(a == "--params-file" for a in ros_args):
+        params_file = str(default_params_file())
+    if params_file:
+        if not Path(params_file).is_file():
+            print(f"[densernet-node] parameter file not found: {params_file}", file=sys.stderr)
+            return 1
+        extra += ["--params-file", params_file]
+    for name in ("map_dir", "checkpoint", "image_topic"):
+        if getattr(args, name):
+            extra += ["-p", f"{name}:={getattr(args, name)}"]
+    # The parameter file first, so that -p overrides given after --ros-args win.
+    rclpy.init(args=[sys.argv[0], *extra, *ros_args[1:]])
+    node = None
+    try:
+        try:
+            node = LocalizerNode()
+        except (ConfigError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+            rclpy.logging.get_logger(NODE_NAME).fatal(f"start-up failed: {exc}")
+            return 1
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Start the real node in a subprocess and talk to it with real rclpy (PyPI wheels or a ROS install)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DOMAIN_ID = 100 + os.getpid() % 100  # one domain per test process
+
+
+def ros_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["ROS_DOMAIN_ID"] = str(DOMAIN_ID)
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_node(map_dir: Path, *params: str, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "densernet_ros.node", "--map-dir", str(map_dir), *extra, "--ros-args"]
+    for p in params:
+        cmd += ["-p", p]
+    return subprocess.Popen(cmd, env=ros_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+class Client:
+    """Publishes camera frames and records everything the node publishes."""
+
+    def __init__(self, compressed: bool = False) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import CompressedImage, Image
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
+        self.node = rclpy.create_node("densernet_test_client", context=self.context)
+        self.compressed = compressed
+        topic, kind = ("image/compressed", CompressedImage) if compressed else ("image", Image)
+        self.pub = self.node.create_publisher(kind, topic, qos_profile_sensor_data)
+        self.poses: list = []
+        self.places: list = []
+        self.candidates: list = []
+        self.diagnostics: list = []
+        self.node.create_subscription(PoseWithCovarianceStamped, "place_recognition/pose", self.poses.append, 10)
+        self.node.create_subscription(DiagnosticArray, "place_recognition/place", self.places.append, 10)
+        self.node.create_subscription(PoseArray, "place_recognition/candidates", self.candidates.append, 10)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._stop = False
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop and self.context.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def wait_for(self, predicate, timeout: float, what: str) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def wait_matched(self, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+        def ready():
+            if proc.poll() is not None:
+                raise AssertionError(f"node exited with {proc.returncode}: {proc.stdout.read()}")
+            return (self.pub.get_subscription_count() > 0
+                    and self.node.count_publishers("place_recognition/pose") > 0
+                    and self.node.count_publishers("place_recognition/place") > 0)
+        self.wait_for(ready, timeout, "the node's subscription and publishers to match")
+
+    def make_msg(self, rgb: np.ndarray, stamp_ns: int, encoding: str = "rgb8"):
+        from sensor_msgs.msg import CompressedImage, Image
+
+        if self.compressed:
+            import cv2
+
+            msg = CompressedImage()
+            msg.format = "jpeg"
+            msg.data = cv2.imencode(".jpg", rgb[:, :, ::-1])[1].tobytes()
+        else:
+            msg = Image()
+            msg.height, msg.width = rgb.shape[:2]
+            msg.encoding = encoding
+            msg.step = rgb.shape[1] * 3
+            msg.data = (rgb if encoding == "rgb8" else rgb[:, :, ::-1]).tobytes()
+        msg.header.frame_id = "camera"
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10 ** 9)
+        return msg
+
+    def send_and_wait(self, msg, timeout: float = 30.0) -> None:
+        """Publish one frame and wait until the node has answered it (a place message with its stamp)."""
+        stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        self.pub.publish(msg)
+        self.wait_for(lambda: any((p.header.stamp.sec, p.header.stamp.nanosec) == stamp for p in self.places),
+                      timeout, f"the node's answer to frame {stamp}")
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=5)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20.0) -> tuple[int, str]:
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return proc.returncode, out
