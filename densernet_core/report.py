@@ -44,7 +44,10 @@ def plot_trajectory(path: str | Path, true_xy: np.ndarray | None, est_xy: np.nda
                 ax.plot([t[0], e[0]], [t[1], e[1]], "-", color="tab:red", lw=0.5, alpha=0.5)
     fix = np.asarray(fix, bool)
     ax.plot(est_xy[fix, 0], est_xy[fix, 1], "o", color="tab:blue", ms=4, label="estimate (fix)")
-    ax.set_aspect("equal", adjustable="datalim")
+    ref = true_xy if true_xy is not None else est_xy[fix]
+    extent = np.nanmax(ref, axis=0) - np.nanmin(ref, axis=0) if len(ref) else np.ones(2)
+    if min(extent) > 0.1 * max(extent):  # equal axes only where the route is not a thin line
+        ax.set_aspect("equal", adjustable="datalim")
     ax.legend(loc="best")
     ax.set_title(title)
     ax.set_xlabel("x")

@@ -1,0 +1,1 @@
+"""The built-in demo: a synthetic street, mapped once and revisited under other conditions."""

@@ -1,0 +1,243 @@
+"""`densernet-demo`: map a route, replay the later traverse as a live camera, report how well the robot localizes.
+
+Steps (each reuses its output if already there): generate the route (or use Gardens Point),
+make an off-the-shelf checkpoint, `densernet-map build`, write the query run into a rosbag2,
+start the node (console script with config/localize.yaml, or `ros2 launch` when ROS 2 is
+sourced), replay the bag at its recorded rate, record /place_recognition/pose, report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..cli import make_checkpoint, setup_logging
+from ..datasets import GeoImages, load_csv, load_traverse
+from ..images import read_image
+from ..report import error_stats, plot_trajectory
+from .synth import RouteConfig, generate
+
+GP_MAP_FRAMES = range(0, 200, 2)
+GP_QUERY_FRAMES = range(1, 200, 2)
+
+
+def _route(args: argparse.Namespace, out: Path) -> tuple[GeoImages, GeoImages, float, str]:
+    """(map run, query run, success bound on median error, unit)."""
+    if args.data == "gardens_point":
+        gp = Path(args.shared) / "gardens_point"
+        if not gp.is_dir():
+            raise FileNotFoundError(f"Gardens Point not found at {gp}")
+        return (load_traverse(gp / "day_left", list(GP_MAP_FRAMES)),
+                load_traverse(gp / "night_right", list(GP_QUERY_FRAMES)), 10.0, "frames")
+    cfg = RouteConfig(places=args.places, width=args.size[1], height=args.size[0])
+    paths = {r: out / "route" / r / "poses.csv" for r in ("map", "query")}
+    if not all(p.is_file() for p in paths.values()):
+        paths = generate(out / "route", cfg)
+    return load_csv(paths["map"]), load_csv(paths["query"]), 2 * cfg.spacing, "m"
+
+
+def write_bag(query: GeoImages, bag: Path, topic: str = "/image") -> None:
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    if bag.exists():
+        shutil.rmtree(bag)
+    ts = get_typestore(Stores.ROS2_HUMBLE)
+    Image, Header, Time = (ts.types[n] for n in ("sensor_msgs/msg/Image", "std_msgs/msg/Header",
+                                                  "builtin_interfaces/msg/Time"))
+    with Writer(bag, version=8) as w:
+        conn = w.add_connection(topic, Image.__msgtype__, typestore=ts)
+        for path, t in zip(query.images, query.timestamps):
+            rgb = read_image(path)
+            sec, nsec = int(t), int(round((t - int(t)) * 1e9))
+            msg = Image(header=Header(stamp=Time(sec=sec, nanosec=nsec), frame_id="camera"), height=rgb.shape[0],
+                        width=rgb.shape[1], encoding="rgb8", is_bigendian=0, step=rgb.shape[1] * 3,
+                        data=rgb.reshape(-1))
+            w.write(conn, int(t * 1e9), ts.serialize_cdr(msg, Image.__msgtype__))
+
+
+def start_node(map_dir: Path, env: dict, log: Path, node_args: Sequence[str]) -> subprocess.Popen:
+    if os.environ.get("ROS_DISTRO") and shutil.which("ros2"):
+        cmd = ["ros2", "launch", "densernet_ros", "localize.launch.py", f"map_dir:={map_dir}", "image_topic:=image"]
+    else:
+        cmd = [sys.executable, "-m", "densernet_ros.node", "--map-dir", str(map_dir), "--ros-args", *node_args]
+    return subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def replay(bag: Path, proc: subprocess.Popen, rate: float, timeout: float) -> tuple[dict, dict, int]:
+    """Publish the bag's images at their recorded rate; return {stamp: pose}, {stamp: send time}, frames."""
+    import rclpy
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
+    from rosbags.highlevel import AnyReader
+    from sensor_msgs.msg import Image
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node("densernet_demo_player", context=ctx)
+    pub = node.create_publisher(Image, "image", qos_profile_sensor_data)
+    poses, sent, received_at = {}, {}, {}
+
+    def on_pose(msg):
+        key = msg.header.stamp.sec * 10 ** 9 + msg.header.stamp.nanosec
+        poses[key] = msg
+        received_at[key] = time.monotonic()
+    node.create_subscription(PoseWithCovarianceStamped, "place_recognition/pose", on_pose, 10)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    stop = threading.Event()
+    spinner = threading.Thread(target=lambda: [ex.spin_once(timeout_sec=0.05) for _ in iter(stop.is_set, True)],
+                               daemon=True)
+    spinner.start()
+    try:
+        end = time.monotonic() + timeout
+        while not (pub.get_subscription_count() > 0 and node.count_publishers("place_recognition/pose") > 0):
+            if proc.poll() is not None:
+                raise RuntimeError(f"node exited with {proc.returncode} before the replay")
+            if time.monotonic() > end:
+                raise RuntimeError("node did not come up in time")
+            time.sleep(0.1)
+        time.sleep(1.0)
+        frames = 0
+        with AnyReader([bag]) as reader:
+            t0_bag = t0_wall = None
+            for conn, t, raw in reader.messages():
+                m = reader.deserialize(raw, conn.msgtype)
+                t0_bag = t0_bag if t0_bag is not None else t
+                t0_wall = t0_wall if t0_wall is not None else time.monotonic()
+                delay = t0_wall + (t - t0_bag) / 1e9 / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                msg = Image()
+                msg.header.stamp.sec, msg.header.stamp.nanosec = m.header.stamp.sec, m.header.stamp.nanosec
+                msg.header.frame_id = m.header.frame_id
+                msg.height, msg.width, msg.encoding, msg.step = m.height, m.width, m.encoding, m.step
+                msg.data = m.data.tobytes()
+                key = m.header.stamp.sec * 10 ** 9 + m.header.stamp.nanosec
+                sent[key] = time.monotonic()
+                pub.publish(msg)
+                frames += 1
+        time.sleep(3.0)  # let the last frame finish
+    finally:
+        stop.set()
+        spinner.join(timeout=5)
+        ex.shutdown()
+        node.destroy_node()
+        ctx.try_shutdown()
+    latency = {k: received_at[k] - sent[k] for k in received_at if k in sent}
+    return poses, latency, frames
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="densernet-demo", description=__doc__)
+    p.add_argument("--data", choices=("synthetic", "gardens_point"), default="synthetic")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--places", type=int, default=120)
+    p.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
+    p.add_argument("--rate", type=float, default=1.0, help="replay speed (1 = recorded rate)")
+    p.add_argument("--shared", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+    p.add_argument("--figure", help="also copy the PNG here (the README's picture)")
+    args = p.parse_args(argv)
+    setup_logging()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    map_run, query_run, bound, unit = _route(args, out)
+    size = tuple(args.size)
+    ckpt = out / "model.safetensors"
+    if not ckpt.is_file():
+        make_checkpoint(map_run.images, ckpt, image_size=size, pca_dim=256, progress=False)
+    from ..map_cli import main as map_main
+
+    map_dir = out / "map"
+    if not (map_dir / "manifest.json").is_file():
+        if args.data == "gardens_point":
+            from ..checkpoint import checkpoint_hash, load_model
+            from ..placemap import build_map
+
+            build_map(load_model(ckpt), ckpt.resolve(), checkpoint_hash(ckpt), map_run, map_dir, progress=False)
+        elif map_main(["build", "--checkpoint", str(ckpt), "--poses", str(out / "route" / "map" / "poses.csv"),
+                       "--out", str(map_dir)]) != 0:
+            return 1
+    bag = out / "query_bag"
+    if args.data == "gardens_point":
+        query_run.timestamps = np.arange(len(query_run)) * 1.0  # 1 Hz walking pace
+    write_bag(query_run, bag)
+    env = dict(os.environ)
+    env.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 80))
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+    radius = "6.0" if unit == "frames" else str(2.5 * RouteConfig().spacing)
+    proc = start_node(map_dir.resolve(), env, out / "node.log", ["-p", f"cluster_radius:={radius}"])
+    try:
+        poses, latency, frames = replay(bag, proc, args.rate, timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    stamps = [int(round(t * 1e9)) for t in query_run.timestamps]
+    true_xy, est_xy, fix, errors = [], [], [], []
+    for k, key in enumerate(stamps):
+        true_xy.append(query_run.positions[k, :2])
+        pose = poses.get(key)
+        fix.append(pose is not None)
+        if pose is not None:
+            est = np.array([pose.pose.pose.position.x, pose.pose.pose.position.y])
+            est_xy.append(est)
+            errors.append(float(np.linalg.norm(est[:1] - query_run.positions[k, :1])) if unit == "frames"
+                          else float(np.linalg.norm(est - query_run.positions[k, :2])))
+        else:
+            est_xy.append(np.full(2, np.nan))
+    stats = error_stats(np.array(errors), (bound / 2, bound) if unit == "m" else (2.0, 5.0))
+    lat = np.array(list(latency.values())) * 1000
+    report = {"data": args.data, "frames_sent": frames, "poses_received": len(poses), "fixes": int(sum(fix)),
+              "no_fix": int(len(fix) - sum(fix)), "error": stats, "unit": unit,
+              "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
+              "latency_ms_p95": float(np.percentile(lat, 95)) if lat.size else None,
+              "median_error_bound": bound, "wall_s": time.monotonic() - t_start}
+    pairs = []
+    for k in np.linspace(0, len(query_run) - 1, 3).astype(int):
+        pose = poses.get(stamps[k])
+        if pose is not None:
+            from ..placemap import PlaceMap
+
+            pm = PlaceMap.load(map_dir)
+            j = int(np.argmin(np.linalg.norm(pm.places.positions[:, :2] - est_xy[k], axis=1)))
+            pairs.append((read_image(query_run.images[k]), read_image(pm.places.images[j]), f"#{k}"))
+    png = plot_trajectory(out / "demo.png", np.array(true_xy), np.array(est_xy), np.array(fix),
+                          map_run.positions[:, :2], f"{args.data}: {sum(fix)}/{len(fix)} fixes, median error "
+                          f"{stats.get('median', float('nan')):.2f} {unit}", pairs)
+    if args.figure:
+        shutil.copy(png, args.figure)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    print(f"frames sent {frames}, poses received {len(poses)}, fixes {sum(fix)}, no fix {len(fix) - sum(fix)}")
+    if stats.get("n"):
+        within = ", ".join(f"{100 * v:.0f}% within {k[7:]} {unit}" for k, v in stats.items() if k.startswith("within_"))
+        print(f"position error: median {stats['median']:.2f} {unit}, p90 {stats['p90']:.2f} {unit}; {within}")
+    if lat.size:
+        print(f"end-to-end latency (publish -> pose received): p50 {report['latency_ms_p50']:.0f} ms, "
+              f"p95 {report['latency_ms_p95']:.0f} ms")
+    print(f"plot: {png}   report: {out / 'report.json'}   total {report['wall_s']:.0f} s")
+    ok = stats.get("n", 0) >= len(fix) / 2 and stats["median"] <= bound
+    print("LOCALIZATION OK" if ok else f"LOCALIZATION FAILED (needs fixes on >= half the frames and median error <= {bound} {unit})")
+    return 0 if ok else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
