@@ -24,7 +24,7 @@ SIZES = ((240, 320), (480, 640))
 PCA_DIM = 4096
 
 
-def measure(preset: str, h: int, w: int, repeats: int, device: str) -> dict:
+def measure(preset: str, h: int, w: int, repeats: int, device: str, weights: str = "caffe-vgg16") -> dict:
     import numpy as np
     import torch
 
@@ -32,7 +32,7 @@ def measure(preset: str, h: int, w: int, repeats: int, device: str) -> dict:
     from densernet_core.model import build
     from densernet_core.pca import PCAWhitening
 
-    model = build(preset, weights="caffe-vgg16", device=device, image_size=(h, w), pca_dim=PCA_DIM)
+    model = build(preset, weights=weights, device=device, image_size=(h, w), pca_dim=PCA_DIM)
     model.pca = PCAWhitening(model.config.vlad_dim, PCA_DIM).to(model.device)  # timing only: shape matters
     image = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
     x = prepare_batch([image], (h, w), model.config.preprocessing).to(model.device)
@@ -72,9 +72,10 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--one", nargs=3, metavar=("PRESET", "H", "W"), help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--weights", default="caffe-vgg16", help="'none' times the same network without the weights file")
     args = p.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), int(args.one[2]), args.repeats, args.device)))
+        print(json.dumps(measure(args.one[0], int(args.one[1]), int(args.one[2]), args.repeats, args.device, args.weights)))
         return 0
     import torch
 
@@ -87,7 +88,7 @@ def main() -> int:
     for h, w in SIZES:
         for preset in PRESETS:
             out = subprocess.run([sys.executable, __file__, "--one", preset, str(h), str(w), "--repeats",
-                                  str(args.repeats), "--device", args.device], capture_output=True, text=True)
+                                  str(args.repeats), "--device", args.device, "--weights", args.weights], capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"| {preset} | {h}x{w} | failed: {out.stderr.strip().splitlines()[-1]} |")
                 continue
