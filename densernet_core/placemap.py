@@ -68,9 +68,9 @@ class PlaceMap:
             w = csv.writer(f)
             w.writerow(PLACE_FIELDS)
             for i in range(len(self.places)):
-                img = self.places.images[i]
-                try:
-                    img = img.relative_to(folder)
+                img = Path(self.places.images[i]).resolve()
+                try:  # images inside the map folder travel with it; others keep an absolute path
+                    img = img.relative_to(folder.resolve())
                 except ValueError:
                     pass
                 w.writerow([i, str(img), *self.places.positions[i], *self.places.orientations[i],

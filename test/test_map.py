@@ -154,3 +154,14 @@ def test_rosbag_fixture_builds_map_with_right_poses(tiny_model, ckpt, tmp_path):
         load_rosbag(bag, "/nope", "/odom", tmp_path / "f2")
     with pytest.raises(DatasetError, match="has type"):
         load_rosbag(bag, "/odom", "/odom", tmp_path / "f3")
+
+
+def test_relative_image_paths_survive_save_and_load(tiny_model, route, ckpt, tmp_path, monkeypatch):
+    """A route given with paths relative to the working directory still resolves after loading."""
+    monkeypatch.chdir(tmp_path)
+    path, sha = ckpt
+    data = load_csv("route/poses.csv")
+    assert not data.images[0].is_absolute()
+    build_map(tiny_model, path, sha, data, "out/map", progress=False)
+    loaded = PlaceMap.load("out/map")
+    assert all(p.is_file() for p in loaded.places.images)
