@@ -6,7 +6,6 @@ anything. Official DenserNet/OpenIBL `state_dict` files (torch pickles) are impo
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -19,6 +18,7 @@ from safetensors.torch import save_file
 from .config import ConfigError, PRESETS, model_config_from_json, ModelConfig
 from .model import DenserNet, resolve_device
 from .pca import PCAWhitening
+from .weights import sha256_of
 
 LOG = logging.getLogger("densernet")
 FORMAT = "densernet-checkpoint"
@@ -97,11 +97,7 @@ def load_model(path: str | Path, device: str = "cpu", image_size: tuple[int, int
 
 def checkpoint_hash(path: str | Path) -> str:
     """Content hash a map records, so a map is never queried with another model's descriptors."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_of(Path(path))
 
 
 # ---- official DenserNet / OpenIBL checkpoints ------------------------------------------------
