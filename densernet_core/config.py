@@ -14,10 +14,13 @@ from typing import Any, Mapping
 import yaml
 
 # Branch widths (pool3, pool4, pool5) of the reference model zoo. "large" is the paper's model.
+# A width of 0 leaves that depth out: "conv5" is the single-scale NetVLAD ablation, with the same
+# descriptor size as "small" so the comparison is about scales, not dimensions.
 PRESETS: dict[str, tuple[int, int, int]] = {
     "small": (64, 64, 64),
     "middle": (128, 128, 128),
     "large": (384, 256, 512),
+    "conv5": (0, 0, 192),
 }
 WEIGHT_SOURCES = ("caffe-vgg16", "torchvision", "none")
 # Which preprocessing each backbone weight source was trained with.
@@ -50,8 +53,9 @@ class ModelConfig:
         if self.preset not in PRESETS and self.preset != "custom":
             raise ConfigError(f"preset {self.preset!r} unknown; choose one of {sorted(PRESETS)} or 'custom'")
         dims = tuple(self.branch_dims)
-        if len(dims) != 3 or not all(isinstance(d, int) and d > 0 for d in dims):
-            raise ConfigError(f"branch_dims must be three positive integers, got {self.branch_dims!r}")
+        if len(dims) != 3 or not all(isinstance(d, int) and d >= 0 for d in dims) or not any(dims):
+            raise ConfigError(f"branch_dims must be three integers >= 0 (0 = depth not used), at least one "
+                              f"positive, got {self.branch_dims!r}")
         object.__setattr__(self, "branch_dims", dims)
         if self.fuse_stride not in FUSE_STRIDES:
             raise ConfigError(f"fuse_stride must be one of {FUSE_STRIDES}, got {self.fuse_stride!r}")

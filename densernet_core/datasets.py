@@ -209,6 +209,77 @@ def load_kitti(folder: str | Path, frames: Sequence[int] | None = None) -> GeoIm
     return GeoImages(images, pos, ori, np.asarray(frames, float) * 0.1, str(folder), has_orientation=True)
 
 
+# ---- NetVLAD .mat (Pittsburgh 30k/250k, Tokyo 24/7, TokyoTM) ---------------------------------
+MAT_SPLITS = ("database", "queries")
+_MAT_FIELDS = {"database": ("dbImageFns", "utmDb", "dbTimeStamp"), "queries": ("qImageFns", "utmQ", "qTimeStamp")}
+
+
+def _mat_strings(cell: np.ndarray) -> list[str]:
+    """A MATLAB cell array of strings as read by scipy (object array of 1-element str arrays)."""
+    out = []
+    for item in np.asarray(cell, dtype=object).ravel():
+        while isinstance(item, np.ndarray):
+            item = item.ravel()[0] if item.size else ""
+        out.append(str(item))
+    return out
+
+
+def load_netvlad_mat(mat_path: str | Path, image_root: str | Path, split: str,
+                     skip_missing: bool = False) -> GeoImages:
+    """One split of a NetVLAD `dbStruct` file (`pitts30k_train.mat`, `tokyoTM_val.mat`, ...).
+
+    Positions are the file's UTM easting/northing; images are resolved under `image_root`
+    (the dataset's image folder, or its `queries_real` folder for Tokyo 24/7 queries).
+    """
+    from scipy.io import loadmat
+
+    mat_path, root = Path(mat_path), Path(image_root)
+    if split not in MAT_SPLITS:
+        raise DatasetError(f"split must be one of {MAT_SPLITS}, got {split!r}")
+    if not mat_path.is_file():
+        raise DatasetError(f".mat file not found: {mat_path}")
+    try:
+        mat = loadmat(str(mat_path))
+    except Exception as exc:  # scipy raises ValueError/TypeError/OSError on foreign or truncated files
+        raise DatasetError(f"{mat_path}: not a readable MATLAB file: {exc}") from exc
+    if "dbStruct" not in mat:
+        raise DatasetError(f"{mat_path}: no 'dbStruct' variable (not a NetVLAD dataset file); "
+                           f"variables are {sorted(k for k in mat if not k.startswith('__'))}")
+    struct = mat["dbStruct"]
+    names = struct.dtype.names or ()
+    files_key, utm_key, time_key = _MAT_FIELDS[split]
+    for key in (files_key, utm_key):
+        if key not in names:
+            raise DatasetError(f"{mat_path}: dbStruct has no field {key!r}; fields are {list(names)}")
+    record = struct.ravel()[0]
+    files = _mat_strings(record[files_key])
+    utm = np.asarray(record[utm_key], dtype=np.float64)
+    if utm.ndim != 2 or 2 not in utm.shape:
+        raise DatasetError(f"{mat_path}: {utm_key} has shape {utm.shape}, expected 2 x N")
+    utm = utm if utm.shape[0] == 2 and utm.shape[1] == len(files) else utm.T
+    if utm.shape != (2, len(files)):
+        raise DatasetError(f"{mat_path}: {utm_key} has {utm.shape[1]} positions for {len(files)} images")
+    stamps = np.arange(len(files), dtype=np.float64)
+    if time_key in names and np.asarray(record[time_key]).size == len(files):
+        stamps = np.asarray(record[time_key], dtype=np.float64).ravel()
+    images, keep = [], []
+    for i, name in enumerate(files):
+        path = root / name
+        if not path.is_file():
+            if not skip_missing:
+                raise DatasetError(f"{mat_path}: {split} image {i} ({name}) not found under {root}")
+            LOG.warning("%s: skipping missing %s image %s", mat_path, split, path)
+            continue
+        images.append(path)
+        keep.append(i)
+    if not images:
+        raise DatasetError(f"{mat_path}: no {split} image found under {root}")
+    pos = np.zeros((len(keep), 3))
+    pos[:, :2] = utm[:, keep].T
+    return GeoImages(images, pos, np.tile(IDENTITY_QUAT, (len(keep), 1)), stamps[keep], f"{mat_path}:{split}",
+                     names=[files[i] for i in keep])
+
+
 # ---- rosbag2 ------------------------------------------------------------------------------------
 POSE_TYPES = ("nav_msgs/msg/Odometry", "geometry_msgs/msg/PoseStamped",
               "geometry_msgs/msg/PoseWithCovarianceStamped", "sensor_msgs/msg/NavSatFix")

@@ -7,7 +7,7 @@ from densernet_core.config import ConfigError, PRESETS, model_config
 from densernet_core.model import DenserNet, build
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("preset", sorted(set(PRESETS) - {"conv5"}))
 @pytest.mark.parametrize("size", [(64, 64), (96, 128), (100, 70)])
 def test_shapes_per_preset_and_size(preset, size):
     model = DenserNet(model_config(preset, weights="none", image_size=size, num_clusters=4, pca_dim=0)).eval()
@@ -20,6 +20,26 @@ def test_shapes_per_preset_and_size(preset, size):
     assert dense.shape == (2, sum(PRESETS[preset]), 2 * h3, 2 * w3)
     assert desc.shape == (2, 4 * sum(PRESETS[preset]))
     assert torch.allclose(desc.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_single_depth_preset_uses_pool5_only_at_its_own_resolution():
+    """The conv5 ablation: only the pool5 branch, no upsampling, same VLAD size as 'small'."""
+    model = DenserNet(model_config("conv5", weights="none", num_clusters=4, pca_dim=0)).eval()
+    assert not list(model.branches[0].parameters()) and not list(model.branches[1].parameters())
+    with torch.no_grad():
+        dense = model.dense(torch.randn(1, 3, 96, 128))
+        desc = model(torch.randn(1, 3, 96, 128))
+    assert dense.shape == (1, 192, 3, 4)
+    assert desc.shape[1] == model_config("small", num_clusters=4).vlad_dim
+
+
+def test_partial_multiscale_fuses_at_finest_present_depth():
+    model = DenserNet(model_config("small", weights="none", branch_dims=(0, 32, 32),
+                                   num_clusters=4, pca_dim=0)).eval()
+    with torch.no_grad():
+        dense = model.dense(torch.randn(1, 3, 96, 128))
+    # pool4 (stride 16) upsampled 4x to the stride-4 fuse grid.
+    assert dense.shape == (1, 64, 24, 32)
 
 
 def test_fuse_stride_8_keeps_pool3_resolution():

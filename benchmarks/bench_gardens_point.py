@@ -1,0 +1,147 @@
+"""The headline benchmark: weakly supervised DenserNet vs baselines on Gardens Point Walking.
+
+    .venv/bin/python benchmarks/bench_gardens_point.py            # or: make bench-train
+
+Train on frames 0-99 of all three traversals (recipe: training/configs/gardens_point_small.yaml,
+the preset swapped per row), evaluate on frames 100-199 for day_right->day_left,
+night_right->day_right and night_right->day_left; a retrieval is correct when |i - j| <= 2.
+Every row runs in this process at the same resolution. Writes <out>/results.json, table.md,
+recall.png and each training run's folder (resumable: rerunning skips finished work).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from densernet_core.baselines import gem_conv5, raw_pixels  # noqa: E402
+from densernet_core.checkpoint import load_model  # noqa: E402
+from densernet_core.cli import setup_logging  # noqa: E402
+from densernet_core.config import model_config  # noqa: E402
+from densernet_core.datasets import load_traverse  # noqa: E402
+from densernet_core.evaluation import EvalResult, evaluate_descriptors  # noqa: E402
+from densernet_core.train_config import load_train_config  # noqa: E402
+from densernet_core.trainer import Trainer  # noqa: E402
+
+LOG = logging.getLogger("densernet")
+PROTOCOLS = (("day_right", "day_left"), ("night_right", "day_right"), ("night_right", "day_left"))
+EVAL_FRAMES = (100, 200)
+TOLERANCE = 2.0  # frames
+RAW_SIZE = (32, 64)  # SeqSLAM-sized thumbnail, 16:9-ish
+
+
+def evaluate(name: str, describe, data_dir: Path) -> list[EvalResult]:
+    frames = range(*EVAL_FRAMES)
+    sets = {t: load_traverse(data_dir / t, frames) for t in {t for p in PROTOCOLS for t in p}}
+    desc = {t: describe(s.images) for t, s in sets.items()}
+    out = []
+    for q, db in PROTOCOLS:
+        r = evaluate_descriptors(f"{q}->{db}", desc[db], desc[q], sets[db].positions, sets[q].positions, TOLERANCE)
+        LOG.info("%-28s %-24s R@1 %.3f  R@5 %.3f", name, r.name, r.recalls[1], r.recalls[5])
+        out.append(r)
+    return out
+
+
+def checkpoint_describer(path: Path, device: str):
+    model = load_model(path, device)
+    return lambda images: model.describe(images, batch_size=8)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "training/configs/gardens_point_small.yaml"))
+    parser.add_argument("--presets", nargs="+", default=["conv5", "small", "middle"])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/gardens_point"))
+    parser.add_argument("--out", default="bench_out/gardens_point")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    setup_logging()
+    data_dir, out = Path(args.data), Path(args.out)
+    if not all((data_dir / t).is_dir() for t in ("day_left", "day_right", "night_right")):
+        print(f"Gardens Point not found at {data_dir} (see ../shared/data/README.md); nothing to benchmark")
+        return 2
+    base = load_train_config(args.config)
+    size = base.model.image_size
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+
+    def record(method: str, results: list[EvalResult], seconds: float, note: str = "") -> None:
+        rows.append({"method": method, "note": note, "seconds": round(seconds, 1),
+                     "protocols": {r.name: {str(k): v for k, v in r.recalls.items()} for r in results}})
+        (out / "results.json").write_text(json.dumps({"image_size": list(size), "tolerance_frames": TOLERANCE,
+                                                      "eval_frames": list(EVAL_FRAMES), "rows": rows}, indent=2))
+
+    t0 = time.time()
+    record("raw pixels (patch-normalised grey)", evaluate("raw", lambda ims: raw_pixels(ims, RAW_SIZE), data_dir),
+           time.time() - t0, f"{RAW_SIZE[0]}x{RAW_SIZE[1]}")
+    t0 = time.time()
+    record("VGG16 conv5 + GeM (ImageNet, off the shelf)",
+           evaluate("gem", lambda ims: gem_conv5(ims, size, base.model.weights, args.device), data_dir), time.time() - t0)
+    for preset in args.presets:
+        overrides = {k: v for k, v in base.model.to_dict().items() if k not in ("preset", "branch_dims")}
+        cfg = dataclasses.replace(base, model=model_config(preset, **{k: tuple(v) if isinstance(v, list) else v
+                                                                      for k, v in overrides.items()}))
+        trainer = Trainer(cfg, out / "runs" / preset, out / "cache")
+        if preset != "conv5":
+            t0 = time.time()
+            off = trainer.whiten(trainer.cluster(), out / "runs" / preset / "off_the_shelf.safetensors")
+            record(f"DenserNet {preset}, off the shelf (k-means NetVLAD + PCA, no training)",
+                   evaluate(f"{preset} off-the-shelf", checkpoint_describer(off, args.device), data_dir), time.time() - t0)
+        t0 = time.time()
+        trained = trainer.train()
+        train_s = time.time() - t0
+        label = "NetVLAD on conv5 only (pool5 branch), trained" if preset == "conv5" else f"DenserNet {preset}, trained"
+        record(label, evaluate(f"{preset} trained", checkpoint_describer(trained, args.device), data_dir), train_s,
+               f"{cfg.optim.epochs} epochs, {cfg.optim.loss}")
+    table = format_rows(rows, size)
+    (out / "table.md").write_text(table + "\n")
+    plot_rows(rows, out / "recall.png")
+    print(table)
+    print(f"wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'recall.png'}")
+    return 0
+
+
+def format_rows(rows: list[dict], size: tuple[int, int]) -> str:
+    names = [f"{q}->{db}" for q, db in PROTOCOLS]
+    head = "| method | " + " | ".join(f"{n} R@1 / R@5" for n in names) + " | seconds |"
+    lines = [f"Input {size[0]}x{size[1]}, eval frames {EVAL_FRAMES[0]}-{EVAL_FRAMES[1] - 1}, correct when |i-j| <= 2.", "",
+             head, "|---|" + "---|" * len(names) + "---|"]
+    for r in rows:
+        cells = [f"{r['protocols'][n]['1']:.3f} / {r['protocols'][n]['5']:.3f}" for n in names]
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r['seconds']} |")
+    return "\n".join(lines)
+
+
+def plot_rows(rows: list[dict], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = [f"{q}->{db}" for q, db in PROTOCOLS]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        ax.bar(np.arange(len(names)) + i * width, [r["protocols"][n]["1"] for n in names], width,
+               label=r["method"][:48])
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
+    ax.set_xticklabels(names)
+    ax.set_ylabel("Recall@1")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title("Gardens Point, frames 100-199 (trained on 0-99)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""One YAML file per experiment: every training hyper-parameter lives here, none in code."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .config import ConfigError, ModelConfig, dataclass_from_mapping, load_yaml, model_config
+from .losses import names as loss_names
+from .sources import SourceSpec, specs_from
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULERS = ("none", "step", "cosine")
+CACHE_MODES = ("auto", "on", "off")
+# Trainable trunk settings whose frozen prefix ends at or after pool4, so the trunk's taps can be cached.
+CACHEABLE_TRAIN_LAYERS = ("none", "conv5")
+
+
+@dataclass(frozen=True)
+class TrainData:
+    database: tuple[SourceSpec, ...]
+    queries: tuple[SourceSpec, ...]
+    pos_radius: float = 10.0
+    neg_radius: float = 25.0
+    positives_from_other_source: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.pos_radius < self.neg_radius:
+            raise ConfigError(f"need 0 < pos_radius < neg_radius, got {self.pos_radius} and {self.neg_radius}")
+
+
+@dataclass(frozen=True)
+class EvalData:
+    database: tuple[SourceSpec, ...]
+    queries: tuple[SourceSpec, ...]
+    tolerance: float = 25.0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.tolerance <= 0:
+            raise ConfigError(f"tolerance must be > 0, got {self.tolerance}")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    descriptors_per_image: int = 100
+    max_images: int = 1000
+    iterations: int = 100
+
+    def __post_init__(self) -> None:
+        if self.descriptors_per_image < 1 or self.max_images < 1 or self.iterations < 1:
+            raise ConfigError("cluster: descriptors_per_image, max_images and iterations must be >= 1")
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    num_negatives: int = 10
+    negative_samples: int = 1000
+    refresh_every: int = 1000  # iterations between descriptor-cache refreshes
+
+    def __post_init__(self) -> None:
+        if self.num_negatives < 1 or self.negative_samples < self.num_negatives or self.refresh_every < 1:
+            raise ConfigError("mining: need num_negatives >= 1, negative_samples >= num_negatives, refresh_every >= 1")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    loss: str = "triplet"
+    margin: float = 0.1
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+    scheduler: str = "step"
+    step_size: int = 5
+    gamma: float = 0.5
+    epochs: int = 5
+    batch_size: int = 4  # tuples per step
+    amp: bool = True  # fp16 autocast on CUDA; ignored on CPU
+    grad_clip: float = 0.0  # 0 = off
+
+    def __post_init__(self) -> None:
+        if self.loss not in loss_names():
+            raise ConfigError(f"optim.loss {self.loss!r} unknown; choose one of {loss_names()}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optim.optimizer {self.optimizer!r} unknown; choose one of {list(OPTIMIZERS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"optim.scheduler {self.scheduler!r} unknown; choose one of {list(SCHEDULERS)}")
+        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.step_size < 1 or self.margin < 0:
+            raise ConfigError("optim: lr > 0, epochs >= 1, batch_size >= 1, step_size >= 1 and margin >= 0 are required")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Photometric night/weather simulation; with cached taps, `copies` variants per image are precomputed."""
+
+    enabled: bool = False
+    copies: int = 2
+    probability: float = 0.5  # chance a training image is shown as an augmented variant
+    gamma: tuple[float, float] = (1.0, 2.5)  # >1 darkens mid-tones
+    brightness: tuple[float, float] = (0.25, 1.0)
+    noise_std: tuple[float, float] = (0.0, 8.0)  # in 0..255 units
+    blur_sigma: tuple[float, float] = (0.0, 1.5)
+    color_cast: float = 0.15  # max relative gain per channel (sodium/blue light)
+
+    def __post_init__(self) -> None:
+        for name in ("gamma", "brightness", "noise_std", "blur_sigma"):
+            lo, hi = getattr(self, name)
+            if lo > hi or lo < 0:
+                raise ConfigError(f"augment.{name} must be [low, high] with 0 <= low <= high, got {[lo, hi]}")
+        if not 0 <= self.probability <= 1 or self.copies < 1 or not 0 <= self.color_cast < 1:
+            raise ConfigError("augment: probability in [0, 1], copies >= 1 and color_cast in [0, 1) are required")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig
+    train: TrainData
+    val: EvalData | None = None
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    cache_taps: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cache_taps not in CACHE_MODES:
+            raise ConfigError(f"cache_taps {self.cache_taps!r} unknown; choose one of {list(CACHE_MODES)}")
+        if self.cache_taps == "on" and self.model.train_layers not in CACHEABLE_TRAIN_LAYERS:
+            raise ConfigError(f"cache_taps: on needs a frozen trunk up to pool4 (train_layers in "
+                              f"{list(CACHEABLE_TRAIN_LAYERS)}), got train_layers {self.model.train_layers!r}")
+
+    @property
+    def uses_tap_cache(self) -> bool:
+        return self.cache_taps == "on" or (self.cache_taps == "auto" and self.model.train_layers in CACHEABLE_TRAIN_LAYERS)
+
+
+def _section(cls: type, raw: Mapping[str, Any], key: str) -> Any:
+    return dataclass_from_mapping(cls, raw.get(key) or {}, key)
+
+
+def _data(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with database and queries, got {raw!r}")
+    for key in ("database", "queries"):
+        if key not in raw:
+            raise ConfigError(f"{where}: missing {key!r}")
+    values = dict(raw)
+    values["database"] = specs_from(raw["database"], f"{where}.database")
+    values["queries"] = specs_from(raw["queries"], f"{where}.queries")
+    return dataclass_from_mapping(cls, values, where)
+
+
+def eval_data_from(raw: Any, where: str) -> EvalData:
+    return _data(EvalData, raw, where)
+
+
+def train_config_from_mapping(raw: Mapping[str, Any], where: str = "config") -> TrainConfig:
+    known = {"model", "data", "cluster", "mining", "optim", "augment", "cache_taps", "device", "seed"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    model_raw = dict(raw.get("model") or {})
+    preset = model_raw.pop("preset", "small")
+    model = model_config(preset, **{k: tuple(v) if isinstance(v, list) else v for k, v in model_raw.items()})
+    data = raw.get("data")
+    if not isinstance(data, Mapping) or "train" not in data:
+        raise ConfigError(f"{where}: needs data.train (database and queries sources)")
+    extra = sorted(set(data) - {"train", "val"})
+    if extra:
+        raise ConfigError(f"{where}: data has unknown key(s) {extra}; expected train and val")
+    return TrainConfig(
+        model=model,
+        train=_data(TrainData, data["train"], "data.train"),
+        val=eval_data_from(data["val"], "data.val") if data.get("val") else None,
+        cluster=_section(ClusterConfig, raw, "cluster"),
+        mining=_section(MiningConfig, raw, "mining"),
+        optim=_section(OptimConfig, raw, "optim"),
+        augment=_section(AugmentConfig, raw, "augment"),
+        cache_taps=raw.get("cache_taps", "auto"),
+        device=raw.get("device", "auto"),
+        seed=raw.get("seed", 0),
+    )
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    return train_config_from_mapping(load_yaml(path), str(path))

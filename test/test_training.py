@@ -1,0 +1,179 @@
+"""Training end to end on a tiny generated two-traversal route (ImageNet trunk, 64x64 images)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+
+from densernet_core.augment import night_weather
+from densernet_core.checkpoint import load_model
+from densernet_core.images import prepare_batch
+from densernet_core.train_config import AugmentConfig, load_train_config
+from densernet_core.trainer import Trainer, TrainingHead
+
+ROOT = Path(__file__).resolve().parents[1]
+PLACES = 10
+
+
+@pytest.fixture(scope="module")
+def route(tmp_path_factory, caffe_weights_ready) -> Path:
+    """Two traversals of 10 places: 'day' textures, and 'dusk' views shifted, darker and noisier."""
+    root = tmp_path_factory.mktemp("route")
+    rng = np.random.default_rng(0)
+    for name in ("day", "dusk"):
+        (root / name).mkdir()
+    for i in range(PLACES):
+        base = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+        day = cv2.resize(base, (72, 64), interpolation=cv2.INTER_NEAREST)
+        dusk = np.roll(day, 6, axis=1).astype(np.float32) * 0.35 + rng.normal(0, 10, day.shape)
+        cv2.imwrite(str(root / "day" / f"Image{i:03d}.jpg"), day[:, :64])
+        cv2.imwrite(str(root / "dusk" / f"Image{i:03d}.jpg"), np.clip(dusk, 0, 255).astype(np.uint8)[:, :64])
+    return root
+
+
+def write_config(route: Path, path: Path, **changes) -> Path:
+    sources = [{"type": "traverse", "path": str(route / "day")}, {"type": "traverse", "path": str(route / "dusk")}]
+    raw = {"seed": 0, "device": "cpu",
+           "model": {"preset": "small", "weights": "caffe-vgg16", "image_size": [64, 64], "num_clusters": 4, "pca_dim": 8,
+                     "branch_dims": [16, 16, 16]},
+           "data": {"train": {"database": sources, "queries": sources, "pos_radius": 1, "neg_radius": 3,
+                              "positives_from_other_source": True},
+                    "val": {"database": sources[:1], "queries": sources[1:], "tolerance": 1, "name": "dusk->day"}},
+           "cluster": {"descriptors_per_image": 20},
+           "mining": {"num_negatives": 3, "negative_samples": 8, "refresh_every": 4},
+           "optim": {"lr": 0.0001, "epochs": 3, "batch_size": 2, "step_size": 2}}
+    for dotted, value in changes.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def tuple_loss(trainer: Trainer, checkpoint: Path, negatives: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+    """Triplet loss of each dusk query against its day place and 3 negatives.
+
+    Without `negatives`, they are chosen as the 3 hardest under this checkpoint and returned,
+    so the same tuples can be scored again with other weights.
+    """
+    model = load_model(checkpoint)
+    head = TrainingHead(model).eval()
+    images = prepare_batch(trainer.data.paths, model.config.image_size, model.config.preprocessing)
+    with torch.no_grad():
+        v = head(images)
+    day, dusk = v[:PLACES], v[PLACES:]  # rows follow the order the sources are listed
+    if negatives is None:
+        sims = dusk @ day.T
+        far = (torch.arange(PLACES)[:, None] - torch.arange(PLACES)[None, :]).abs() >= 3  # beyond neg_radius
+        negatives = sims.masked_fill(~far, -2).topk(3, dim=1).indices
+    return float(trainer.loss_fn(dusk, day, day[negatives], margin=0.1)), negatives
+
+
+def test_few_steps_reduce_loss_and_round_trip(route, tmp_path):
+    cfg = load_train_config(write_config(route, tmp_path / "exp.yaml"))
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    final = trainer.train()
+    before, hard = tuple_loss(trainer, tmp_path / "run" / "init.safetensors")
+    after, _ = tuple_loss(trainer, tmp_path / "run" / "last.safetensors", hard)
+    assert before > 0 and after < before * 0.7, (before, after)
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,iterations,loss") and len(rows) == 4
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "best.safetensors").is_file()
+    model = load_model(final)
+    assert model.pca is not None and model.netvlad_init == "kmeans"
+    desc = model.describe([str(p) for p in trainer.data.paths])
+    np.testing.assert_allclose(np.linalg.norm(desc, axis=1), 1.0, atol=1e-5)
+    again = load_model(final).describe([str(p) for p in trainer.data.paths])
+    np.testing.assert_array_equal(desc, again)
+
+
+def test_resume_continues_epochs_and_optimizer_state(route, tmp_path):
+    run = tmp_path / "run"
+    Trainer(load_train_config(write_config(route, tmp_path / "a.yaml", **{"optim.epochs": 1})), run, progress=False).train()
+    (run / "model.safetensors").unlink()  # as if interrupted after the first epoch
+    Trainer(load_train_config(write_config(route, tmp_path / "b.yaml", **{"optim.epochs": 2})), run, progress=False).train()
+    rows = [r.split(",") for r in (run / "log.csv").read_text().splitlines()[1:]]
+    assert [r[0] for r in rows] == ["1", "2"]
+    assert int(rows[1][1]) == 2 * int(rows[0][1])  # iterations carried on
+    with safe_open(str(run / "last_state.safetensors"), "pt") as f:
+        meta = json.loads(f.metadata()["train_state"])
+        step = f.get_tensor("state.0.step")
+    assert meta["epoch"] == 2 and int(step) == int(rows[1][1])  # Adam's step counter was restored, not reset
+
+
+@pytest.mark.parametrize("train_layers", ["none", "conv5"])
+def test_cached_taps_give_the_same_descriptors_as_images(route, tmp_path, train_layers):
+    cfg = load_train_config(write_config(route, tmp_path / "exp.yaml", **{"model.train_layers": train_layers}))
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    model = load_model(trainer.cluster())
+    model.trunk.set_trainable(train_layers)
+    trainer._caches(model)
+    head = TrainingHead(model).eval()
+    rows = list(range(6))
+    with torch.no_grad():
+        cached = head(trainer.cache.get(rows))
+        direct = head(prepare_batch([trainer.data.paths[r] for r in rows], (64, 64), model.config.preprocessing))
+    assert torch.allclose(cached, direct, atol=2e-3)  # taps are stored in float16
+    assert trainer.cache.taps == ((0, 1, 2) if train_layers == "none" else (0, 1))
+
+
+def test_augmentation_darkens_and_trains_from_variants(route, tmp_path):
+    cfg = AugmentConfig(enabled=True)
+    img = cv2.imread(str(route / "day" / "Image000.jpg"))
+    a = night_weather(img, np.random.default_rng(1), cfg)
+    b = night_weather(img, np.random.default_rng(1), cfg)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == img.shape and a.dtype == np.uint8 and a.mean() < img.mean()
+    exp = write_config(route, tmp_path / "exp.yaml", **{"augment.enabled": True, "augment.copies": 2,
+                                                          "augment.probability": 1.0, "optim.epochs": 1})
+    trainer = Trainer(load_train_config(exp), tmp_path / "run", progress=False)
+    assert trainer.train().is_file()
+    assert trainer.cache.variants == 3
+
+
+def test_ddp_two_cpu_processes_with_gloo(route, tmp_path):
+    exp = write_config(route, tmp_path / "exp.yaml", **{"optim.epochs": 2})
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(29500 + os.getpid() % 1000), str(ROOT / "training" / "train.py"), "--config", str(exp),
+                           "--run-dir", str(tmp_path / "run"), "--no-progress"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "all 2 replicas hold identical weights" in proc.stderr
+    assert load_model(tmp_path / "run" / "model.safetensors").pca is not None
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert len(rows) == 3  # one writer: rank 0
+
+
+def test_evaluate_script_json_png_deterministic(route, tmp_path):
+    run = tmp_path / "run"
+    Trainer(load_train_config(write_config(route, tmp_path / "exp.yaml", **{"optim.epochs": 1})), run, progress=False).train()
+    protocols = tmp_path / "protocols.yaml"
+    protocols.write_text(yaml.safe_dump({"protocols": [
+        {"name": "dusk->day", "database": [{"type": "traverse", "path": str(route / "day")}],
+         "queries": [{"type": "traverse", "path": str(route / "dusk")}], "tolerance": 1}]}))
+    outs = []
+    for k in range(2):
+        proc = subprocess.run([sys.executable, str(ROOT / "training" / "evaluate.py"), "--checkpoint",
+                               str(run / "model.safetensors"), "--protocols", str(protocols), "--out",
+                               str(tmp_path / f"eval{k}"), "--device", "cpu"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "| dusk->day |" in proc.stdout
+        outs.append(json.loads((tmp_path / f"eval{k}.json").read_text()))
+    assert outs[0] == outs[1]
+    assert set(outs[0][0]["recalls"]) == {"1", "5", "10"} and len(outs[0][0]["curve"]) == PLACES
+    assert (tmp_path / "eval0.png").stat().st_size > 1000
+    bad = subprocess.run([sys.executable, str(ROOT / "training" / "evaluate.py"), "--checkpoint",
+                          str(tmp_path / "nope.safetensors"), "--protocols", str(protocols), "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "checkpoint not found" in bad.stderr
