@@ -14,7 +14,7 @@ EXTRAS     := ros,dev
 endif
 export AMENT_PREFIX_PATH := $(if $(ROS_DISTRO),$(abspath $(VENV)):$(AMENT_PREFIX_PATH),$(abspath $(VENV)))
 
-.PHONY: venv install weights test demo bench clean
+.PHONY: venv install weights test demo bench bench-train bench-index bench-node clean
 
 $(STAMP): setup.py
 	test -x $(PY) || python3 -m venv $(VENV_FLAGS) $(VENV)
@@ -40,5 +40,15 @@ demo: weights
 bench: weights
 	$(PY) benchmarks/bench_describe.py
 
+# The headline training benchmark on ../shared/data/gardens_point (about 35 min on a 2-core CPU).
+bench-train: weights
+	$(PY) benchmarks/bench_gardens_point.py --out bench_out/gardens_point
+
+bench-index: install
+	$(PY) benchmarks/bench_index.py --out bench_out/index
+
+bench-node: weights
+	$(PY) benchmarks/bench_node.py --out bench_out/node
+
 clean:
-	rm -rf build install log demo_out *.egg-info
+	rm -rf build install log demo_out bench_out *.egg-info

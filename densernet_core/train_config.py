@@ -179,10 +179,15 @@ def train_config_from_mapping(raw: Mapping[str, Any], where: str = "config") -> 
         mining=_section(MiningConfig, raw, "mining"),
         optim=_section(OptimConfig, raw, "optim"),
         augment=_section(AugmentConfig, raw, "augment"),
-        cache_taps=raw.get("cache_taps", "auto"),
+        cache_taps=_on_off(raw.get("cache_taps", "auto")),
         device=raw.get("device", "auto"),
         seed=raw.get("seed", 0),
     )
+
+
+def _on_off(value: Any) -> Any:
+    """YAML reads a bare on/off as a boolean; take it as the word the user wrote."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 def load_train_config(path: str | Path) -> TrainConfig:

@@ -1,0 +1,158 @@
+"""The node's overhead: end-to-end latency at a 30 Hz camera next to bare describe(), same run.
+
+    .venv/bin/python benchmarks/bench_node.py [--seconds 30] [--rate 30]
+
+Map: Gardens Point day_left (every 5th frame) with an off-the-shelf `small` checkpoint at the
+benchmark resolution; camera: night_right frames at 320x180, published as sensor_msgs/Image at
+`--rate` Hz with the wall-clock stamp at publish time. Latency = time the node's answer
+(place_recognition/place, sent for every processed frame, fix or not) is received minus the
+image stamp. Bare describe(): the same checkpoint on the same frames, one call per frame, in this
+process before the node starts. Ratio = node p50 / describe p50 (target <= 1.10).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from densernet_core.checkpoint import checkpoint_hash, load_model  # noqa: E402
+from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
+from densernet_core.datasets import load_traverse  # noqa: E402
+from densernet_core.demo.run import start_node  # noqa: E402
+from densernet_core.images import read_image, resize  # noqa: E402
+from densernet_core.placemap import build_map  # noqa: E402
+
+CAMERA_SIZE = (180, 320)  # what is published (height, width)
+DESCRIBE_REPEATS = 40
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/gardens_point"))
+    parser.add_argument("--image-size", type=int, nargs=2, default=(192, 320), metavar=("H", "W"))
+    parser.add_argument("--rate", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--out", default="bench_out/node")
+    args = parser.parse_args(argv)
+    setup_logging()
+    data, out = Path(args.data), Path(args.out)
+    if not (data / "day_left").is_dir():
+        print(f"Gardens Point not found at {data}; nothing to benchmark")
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    size = tuple(args.image_size)
+    db = load_traverse(data / "day_left", list(range(0, 200, 5)))
+    ckpt = out / "model.safetensors"
+    if not ckpt.is_file():
+        make_checkpoint(db.images, ckpt, image_size=size, pca_dim=256, progress=False)
+    map_dir = out / "map"
+    if not (map_dir / "manifest.json").is_file():
+        build_map(load_model(ckpt), ckpt.resolve(), checkpoint_hash(ckpt), db, map_dir, progress=False)
+    frames = [resize(read_image(p), CAMERA_SIZE) for p in load_traverse(data / "night_right", list(range(0, 200, 5))).images]
+
+    model = load_model(ckpt)
+    model.describe(frames[0])  # warm-up
+    bare = []
+    for k in range(DESCRIBE_REPEATS):
+        t = time.perf_counter()
+        model.describe(frames[k % len(frames)])
+        bare.append(time.perf_counter() - t)
+    del model
+    node_lat, sent, answered, log = run_node(map_dir, frames, args.rate, args.seconds, out)
+    result = {"image_size": list(size), "camera_size": list(CAMERA_SIZE), "rate_hz": args.rate,
+              "frames_sent": sent, "frames_answered": answered,
+              "describe_ms_p50": 1000 * float(np.median(bare)), "describe_ms_p95": 1000 * float(np.percentile(bare, 95)),
+              "node_ms_p50": 1000 * float(np.median(node_lat)), "node_ms_p95": 1000 * float(np.percentile(node_lat, 95))}
+    result["ratio_p50"] = result["node_ms_p50"] / result["describe_ms_p50"]
+    (out / "node_latency.json").write_text(json.dumps(result, indent=2))
+    print("| input | rate | frames sent | answered | describe p50 / p95 ms | node stamp->answer p50 / p95 ms | ratio p50 |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {size[0]}x{size[1]} | {args.rate:g} Hz | {sent} | {answered} | {result['describe_ms_p50']:.0f} / "
+          f"{result['describe_ms_p95']:.0f} | {result['node_ms_p50']:.0f} / {result['node_ms_p95']:.0f} | "
+          f"{result['ratio_p50']:.2f} |")
+    print(f"wrote {out / 'node_latency.json'} (node log: {log})")
+    return 0
+
+
+def run_node(map_dir: Path, frames: list[np.ndarray], rate: float, seconds: float, out: Path
+             ) -> tuple[list[float], int, int, Path]:
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    env = dict(os.environ)
+    env.setdefault("ROS_DOMAIN_ID", str(160 + os.getpid() % 60))
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+    log = out / "node.log"
+    proc = start_node(map_dir.resolve(), env, log, [])
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node("densernet_bench_camera", context=ctx)
+    pub = node.create_publisher(Image, "image", qos_profile_sensor_data)
+    latencies: list[float] = []
+    node.create_subscription(DiagnosticArray, "place_recognition/place",
+                             lambda m: latencies.append(time.time() - (m.header.stamp.sec + m.header.stamp.nanosec * 1e-9)), 50)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    stop = threading.Event()
+    spinner = threading.Thread(target=lambda: [ex.spin_once(timeout_sec=0.02) for _ in iter(stop.is_set, True)], daemon=True)
+    spinner.start()
+    sent = 0
+    try:
+        end = time.monotonic() + 120
+        while not (pub.get_subscription_count() > 0 and node.count_publishers("place_recognition/place") > 0):
+            if proc.poll() is not None or time.monotonic() > end:
+                raise RuntimeError(f"node did not come up (see {log})")
+            time.sleep(0.1)
+        time.sleep(2.0)
+        msgs = []
+        for rgb in frames:
+            m = Image()
+            m.height, m.width, m.encoding, m.step = rgb.shape[0], rgb.shape[1], "rgb8", rgb.shape[1] * 3
+            m.data = rgb.tobytes()
+            m.header.frame_id = "camera"
+            msgs.append(m)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            m = msgs[sent % len(msgs)]
+            now = time.time()
+            m.header.stamp.sec, m.header.stamp.nanosec = int(now), int((now % 1) * 1e9)
+            pub.publish(m)
+            sent += 1
+            delay = t0 + sent / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        spinner.join(timeout=5)
+        ex.shutdown()
+        node.destroy_node()
+        ctx.try_shutdown()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    return latencies, sent, len(latencies), log
+
+
+if __name__ == "__main__":
+    sys.exit(main())
