@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import PRESETS, WEIGHT_SOURCES
+from .config import BRANCH_INITS, PRESETS, WEIGHT_SOURCES
 from .images import list_images
 
 LOG = logging.getLogger("densernet")
@@ -21,13 +21,17 @@ def setup_logging(verbose: bool = False) -> None:
 
 def make_checkpoint(images: Sequence[str | Path], out: str | Path, preset: str = "small", weights: str = "caffe-vgg16",
                     image_size: tuple[int, int] = (480, 640), num_clusters: int = 64, pca_dim: int = 4096,
-                    device: str = "cpu", seed: int = 0, progress: bool = True) -> Path:
-    """An off-the-shelf DenserNet: ImageNet trunk, NetVLAD from k-means and PCA fitted on `images`."""
+                    device: str = "cpu", seed: int = 0, progress: bool = True, branch_init: str = "pca") -> Path:
+    """An off-the-shelf DenserNet: ImageNet trunk, branches (PCA or random), NetVLAD from k-means, PCA."""
     from .checkpoint import save_checkpoint
     from .model import build
 
     model = build(preset, weights=weights, device=device, image_size=tuple(image_size),
                   num_clusters=num_clusters, pca_dim=pca_dim)
+    if branch_init == "pca":
+        model.init_branches_from_samples(model.sample_tap_features(images, seed=seed, progress=progress))
+    elif branch_init not in BRANCH_INITS:
+        raise ValueError(f"branch_init must be one of {BRANCH_INITS}, got {branch_init!r}")
     LOG.info("initialising NetVLAD (K=%d) from %d images", num_clusters, len(images))
     model.init_netvlad(images, seed=seed, progress=progress)
     LOG.info("fitting PCA whitening (%d dims requested)", pca_dim)
@@ -48,7 +52,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     if len(images) < 2:
         raise ValueError(f"need at least 2 images to initialise NetVLAD and PCA, got {len(images)}")
     out = make_checkpoint(images, args.out, args.preset, args.weights, tuple(args.image_size), args.clusters,
-                          args.pca_dim, args.device, args.seed)
+                          args.pca_dim, args.device, args.seed, branch_init=args.branch_init)
     print(out)
     return 0
 
@@ -89,6 +93,8 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--pca-dim", type=int, default=4096)
     i.add_argument("--device", default="cpu")
     i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--branch-init", choices=BRANCH_INITS, default="pca",
+                   help="1x1 branches as PCA whitening of each depth's features (default) or random (the reference)")
     i.set_defaults(func=_cmd_init)
 
     d = sub.add_parser("describe", help="global descriptors of images -> .npy")

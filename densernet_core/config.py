@@ -29,6 +29,9 @@ PREPROCESSINGS = ("caffe", "torchvision")
 # Trainable part of the trunk, by the first torchvision `features` index that trains.
 TRAIN_LAYERS = {"none": 31, "conv5": 24, "conv4": 17, "conv3": 10, "conv2": 5, "full": 0}
 FUSE_STRIDES = (4, 8)
+# How the 1x1 branches start before training: "random" (PyTorch default, the reference) or "pca"
+# (whitening of each tap's local features, so every depth contributes equally; docs/TRAINING.md).
+BRANCH_INITS = ("random", "pca")
 
 
 class ConfigError(ValueError):

@@ -39,6 +39,9 @@ def build_index(descriptors: np.ndarray, kind: str = "flat"):
         if n < 2 ** PQ_BITS:
             raise ValueError(f"ivfpq needs at least {2 ** PQ_BITS} descriptors to train, got {n}; use 'flat'")
         index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, PQ_BITS, faiss.METRIC_INNER_PRODUCT)
+        # Maps under ~10k places give each sub-quantizer fewer than FAISS's preferred 39 points per
+        # code; accepted (recall agreement in docs/BENCHMARKS.md) rather than warned 64 times.
+        index.pq.cp.min_points_per_centroid = 1
         index.train(x)
         index.nprobe = min(IVF_NPROBE, nlist)
     index.add(x)

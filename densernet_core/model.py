@@ -19,12 +19,13 @@ from .backbone import TAP_CHANNELS, TAP_STRIDES, VGG16Trunk, load_backbone_weigh
 from .config import ModelConfig, model_config
 from .images import ImageLike, prepare_batch
 from .netvlad import NetVLAD, kmeans
-from .pca import PCAWhitening, fit_pca_whitening
+from .pca import EIG_FLOOR, PCAWhitening, fit_pca_whitening
 
 LOG = logging.getLogger("densernet")
 # The reference fuses pool5, pool4 and pool3 branches in that order; official checkpoints'
 # NetVLAD channels follow it, so we keep it.
 FUSE_ORDER = (2, 1, 0)
+TAP_NAMES = ("pool3", "pool4", "pool5")
 DEFAULT_BATCH = 8
 # Dense descriptors sampled per image for the k-means NetVLAD initialisation (reference: 100).
 DESCRIPTORS_PER_IMAGE = 100
@@ -144,6 +145,41 @@ class DenserNet(nn.Module):
         self.netvlad_init = "kmeans"
         return alpha
 
+    @torch.no_grad()
+    def init_branches_from_samples(self, samples: dict[int, np.ndarray]) -> None:
+        """Each used 1x1 branch := PCA whitening of its tap's local features (N x C samples per tap).
+
+        The reference starts the branches at random; whitened branches make every depth
+        contribute equally to the fused map before any training (docs/TRAINING.md).
+        """
+        for i in self.used_taps:
+            x = np.asarray(samples[i], dtype=np.float64)
+            width = self.config.branch_dims[i]
+            if x.ndim != 2 or x.shape[1] != TAP_CHANNELS[i] or len(x) <= width:
+                raise ValueError(f"PCA branch init of tap {i} needs more than {width} samples of "
+                                 f"{TAP_CHANNELS[i]} channels, got shape {x.shape}")
+            mean = x.mean(axis=0)
+            eigval, eigvec = np.linalg.eigh(np.cov(x - mean, rowvar=False))
+            order = np.argsort(eigval)[::-1][:width]
+            scale = np.sqrt(np.maximum(eigval[order], eigval[order[0]] * EIG_FLOOR))
+            weight = (eigvec[:, order] / scale).T  # width x C
+            self.branches[i].weight.copy_(torch.from_numpy(weight.astype(np.float32))[:, :, None, None])
+            self.branches[i].bias.copy_(torch.from_numpy((-weight @ mean).astype(np.float32)))
+        LOG.info("branches initialised by PCA whitening of %s", [TAP_NAMES[i] for i in self.used_taps])
+
+    @torch.inference_mode()
+    def sample_tap_features(self, images: Sequence[ImageLike], per_image: int = DESCRIPTORS_PER_IMAGE,
+                            seed: int = 0, batch_size: int = DEFAULT_BATCH, progress: bool = False
+                            ) -> dict[int, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        self.eval()
+        out: dict[int, list[np.ndarray]] = {i: [] for i in self.used_taps}
+        for x in self._batches(images, batch_size, "rgb", progress):
+            taps = self.trunk(x)
+            for i in self.used_taps:
+                out[i].append(sample_locations(taps[i], per_image, rng, normalise=False))
+        return {i: np.concatenate(v) for i, v in out.items()}
+
     def init_netvlad(self, images: Sequence[ImageLike], per_image: int = DESCRIPTORS_PER_IMAGE, seed: int = 0,
                      iterations: int = 100, progress: bool = False) -> float:
         """k-means over dense descriptors -> NetVLAD centroids and assignment weights. Returns alpha."""
@@ -174,9 +210,11 @@ def upsample_nearest(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(y, size=size, mode="nearest")
 
 
-def sample_locations(dense: torch.Tensor, per_image: int, rng: np.random.Generator) -> np.ndarray:
-    """L2-normalised descriptors at `per_image` random locations of each dense map (N x C x h x w)."""
-    flat = F.normalize(dense.float(), p=2, dim=1).flatten(2).transpose(1, 2).cpu().numpy()  # N, HW, C
+def sample_locations(dense: torch.Tensor, per_image: int, rng: np.random.Generator, normalise: bool = True
+                     ) -> np.ndarray:
+    """Descriptors (L2-normalised unless told) at `per_image` random locations of each map (N x C x h x w)."""
+    dense = F.normalize(dense.float(), p=2, dim=1) if normalise else dense.float()
+    flat = dense.flatten(2).transpose(1, 2).cpu().numpy()  # N, HW, C
     picks = [d[rng.choice(d.shape[0], size=min(per_image, d.shape[0]), replace=False)] for d in flat]
     return np.concatenate(picks).astype(np.float32)
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import ConfigError, ModelConfig, dataclass_from_mapping, load_yaml, model_config
+from .config import BRANCH_INITS, ConfigError, ModelConfig, dataclass_from_mapping, load_yaml, model_config
 from .losses import names as loss_names
 from .sources import SourceSpec, specs_from
 
@@ -46,10 +46,13 @@ class ClusterConfig:
     descriptors_per_image: int = 100
     max_images: int = 1000
     iterations: int = 100
+    branch_init: str = "random"  # one of config.BRANCH_INITS
 
     def __post_init__(self) -> None:
         if self.descriptors_per_image < 1 or self.max_images < 1 or self.iterations < 1:
             raise ConfigError("cluster: descriptors_per_image, max_images and iterations must be >= 1")
+        if self.branch_init not in BRANCH_INITS:
+            raise ConfigError(f"cluster.branch_init {self.branch_init!r} unknown; choose one of {list(BRANCH_INITS)}")
 
 
 @dataclass(frozen=True)

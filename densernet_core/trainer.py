@@ -47,10 +47,11 @@ class TrainingHead(nn.Module):
         super().__init__()
         self.model = model
 
+    def taps(self, batch: torch.Tensor | dict[int, torch.Tensor]) -> list[torch.Tensor | None]:
+        return trunk_taps(self.model, batch) if isinstance(batch, dict) else self.model.trunk(batch)
+
     def dense(self, batch: torch.Tensor | dict[int, torch.Tensor]) -> torch.Tensor:
-        if isinstance(batch, dict):
-            return self.model.fuse(trunk_taps(self.model, batch))
-        return self.model.dense(batch)
+        return self.model.fuse(self.taps(batch))
 
     def forward(self, batch: torch.Tensor | dict[int, torch.Tensor]) -> torch.Tensor:
         return self.model.netvlad(self.dense(batch).float())
@@ -176,6 +177,8 @@ class Trainer:
             if len(rows) > c.max_images:
                 rows = np.sort(rng.choice(rows, c.max_images, replace=False))
             head = TrainingHead(model).eval()
+            if c.branch_init == "pca":
+                self._init_branches_pca(head, rows, rng)
             samples = []
             with torch.no_grad():
                 for s in tqdm(range(0, len(rows), DESCRIBE_BATCH), desc="cluster samples", disable=not self.progress):
@@ -186,6 +189,16 @@ class Trainer:
             save_checkpoint(model, out, {"stage": "init"})
         self.ctx.barrier()
         return out
+
+    @torch.no_grad()
+    def _init_branches_pca(self, head: TrainingHead, rows: np.ndarray, rng: np.random.Generator) -> None:
+        model, per_image = head.model, self.cfg.cluster.descriptors_per_image
+        feats: dict[int, list[np.ndarray]] = {i: [] for i in model.used_taps}
+        for s in range(0, len(rows), DESCRIBE_BATCH):
+            taps = head.taps(self._batch(model, rows[s:s + DESCRIBE_BATCH], None))
+            for i in model.used_taps:
+                feats[i].append(sample_locations(taps[i], per_image, rng, normalise=False))
+        model.init_branches_from_samples({i: np.concatenate(v) for i, v in feats.items()})
 
     # ---- step 2: training ---------------------------------------------------------------------
     def _optimizer(self, model: DenserNet) -> tuple[torch.optim.Optimizer, object]:

@@ -177,3 +177,19 @@ def test_evaluate_script_json_png_deterministic(route, tmp_path):
                           str(tmp_path / "nope.safetensors"), "--protocols", str(protocols), "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "checkpoint not found" in bad.stderr
+
+
+def test_pca_branch_init_whitens_every_used_branch(route, tmp_path):
+    exp = write_config(route, tmp_path / "exp.yaml", **{"cluster.branch_init": "pca", "cluster.descriptors_per_image": 64})
+    trainer = Trainer(load_train_config(exp), tmp_path / "run", progress=False)
+    model = load_model(trainer.cluster())
+    head = TrainingHead(model).eval()
+    with torch.no_grad():
+        taps = head.taps(prepare_batch(trainer.data.paths, (64, 64), model.config.preprocessing))
+        for i in model.used_taps:
+            y = model.branches[i](taps[i]).flatten(2).transpose(1, 2).reshape(-1, model.config.branch_dims[i])
+            cov = torch.cov(y.T)
+            # Whitened on the sampled locations: unit variances, no correlation (up to sampling).
+            assert 0.6 < float(cov.diagonal().mean()) < 1.6, (i, cov.diagonal())
+            off = cov - torch.diag(cov.diagonal())
+            assert float(off.abs().mean()) < 0.1
