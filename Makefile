@@ -34,8 +34,11 @@ weights: install
 test: weights
 	bash scripts/run_tests.sh $(PY)
 
+# Each data source keeps its own output folder (route, checkpoint and map are reused on reruns).
+DEMO_OUT := $(if $(filter synthetic,$(DATA)),demo_out,demo_out_$(DATA))
+
 demo: weights
-	$(VENV)/bin/densernet-demo --data $(DATA) --out demo_out
+	$(VENV)/bin/densernet-demo --data $(DATA) --out $(DEMO_OUT)
 
 bench: weights
 	$(PY) benchmarks/bench_describe.py
@@ -51,4 +54,4 @@ bench-node: weights
 	$(PY) benchmarks/bench_node.py --out bench_out/node
 
 clean:
-	rm -rf build install log demo_out bench_out *.egg-info
+	rm -rf build install log demo_out demo_out_* bench_out *.egg-info

@@ -30,6 +30,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image
 
 from densernet_core.config import ConfigError
@@ -96,11 +97,14 @@ class LocalizerNode(Node):
         topic = self.settings.image_topic
         # Users may switch reliability/depth with qos_overrides.<topic>.subscription.* parameters.
         overrides = QoSOverridingOptions.with_default_policies()
+        # raw=True: the callback gets the serialized bytes; only the frame the worker picks is
+        # deserialized, so a 30 Hz camera does not cost 30 Python message conversions a second.
         if self.settings.use_compressed:
             self.sub = self.create_subscription(CompressedImage, f"{topic}/compressed", self._on_compressed, qos,
-                                                qos_overriding_options=overrides)
+                                                qos_overriding_options=overrides, raw=True)
         else:
-            self.sub = self.create_subscription(Image, topic, self._on_image, qos, qos_overriding_options=overrides)
+            self.sub = self.create_subscription(Image, topic, self._on_image, qos, qos_overriding_options=overrides,
+                                                raw=True)
         self.diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         self.worker = threading.Thread(target=self._work, name="densernet-inference", daemon=True)
         self.worker.start()
@@ -150,11 +154,11 @@ class LocalizerNode(Node):
             self._latest = (msg, kind)
             self._lock.notify()
 
-    def _on_image(self, msg: Image) -> None:
-        self._store(msg, "raw")
+    def _on_image(self, data: bytes) -> None:
+        self._store(data, "raw")
 
-    def _on_compressed(self, msg: CompressedImage) -> None:
-        self._store(msg, "compressed")
+    def _on_compressed(self, data: bytes) -> None:
+        self._store(data, "compressed")
 
     # ---- worker -------------------------------------------------------------------------------
     def _work(self) -> None:
@@ -184,7 +188,8 @@ class LocalizerNode(Node):
                 self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}",
                                         throttle_duration_sec=WARN_THROTTLE_S)
 
-    def _process(self, msg, kind: str) -> None:
+    def _process(self, data: bytes, kind: str) -> None:
+        msg = deserialize_message(data, CompressedImage if kind == "compressed" else Image)
         rgb = compressed_to_rgb(msg) if kind == "compressed" else image_to_rgb(msg)
         result = self.localizer.localize(rgb)
         est = result.estimate

@@ -146,14 +146,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--places", type=int, default=120)
     p.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
     p.add_argument("--rate", type=float, default=1.0, help="replay speed (1 = recorded rate)")
-    p.add_argument("--shared", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+    p.add_argument("--shared", default=os.environ.get("DENSERNET_SHARED_DATA", "../shared/data"),
+                   help="the shared data folder (default ../shared/data from the repository root)")
     p.add_argument("--figure", help="also copy the PNG here (the README's picture)")
     args = p.parse_args(argv)
     setup_logging()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
-    map_run, query_run, bound, unit = _route(args, out)
+    marker = out / "data.txt"  # outputs are reused on reruns: never across data sources
+    if marker.is_file() and marker.read_text().strip() != args.data:
+        raise SystemExit(f"{out} holds a '{marker.read_text().strip()}' demo; use another --out for --data {args.data}")
+    if (out / "model.safetensors").is_file() and not marker.is_file() and args.data != "synthetic":
+        raise SystemExit(f"{out} holds outputs of another demo; use another --out for --data {args.data}")
+    marker.write_text(args.data + "\n")
+    try:
+        map_run, query_run, bound, unit = _route(args, out)
+    except FileNotFoundError as exc:
+        print(f"error: {exc} (pass --shared or set DENSERNET_SHARED_DATA)", file=sys.stderr)
+        return 1
     size = tuple(args.size)
     ckpt = out / "model.safetensors"
     if not ckpt.is_file():
