@@ -23,12 +23,13 @@ import numpy as np
 
 from ..cli import make_checkpoint, setup_logging
 from ..datasets import GeoImages, load_csv, load_traverse
-from ..images import read_image
+from ..images import read_image, resize
 from ..report import error_stats, plot_trajectory
 from .synth import RouteConfig, generate
 
 GP_MAP_FRAMES = range(0, 200, 2)
 GP_QUERY_FRAMES = range(1, 200, 2)
+GP_CAMERA_SIZE = (180, 320)
 
 
 def _route(args: argparse.Namespace, out: Path) -> tuple[GeoImages, GeoImages, float, str]:
@@ -46,7 +47,8 @@ def _route(args: argparse.Namespace, out: Path) -> tuple[GeoImages, GeoImages, f
     return load_csv(paths["map"]), load_csv(paths["query"]), 2 * cfg.spacing, "m"
 
 
-def write_bag(query: GeoImages, bag: Path, topic: str = "/image") -> None:
+def write_bag(query: GeoImages, bag: Path, topic: str = "/image", size: tuple[int, int] | None = None) -> None:
+    """The query run as a rosbag2 of rgb8 Images at their timestamps (resized to `size` (h, w) if given)."""
     from rosbags.rosbag2 import Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -58,7 +60,7 @@ def write_bag(query: GeoImages, bag: Path, topic: str = "/image") -> None:
     with Writer(bag, version=8) as w:
         conn = w.add_connection(topic, Image.__msgtype__, typestore=ts)
         for path, t in zip(query.images, query.timestamps):
-            rgb = read_image(path)
+            rgb = read_image(path) if size is None else resize(read_image(path), size)
             sec, nsec = int(t), int(round((t - int(t)) * 1e9))
             msg = Image(header=Header(stamp=Time(sec=sec, nanosec=nsec), frame_id="camera"), height=rgb.shape[0],
                         width=rgb.shape[1], encoding="rgb8", is_bigendian=0, step=rgb.shape[1] * 3,
@@ -184,7 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bag = out / "query_bag"
     if args.data == "gardens_point":
         query_run.timestamps = np.arange(len(query_run)) * 1.0  # 1 Hz walking pace
-    write_bag(query_run, bag)
+    # Gardens Point night frames are 640x360; Fast DDS loses such best-effort frames on this
+    # loopback without transport tuning, so the camera is replayed at 320x180 (as the node tests do).
+    write_bag(query_run, bag, size=GP_CAMERA_SIZE if args.data == "gardens_point" else None)
     env = dict(os.environ)
     env.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 80))
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
