@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from densernet_core.baselines import gem_conv5, raw_pixels  # noqa: E402
 from densernet_core.checkpoint import load_model  # noqa: E402
 from densernet_core.cli import setup_logging  # noqa: E402
-from densernet_core.config import model_config  # noqa: E402
+from densernet_core.config import PRESETS  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
 from densernet_core.evaluation import EvalResult, evaluate_descriptors  # noqa: E402
 from densernet_core.train_config import load_train_config  # noqa: E402
@@ -85,9 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     record("VGG16 conv5 + GeM (ImageNet, off the shelf)",
            evaluate("gem", lambda ims: gem_conv5(ims, size, base.model.weights, args.device), data_dir), time.time() - t0)
     for preset in args.presets:
-        overrides = {k: v for k, v in base.model.to_dict().items() if k not in ("preset", "branch_dims")}
-        cfg = dataclasses.replace(base, model=model_config(preset, **{k: tuple(v) if isinstance(v, list) else v
-                                                                      for k, v in overrides.items()}))
+        cfg = dataclasses.replace(base, model=base.model.replace(preset=preset, branch_dims=PRESETS[preset]))
         trainer = Trainer(cfg, out / "runs" / preset, out / "cache")
         if preset != "conv5":
             t0 = time.time()

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -29,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from densernet_core.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
-from densernet_core.demo.run import start_node  # noqa: E402
+from densernet_core.demo.run import start_node, stop_node  # noqa: E402
 from densernet_core.images import read_image, resize  # noqa: E402
 from densernet_core.placemap import build_map  # noqa: E402
 
@@ -145,12 +143,7 @@ def run_node(map_dir: Path, frames: list[np.ndarray], rate: float, seconds: floa
         ex.shutdown()
         node.destroy_node()
         ctx.try_shutdown()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_node(proc)
     return latencies, sent, len(latencies), log
 
 

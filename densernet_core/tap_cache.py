@@ -20,12 +20,12 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .augment import night_weather
+from .backbone import TAP_INDICES
 from .images import normalise, read_image, resize
-from .model import DenserNet
+from .model import TAP_NAMES, DenserNet
 from .train_config import AugmentConfig
 
 LOG = logging.getLogger("densernet")
-TAP_NAMES = ("pool3", "pool4", "pool5")
 CHUNK = 32  # images per cache file
 
 
@@ -81,7 +81,7 @@ class TapCache:
         was_training = model.training
         model.eval()
         last = max(self.taps)
-        stop = (16, 23, 30)[last] + 1  # run the trunk only as deep as the deepest stored tap
+        stop = TAP_INDICES[last] + 1  # run the trunk only as deep as the deepest stored tap
         try:
             for k, rows in tqdm(todo, desc=f"trunk taps ({self.variants} variant(s))", unit="chunk", disable=not progress):
                 out: dict[str, list[torch.Tensor]] = {TAP_NAMES[t]: [] for t in self.taps}
@@ -92,8 +92,8 @@ class TapCache:
                     x = normalise(np.stack(variants), model.config.preprocessing).to(model.device)
                     for j, layer in enumerate(model.trunk.features[:stop]):
                         x = layer(x)
-                        if j in (16, 23, 30) and (16, 23, 30).index(j) in self.taps:
-                            out[TAP_NAMES[(16, 23, 30).index(j)]].append(x.half().cpu().contiguous())
+                        if j in TAP_INDICES and TAP_INDICES.index(j) in self.taps:
+                            out[TAP_NAMES[TAP_INDICES.index(j)]].append(x.half().cpu().contiguous())
                 tensors = {name: torch.stack(v).contiguous() for name, v in out.items()}  # images x variants x C x h x w
                 tmp = self.dir / f"{k:05d}.tmp"
                 save_file(tensors, str(tmp))

@@ -167,7 +167,7 @@ def train_config_from_mapping(raw: Mapping[str, Any], where: str = "config") -> 
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
     model_raw = dict(raw.get("model") or {})
     preset = model_raw.pop("preset", "small")
-    model = model_config(preset, **{k: tuple(v) if isinstance(v, list) else v for k, v in model_raw.items()})
+    model = model_config(preset, **model_raw)  # lists become tuples in dataclass_from_mapping
     data = raw.get("data")
     if not isinstance(data, Mapping) or "train" not in data:
         raise ConfigError(f"{where}: needs data.train (database and queries sources)")

@@ -120,10 +120,9 @@ class Trainer:
         if not self.cfg.uses_tap_cache or self.cache is not None:
             return
         aug = self.cfg.augment
-        train_paths = [self.data.paths[r] for r in range(len(self.data.paths))]
         for rank_turn in (True, False):
             if self.ctx.is_main == rank_turn:
-                self.cache = TapCache(model, train_paths, self.cache_dir, aug.copies, aug, self.cfg.seed, self.progress)
+                self.cache = TapCache(model, self.data.paths, self.cache_dir, aug.copies, aug, self.cfg.seed, self.progress)
             self.ctx.barrier()
 
     def _batch(self, model: DenserNet, rows: Sequence[int], rng: np.random.Generator | None

@@ -76,6 +76,16 @@ def start_node(map_dir: Path, env: dict, log: Path, node_args: Sequence[str]) ->
     return subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def stop_node(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGINT the node's process group (ros2 launch forwards it), SIGKILL if it does not exit."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def replay(bag: Path, proc: subprocess.Popen, rate: float, timeout: float) -> tuple[dict, dict, int]:
     """Publish the bag's images at their recorded rate; return {stamp: pose}, {stamp: send time}, frames."""
     import rclpy
@@ -200,12 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         poses, latency, frames = replay(bag, proc, args.rate, timeout=120)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_node(proc)
     stamps = [int(round(t * 1e9)) for t in query_run.timestamps]
     true_xy, est_xy, fix, errors = [], [], [], []
     for k, key in enumerate(stamps):
