@@ -25,8 +25,13 @@ def format_stats(stats: dict[str, float], unit: str = "m") -> str:
 
 
 def plot_trajectory(path: str | Path, true_xy: np.ndarray | None, est_xy: np.ndarray, fix: np.ndarray,
-                    map_xy: np.ndarray | None = None, title: str = "", pairs: Sequence[tuple] = ()) -> Path:
-    """True vs estimated positions (and, optionally, query/retrieved image pairs beneath)."""
+                    map_xy: np.ndarray | None = None, title: str = "", pairs: Sequence[tuple] = (),
+                    along_track: bool = False) -> Path:
+    """True vs estimated positions (and, optionally, query/retrieved image pairs beneath).
+
+    `along_track`: positions are distances along one line (index-aligned traverses), so plot the
+    estimate against the truth instead of a map view of a line.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,23 +40,26 @@ def plot_trajectory(path: str | Path, true_xy: np.ndarray | None, est_xy: np.nda
     rows = 2 if pairs else 1
     fig = plt.figure(figsize=(10, 5 * rows))
     ax = fig.add_subplot(rows, 1, 1) if not pairs else fig.add_subplot(2, 1, 1)
-    if map_xy is not None:
-        ax.plot(map_xy[:, 0], map_xy[:, 1], ".", color="0.8", ms=3, label="map places")
-    if true_xy is not None:
-        ax.plot(true_xy[:, 0], true_xy[:, 1], "-", color="tab:green", lw=2, label="ground truth")
-        for t, e, f in zip(true_xy, est_xy, fix):
-            if f:
-                ax.plot([t[0], e[0]], [t[1], e[1]], "-", color="tab:red", lw=0.5, alpha=0.5)
     fix = np.asarray(fix, bool)
-    ax.plot(est_xy[fix, 0], est_xy[fix, 1], "o", color="tab:blue", ms=4, label="estimate (fix)")
-    ref = true_xy if true_xy is not None else est_xy[fix]
-    extent = np.nanmax(ref, axis=0) - np.nanmin(ref, axis=0) if len(ref) else np.ones(2)
-    if min(extent) > 0.1 * max(extent):  # equal axes only where the route is not a thin line
-        ax.set_aspect("equal", adjustable="datalim")
+    if along_track and true_xy is not None:
+        _along_track(ax, true_xy[:, 0], est_xy[:, 0], fix, map_xy)
+    else:
+        ref = true_xy if true_xy is not None else est_xy[fix]
+        extent = np.nanmax(ref, axis=0) - np.nanmin(ref, axis=0) if len(ref) else np.ones(2)
+        if map_xy is not None:
+            ax.plot(map_xy[:, 0], map_xy[:, 1], ".", color="0.8", ms=3, label="map places")
+        if true_xy is not None:
+            ax.plot(true_xy[:, 0], true_xy[:, 1], "-", color="tab:green", lw=2, label="ground truth")
+            for t, e, f in zip(true_xy, est_xy, fix):
+                if f:
+                    ax.plot([t[0], e[0]], [t[1], e[1]], "-", color="tab:red", lw=0.5, alpha=0.5)
+        ax.plot(est_xy[fix, 0], est_xy[fix, 1], "o", color="tab:blue", ms=4, label="estimate (fix)")
+        if min(extent) > 0.1 * max(extent):  # equal axes only where the route is not a thin line
+            ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
     ax.legend(loc="best")
     ax.set_title(title)
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
     for j, (query, retrieved, caption) in enumerate(pairs):
         for k, img in enumerate((query, retrieved)):
             sub = fig.add_subplot(2, 2 * len(pairs), 2 * len(pairs) + 2 * j + k + 1)
@@ -63,3 +71,15 @@ def plot_trajectory(path: str | Path, true_xy: np.ndarray | None, est_xy: np.nda
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _along_track(ax, true_x: np.ndarray, est_x: np.ndarray, fix: np.ndarray, map_xy: np.ndarray | None) -> None:
+    """A straight route (index-aligned traverses): estimated vs true position, the diagonal is perfect."""
+    lo, hi = float(np.nanmin(true_x)), float(np.nanmax(true_x))
+    ax.plot([lo, hi], [lo, hi], "-", color="tab:green", lw=2, label="ground truth")
+    if map_xy is not None:
+        ax.plot(map_xy[:, 0], np.full(len(map_xy), lo), "|", color="0.6", ms=6, label="map places")
+    ax.plot(true_x[fix], est_x[fix], "o", color="tab:blue", ms=4, label="estimate (fix)")
+    ax.plot(true_x[~fix], np.full(int((~fix).sum()), lo), "x", color="tab:red", ms=4, label="no fix")
+    ax.set_xlabel("true position along the route")
+    ax.set_ylabel("estimated position")

@@ -8,8 +8,12 @@ executor never blocks and no queue builds up. Publishes (all relative to the nod
                                 nothing when there is no fix
   place_recognition/candidates  geometry_msgs/PoseArray: the top-k retrieved places (RViz)
   place_recognition/place       diagnostic_msgs/DiagnosticArray: one status 'place' whose key/values
-                                hold place_id, score, confidence, fix, reason, top_k_ids, top_k_scores
+                                hold place_id, score, confidence, fix, reason, top_k_ids, top_k_scores,
+                                processing_ms (this frame's time in the node, from its bytes to here)
   /diagnostics                  diagnostic_msgs/DiagnosticArray, ~1 Hz
+  /tf (publish_tf only)         map -> odom, from each fix and the odometry (odom_topic,
+                                nav_msgs/Odometry) interpolated at the image stamp; re-sent at
+                                tf_rate_hz, stamped now + transform_tolerance (as AMCL does)
 """
 from __future__ import annotations
 
@@ -24,8 +28,10 @@ from typing import Sequence
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Pose, PoseArray, PoseWithCovarianceStamped
+from geometry_msgs.msg import Pose, PoseArray, PoseWithCovarianceStamped, TransformStamped
+from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -34,6 +40,7 @@ from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image
 
 from densernet_core.config import ConfigError
+from densernet_core.odometry import OdometryBuffer, map_to_odom
 from densernet_core.pose import PoseEstimatorConfig
 
 from .image_conversion import FrameError, compressed_to_rgb, image_to_rgb
@@ -55,6 +62,12 @@ class NodeSettings:
     max_rate_hz: float
     map_frame: str
     estimator: PoseEstimatorConfig
+    publish_tf: bool
+    odom_topic: str
+    odom_max_gap_s: float
+    odom_history_s: float
+    transform_tolerance: float
+    tf_rate_hz: float
 
 
 # name: (default, description, read_only, range)
@@ -75,6 +88,13 @@ PARAMETERS = {
     "min_confidence": (0.2, "no fix below this confidence", True, (0.0, 1.0)),
     "position_floor": (1.0, "smallest position std-dev reported (map units)", True, (1e-6, 1e6)),
     "yaw_floor_deg": (10.0, "smallest yaw std-dev reported (degrees)", True, (1e-6, 180.0)),
+    "publish_tf": (False, "broadcast map -> odom (needs tf2_ros and odom_topic); only one node may own it",
+                   True, None),
+    "odom_topic": ("odom", "nav_msgs/Odometry (odom -> base) used for map -> odom at the image stamp", True, None),
+    "odom_max_gap_s": (0.2, "max time between odometry samples around an image stamp (s)", True, (1e-3, 10.0)),
+    "odom_history_s": (10.0, "odometry kept for lookups at image stamps (s)", True, (0.1, 600.0)),
+    "transform_tolerance": (0.5, "map -> odom is stamped this far in the future (s)", True, (0.0, 10.0)),
+    "tf_rate_hz": (10.0, "rate at which the last map -> odom is re-broadcast", True, (0.1, 1000.0)),
 }
 
 
@@ -105,6 +125,7 @@ class LocalizerNode(Node):
         else:
             self.sub = self.create_subscription(Image, topic, self._on_image, qos, qos_overriding_options=overrides,
                                                 raw=True)
+        self._setup_tf()
         self.diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         self.worker = threading.Thread(target=self._work, name="densernet-inference", daemon=True)
         self.worker.start()
@@ -133,9 +154,12 @@ class LocalizerNode(Node):
             raise ConfigError(f"parameters image_height={size[0]}, image_width={size[1]}: set both or neither (0)")
         estimator = PoseEstimatorConfig(values["min_score"], values["cluster_radius"], values["ratio_threshold"],
                                         values["min_confidence"], values["position_floor"], values["yaw_floor_deg"])
+        if values["publish_tf"] and not values["odom_topic"]:
+            raise ConfigError("parameter publish_tf is true but odom_topic is empty")
         return NodeSettings(values["map_dir"], values["checkpoint"], values["image_topic"], values["use_compressed"],
-                            values["device"], size, values["top_k"],
-                            values["max_rate_hz"], values["map_frame"], estimator)
+                            values["device"], size, values["top_k"], values["max_rate_hz"], values["map_frame"],
+                            estimator, values["publish_tf"], values["odom_topic"], values["odom_max_gap_s"],
+                            values["odom_history_s"], values["transform_tolerance"], values["tf_rate_hz"])
 
     def _load_localizer(self) -> None:
         from densernet_core.localizer import Localizer
@@ -144,6 +168,64 @@ class LocalizerNode(Node):
         size = s.image_size if s.image_size and s.image_size[0] > 0 else None
         self.localizer = Localizer.from_paths(s.map_dir, s.checkpoint or None, s.device, size, s.estimator,
                                               s.top_k)
+
+    def _setup_tf(self) -> None:
+        """map -> odom needs tf2_ros (a ROS 2 install; not on PyPI): refuse to start without it."""
+        self.odometry: OdometryBuffer | None = None
+        self._map_odom: TransformStamped | None = None
+        self.stats.update(odometry_msgs=0, tf_updates=0, tf_skipped=0, tf_reason="")
+        if not self.settings.publish_tf:
+            return
+        try:
+            from tf2_ros import TransformBroadcaster
+        except ImportError as exc:
+            raise RuntimeError(f"publish_tf is true but tf2_ros cannot be imported ({exc}); install it "
+                               "(apt install ros-$ROS_DISTRO-tf2-ros) or set publish_tf false") from exc
+        s = self.settings
+        self.tf_broadcaster = TransformBroadcaster(self)
+        self.odometry = OdometryBuffer(s.odom_max_gap_s, s.odom_history_s)
+        self._odom_lock = threading.Lock()  # odometry buffer and the map -> odom message
+        self._odom_frame = "odom"  # replaced by the odometry's header.frame_id
+        self.odom_sub = self.create_subscription(Odometry, s.odom_topic, self._on_odometry, 50)
+        self.tf_timer = self.create_timer(1.0 / s.tf_rate_hz, self._broadcast_map_odom)
+
+    def _on_odometry(self, msg: Odometry) -> None:
+        p, q = msg.pose.pose.position, msg.pose.pose.orientation
+        try:
+            with self._odom_lock:
+                self.odometry.add(_seconds(msg.header.stamp), (p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
+                self._odom_frame = msg.header.frame_id or "odom"
+            self.stats["odometry_msgs"] += 1
+        except ValueError as exc:
+            self.get_logger().warning(f"odometry skipped: {exc}", throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _update_map_odom(self, stamp, est) -> None:
+        """The correction from a fix: the fixed base pose times the inverse odometry pose at the image stamp."""
+        with self._odom_lock:
+            found = self.odometry.at(_seconds(stamp))
+            odom_frame = self._odom_frame
+        if found.transform is None:
+            self.stats.update(tf_skipped=self.stats["tf_skipped"] + 1, tf_reason=found.reason)
+            self.get_logger().warning(f"map -> odom not updated: {found.reason}", throttle_duration_sec=WARN_THROTTLE_S)
+            return
+        t, q = map_to_odom((est.position, est.orientation), found.transform)
+        tf = TransformStamped()
+        tf.header.frame_id, tf.child_frame_id = self.settings.map_frame, odom_frame
+        tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z = (float(v) for v in t)
+        r = tf.transform.rotation
+        r.x, r.y, r.z, r.w = (float(v) for v in q)
+        with self._odom_lock:
+            self._map_odom = tf
+        self.stats.update(tf_updates=self.stats["tf_updates"] + 1, tf_reason="ok")
+        self._broadcast_map_odom()
+
+    def _broadcast_map_odom(self) -> None:
+        with self._odom_lock:
+            tf = self._map_odom
+            if tf is None:
+                return
+            tf.header.stamp = (self.get_clock().now() + Duration(seconds=self.settings.transform_tolerance)).to_msg()
+            self.tf_broadcaster.sendTransform(tf)
 
     # ---- callbacks: keep only the newest frame ------------------------------------------------
     def _store(self, msg, kind: str) -> None:
@@ -189,6 +271,7 @@ class LocalizerNode(Node):
                                         throttle_duration_sec=WARN_THROTTLE_S)
 
     def _process(self, data: bytes, kind: str) -> None:
+        t0 = time.perf_counter()
         msg = deserialize_message(data, CompressedImage if kind == "compressed" else Image)
         rgb = compressed_to_rgb(msg) if kind == "compressed" else image_to_rgb(msg)
         result = self.localizer.localize(rgb)
@@ -200,7 +283,7 @@ class LocalizerNode(Node):
         cands.header.stamp, cands.header.frame_id = stamp, frame
         cands.poses = [_pose(places.positions[i], places.orientations[i]) for i in result.ids]
         self.cand_pub.publish(cands)
-        self.place_pub.publish(_place_array(stamp, frame, est, result))
+        self.place_pub.publish(_place_array(stamp, frame, est, result, 1000 * (time.perf_counter() - t0)))
         if est.fix:
             out = PoseWithCovarianceStamped()
             out.header.stamp, out.header.frame_id = stamp, frame
@@ -208,6 +291,8 @@ class LocalizerNode(Node):
             out.pose.covariance = [float(v) for v in est.covariance.reshape(-1)]
             self.pose_pub.publish(out)
             self.stats["fixes"] += 1
+            if self.odometry is not None:
+                self._update_map_odom(stamp, est)
         else:
             self.stats["no_fix"] += 1
             self.get_logger().debug(f"no fix: {est.reason}")
@@ -226,6 +311,8 @@ class LocalizerNode(Node):
             status.level, status.message = DiagnosticStatus.WARN, "waiting for images"
         elif s.get("last_reason", "ok") != "ok":
             status.level, status.message = DiagnosticStatus.WARN, f"no fix: {s.get('last_reason')}"
+        elif self.odometry is not None and s["odometry_msgs"] == 0:
+            status.level, status.message = DiagnosticStatus.WARN, f"no odometry on {self.odom_sub.topic_name}"
         elif s["bad_frames"] and s["processed"] == 0:
             status.level, status.message = DiagnosticStatus.ERROR, f"no usable frames: {s['last_error']}"
         else:
@@ -236,6 +323,9 @@ class LocalizerNode(Node):
                   "fixes": s["fixes"], "no_fix": s["no_fix"], "map_places": len(self.localizer.map),
                   "last_score": s["last_score"], "last_confidence": s["last_confidence"],
                   "last_error": s["last_error"]}
+        if self.odometry is not None:
+            values.update(odometry_msgs=s["odometry_msgs"], map_odom_updates=s["tf_updates"],
+                          map_odom_skipped=s["tf_skipped"], map_odom_reason=s["tf_reason"])
         status.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()]
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
@@ -262,6 +352,10 @@ def _qos_kwargs(profile) -> dict:
             "durability": profile.durability}
 
 
+def _seconds(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
 def _pose(position, orientation) -> Pose:
     p = Pose()
     p.position.x, p.position.y, p.position.z = (float(v) for v in position)
@@ -269,14 +363,15 @@ def _pose(position, orientation) -> Pose:
     return p
 
 
-def _place_array(stamp, frame: str, est, result) -> DiagnosticArray:
+def _place_array(stamp, frame: str, est, result, processing_ms: float) -> DiagnosticArray:
     status = DiagnosticStatus(name="place", hardware_id=frame,
                               level=DiagnosticStatus.OK if est.fix else DiagnosticStatus.WARN,
                               message=f"place {est.place_id}" if est.fix else f"no fix: {est.reason}")
     values = {"place_id": str(est.place_id), "score": f"{est.score:.4f}", "confidence": f"{est.confidence:.4f}",
               "fix": str(est.fix).lower(), "reason": est.reason,
               "top_k_ids": ",".join(str(int(i)) for i in result.ids),
-              "top_k_scores": ",".join(f"{s:.4f}" for s in result.scores)}
+              "top_k_scores": ",".join(f"{s:.4f}" for s in result.scores),
+              "processing_ms": f"{processing_ms:.1f}"}  # deserialise, convert, describe, search, estimate
     status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
     arr = DiagnosticArray()
     arr.header.stamp, arr.header.frame_id = stamp, frame

@@ -14,21 +14,22 @@ ROOT = Path(__file__).resolve().parents[1]
 DOMAIN_ID = 100 + os.getpid() % 100  # one domain per test process
 
 
-def ros_env() -> dict[str, str]:
+def ros_env(pythonpath: tuple[str, ...] = ()) -> dict[str, str]:
     env = dict(os.environ)
     env["ROS_DOMAIN_ID"] = str(DOMAIN_ID)
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([*pythonpath, str(ROOT), env.get("PYTHONPATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
-def start_node(map_dir: Path, *params: str, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+def start_node(map_dir: Path, *params: str, extra: tuple[str, ...] = (),
+               pythonpath: tuple[str, ...] = ()) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "densernet_ros.node", "--map-dir", str(map_dir), *extra, "--ros-args"]
     for p in params:
         cmd += ["-p", p]
-    return subprocess.Popen(cmd, env=ros_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, env=ros_env(pythonpath), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def rss_mb(pid: int) -> float:

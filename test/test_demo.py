@@ -52,3 +52,31 @@ def test_reduced_demo_through_the_real_node(tmp_path, caffe_weights_ready):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert report["error"]["median"] <= report["median_error_bound"]
     assert "LOCALIZATION OK" in res.stdout
+    from densernet_core.demo.run import _map_is_current
+
+    assert _map_is_current(out / "map", out / "model.safetensors")
+    other = tmp_path / "other.safetensors"
+    other.write_bytes((out / "model.safetensors").read_bytes() + b" ")
+    assert not _map_is_current(out / "map", other)  # a rerun with another checkpoint rebuilds the map
+
+
+def _demo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "densernet_core.demo.run", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_demo_input_errors_name_the_problem(tmp_path):
+    res = _demo("--data", "gardens_point", "--out", str(tmp_path / "a"), "--shared", str(tmp_path / "nowhere"))
+    assert res.returncode == 1 and "Gardens Point not found" in res.stderr and "--shared" in res.stderr
+    res = _demo("--out", str(tmp_path / "b"), "--places", "2", "--checkpoint", str(tmp_path / "missing.safetensors"))
+    assert res.returncode == 1 and "checkpoint not found" in res.stderr
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "data.txt").write_text("synthetic\n")
+    res = _demo("--data", "gardens_point", "--out", str(tmp_path / "c"))
+    assert res.returncode == 1 and "holds a 'synthetic' demo" in res.stderr
+
+
+def test_gardens_point_demo_needs_its_training_recipe(tmp_path, gardens_point):
+    res = _demo("--data", "gardens_point", "--out", str(tmp_path / "gp"), "--shared", str(gardens_point.parent),
+                "--train-config", str(tmp_path / "no_recipe.yaml"))
+    assert res.returncode == 1 and "training recipe not found" in res.stderr

@@ -9,10 +9,14 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (pip install '.
 from densernet_core.images import read_image  # noqa: E402
 from ros_helpers import Client, rss_mb, start_node, stop  # noqa: E402
 
-SIZE = (120, 160)
+SIZE = (180, 320)  # 120x160 loses night retrieval (off the shelf: 10/20 correct top-1 there, 17/20 here)
 MAP_FRAMES = list(range(0, 200, 5))   # 40 places; position x = frame index
 QUERY_FRAMES = list(range(2, 200, 10))  # 20 frames between/at map places
-PARAMS = (f"image_height:={SIZE[0]}", f"image_width:={SIZE[1]}", "cluster_radius:=6.0", "position_floor:=1.0")
+# Night queries against a day map score lower than day ones, so the off-the-shelf model's
+# confidence rarely reaches the default 0.2 (docs/POSE_MODEL.md); a map of the user's own
+# conditions or a trained checkpoint is the real fix, 0.1 is the test's setting.
+PARAMS = (f"image_height:={SIZE[0]}", f"image_width:={SIZE[1]}", "cluster_radius:=6.0", "position_floor:=1.0",
+          "min_confidence:=0.1")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +60,7 @@ def test_poses_arrive_with_frame_stamp_covariance_and_right_place(raw_node, gard
     proc, client = raw_node
     sent = {}
     for i in QUERY_FRAMES:
-        rgb = frame(gardens_point, "day_right", i)
+        rgb = frame(gardens_point, "night_right", i)
         msg = client.make_msg(rgb, _stamp(i), encoding="bgr8" if i % 20 == 2 else "rgb8")
         sent[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = i
         client.send_and_wait(msg)
@@ -69,13 +73,13 @@ def test_poses_arrive_with_frame_stamp_covariance_and_right_place(raw_node, gard
         cov = np.array(pose.pose.covariance).reshape(6, 6)
         assert np.all(np.diag(cov) > 0)
         correct += abs(pose.pose.pose.position.x - sent[key]) <= 5.0  # within one map spacing
-    print(f"{len(client.poses)} poses for {len(sent)} frames, {correct} within 5 frames")
-    assert len(client.poses) >= 0.7 * len(sent)
-    assert correct >= 0.7 * len(sent)
+    print(f"{len(client.poses)} poses for {len(sent)} night frames, {correct} within 5 frames")
+    assert len(client.poses) >= 0.5 * len(sent)  # measured: 15 poses, 14 correct, of 20 (off the shelf)
+    assert correct >= 0.5 * len(sent)
     assert len(client.candidates) >= len(sent) and client.candidates[-1].header.frame_id == "map"
     place = client.places[-1].status[0]
     keys = {kv.key for kv in place.values}
-    assert {"place_id", "score", "confidence", "top_k_ids", "top_k_scores"} <= keys
+    assert {"place_id", "score", "confidence", "top_k_ids", "top_k_scores", "processing_ms"} <= keys
 
 
 def test_bad_frames_are_counted_and_node_keeps_answering(raw_node, gardens_point):
@@ -140,11 +144,11 @@ def test_compressed_images_and_corrupt_jpeg(gp_map, gardens_point):
     client = Client(compressed=True)
     try:
         client.wait_matched(proc)
-        corrupt = client.make_msg(frame(gardens_point, "day_right", 30), _stamp(3000))
+        corrupt = client.make_msg(frame(gardens_point, "night_right", 30), _stamp(3000))
         corrupt.data = b"\xff\xd8\xff\xe0" + b"\x00" * 100
         client.pub.publish(corrupt)
-        for i in (30, 80, 150):
-            client.send_and_wait(client.make_msg(frame(gardens_point, "day_right", i),
+        for i in (42, 72, 152):  # night frames the model is confident on (0.36-0.42) as raw Images
+            client.send_and_wait(client.make_msg(frame(gardens_point, "night_right", i),
                                                  _stamp(3001 + i)))
         assert len(client.poses) >= 2
         assert proc.poll() is None
@@ -171,3 +175,138 @@ def test_startup_errors_exit_nonzero_with_message(gp_map, tmp_path, tiny_model):
     out = proc.communicate(timeout=120)[0]
     code = proc.returncode
     assert code == 1 and "image size" in out
+
+
+# A test double of tf2_ros.TransformBroadcaster (tf2_ros and tf2_msgs are not on PyPI): it publishes
+# each TransformStamped on `test_tf`, so the test sees exactly what the node hands to TF.
+FAKE_TF2_ROS = '''
+from geometry_msgs.msg import TransformStamped
+
+
+class TransformBroadcaster:
+    def __init__(self, node, qos=100):
+        self._pub = node.create_publisher(TransformStamped, "test_tf", 10)
+
+    def sendTransform(self, transform):
+        for t in transform if isinstance(transform, list) else [transform]:
+            self._pub.publish(t)
+'''
+
+
+def _has_tf2_ros() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tf2_ros") is not None
+
+
+def test_publish_tf_without_tf2_ros_exits_with_message(gp_map):
+    if _has_tf2_ros():
+        pytest.skip("tf2_ros is installed here: the missing-tf2_ros start-up error cannot occur")
+    proc = start_node(gp_map / "map", *PARAMS, "publish_tf:=true")
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1 and "tf2_ros cannot be imported" in out and "publish_tf" in out
+
+
+def test_map_to_odom_uses_odometry_at_the_image_stamp(gp_map, gardens_point, tmp_path):
+    """Odometry drifted by (3, -1) m and 10 deg; the broadcast map->odom must equal fix * odom(stamp)^-1."""
+    import time
+
+    from geometry_msgs.msg import TransformStamped
+    from nav_msgs.msg import Odometry
+    from scipy.spatial.transform import Rotation
+
+    from densernet_core.odometry import compose, inverse
+
+    if _has_tf2_ros():
+        pytest.skip("tf2_ros is installed: the test double would be shadowed (tf2_msgs is needed to read /tf)")
+    fake = tmp_path / "fake_tf2"
+    (fake / "tf2_ros").mkdir(parents=True)
+    (fake / "tf2_ros" / "__init__.py").write_text(FAKE_TF2_ROS)
+    proc = start_node(gp_map / "map", *PARAMS, "publish_tf:=true", "tf_rate_hz:=20.0", pythonpath=(str(fake),))
+    client = Client()
+    tfs: list = []
+    odom_pub = client.node.create_publisher(Odometry, "odom", 50)
+    client.node.create_subscription(TransformStamped, "test_tf", tfs.append, 10)
+    drift = (np.array([3.0, -1.0, 0.0]), Rotation.from_euler("z", 10, degrees=True).as_quat())
+
+    def odom_at(x: float, stamp_ns: int) -> Odometry:
+        t, q = compose(inverse(drift), (np.array([x, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0])))
+        m = Odometry()
+        m.header.frame_id, m.child_frame_id = "odom", "base_link"
+        m.header.stamp.sec, m.header.stamp.nanosec = divmod(stamp_ns, 10 ** 9)
+        p, o = m.pose.pose.position, m.pose.pose.orientation
+        p.x, p.y, p.z = (float(v) for v in t)
+        o.x, o.y, o.z, o.w = (float(v) for v in q)
+        return m
+
+    try:
+        client.wait_matched(proc)
+        client.wait_for(lambda: odom_pub.get_subscription_count() > 0 and client.node.count_publishers("test_tf") > 0,
+                        30, "the odometry subscription and the transform publisher")
+        checked = []
+        for i in (40, 90, 150):
+            stamp = _stamp(5000 + i)
+            # samples 50 ms either side of the image, the robot moving 0.1 frame per 50 ms
+            for dt_ns, dx in ((-50_000_000, -0.1), (50_000_000, 0.1)):
+                odom_pub.publish(odom_at(i + dx, stamp + dt_ns))
+            time.sleep(0.3)
+            n_poses = len(client.poses)
+            client.send_and_wait(client.make_msg(frame(gardens_point, "day_right", i), stamp))
+            if len(client.poses) == n_poses:
+                continue  # no fix for this frame: nothing to correct
+            fix = client.poses[-1].pose.pose
+            time.sleep(0.3)  # several 20 Hz re-broadcasts: the newest one carries this fix's correction
+            client.wait_for(lambda: bool(tfs), 2.0, "a map -> odom broadcast (diagnostics: "
+                            f"odometry_msgs={_diag_value(client, 'odometry_msgs')}, "
+                            f"reason={_diag_value(client, 'map_odom_reason')!r})")
+            tf = tfs[-1]
+            assert (tf.header.frame_id, tf.child_frame_id) == ("map", "odom")
+            ahead = tf.header.stamp.sec + tf.header.stamp.nanosec * 1e-9 - time.time()
+            assert 0.0 < ahead <= 0.5  # stamped now + transform_tolerance (0.5 s)
+            odom_mid = compose(inverse(drift), (np.array([float(i), 0, 0]), np.array([0.0, 0, 0, 1])))
+            fix_tf = (np.array([fix.position.x, fix.position.y, fix.position.z]),
+                      np.array([fix.orientation.x, fix.orientation.y, fix.orientation.z, fix.orientation.w]))
+            want_t, want_q = compose(fix_tf, inverse(odom_mid))
+            got_t = np.array([tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z])
+            r = tf.transform.rotation
+            np.testing.assert_allclose(got_t, want_t, atol=1e-6)
+            assert abs(np.dot(want_q, [r.x, r.y, r.z, r.w])) == pytest.approx(1.0, abs=1e-9)
+            if abs(fix.position.x - i) <= 5.0:  # a correct fix recovers the drift
+                np.testing.assert_allclose(got_t[:2], drift[0][:2], atol=5.5)
+            checked.append(i)
+        assert len(checked) >= 2, "too few fixes to check map -> odom"
+        # The same image (so again a fix) stamped long after the last odometry: no new correction,
+        # and diagnostics say why.
+        last_tf = tfs[-1].transform.translation.x
+        client.send_and_wait(client.make_msg(frame(gardens_point, "day_right", checked[-1]), _stamp(9000)))
+        client.wait_for(lambda: "after the odometry" in _diag_value(client, "map_odom_reason", ""), 5,
+                        "diagnostics to report the missing odometry")
+        assert _diag_value(client, "map_odom_updates") == str(len(checked))
+        assert _diag_value(client, "map_odom_skipped") == "1"
+        assert tfs[-1].transform.translation.x == last_tf
+    finally:
+        client.close()
+        code, out = stop(proc)
+    assert code == 0, out
+
+
+def _diag_value(client, key: str, default=None):
+    for arr in reversed(client.diagnostics):
+        for st in arr.status:
+            values = {kv.key: kv.value for kv in st.values}
+            if key in values:
+                return values[key]
+    return default
+
+
+def test_parameter_file_matches_declared_parameters():
+    import yaml
+    from ros_helpers import ROOT
+
+    from densernet_ros.node import PARAMETERS
+
+    params = yaml.safe_load((ROOT / "config" / "localize.yaml").read_text())["/**"]["ros__parameters"]
+    assert set(params) == set(PARAMETERS)
+    for name, value in params.items():
+        default = PARAMETERS[name][0]
+        assert value == default and type(value) is type(default), f"{name}: file {value!r}, node {default!r}"

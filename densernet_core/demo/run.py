@@ -1,9 +1,14 @@
 """`densernet-demo`: map a route, replay the later traverse as a live camera, report how well the robot localizes.
 
 Steps (each reuses its output if already there): generate the route (or use Gardens Point),
-make an off-the-shelf checkpoint, `densernet-map build`, write the query run into a rosbag2,
-start the node (console script with config/localize.yaml, or `ros2 launch` when ROS 2 is
-sourced), replay the bag at its recorded rate, record /place_recognition/pose, report.
+get a checkpoint, `densernet-map build`, write the query run into a rosbag2, start the node
+(console script with config/localize.yaml, or `ros2 launch` when ROS 2 is sourced), replay the
+bag at its recorded rate, record /place_recognition/pose, report.
+
+Checkpoint: `--checkpoint` if given; else on the synthetic route an off-the-shelf one
+(`densernet init` on the map run); on Gardens Point one trained with the recipe of
+`--train-config` on frames 0-99 of all three traversals, while the demo maps day_left and
+replays night_right over frames 100-199 (places the training never saw).
 """
 from __future__ import annotations
 
@@ -21,15 +26,17 @@ from typing import Sequence
 
 import numpy as np
 
-from ..cli import make_checkpoint, setup_logging
+from ..cli import make_checkpoint, run_cli, setup_logging
 from ..datasets import GeoImages, load_csv, load_traverse
 from ..images import read_image, resize
 from ..report import error_stats, plot_trajectory
 from .synth import RouteConfig, generate
 
-GP_MAP_FRAMES = range(0, 200, 2)
-GP_QUERY_FRAMES = range(1, 200, 2)
+GP_TRAVERSES = ("day_left", "day_right", "night_right")
+GP_TRAIN_FRAMES = (0, 100)  # [start, stop): what the demo's checkpoint is trained on
+GP_TEST_FRAMES = range(100, 200)  # mapped (day_left) and replayed (night_right)
 GP_CAMERA_SIZE = (180, 320)
+GP_TRAIN_CONFIG = "training/configs/gardens_point_small.yaml"
 
 
 def _route(args: argparse.Namespace, out: Path) -> tuple[GeoImages, GeoImages, float, str]:
@@ -37,14 +44,54 @@ def _route(args: argparse.Namespace, out: Path) -> tuple[GeoImages, GeoImages, f
     if args.data == "gardens_point":
         gp = Path(args.shared) / "gardens_point"
         if not gp.is_dir():
-            raise FileNotFoundError(f"Gardens Point not found at {gp}")
-        return (load_traverse(gp / "day_left", list(GP_MAP_FRAMES)),
-                load_traverse(gp / "night_right", list(GP_QUERY_FRAMES)), 10.0, "frames")
+            raise FileNotFoundError(f"Gardens Point not found at {gp} (pass --shared or set DENSERNET_SHARED_DATA)")
+        return (load_traverse(gp / "day_left", list(GP_TEST_FRAMES)),
+                load_traverse(gp / "night_right", list(GP_TEST_FRAMES)), 10.0, "frames")
     cfg = RouteConfig(places=args.places, width=args.size[1], height=args.size[0])
     paths = {r: out / "route" / r / "poses.csv" for r in ("map", "query")}
     if not all(p.is_file() for p in paths.values()):
         paths = generate(out / "route", cfg)
     return load_csv(paths["map"]), load_csv(paths["query"]), 2 * cfg.spacing, "m"
+
+
+def _checkpoint(args: argparse.Namespace, out: Path, map_run: GeoImages) -> Path:
+    """The given checkpoint, an off-the-shelf one (synthetic), or one trained on held-apart frames (Gardens Point)."""
+    if args.checkpoint:
+        ckpt = Path(args.checkpoint)
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+        return ckpt
+    if args.data == "synthetic":
+        ckpt = out / "model.safetensors"
+        if not ckpt.is_file():
+            make_checkpoint(map_run.images, ckpt, image_size=tuple(args.size), pca_dim=256, progress=False)
+        return ckpt
+    import dataclasses
+
+    from ..sources import SourceSpec
+    from ..train_config import load_train_config
+    from ..trainer import run_training
+
+    recipe = Path(args.train_config)
+    if not recipe.is_file():
+        raise FileNotFoundError(f"training recipe not found: {recipe} (run from the repository root, "
+                                "or pass --train-config or --checkpoint)")
+    cfg = load_train_config(recipe)
+    gp = Path(args.shared) / "gardens_point"
+    sources = tuple(SourceSpec("traverse", str(gp / t), frames=GP_TRAIN_FRAMES) for t in GP_TRAVERSES)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, database=sources, queries=sources), val=None)
+    if not (out / "train" / "model.safetensors").is_file():
+        print(f"training the demo's checkpoint on Gardens Point frames {GP_TRAIN_FRAMES[0]}-{GP_TRAIN_FRAMES[1] - 1} "
+              f"({recipe}; about 6 min on a 2-core CPU, resumed if interrupted)", flush=True)
+    return run_training(cfg, out / "train", progress=True)
+
+
+def _map_is_current(map_dir: Path, ckpt: Path) -> bool:
+    """A map built earlier is reused only if it was built with this very checkpoint."""
+    from ..checkpoint import checkpoint_hash
+
+    manifest = map_dir / "manifest.json"
+    return manifest.is_file() and json.loads(manifest.read_text()).get("checkpoint_sha256") == checkpoint_hash(ckpt)
 
 
 def write_bag(query: GeoImages, bag: Path, topic: str = "/image", size: tuple[int, int] | None = None) -> None:
@@ -160,31 +207,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=1.0, help="replay speed (1 = recorded rate)")
     p.add_argument("--shared", default=os.environ.get("DENSERNET_SHARED_DATA", "../shared/data"),
                    help="the shared data folder (default ../shared/data from the repository root)")
+    p.add_argument("--checkpoint", help="use this checkpoint (default: made or trained by the demo, see above)")
+    p.add_argument("--train-config", default=GP_TRAIN_CONFIG,
+                   help=f"Gardens Point training recipe (default {GP_TRAIN_CONFIG}, from the repository root)")
     p.add_argument("--figure", help="also copy the PNG here (the README's picture)")
     args = p.parse_args(argv)
     setup_logging()
+    return run_cli(_run, args)
+
+
+def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     marker = out / "data.txt"  # outputs are reused on reruns: never across data sources
     if marker.is_file() and marker.read_text().strip() != args.data:
-        raise SystemExit(f"{out} holds a '{marker.read_text().strip()}' demo; use another --out for --data {args.data}")
+        raise ValueError(f"{out} holds a '{marker.read_text().strip()}' demo; use another --out for --data {args.data}")
     if (out / "model.safetensors").is_file() and not marker.is_file() and args.data != "synthetic":
-        raise SystemExit(f"{out} holds outputs of another demo; use another --out for --data {args.data}")
+        raise ValueError(f"{out} holds outputs of another demo; use another --out for --data {args.data}")
     marker.write_text(args.data + "\n")
-    try:
-        map_run, query_run, bound, unit = _route(args, out)
-    except FileNotFoundError as exc:
-        print(f"error: {exc} (pass --shared or set DENSERNET_SHARED_DATA)", file=sys.stderr)
-        return 1
-    size = tuple(args.size)
-    ckpt = out / "model.safetensors"
-    if not ckpt.is_file():
-        make_checkpoint(map_run.images, ckpt, image_size=size, pca_dim=256, progress=False)
+    map_run, query_run, bound, unit = _route(args, out)
+    ckpt = _checkpoint(args, out, map_run)
     from ..map_cli import main as map_main
 
     map_dir = out / "map"
-    if not (map_dir / "manifest.json").is_file():
+    if not _map_is_current(map_dir, ckpt):
+        if map_dir.exists():
+            shutil.rmtree(map_dir)
         if args.data == "gardens_point":
             from ..checkpoint import checkpoint_hash, load_model
             from ..placemap import build_map
@@ -205,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
-    radius = "6.0" if unit == "frames" else str(2.5 * RouteConfig().spacing)
+    radius = "5.0" if unit == "frames" else str(2.5 * RouteConfig().spacing)  # GP: as in bench_pose.py
     proc = start_node(map_dir.resolve(), env, out / "node.log", ["-p", f"cluster_radius:={radius}"])
     try:
         poses, latency, frames = replay(bag, proc, args.rate, timeout=120)
@@ -232,17 +281,17 @@ def main(argv: Sequence[str] | None = None) -> int:
               "latency_ms_p95": float(np.percentile(lat, 95)) if lat.size else None,
               "median_error_bound": bound, "wall_s": time.monotonic() - t_start}
     pairs = []
-    for k in np.linspace(0, len(query_run) - 1, 3).astype(int):
-        pose = poses.get(stamps[k])
-        if pose is not None:
-            from ..placemap import PlaceMap
+    fixed = [k for k in range(len(query_run)) if fix[k]]
+    if fixed:  # a few query frames beside the map image nearest to their estimate
+        from ..placemap import PlaceMap
 
-            pm = PlaceMap.load(map_dir)
-            j = int(np.argmin(np.linalg.norm(pm.places.positions[:, :2] - est_xy[k], axis=1)))
-            pairs.append((read_image(query_run.images[k]), read_image(pm.places.images[j]), f"#{k}"))
+        places = PlaceMap.load(map_dir).places
+        for k in sorted({fixed[int(round(q))] for q in np.linspace(0, len(fixed) - 1, 3)}):
+            j = int(np.argmin(np.linalg.norm(places.positions[:, :2] - est_xy[k], axis=1)))
+            pairs.append((read_image(query_run.images[k]), read_image(places.images[j]), f"#{k}"))
     png = plot_trajectory(out / "demo.png", np.array(true_xy), np.array(est_xy), np.array(fix),
                           map_run.positions[:, :2], f"{args.data}: {sum(fix)}/{len(fix)} fixes, median error "
-                          f"{stats.get('median', float('nan')):.2f} {unit}", pairs)
+                          f"{stats.get('median', float('nan')):.2f} {unit}", pairs, along_track=unit == "frames")
     if args.figure:
         shutil.copy(png, args.figure)
     (out / "report.json").write_text(json.dumps(report, indent=2))
