@@ -34,10 +34,14 @@ DESCRIPTORS_PER_IMAGE = 100
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but CUDA is not available on this machine")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+    if device not in ("cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine")
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise RuntimeError(f"device {device!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
     return torch.device(device)
 
 

@@ -165,3 +165,21 @@ def test_trainable_layers():
     assert not any(p.requires_grad for p in feats[21].parameters())
     assert all(p.requires_grad for p in feats[24].parameters())
     assert all(p.requires_grad for p in model.branches.parameters())
+
+
+def test_device_names_are_checked():
+    import torch
+
+    from densernet_core.model import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    for bad in ("gpu", "cuda:x", "cuda:", "CPU"):
+        with pytest.raises(ValueError, match="cuda\\[:N\\]"):
+            resolve_device(bad)
+    if torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="GPU\\(s\\)"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+    else:
+        for name in ("cuda", "cuda:0"):
+            with pytest.raises(RuntimeError, match="CUDA is not available"):
+                resolve_device(name)

@@ -175,6 +175,27 @@ def test_startup_errors_exit_nonzero_with_message(gp_map, tmp_path, tiny_model):
     out = proc.communicate(timeout=120)[0]
     code = proc.returncode
     assert code == 1 and "image size" in out
+    import torch
+
+    if not torch.cuda.is_available():
+        proc = start_node(gp_map / "map", *PARAMS, "device:=cuda")
+        out = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 1 and "CUDA is not available" in out
+
+
+def test_sigterm_shuts_down_cleanly(gp_map):
+    import signal
+
+    proc = start_node(gp_map / "map", *PARAMS)
+    client = Client()
+    try:
+        client.wait_matched(proc)
+    finally:
+        client.close()
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out
 
 
 # A test double of tf2_ros.TransformBroadcaster (tf2_ros and tf2_msgs are not on PyPI): it publishes
