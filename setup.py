@@ -52,7 +52,7 @@ setup(
             "densernet = densernet_core.cli:main",
             "densernet-map = densernet_core.map_cli:main",
             "densernet-localize = densernet_core.localize_cli:main",
-            "densernet-demo = densernet_core.demo.run:main",
+            "densernet-demo = densernet_ros.demo:main",
             "localize_node = densernet_ros.node:main",
             "densernet-node = densernet_ros.node:main",
         ],

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from densernet_core.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
-from densernet_core.demo.run import start_node, stop_node  # noqa: E402
+from densernet_ros.harness import SpinningNode, start_node, stop_node  # noqa: E402
 from densernet_core.images import read_image, resize  # noqa: E402
 from densernet_core.placemap import build_map  # noqa: E402
 
@@ -106,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_node(map_dir: Path, frames: list[np.ndarray], rate: float, seconds: float, out: Path,
              bare: Callable[[], list[float]], cycles: int) -> tuple[list[float], list[float], list[list[float]], int, int, Path]:
     """`cycles` times: bare describe() while the node idles, then the camera for seconds/cycles."""
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
@@ -119,68 +116,44 @@ def run_node(map_dir: Path, frames: list[np.ndarray], rate: float, seconds: floa
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
     log = out / "node.log"
-    proc = start_node(map_dir.resolve(), env, log, [])
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    node = rclpy.create_node("densernet_bench_camera", context=ctx)
-    pub = node.create_publisher(Image, "image", qos_profile_sensor_data)
     latencies: list[float] = []
     processing: list[float] = []
 
     def on_answer(m: DiagnosticArray) -> None:
         latencies.append(time.time() - (m.header.stamp.sec + m.header.stamp.nanosec * 1e-9))
         processing.append(float({kv.key: kv.value for kv in m.status[0].values}["processing_ms"]) / 1000)
-    node.create_subscription(DiagnosticArray, "place_recognition/place", on_answer, 50)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
-    stop = threading.Event()
-    paused = threading.Event()  # no executor work in this process while bare describe() is timed
-
-    def spin() -> None:
-        while not stop.is_set():
-            if paused.is_set():
-                time.sleep(0.05)
-            else:
-                ex.spin_once(timeout_sec=0.02)
-    spinner = threading.Thread(target=spin, daemon=True)
-    spinner.start()
     sent = 0
+    proc = start_node(map_dir.resolve(), env, log, [])
     try:
-        end = time.monotonic() + 120
-        while not (pub.get_subscription_count() > 0 and node.count_publishers("place_recognition/place") > 0):
-            if proc.poll() is not None or time.monotonic() > end:
-                raise RuntimeError(f"node did not come up (see {log})")
-            time.sleep(0.1)
-        time.sleep(2.0)
-        msgs = []
-        for rgb in frames:
-            m = Image()
-            m.height, m.width, m.encoding, m.step = rgb.shape[0], rgb.shape[1], "rgb8", rgb.shape[1] * 3
-            m.data = rgb.tobytes()
-            m.header.frame_id = "camera"
-            msgs.append(m)
-        bare_cycles = []
-        for _ in range(cycles):
-            paused.set()
-            bare_cycles.append(bare())
-            paused.clear()
-            t0, n0 = time.monotonic(), sent
-            while time.monotonic() - t0 < seconds / cycles:
-                m = msgs[sent % len(msgs)]
-                now = time.time()
-                m.header.stamp.sec, m.header.stamp.nanosec = int(now), int((now % 1) * 1e9)
-                pub.publish(m)
-                sent += 1
-                delay = t0 + (sent - n0) / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            time.sleep(2.0)  # the node finishes its last frame before bare describe() runs again
+        with SpinningNode("densernet_bench_camera") as camera:
+            pub = camera.node.create_publisher(Image, "image", qos_profile_sensor_data)
+            camera.node.create_subscription(DiagnosticArray, "place_recognition/place", on_answer, 50)
+            camera.wait_for_node(proc, pub, "place_recognition/place", 120, log)
+            time.sleep(2.0)
+            msgs = []
+            for rgb in frames:
+                m = Image()
+                m.height, m.width, m.encoding, m.step = rgb.shape[0], rgb.shape[1], "rgb8", rgb.shape[1] * 3
+                m.data = rgb.tobytes()
+                m.header.frame_id = "camera"
+                msgs.append(m)
+            bare_cycles = []
+            for _ in range(cycles):
+                camera.paused.set()  # no executor work in this process while bare describe() is timed
+                bare_cycles.append(bare())
+                camera.paused.clear()
+                t0, n0 = time.monotonic(), sent
+                while time.monotonic() - t0 < seconds / cycles:
+                    m = msgs[sent % len(msgs)]
+                    now = time.time()
+                    m.header.stamp.sec, m.header.stamp.nanosec = int(now), int((now % 1) * 1e9)
+                    pub.publish(m)
+                    sent += 1
+                    delay = t0 + (sent - n0) / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                time.sleep(2.0)  # the node finishes its last frame before bare describe() runs again
     finally:
-        stop.set()
-        spinner.join(timeout=5)
-        ex.shutdown()
-        node.destroy_node()
-        ctx.try_shutdown()
         stop_node(proc)
     return latencies, processing, bare_cycles, sent, len(latencies), log
 

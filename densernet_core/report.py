@@ -37,9 +37,9 @@ def plot_trajectory(path: str | Path, true_xy: np.ndarray | None, est_xy: np.nda
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = 2 if pairs else 1
-    fig = plt.figure(figsize=(10, 5 * rows))
-    ax = fig.add_subplot(rows, 1, 1) if not pairs else fig.add_subplot(2, 1, 1)
+    fig = plt.figure(figsize=(10, 7 if pairs else 5))
+    grid = fig.add_gridspec(2 if pairs else 1, max(1, 2 * len(pairs)), height_ratios=[2.5, 1] if pairs else None)
+    ax = fig.add_subplot(grid[0, :])
     fix = np.asarray(fix, bool)
     if along_track and true_xy is not None:
         _along_track(ax, true_xy[:, 0], est_xy[:, 0], fix, map_xy)
@@ -62,7 +62,7 @@ def plot_trajectory(path: str | Path, true_xy: np.ndarray | None, est_xy: np.nda
     ax.set_title(title)
     for j, (query, retrieved, caption) in enumerate(pairs):
         for k, img in enumerate((query, retrieved)):
-            sub = fig.add_subplot(2, 2 * len(pairs), 2 * len(pairs) + 2 * j + k + 1)
+            sub = fig.add_subplot(grid[1, 2 * j + k])
             sub.imshow(img)
             sub.set_axis_off()
             sub.set_title(("query " if k == 0 else "retrieved ") + caption, fontsize=7)

@@ -41,7 +41,7 @@ def test_reduced_demo_through_the_real_node(tmp_path, caffe_weights_ready):
     from ros_helpers import ros_env
 
     out = tmp_path / "demo"
-    res = subprocess.run([sys.executable, "-m", "densernet_core.demo.run", "--out", str(out), "--places", "30",
+    res = subprocess.run([sys.executable, "-m", "densernet_ros.demo", "--out", str(out), "--places", "30",
                           "--size", "120", "160", "--rate", "4"], env=ros_env(), capture_output=True, text=True,
                          timeout=600)
     report = json.loads((out / "report.json").read_text())
@@ -52,7 +52,7 @@ def test_reduced_demo_through_the_real_node(tmp_path, caffe_weights_ready):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert report["error"]["median"] <= report["median_error_bound"]
     assert "LOCALIZATION OK" in res.stdout
-    from densernet_core.demo.run import _map_is_current
+    from densernet_ros.demo import _map_is_current
 
     assert _map_is_current(out / "map", out / "model.safetensors")
     other = tmp_path / "other.safetensors"
@@ -61,7 +61,7 @@ def test_reduced_demo_through_the_real_node(tmp_path, caffe_weights_ready):
 
 
 def _demo(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "densernet_core.demo.run", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "densernet_ros.demo", *args], capture_output=True, text=True,
                           timeout=120)
 
 

@@ -49,3 +49,18 @@ def test_venv_install_registers_package_in_ament_index():
         pytest.skip(f"package not pip-installed into {prefix} (run through `make test`)")
     assert (prefix / "share" / "densernet_ros" / "config" / "localize.yaml").is_file()
     assert (prefix / "share" / "densernet_ros" / "launch" / "localize.launch.py").is_file()
+
+
+def test_core_library_never_imports_ros():
+    """densernet_core must run without ROS: no rclpy or ROS message package anywhere in it."""
+    import ast
+
+    ros = {"rclpy", "sensor_msgs", "geometry_msgs", "std_msgs", "nav_msgs", "diagnostic_msgs", "tf2_ros",
+           "cv_bridge", "launch", "launch_ros", "densernet_ros"}
+    offenders = []
+    for path in sorted((ROOT / "densernet_core").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names if n.split(".")[0] in ros]
+    assert not offenders, offenders

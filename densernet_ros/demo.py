@@ -16,21 +16,19 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..cli import make_checkpoint, run_cli, setup_logging
-from ..datasets import GeoImages, load_csv, load_traverse
-from ..images import read_image, resize
-from ..report import error_stats, plot_trajectory
-from .synth import RouteConfig, generate
+from densernet_core.cli import make_checkpoint, run_cli, setup_logging
+from densernet_core.datasets import GeoImages, load_csv, load_traverse
+from densernet_core.demo.synth import RouteConfig, generate
+from densernet_core.images import read_image, resize
+from densernet_core.report import error_stats, plot_trajectory
 
 GP_TRAVERSES = ("day_left", "day_right", "night_right")
 GP_TRAIN_FRAMES = (0, 100)  # [start, stop): what the demo's checkpoint is trained on
@@ -68,9 +66,9 @@ def _checkpoint(args: argparse.Namespace, out: Path, map_run: GeoImages) -> Path
         return ckpt
     import dataclasses
 
-    from ..sources import SourceSpec
-    from ..train_config import load_train_config
-    from ..trainer import run_training
+    from densernet_core.sources import SourceSpec
+    from densernet_core.train_config import load_train_config
+    from densernet_core.trainer import run_training
 
     recipe = Path(args.train_config)
     if not recipe.is_file():
@@ -88,7 +86,7 @@ def _checkpoint(args: argparse.Namespace, out: Path, map_run: GeoImages) -> Path
 
 def _map_is_current(map_dir: Path, ckpt: Path) -> bool:
     """A map built earlier is reused only if it was built with this very checkpoint."""
-    from ..checkpoint import checkpoint_hash
+    from densernet_core.checkpoint import checkpoint_hash
 
     manifest = map_dir / "manifest.json"
     return manifest.is_file() and json.loads(manifest.read_text()).get("checkpoint_sha256") == checkpoint_hash(ckpt)
@@ -115,58 +113,25 @@ def write_bag(query: GeoImages, bag: Path, topic: str = "/image", size: tuple[in
             w.write(conn, int(t * 1e9), ts.serialize_cdr(msg, Image.__msgtype__))
 
 
-def start_node(map_dir: Path, env: dict, log: Path, node_args: Sequence[str]) -> subprocess.Popen:
-    if os.environ.get("ROS_DISTRO") and shutil.which("ros2"):
-        cmd = ["ros2", "launch", "densernet_ros", "localize.launch.py", f"map_dir:={map_dir}", "image_topic:=image"]
-    else:
-        cmd = [sys.executable, "-m", "densernet_ros.node", "--map-dir", str(map_dir), "--ros-args", *node_args]
-    return subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop_node(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    """SIGINT the node's process group (ros2 launch forwards it), SIGKILL if it does not exit."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def replay(bag: Path, proc: subprocess.Popen, rate: float, timeout: float) -> tuple[dict, dict, int]:
+def replay(bag: Path, proc: subprocess.Popen, rate: float, timeout: float, log: Path) -> tuple[dict, dict, int]:
     """Publish the bag's images at their recorded rate; return {stamp: pose}, {stamp: send time}, frames."""
-    import rclpy
     from geometry_msgs.msg import PoseWithCovarianceStamped
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
     from rosbags.highlevel import AnyReader
     from sensor_msgs.msg import Image
 
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    node = rclpy.create_node("densernet_demo_player", context=ctx)
-    pub = node.create_publisher(Image, "image", qos_profile_sensor_data)
+    from .harness import SpinningNode
+
     poses, sent, received_at = {}, {}, {}
 
     def on_pose(msg):
         key = msg.header.stamp.sec * 10 ** 9 + msg.header.stamp.nanosec
         poses[key] = msg
         received_at[key] = time.monotonic()
-    node.create_subscription(PoseWithCovarianceStamped, "place_recognition/pose", on_pose, 10)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
-    stop = threading.Event()
-    spinner = threading.Thread(target=lambda: [ex.spin_once(timeout_sec=0.05) for _ in iter(stop.is_set, True)],
-                               daemon=True)
-    spinner.start()
-    try:
-        end = time.monotonic() + timeout
-        while not (pub.get_subscription_count() > 0 and node.count_publishers("place_recognition/pose") > 0):
-            if proc.poll() is not None:
-                raise RuntimeError(f"node exited with {proc.returncode} before the replay")
-            if time.monotonic() > end:
-                raise RuntimeError("node did not come up in time")
-            time.sleep(0.1)
+    with SpinningNode("densernet_demo_player") as player:
+        pub = player.node.create_publisher(Image, "image", qos_profile_sensor_data)
+        player.node.create_subscription(PoseWithCovarianceStamped, "place_recognition/pose", on_pose, 10)
+        player.wait_for_node(proc, pub, "place_recognition/pose", timeout, log)
         time.sleep(1.0)
         frames = 0
         with AnyReader([bag]) as reader:
@@ -188,12 +153,6 @@ def replay(bag: Path, proc: subprocess.Popen, rate: float, timeout: float) -> tu
                 pub.publish(msg)
                 frames += 1
         time.sleep(3.0)  # let the last frame finish
-    finally:
-        stop.set()
-        spinner.join(timeout=5)
-        ex.shutdown()
-        node.destroy_node()
-        ctx.try_shutdown()
     latency = {k: received_at[k] - sent[k] for k in received_at if k in sent}
     return poses, latency, frames
 
@@ -228,15 +187,15 @@ def _run(args: argparse.Namespace) -> int:
     marker.write_text(args.data + "\n")
     map_run, query_run, bound, unit = _route(args, out)
     ckpt = _checkpoint(args, out, map_run)
-    from ..map_cli import main as map_main
+    from densernet_core.map_cli import main as map_main
 
     map_dir = out / "map"
     if not _map_is_current(map_dir, ckpt):
         if map_dir.exists():
             shutil.rmtree(map_dir)
         if args.data == "gardens_point":
-            from ..checkpoint import checkpoint_hash, load_model
-            from ..placemap import build_map
+            from densernet_core.checkpoint import checkpoint_hash, load_model
+            from densernet_core.placemap import build_map
 
             build_map(load_model(ckpt), ckpt.resolve(), checkpoint_hash(ckpt), map_run, map_dir, progress=False)
         elif map_main(["build", "--checkpoint", str(ckpt), "--poses", str(out / "route" / "map" / "poses.csv"),
@@ -252,12 +211,15 @@ def _run(args: argparse.Namespace) -> int:
     env.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 80))
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
     radius = "5.0" if unit == "frames" else str(2.5 * RouteConfig().spacing)  # GP: as in bench_pose.py
-    proc = start_node(map_dir.resolve(), env, out / "node.log", ["-p", f"cluster_radius:={radius}"])
+    from .harness import start_node, stop_node
+
+    log = out / "node.log"
+    proc = start_node(map_dir.resolve(), env, log, ["-p", f"cluster_radius:={radius}"])
     try:
-        poses, latency, frames = replay(bag, proc, args.rate, timeout=120)
+        poses, latency, frames = replay(bag, proc, args.rate, 120, log)
     finally:
         stop_node(proc)
     stamps = [int(round(t * 1e9)) for t in query_run.timestamps]
@@ -283,7 +245,7 @@ def _run(args: argparse.Namespace) -> int:
     pairs = []
     fixed = [k for k in range(len(query_run)) if fix[k]]
     if fixed:  # a few query frames beside the map image nearest to their estimate
-        from ..placemap import PlaceMap
+        from densernet_core.placemap import PlaceMap
 
         places = PlaceMap.load(map_dir).places
         for k in sorted({fixed[int(round(q))] for q in np.linspace(0, len(fixed) - 1, 3)}):
@@ -291,7 +253,8 @@ def _run(args: argparse.Namespace) -> int:
             pairs.append((read_image(query_run.images[k]), read_image(places.images[j]), f"#{k}"))
     png = plot_trajectory(out / "demo.png", np.array(true_xy), np.array(est_xy), np.array(fix),
                           map_run.positions[:, :2], f"{args.data}: {sum(fix)}/{len(fix)} fixes, median error "
-                          f"{stats.get('median', float('nan')):.2f} {unit}", pairs, along_track=unit == "frames")
+                          f"{stats.get('median', float('nan')):.2f} {unit}", pairs,
+                          along_track=True)  # both routes are straight: estimate against truth along it
     if args.figure:
         shutil.copy(png, args.figure)
     (out / "report.json").write_text(json.dumps(report, indent=2))

@@ -1,0 +1,82 @@
+"""Running the localizer node from tools (the demo, the node benchmark): start and stop it as a
+process, and talk to it from a node spun by a background thread in its own rclpy context."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+
+SPIN_TIMEOUT_S = 0.02
+
+
+def start_node(map_dir: Path, env: dict, log: Path, node_args: Sequence[str]) -> subprocess.Popen:
+    """`ros2 launch` when a ROS 2 install is sourced, else the console entry with config/localize.yaml."""
+    if os.environ.get("ROS_DISTRO") and shutil.which("ros2"):
+        cmd = ["ros2", "launch", "densernet_ros", "localize.launch.py", f"map_dir:={map_dir}", "image_topic:=image"]
+    else:
+        cmd = [sys.executable, "-m", "densernet_ros.node", "--map-dir", str(map_dir), "--ros-args", *node_args]
+    return subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_node(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGINT the node's process group (ros2 launch forwards it), SIGKILL if it does not exit."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+class SpinningNode:
+    """A node in its own context, spun in the background; `paused` stops the spinning (for timing)."""
+
+    def __init__(self, name: str) -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.paused = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            if self.paused.is_set():
+                time.sleep(0.05)
+            else:
+                self.executor.spin_once(timeout_sec=SPIN_TIMEOUT_S)
+
+    def wait_for_node(self, proc: subprocess.Popen, publisher, answer_topic: str, timeout: float, log: Path) -> None:
+        """Until `publisher` has the node's subscription and the node publishes `answer_topic`."""
+        end = time.monotonic() + timeout
+        while not (publisher.get_subscription_count() > 0 and self.node.count_publishers(answer_topic) > 0):
+            if proc.poll() is not None:
+                raise RuntimeError(f"the node exited with {proc.returncode} (see {log})")
+            if time.monotonic() > end:
+                raise RuntimeError(f"the node did not come up within {timeout:.0f} s (see {log})")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+    def __enter__(self) -> "SpinningNode":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
