@@ -420,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             node = LocalizerNode()
         except (ConfigError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+            if not rclpy.ok():  # SIGINT/SIGTERM while starting: a shutdown, not a failure
+                return 0
             rclpy.logging.get_logger(NODE_NAME).fatal(f"start-up failed: {exc}")
             return 1
         rclpy.spin(node)

@@ -190,6 +190,7 @@ def test_sigterm_shuts_down_cleanly(gp_map):
     client = Client()
     try:
         client.wait_matched(proc)
+        client.wait_for(lambda: bool(client.diagnostics), 30, "the node's first diagnostics (fully started)")
     finally:
         client.close()
     proc.send_signal(signal.SIGTERM)
