@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from densernet_core.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
-from densernet_ros.harness import SpinningNode, start_node, stop_node  # noqa: E402
+from densernet_ros.harness import SpinningNode, node_env, start_node, stop_node  # noqa: E402
 from densernet_core.images import read_image, resize  # noqa: E402
 from densernet_core.placemap import build_map  # noqa: E402
 
@@ -109,12 +108,6 @@ def run_node(map_dir: Path, frames: list[np.ndarray], rate: float, seconds: floa
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
-    env = dict(os.environ)
-    env.setdefault("ROS_DOMAIN_ID", str(160 + os.getpid() % 60))
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
     log = out / "node.log"
     latencies: list[float] = []
     processing: list[float] = []
@@ -123,7 +116,7 @@ def run_node(map_dir: Path, frames: list[np.ndarray], rate: float, seconds: floa
         latencies.append(time.time() - (m.header.stamp.sec + m.header.stamp.nanosec * 1e-9))
         processing.append(float({kv.key: kv.value for kv in m.status[0].values}["processing_ms"]) / 1000)
     sent = 0
-    proc = start_node(map_dir.resolve(), env, log, [])
+    proc = start_node(map_dir.resolve(), node_env(), log, [])
     try:
         with SpinningNode("densernet_bench_camera") as camera:
             pub = camera.node.create_publisher(Image, "image", qos_profile_sensor_data)

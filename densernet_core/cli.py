@@ -117,6 +117,16 @@ def run_cli(func, args: argparse.Namespace) -> int:
         return 1
 
 
+def training_step_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every step of training/ takes: the experiment YAML, the run folder, the tap cache."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="experiment YAML (every hyper-parameter is there)")
+    p.add_argument("--run-dir", required=True, help="folder of this run; reused to resume")
+    p.add_argument("--cache-dir", help="shared folder for cached trunk taps (default <run-dir>/cache)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.verbose)

@@ -19,7 +19,7 @@ from .backbone import TAP_CHANNELS, TAP_STRIDES, VGG16Trunk, load_backbone_weigh
 from .config import ModelConfig, model_config
 from .images import ImageLike, prepare_batch
 from .netvlad import NetVLAD, kmeans
-from .pca import EIG_FLOOR, PCAWhitening, fit_pca_whitening
+from .pca import EIG_FLOOR, PCAWhitening, fit_pca_whitening, principal_axes
 
 LOG = logging.getLogger("densernet")
 # The reference fuses pool5, pool4 and pool3 branches in that order; official checkpoints'
@@ -162,11 +162,9 @@ class DenserNet(nn.Module):
             if x.ndim != 2 or x.shape[1] != TAP_CHANNELS[i] or len(x) <= width:
                 raise ValueError(f"PCA branch init of tap {i} needs more than {width} samples of "
                                  f"{TAP_CHANNELS[i]} channels, got shape {x.shape}")
-            mean = x.mean(axis=0)
-            eigval, eigvec = np.linalg.eigh(np.cov(x - mean, rowvar=False))
-            order = np.argsort(eigval)[::-1][:width]
-            scale = np.sqrt(np.maximum(eigval[order], eigval[order[0]] * EIG_FLOOR))
-            weight = (eigvec[:, order] / scale).T  # width x C
+            mean, eigval, eigvec = principal_axes(x)
+            scale = np.sqrt(np.maximum(eigval[:width], eigval[0] * EIG_FLOOR))
+            weight = (eigvec[:, :width] / scale).T  # width x C
             self.branches[i].weight.copy_(torch.from_numpy(weight.astype(np.float32))[:, :, None, None])
             self.branches[i].bias.copy_(torch.from_numpy((-weight @ mean).astype(np.float32)))
         LOG.info("branches initialised by PCA whitening of %s", [TAP_NAMES[i] for i in self.used_taps])
@@ -175,14 +173,9 @@ class DenserNet(nn.Module):
     def sample_tap_features(self, images: Sequence[ImageLike], per_image: int = DESCRIPTORS_PER_IMAGE,
                             seed: int = 0, batch_size: int = DEFAULT_BATCH, progress: bool = False
                             ) -> dict[int, np.ndarray]:
-        rng = np.random.default_rng(seed)
         self.eval()
-        out: dict[int, list[np.ndarray]] = {i: [] for i in self.used_taps}
-        for x in self._batches(images, batch_size, "rgb", progress):
-            taps = self.trunk(x)
-            for i in self.used_taps:
-                out[i].append(sample_locations(taps[i], per_image, rng, normalise=False))
-        return {i: np.concatenate(v) for i, v in out.items()}
+        return sample_tap_locations((self.trunk(x) for x in self._batches(images, batch_size, "rgb", progress)),
+                                    self.used_taps, per_image, np.random.default_rng(seed))
 
     def init_netvlad(self, images: Sequence[ImageLike], per_image: int = DESCRIPTORS_PER_IMAGE, seed: int = 0,
                      iterations: int = 100, progress: bool = False) -> float:
@@ -221,6 +214,16 @@ def sample_locations(dense: torch.Tensor, per_image: int, rng: np.random.Generat
     flat = dense.flatten(2).transpose(1, 2).cpu().numpy()  # N, HW, C
     picks = [d[rng.choice(d.shape[0], size=min(per_image, d.shape[0]), replace=False)] for d in flat]
     return np.concatenate(picks).astype(np.float32)
+
+
+def sample_tap_locations(tap_batches: Iterable[Sequence[torch.Tensor | None]], taps: Sequence[int], per_image: int,
+                         rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """Raw trunk features at random locations, per tap, over batches of taps (the branch-init input)."""
+    out: dict[int, list[np.ndarray]] = {i: [] for i in taps}
+    for batch in tap_batches:
+        for i in taps:
+            out[i].append(sample_locations(batch[i], per_image, rng, normalise=False))
+    return {i: np.concatenate(v) for i, v in out.items()}
 
 
 def build(preset: str = "small", weights: str = "caffe-vgg16", device: str = "cpu", **overrides) -> DenserNet:

@@ -26,6 +26,15 @@ class PCAWhitening(nn.Module):
         return F.normalize(self.linear(x), p=2, dim=1)
 
 
+def principal_axes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, eigenvalues (descending) and eigenvectors (columns) of the sample covariance of N x d data."""
+    mean = x.mean(axis=0)
+    xc = x - mean
+    eigval, vec = np.linalg.eigh(xc.T @ xc / (len(x) - 1))
+    order = np.argsort(eigval)[::-1]
+    return mean, eigval[order], vec[:, order]
+
+
 def fit_pca_whitening(descriptors: np.ndarray, out_dim: int) -> PCAWhitening:
     """Whitening learnt from training descriptors; out_dim is clipped to the rank the data supports.
 
@@ -36,9 +45,9 @@ def fit_pca_whitening(descriptors: np.ndarray, out_dim: int) -> PCAWhitening:
     n, d = x.shape
     if n < 2:
         raise ValueError(f"PCA needs at least 2 descriptors, got {n}")
-    mean = x.mean(axis=0)
-    xc = x - mean
     if n < d:
+        mean = x.mean(axis=0)
+        xc = x - mean
         gram = xc @ xc.T / (n - 1)
         eigval, v = np.linalg.eigh(gram)
         order = np.argsort(eigval)[::-1]
@@ -47,10 +56,7 @@ def fit_pca_whitening(descriptors: np.ndarray, out_dim: int) -> PCAWhitening:
         eigval, v = eigval[keep], v[:, keep]
         u = xc.T @ v / np.sqrt(eigval * (n - 1))  # unit-norm principal directions in R^d
     else:
-        cov = xc.T @ xc / (n - 1)
-        eigval, u = np.linalg.eigh(cov)
-        order = np.argsort(eigval)[::-1]
-        eigval, u = eigval[order], u[:, order]
+        mean, eigval, u = principal_axes(x)
         keep = eigval > eigval[0] * EIG_FLOOR
         eigval, u = eigval[keep], u[:, keep]
     k = min(out_dim, len(eigval))

@@ -29,7 +29,7 @@ from .evaluation import EvalResult, evaluate_descriptors
 from .images import normalise, read_image, resize
 from .losses import create as create_loss
 from .mining import TupleMiner, negative_pools, positives
-from .model import DenserNet, build_from_config, sample_locations
+from .model import DenserNet, build_from_config, sample_locations, sample_tap_locations
 from .pca import fit_pca_whitening
 from .sources import Split, load_split
 from .tap_cache import TapCache, trunk_taps
@@ -191,13 +191,11 @@ class Trainer:
 
     @torch.no_grad()
     def _init_branches_pca(self, head: TrainingHead, rows: np.ndarray, rng: np.random.Generator) -> None:
-        model, per_image = head.model, self.cfg.cluster.descriptors_per_image
-        feats: dict[int, list[np.ndarray]] = {i: [] for i in model.used_taps}
-        for s in range(0, len(rows), DESCRIBE_BATCH):
-            taps = head.taps(self._batch(model, rows[s:s + DESCRIBE_BATCH], None))
-            for i in model.used_taps:
-                feats[i].append(sample_locations(taps[i], per_image, rng, normalise=False))
-        model.init_branches_from_samples({i: np.concatenate(v) for i, v in feats.items()})
+        model = head.model
+        batches = (head.taps(self._batch(model, rows[s:s + DESCRIBE_BATCH], None))
+                   for s in range(0, len(rows), DESCRIBE_BATCH))
+        model.init_branches_from_samples(sample_tap_locations(batches, model.used_taps,
+                                                              self.cfg.cluster.descriptors_per_image, rng))
 
     # ---- step 2: training ---------------------------------------------------------------------
     def _optimizer(self, model: DenserNet) -> tuple[torch.optim.Optimizer, object]:
@@ -322,17 +320,13 @@ class Trainer:
                 plot_log(self.run_dir / "log.csv", self.run_dir / "curves.png")
             self.ctx.barrier()
         _check_replicas_agree(self.ctx, model)
-        if self.ctx.is_main:
-            self._finish(model)
+        if self.ctx.is_main:  # the deliverable: best (or last) epoch plus PCA whitening
+            best = self.run_dir / "best.safetensors"
+            self.whiten(best if best.is_file() else last, final)
         self.ctx.barrier()
         return final
 
-    # ---- step 3: PCA whitening and the deliverable --------------------------------------------
-    def _finish(self, model: DenserNet) -> None:
-        best = self.run_dir / "best.safetensors"
-        source = best if best.is_file() else self.run_dir / "last.safetensors"
-        self.whiten(source, self.run_dir / "model.safetensors")
-
+    # ---- step 3: PCA whitening ------------------------------------------------------------------
     def whiten(self, source: Path, out: Path) -> Path:
         """`source` plus PCA whitening fitted on the training images' descriptors, saved as `out`."""
         model = load_model(source, str(self.device))

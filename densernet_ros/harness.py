@@ -16,6 +16,19 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
 SPIN_TIMEOUT_S = 0.02
+# Without ROS_DOMAIN_ID set, a tool picks one of these domains from its pid (keeps parallel runs apart).
+DOMAIN_BASE, DOMAIN_SPAN = 150, 80
+
+
+def node_env() -> dict[str, str]:
+    """Environment for the node process; its domain and discovery range also apply to this process."""
+    env = dict(os.environ)
+    env.setdefault("ROS_DOMAIN_ID", str(DOMAIN_BASE + os.getpid() % DOMAIN_SPAN))
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+    return env
 
 
 def start_node(map_dir: Path, env: dict, log: Path, node_args: Sequence[str]) -> subprocess.Popen:
@@ -40,9 +53,9 @@ def stop_node(proc: subprocess.Popen, timeout: float = 20.0) -> None:
 class SpinningNode:
     """A node in its own context, spun in the background; `paused` stops the spinning (for timing)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, domain_id: int | None = None) -> None:
         self.context = rclpy.Context()
-        rclpy.init(context=self.context)
+        rclpy.init(context=self.context, domain_id=domain_id)
         self.node = rclpy.create_node(name, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)

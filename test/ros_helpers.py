@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -43,16 +42,15 @@ class Client:
     """Publishes camera frames and records everything the node publishes."""
 
     def __init__(self, compressed: bool = False) -> None:
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import CompressedImage, Image
 
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
-        self.node = rclpy.create_node("densernet_test_client", context=self.context)
+        from densernet_ros.harness import SpinningNode
+
+        self._spinner = SpinningNode("densernet_test_client", domain_id=DOMAIN_ID)
+        self.node = self._spinner.node
         self.compressed = compressed
         topic, kind = ("image/compressed", CompressedImage) if compressed else ("image", Image)
         self.pub = self.node.create_publisher(kind, topic, qos_profile_sensor_data)
@@ -64,15 +62,6 @@ class Client:
         self.node.create_subscription(DiagnosticArray, "place_recognition/place", self.places.append, 10)
         self.node.create_subscription(PoseArray, "place_recognition/candidates", self.candidates.append, 10)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._stop = False
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        while not self._stop and self.context.ok():
-            self.executor.spin_once(timeout_sec=0.05)
 
     def wait_for(self, predicate, timeout: float, what: str) -> None:
         end = time.monotonic() + timeout
@@ -118,11 +107,7 @@ class Client:
                       timeout, f"the node's answer to frame {stamp}")
 
     def close(self) -> None:
-        self._stop = True
-        self._thread.join(timeout=5)
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.context.try_shutdown()
+        self._spinner.close()
 
 
 def stop(proc: subprocess.Popen, timeout: float = 20.0) -> tuple[int, str]:

@@ -105,14 +105,7 @@ def test_bad_frames_are_counted_and_node_keeps_answering(raw_node, gardens_point
     client.send_and_wait(good)
     assert proc.poll() is None
 
-    def bad_count():
-        for arr in reversed(client.diagnostics):
-            for st in arr.status:
-                values = {kv.key: kv.value for kv in st.values}
-                if "bad_frames" in values:
-                    return int(values["bad_frames"])
-        return -1
-    client.wait_for(lambda: bad_count() >= 3, 5.0, "diagnostics to count 3 bad frames")
+    client.wait_for(lambda: int(_diag_value(client, "bad_frames", -1)) >= 3, 5.0, "diagnostics to count 3 bad frames")
     out_status = [st for arr in client.diagnostics for st in arr.status if "localization" in st.name]
     assert out_status and {kv.key for kv in out_status[-1].values} >= {"inference_latency_ms", "frames_dropped",
                                                                         "input_rate_hz", "map_places"}

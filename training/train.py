@@ -19,18 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout without installing
 
-from densernet_core.cli import run_cli, setup_logging  # noqa: E402
+from densernet_core.cli import run_cli, setup_logging, training_step_parser  # noqa: E402
 from densernet_core.train_config import load_train_config  # noqa: E402
 from densernet_core.trainer import run_training  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="experiment YAML (every hyper-parameter is there)")
-    parser.add_argument("--run-dir", required=True, help="folder of this run; reused to resume")
-    parser.add_argument("--cache-dir", help="shared folder for cached trunk taps (default <run-dir>/cache)")
+    parser = training_step_parser(__doc__)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
-    parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     return run_cli(_run, args)
