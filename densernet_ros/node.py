@@ -1,15 +1,16 @@
 """The localizer node: camera frames in, place and pose out.
 
 Subscribes to `image` (sensor_msgs/Image) or `image/compressed` (CompressedImage), best-effort,
-depth 1. The callback only keeps the newest frame; a worker thread runs inference, so the
-executor never blocks and no queue builds up. Publishes (all relative to the node namespace):
+depth 1. The callback only keeps the newest frame (frame_slot.py); a worker thread runs inference,
+so the executor never blocks and no queue builds up. Publishes (all relative to the node namespace):
 
   place_recognition/pose        geometry_msgs/PoseWithCovarianceStamped, map frame, image stamp;
                                 nothing when there is no fix
   place_recognition/candidates  geometry_msgs/PoseArray: the top-k retrieved places (RViz)
   place_recognition/place       diagnostic_msgs/DiagnosticArray: one status 'place' whose key/values
                                 hold place_id, score, confidence, fix, reason, top_k_ids, top_k_scores,
-                                processing_ms (this frame's time in the node, from its bytes to here)
+                                processing_ms (this frame's time in the node, from its bytes to here),
+                                describe_ms (of which the network's forward pass)
   /diagnostics                  diagnostic_msgs/DiagnosticArray, ~1 Hz
   /tf (publish_tf only)         map -> odom, from each fix and the odometry (odom_topic,
                                 nav_msgs/Odometry) interpolated at the image stamp; re-sent at
@@ -43,6 +44,7 @@ from densernet_core.config import ConfigError
 from densernet_core.odometry import OdometryBuffer, map_to_odom
 from densernet_core.pose import PoseEstimatorConfig
 
+from .frame_slot import FrameSlot
 from .image_conversion import FrameError, compressed_to_rgb, image_to_rgb
 
 NODE_NAME = "densernet_localizer"
@@ -60,6 +62,7 @@ class NodeSettings:
     image_size: tuple[int, int] | None
     top_k: int
     max_rate_hz: float
+    max_frame_wait_s: float
     map_frame: str
     estimator: PoseEstimatorConfig
     publish_tf: bool
@@ -81,6 +84,9 @@ PARAMETERS = {
     "image_width": (0, "inference width; 0: the map's (any other value must equal it)", True, (0, 4096)),
     "top_k": (10, "candidates retrieved per frame", True, (1, 1000)),
     "max_rate_hz": (0.0, "max frames processed per second (0: unlimited)", True, (0.0, 1000.0)),
+    "max_frame_wait_s": (0.005, "a frame that waited longer than this for the busy worker is passed over for the "
+                                "next one if that comes within 1.5 camera periods (fresher answers, fewer per "
+                                "second; 0: take the newest however long it waited)", True, (0.0, 10.0)),
     "map_frame": ("map", "frame_id of published poses", True, None),
     "min_score": (0.0, "ignore candidates below this cosine similarity", True, (-1.0, 1.0)),
     "cluster_radius": (5.0, "candidates closer than this agree on a place (map units)", True, (1e-3, 1e6)),
@@ -103,10 +109,8 @@ class LocalizerNode(Node):
         super().__init__(NODE_NAME, **kwargs)
         self.settings = self._declare_parameters()
         self._load_localizer()  # raises on start-up failure; main() turns that into exit 1
-        self._lock = threading.Condition()
-        self._latest: tuple[object, str] | None = None
-        self._running = True
-        self.stats = {"received": 0, "processed": 0, "dropped": 0, "bad_frames": 0, "fixes": 0, "no_fix": 0,
+        self.frames: FrameSlot[tuple[bytes, str]] = FrameSlot(self.settings.max_frame_wait_s)
+        self.stats = {"processed": 0, "bad_frames": 0, "fixes": 0, "no_fix": 0,
                       "last_score": 0.0, "last_confidence": 0.0, "last_latency_ms": 0.0, "last_error": ""}
         self._rate_marks: list[tuple[float, int, int]] = [(time.monotonic(), 0, 0)]
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "place_recognition/pose", 10)
@@ -157,7 +161,8 @@ class LocalizerNode(Node):
         if values["publish_tf"] and not values["odom_topic"]:
             raise ConfigError("parameter publish_tf is true but odom_topic is empty")
         return NodeSettings(values["map_dir"], values["checkpoint"], values["image_topic"], values["use_compressed"],
-                            values["device"], size, values["top_k"], values["max_rate_hz"], values["map_frame"],
+                            values["device"], size, values["top_k"], values["max_rate_hz"],
+                            values["max_frame_wait_s"], values["map_frame"],
                             estimator, values["publish_tf"], values["odom_topic"], values["odom_max_gap_s"],
                             values["odom_history_s"], values["transform_tolerance"], values["tf_rate_hz"])
 
@@ -228,36 +233,19 @@ class LocalizerNode(Node):
             self.tf_broadcaster.sendTransform(tf)
 
     # ---- callbacks: keep only the newest frame ------------------------------------------------
-    def _store(self, msg, kind: str) -> None:
-        with self._lock:
-            self.stats["received"] += 1
-            if self._latest is not None:
-                self.stats["dropped"] += 1
-            self._latest = (msg, kind)
-            self._lock.notify()
-
     def _on_image(self, data: bytes) -> None:
-        self._store(data, "raw")
+        self.frames.put((data, "raw"))
 
     def _on_compressed(self, data: bytes) -> None:
-        self._store(data, "compressed")
+        self.frames.put((data, "compressed"))
 
     # ---- worker -------------------------------------------------------------------------------
     def _work(self) -> None:
         min_period = 1.0 / self.settings.max_rate_hz if self.settings.max_rate_hz > 0 else 0.0
-        last = 0.0
-        while True:
-            with self._lock:
-                while self._running and self._latest is None:
-                    self._lock.wait(timeout=0.5)
-                if not self._running:
-                    return
-                msg, kind = self._latest
-                self._latest = None
-            wait = last + min_period - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
+        last = -min_period
+        while (frame := self.frames.take(not_before=last + min_period)) is not None:
             last = time.monotonic()
+            msg, kind = frame
             try:
                 self._process(msg, kind)
             except FrameError as exc:
@@ -304,7 +292,8 @@ class LocalizerNode(Node):
         now = time.monotonic()
         t0, r0, p0 = self._rate_marks[0]
         s = self.stats
-        self._rate_marks = [(now, s["received"], s["processed"])]
+        received = self.frames.received
+        self._rate_marks = [(now, received, s["processed"])]
         dt = max(now - t0, 1e-6)
         status = DiagnosticStatus(name=f"{self.get_name()}: localization", hardware_id=str(self.localizer.model.device))
         if s["processed"] == 0 and s["bad_frames"] == 0:
@@ -317,9 +306,10 @@ class LocalizerNode(Node):
             status.level, status.message = DiagnosticStatus.ERROR, f"no usable frames: {s['last_error']}"
         else:
             status.level, status.message = DiagnosticStatus.OK, "localized"
-        values = {"input_rate_hz": (s["received"] - r0) / dt, "output_rate_hz": (s["processed"] - p0) / dt,
-                  "inference_latency_ms": s["last_latency_ms"], "frames_received": s["received"],
-                  "frames_processed": s["processed"], "frames_dropped": s["dropped"], "bad_frames": s["bad_frames"],
+        values = {"input_rate_hz": (received - r0) / dt, "output_rate_hz": (s["processed"] - p0) / dt,
+                  "inference_latency_ms": s["last_latency_ms"], "frames_received": received,
+                  "frames_processed": s["processed"], "frames_dropped": self.frames.dropped,
+                  "frames_stale": self.frames.stale, "bad_frames": s["bad_frames"],
                   "fixes": s["fixes"], "no_fix": s["no_fix"], "map_places": len(self.localizer.map),
                   "last_score": s["last_score"], "last_confidence": s["last_confidence"],
                   "last_error": s["last_error"]}
@@ -334,9 +324,7 @@ class LocalizerNode(Node):
 
     def shutdown(self) -> None:
         """Stop the worker and release the model (and GPU memory)."""
-        with self._lock:
-            self._running = False
-            self._lock.notify_all()
+        self.frames.close()
         self.worker.join(timeout=10.0)
         device = self.localizer.model.device
         del self.localizer
@@ -371,7 +359,8 @@ def _place_array(stamp, frame: str, est, result, processing_ms: float) -> Diagno
               "fix": str(est.fix).lower(), "reason": est.reason,
               "top_k_ids": ",".join(str(int(i)) for i in result.ids),
               "top_k_scores": ",".join(f"{s:.4f}" for s in result.scores),
-              "processing_ms": f"{processing_ms:.1f}"}  # deserialise, convert, describe, search, estimate
+              "processing_ms": f"{processing_ms:.1f}",  # deserialise, convert, describe, search, estimate
+              "describe_ms": f"{1000 * result.describe_s:.1f}"}
     status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
     arr = DiagnosticArray()
     arr.header.stamp, arr.header.frame_id = stamp, frame

@@ -78,8 +78,9 @@ def test_poses_arrive_with_frame_stamp_covariance_and_right_place(raw_node, gard
     assert correct >= 0.5 * len(sent)
     assert len(client.candidates) >= len(sent) and client.candidates[-1].header.frame_id == "map"
     place = client.places[-1].status[0]
-    keys = {kv.key for kv in place.values}
-    assert {"place_id", "score", "confidence", "top_k_ids", "top_k_scores", "processing_ms"} <= keys
+    values = {kv.key: kv.value for kv in place.values}
+    assert {"place_id", "score", "confidence", "top_k_ids", "top_k_scores", "processing_ms", "describe_ms"} <= set(values)
+    assert 0 < float(values["describe_ms"]) <= float(values["processing_ms"])
 
 
 def test_bad_frames_are_counted_and_node_keeps_answering(raw_node, gardens_point):
@@ -107,8 +108,8 @@ def test_bad_frames_are_counted_and_node_keeps_answering(raw_node, gardens_point
 
     client.wait_for(lambda: int(_diag_value(client, "bad_frames", -1)) >= 3, 5.0, "diagnostics to count 3 bad frames")
     out_status = [st for arr in client.diagnostics for st in arr.status if "localization" in st.name]
-    assert out_status and {kv.key for kv in out_status[-1].values} >= {"inference_latency_ms", "frames_dropped",
-                                                                        "input_rate_hz", "map_places"}
+    assert out_status and {kv.key for kv in out_status[-1].values} >= {
+        "inference_latency_ms", "frames_dropped", "frames_stale", "input_rate_hz", "map_places"}
 
 
 def test_back_pressure_keeps_newest_frame_and_memory_flat(raw_node, gardens_point):
