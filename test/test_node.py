@@ -224,7 +224,11 @@ def test_publish_tf_without_tf2_ros_exits_with_message(gp_map):
 
 
 def test_map_to_odom_uses_odometry_at_the_image_stamp(gp_map, gardens_point, tmp_path):
-    """Odometry drifted by (3, -1) m and 10 deg; the broadcast map->odom must equal fix * odom(stamp)^-1."""
+    """Odometry drifted by (3, -1) m and 10 deg; the broadcast map->odom must equal fix * odom(stamp)^-1.
+
+    With tf2_ros importable (a ROS 2 install) the node's real TransformBroadcaster is read from /tf
+    through a real tf2 Buffer; without it, through a stand-in with upstream's TransformBroadcaster
+    signature that republishes each TransformStamped on `test_tf`."""
     import time
 
     from geometry_msgs.msg import TransformStamped
@@ -233,16 +237,36 @@ def test_map_to_odom_uses_odometry_at_the_image_stamp(gp_map, gardens_point, tmp
 
     from densernet_core.odometry import compose, inverse
 
-    if _has_tf2_ros():
-        pytest.skip("tf2_ros is installed: the test double would be shadowed (tf2_msgs is needed to read /tf)")
-    fake = tmp_path / "fake_tf2"
-    (fake / "tf2_ros").mkdir(parents=True)
-    (fake / "tf2_ros" / "__init__.py").write_text(FAKE_TF2_ROS)
-    proc = start_node(gp_map / "map", *PARAMS, "publish_tf:=true", "tf_rate_hz:=20.0", pythonpath=(str(fake),))
+    real_tf2 = _has_tf2_ros()
+    pythonpath: tuple[str, ...] = ()
+    if not real_tf2:
+        fake = tmp_path / "fake_tf2"
+        (fake / "tf2_ros").mkdir(parents=True)
+        (fake / "tf2_ros" / "__init__.py").write_text(FAKE_TF2_ROS)
+        pythonpath = (str(fake),)
+    proc = start_node(gp_map / "map", *PARAMS, "publish_tf:=true", "tf_rate_hz:=20.0", pythonpath=pythonpath)
     client = Client()
-    tfs: list = []
     odom_pub = client.node.create_publisher(Odometry, "odom", 50)
-    client.node.create_subscription(TransformStamped, "test_tf", tfs.append, 10)
+    if real_tf2:
+        import tf2_ros
+        from rclpy.time import Time
+
+        buffer = tf2_ros.Buffer()
+        listener = tf2_ros.TransformListener(buffer, client.node)  # noqa: F841 - spun by the client
+        tf_topic = "/tf"
+
+        def latest_map_odom():
+            if not buffer.can_transform("map", "odom", Time()):
+                return None
+            return buffer.lookup_transform("map", "odom", Time())
+    else:
+        tfs: list = []
+        client.node.create_subscription(TransformStamped, "test_tf", tfs.append, 10)
+        tf_topic = "test_tf"
+
+        def latest_map_odom():
+            return tfs[-1] if tfs else None
+    print(f"map -> odom read through {'a real tf2 Buffer on /tf' if real_tf2 else 'the tf2_ros stand-in'}")
     drift = (np.array([3.0, -1.0, 0.0]), Rotation.from_euler("z", 10, degrees=True).as_quat())
 
     def odom_at(x: float, stamp_ns: int) -> Odometry:
@@ -257,7 +281,7 @@ def test_map_to_odom_uses_odometry_at_the_image_stamp(gp_map, gardens_point, tmp
 
     try:
         client.wait_matched(proc)
-        client.wait_for(lambda: odom_pub.get_subscription_count() > 0 and client.node.count_publishers("test_tf") > 0,
+        client.wait_for(lambda: odom_pub.get_subscription_count() > 0 and client.node.count_publishers(tf_topic) > 0,
                         30, "the odometry subscription and the transform publisher")
         checked = []
         for i in (40, 90, 150):
@@ -272,10 +296,10 @@ def test_map_to_odom_uses_odometry_at_the_image_stamp(gp_map, gardens_point, tmp
                 continue  # no fix for this frame: nothing to correct
             fix = client.poses[-1].pose.pose
             time.sleep(0.3)  # several 20 Hz re-broadcasts: the newest one carries this fix's correction
-            client.wait_for(lambda: bool(tfs), 2.0, "a map -> odom broadcast (diagnostics: "
+            client.wait_for(lambda: latest_map_odom() is not None, 2.0, "a map -> odom broadcast (diagnostics: "
                             f"odometry_msgs={_diag_value(client, 'odometry_msgs')}, "
                             f"reason={_diag_value(client, 'map_odom_reason')!r})")
-            tf = tfs[-1]
+            tf = latest_map_odom()
             assert (tf.header.frame_id, tf.child_frame_id) == ("map", "odom")
             ahead = tf.header.stamp.sec + tf.header.stamp.nanosec * 1e-9 - time.time()
             assert 0.0 < ahead <= 0.5  # stamped now + transform_tolerance (0.5 s)
@@ -287,19 +311,32 @@ def test_map_to_odom_uses_odometry_at_the_image_stamp(gp_map, gardens_point, tmp
             r = tf.transform.rotation
             np.testing.assert_allclose(got_t, want_t, atol=1e-6)
             assert abs(np.dot(want_q, [r.x, r.y, r.z, r.w])) == pytest.approx(1.0, abs=1e-9)
+            if real_tf2:  # tf2's own chaining: map -> odom (node) then odom -> base_link (odometry) = the fix
+                odom_base = TransformStamped()
+                odom_base.header.stamp, odom_base.header.frame_id, odom_base.child_frame_id = \
+                    tf.header.stamp, "odom", "base_link"
+                v, q = odom_base.transform.translation, odom_base.transform.rotation
+                v.x, v.y, v.z = (float(c) for c in odom_mid[0])
+                q.x, q.y, q.z, q.w = (float(c) for c in odom_mid[1])
+                buffer.set_transform(odom_base, "test")
+                chain = buffer.lookup_transform("map", "base_link", Time.from_msg(tf.header.stamp)).transform
+                np.testing.assert_allclose([chain.translation.x, chain.translation.y, chain.translation.z],
+                                           fix_tf[0], atol=1e-6)
+                cr = chain.rotation
+                assert abs(np.dot(fix_tf[1], [cr.x, cr.y, cr.z, cr.w])) == pytest.approx(1.0, abs=1e-9)
             if abs(fix.position.x - i) <= 5.0:  # a correct fix recovers the drift
                 np.testing.assert_allclose(got_t[:2], drift[0][:2], atol=5.5)
             checked.append(i)
         assert len(checked) >= 2, "too few fixes to check map -> odom"
         # The same image (so again a fix) stamped long after the last odometry: no new correction,
         # and diagnostics say why.
-        last_tf = tfs[-1].transform.translation.x
+        last_tf = latest_map_odom().transform.translation.x
         client.send_and_wait(client.make_msg(frame(gardens_point, "day_right", checked[-1]), _stamp(9000)))
         client.wait_for(lambda: "after the odometry" in _diag_value(client, "map_odom_reason", ""), 5,
                         "diagnostics to report the missing odometry")
         assert _diag_value(client, "map_odom_updates") == str(len(checked))
         assert _diag_value(client, "map_odom_skipped") == "1"
-        assert tfs[-1].transform.translation.x == last_tf
+        assert latest_map_odom().transform.translation.x == last_tf
     finally:
         client.close()
         code, out = stop(proc)
