@@ -141,6 +141,9 @@ def test_compressed_images_and_corrupt_jpeg(gp_map, gardens_point):
         corrupt = client.make_msg(frame(gardens_point, "night_right", 30), _stamp(3000))
         corrupt.data = b"\xff\xd8\xff\xe0" + b"\x00" * 100
         client.pub.publish(corrupt)
+        # before the next frame, which would replace it in the node's one-frame slot if sent at once
+        client.wait_for(lambda: int(_diag_value(client, "bad_frames", 0)) >= 1, 10.0,
+                        "diagnostics to count the corrupt JPEG")
         for i in (42, 72, 152):  # night frames the model is confident on (0.36-0.42) as raw Images
             client.send_and_wait(client.make_msg(frame(gardens_point, "night_right", i),
                                                  _stamp(3001 + i)))
