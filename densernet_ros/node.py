@@ -44,7 +44,7 @@ from densernet_core.config import ConfigError
 from densernet_core.odometry import OdometryBuffer, map_to_odom
 from densernet_core.pose import PoseEstimatorConfig
 
-from .frame_slot import FrameSlot
+from .frame_slot import NEXT_FRAME_MARGIN, FrameSlot
 from .image_conversion import FrameError, compressed_to_rgb, image_to_rgb
 
 NODE_NAME = "densernet_localizer"
@@ -85,8 +85,9 @@ PARAMETERS = {
     "top_k": (10, "candidates retrieved per frame", True, (1, 1000)),
     "max_rate_hz": (0.0, "max frames processed per second (0: unlimited)", True, (0.0, 1000.0)),
     "max_frame_wait_s": (0.005, "a frame that waited longer than this for the busy worker is passed over for the "
-                                "next one if that comes within 1.5 camera periods (fresher answers, fewer per "
-                                "second; 0: take the newest however long it waited)", True, (0.0, 10.0)),
+                                f"next one if that comes within {NEXT_FRAME_MARGIN:g} camera periods (fresher "
+                                "answers, fewer per second; 0: take the newest however long it waited)", True,
+                         (0.0, 10.0)),
     "map_frame": ("map", "frame_id of published poses", True, None),
     "min_score": (0.0, "ignore candidates below this cosine similarity", True, (-1.0, 1.0)),
     "cluster_radius": (5.0, "candidates closer than this agree on a place (map units)", True, (1e-3, 1e6)),
