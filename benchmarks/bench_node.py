@@ -35,6 +35,7 @@ from densernet_core.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
 from densernet_ros.harness import SpinningNode, node_env, start_node, stop_node  # noqa: E402
+from densernet_ros.image_conversion import rgb_to_image  # noqa: E402
 from densernet_core.images import read_image, resize  # noqa: E402
 from densernet_core.placemap import build_map  # noqa: E402
 
@@ -161,13 +162,7 @@ def run_node(map_dir: Path, frames: list[np.ndarray], rate: float, seconds: floa
             camera.node.create_subscription(DiagnosticArray, "place_recognition/place", on_answer, 50)
             camera.wait_for_node(proc, pub, "place_recognition/place", 120, log)
             time.sleep(2.0)
-            msgs = []
-            for rgb in frames:
-                m = Image()
-                m.height, m.width, m.encoding, m.step = rgb.shape[0], rgb.shape[1], "rgb8", rgb.shape[1] * 3
-                m.data = rgb.tobytes()
-                m.header.frame_id = "camera"
-                msgs.append(m)
+            msgs = [rgb_to_image(rgb) for rgb in frames]  # stamped at publish
 
             def timed_bare() -> None:
                 camera.paused.set()  # no executor work in this process while bare describe() is timed

@@ -1,4 +1,5 @@
-"""sensor_msgs Image/CompressedImage -> RGB numpy, with errors that name the problem.
+"""sensor_msgs Image/CompressedImage -> RGB numpy, with errors that name the problem (and back,
+for the tools and tests that play the camera).
 
 The real cv_bridge is used when it imports (a ROS 2 install); otherwise rosbags-image, which
 reads rclpy messages too. Sizes and encodings are checked first, so a truncated or oddly
@@ -57,6 +58,21 @@ def compressed_to_rgb(msg) -> np.ndarray:
     if bgr is None:
         raise FrameError(f"cannot decode compressed image (format {msg.format!r}, {data.size} bytes)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def rgb_to_image(rgb: np.ndarray, stamp_ns: int = 0, encoding: str = "rgb8", frame_id: str = "camera"):
+    """An RGB array as the sensor_msgs/Image a camera driver would publish (rgb8 or bgr8)."""
+    from sensor_msgs.msg import Image
+
+    if encoding not in ("rgb8", "bgr8"):
+        raise ValueError(f"rgb_to_image writes rgb8 or bgr8, not {encoding!r}")
+    msg = Image()
+    msg.height, msg.width = rgb.shape[:2]
+    msg.encoding, msg.step = encoding, rgb.shape[1] * 3
+    msg.data = (rgb if encoding == "rgb8" else rgb[:, :, ::-1]).tobytes()
+    msg.header.frame_id = frame_id
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10 ** 9)
+    return msg
 
 
 def _to_rgb(img: np.ndarray, encoding: str) -> np.ndarray:

@@ -81,20 +81,16 @@ class Client:
         self.wait_for(ready, timeout, "the node's subscription and publishers to match")
 
     def make_msg(self, rgb: np.ndarray, stamp_ns: int, encoding: str = "rgb8"):
-        from sensor_msgs.msg import CompressedImage, Image
+        from densernet_ros.image_conversion import rgb_to_image
 
-        if self.compressed:
-            import cv2
+        if not self.compressed:
+            return rgb_to_image(rgb, stamp_ns, encoding)
+        import cv2
+        from sensor_msgs.msg import CompressedImage
 
-            msg = CompressedImage()
-            msg.format = "jpeg"
-            msg.data = cv2.imencode(".jpg", rgb[:, :, ::-1])[1].tobytes()
-        else:
-            msg = Image()
-            msg.height, msg.width = rgb.shape[:2]
-            msg.encoding = encoding
-            msg.step = rgb.shape[1] * 3
-            msg.data = (rgb if encoding == "rgb8" else rgb[:, :, ::-1]).tobytes()
+        msg = CompressedImage()
+        msg.format = "jpeg"
+        msg.data = cv2.imencode(".jpg", rgb[:, :, ::-1])[1].tobytes()
         msg.header.frame_id = "camera"
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10 ** 9)
         return msg

@@ -366,3 +366,15 @@ def test_parameter_file_matches_declared_parameters():
     for name, value in params.items():
         default = PARAMETERS[name][0]
         assert value == default and type(value) is type(default), f"{name}: file {value!r}, node {default!r}"
+
+
+def test_rgb_to_image_round_trips_through_the_node_conversion():
+    from densernet_ros.image_conversion import image_to_rgb, rgb_to_image
+
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    for encoding in ("rgb8", "bgr8"):
+        msg = rgb_to_image(rgb, 3 * 10 ** 9 + 5, encoding)
+        assert (msg.encoding, msg.header.stamp.sec, msg.header.stamp.nanosec) == (encoding, 3, 5)
+        np.testing.assert_array_equal(image_to_rgb(msg), rgb)
+    with pytest.raises(ValueError, match="mono8"):
+        rgb_to_image(rgb, encoding="mono8")
