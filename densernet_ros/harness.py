@@ -53,10 +53,10 @@ def stop_node(proc: subprocess.Popen, timeout: float = 20.0) -> None:
 class SpinningNode:
     """A node in its own context, spun in the background; `paused` stops the spinning (for timing)."""
 
-    def __init__(self, name: str, domain_id: int | None = None) -> None:
+    def __init__(self, name: str, domain_id: int | None = None, namespace: str = "") -> None:
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node(name, context=self.context)
+        self.node = rclpy.create_node(name, namespace=namespace, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.paused = threading.Event()

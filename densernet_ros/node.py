@@ -11,7 +11,9 @@ so the executor never blocks and no queue builds up. Publishes (all relative to 
                                 hold place_id, score, confidence, fix, reason, top_k_ids, top_k_scores,
                                 processing_ms (this frame's time in the node, from its bytes to here),
                                 describe_ms (of which the network's forward pass)
-  /diagnostics                  diagnostic_msgs/DiagnosticArray, ~1 Hz
+  /diagnostics                  diagnostic_msgs/DiagnosticArray, ~1 Hz; one status named
+                                '<fully qualified node name>: localization', so the localizers of
+                                several robots (namespaces) stay apart
   /tf (publish_tf only)         map -> odom, from each fix and the odometry (odom_topic,
                                 nav_msgs/Odometry) interpolated at the image stamp; re-sent at
                                 tf_rate_hz, stamped now + transform_tolerance (as AMCL does)
@@ -296,7 +298,7 @@ class LocalizerNode(Node):
         received = self.frames.received
         self._rate_marks = [(now, received, s["processed"])]
         dt = max(now - t0, 1e-6)
-        status = DiagnosticStatus(name=f"{self.get_name()}: localization", hardware_id=str(self.localizer.model.device))
+        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: localization", hardware_id=str(self.localizer.model.device))
         if s["processed"] == 0 and s["bad_frames"] == 0:
             status.level, status.message = DiagnosticStatus.WARN, "waiting for images"
         elif s.get("last_reason", "ok") != "ok":

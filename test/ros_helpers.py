@@ -23,9 +23,13 @@ def ros_env(pythonpath: tuple[str, ...] = ()) -> dict[str, str]:
     return env
 
 
-def start_node(map_dir: Path, *params: str, extra: tuple[str, ...] = (),
+def start_node(map_dir: Path, *params: str, namespace: str = "", extra: tuple[str, ...] = (),
                pythonpath: tuple[str, ...] = ()) -> subprocess.Popen:
+    """The node in `namespace`: a test's node and client get their own, so a node another test left
+    running (a module fixture) cannot answer this test's frames or stand in for its diagnostics."""
     cmd = [sys.executable, "-m", "densernet_ros.node", "--map-dir", str(map_dir), *extra, "--ros-args"]
+    if namespace:
+        cmd += ["-r", f"__ns:=/{namespace}"]
     for p in params:
         cmd += ["-p", p]
     return subprocess.Popen(cmd, env=ros_env(pythonpath), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -41,7 +45,7 @@ def rss_mb(pid: int) -> float:
 class Client:
     """Publishes camera frames and records everything the node publishes."""
 
-    def __init__(self, compressed: bool = False) -> None:
+    def __init__(self, compressed: bool = False, namespace: str = "") -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
         from rclpy.qos import qos_profile_sensor_data
@@ -49,9 +53,10 @@ class Client:
 
         from densernet_ros.harness import SpinningNode
 
-        self._spinner = SpinningNode("densernet_test_client", domain_id=DOMAIN_ID)
+        self._spinner = SpinningNode("densernet_test_client", domain_id=DOMAIN_ID, namespace=namespace)
         self.node = self._spinner.node
         self.compressed = compressed
+        self._own = f"/{namespace}/" if namespace else "/"
         topic, kind = ("image/compressed", CompressedImage) if compressed else ("image", Image)
         self.pub = self.node.create_publisher(kind, topic, qos_profile_sensor_data)
         self.poses: list = []
@@ -61,7 +66,15 @@ class Client:
         self.node.create_subscription(PoseWithCovarianceStamped, "place_recognition/pose", self.poses.append, 10)
         self.node.create_subscription(DiagnosticArray, "place_recognition/place", self.places.append, 10)
         self.node.create_subscription(PoseArray, "place_recognition/candidates", self.candidates.append, 10)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+
+    def _on_diagnostics(self, arr) -> None:
+        """/diagnostics is global: keep only the statuses of nodes directly in this client's namespace."""
+        ns = self._own
+        arr.status = [st for st in arr.status
+                      if st.name.startswith(ns) and "/" not in st.name.split(":")[0][len(ns):]]
+        if arr.status:
+            self.diagnostics.append(arr)
 
     def wait_for(self, predicate, timeout: float, what: str) -> None:
         end = time.monotonic() + timeout

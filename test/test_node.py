@@ -36,8 +36,8 @@ def gp_map(tmp_path_factory, gardens_point, caffe_weights_ready):
 
 @pytest.fixture(scope="module")
 def raw_node(gp_map):
-    proc = start_node(gp_map / "map", *PARAMS)
-    client = Client()
+    proc = start_node(gp_map / "map", *PARAMS, namespace="stream")
+    client = Client(namespace="stream")
     client.wait_matched(proc)
     yield proc, client
     client.close()
@@ -107,7 +107,8 @@ def test_bad_frames_are_counted_and_node_keeps_answering(raw_node, gardens_point
     assert proc.poll() is None
 
     client.wait_for(lambda: int(_diag_value(client, "bad_frames", -1)) >= 3, 5.0, "diagnostics to count 3 bad frames")
-    out_status = [st for arr in client.diagnostics for st in arr.status if "localization" in st.name]
+    out_status = [st for arr in client.diagnostics for st in arr.status
+                  if st.name == "/stream/densernet_localizer: localization"]
     assert out_status and {kv.key for kv in out_status[-1].values} >= {
         "inference_latency_ms", "frames_dropped", "frames_stale", "input_rate_hz", "map_places"}
 
@@ -134,16 +135,17 @@ def test_back_pressure_keeps_newest_frame_and_memory_flat(raw_node, gardens_poin
 
 
 def test_compressed_images_and_corrupt_jpeg(gp_map, gardens_point):
-    proc = start_node(gp_map / "map", *PARAMS, "use_compressed:=true")
-    client = Client(compressed=True)
+    proc = start_node(gp_map / "map", *PARAMS, "use_compressed:=true", namespace="compressed")
+    client = Client(compressed=True, namespace="compressed")
     try:
         client.wait_matched(proc)
         corrupt = client.make_msg(frame(gardens_point, "night_right", 30), _stamp(3000))
         corrupt.data = b"\xff\xd8\xff\xe0" + b"\x00" * 100
         client.pub.publish(corrupt)
         # before the next frame, which would replace it in the node's one-frame slot if sent at once
-        client.wait_for(lambda: int(_diag_value(client, "bad_frames", 0)) >= 1, 10.0,
-                        "diagnostics to count the corrupt JPEG")
+        client.wait_for(lambda: "cannot decode compressed image" in _diag_value(client, "last_error", ""), 10.0,
+                        "diagnostics to report the corrupt JPEG")
+        assert _diag_value(client, "bad_frames") == "1"
         for i in (42, 72, 152):  # night frames the model is confident on (0.36-0.42) as raw Images
             client.send_and_wait(client.make_msg(frame(gardens_point, "night_right", i),
                                                  _stamp(3001 + i)))
@@ -183,8 +185,8 @@ def test_startup_errors_exit_nonzero_with_message(gp_map, tmp_path, tiny_model):
 def test_sigterm_shuts_down_cleanly(gp_map):
     import signal
 
-    proc = start_node(gp_map / "map", *PARAMS)
-    client = Client()
+    proc = start_node(gp_map / "map", *PARAMS, namespace="sigterm")
+    client = Client(namespace="sigterm")
     try:
         client.wait_matched(proc)
         client.wait_for(lambda: bool(client.diagnostics), 30, "the node's first diagnostics (fully started)")
@@ -247,8 +249,9 @@ def test_map_to_odom_uses_odometry_at_the_image_stamp(gp_map, gardens_point, tmp
         (fake / "tf2_ros").mkdir(parents=True)
         (fake / "tf2_ros" / "__init__.py").write_text(FAKE_TF2_ROS)
         pythonpath = (str(fake),)
-    proc = start_node(gp_map / "map", *PARAMS, "publish_tf:=true", "tf_rate_hz:=20.0", pythonpath=pythonpath)
-    client = Client()
+    proc = start_node(gp_map / "map", *PARAMS, "publish_tf:=true", "tf_rate_hz:=20.0", namespace="map_odom",
+                      pythonpath=pythonpath)
+    client = Client(namespace="map_odom")
     odom_pub = client.node.create_publisher(Odometry, "odom", 50)
     if real_tf2:
         import tf2_ros
