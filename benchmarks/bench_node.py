@@ -1,6 +1,6 @@
 """The node's overhead: end-to-end latency at a 30 Hz camera next to bare describe(), same run.
 
-    .venv/bin/python benchmarks/bench_node.py [--seconds 30] [--rate 30] [--node-param NAME:=VALUE]
+    .venv/bin/python benchmarks/bench_node.py [--seconds 30] [--rate 30] [--node-param NAME:=VALUE] [--node-env NAME=VALUE]
 
 Map: Gardens Point day_left (every 5th frame) with an off-the-shelf `small` checkpoint at the
 benchmark resolution; camera: night_right frames at 320x180, published as sensor_msgs/Image at
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cycles", type=int, default=6, help="camera windows, each between two bare windows")
     parser.add_argument("--node-param", action="append", default=[], metavar="NAME:=VALUE",
                         help="node parameter (repeatable), e.g. max_frame_wait_s:=0.005")
+    parser.add_argument("--node-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment variable for the node process only (repeatable), e.g. OMP_WAIT_POLICY=PASSIVE")
     parser.add_argument("--out", default="bench_out/node")
     args = parser.parse_args(argv)
     setup_logging()
@@ -82,14 +84,18 @@ def main(argv: list[str] | None = None) -> int:
             times.append(time.perf_counter() - t)
         return times
     node_args = [a for param in args.node_param for a in ("-p", param)]
-    run = run_node(map_dir, frames, args.rate, args.seconds, out, bare, args.cycles, node_args)
+    bad_env = [e for e in args.node_env if "=" not in e or not e.split("=", 1)[0]]
+    if bad_env:
+        parser.error(f"--node-env wants NAME=VALUE, got {bad_env[0]!r}")
+    env = dict(e.split("=", 1) for e in args.node_env)
+    run = run_node(map_dir, frames, args.rate, args.seconds, out, bare, args.cycles, node_args, env)
     result = summarize(run, args)
     result.update(image_size=list(size), camera_size=list(CAMERA_SIZE))
     (out / "node_latency.json").write_text(json.dumps(result, indent=2))
     print("| input | rate | node params | frames sent | answered (per s) | bare describe p50 / p95 ms | "
           "node stamp->answer p50 / p95 ms | ratio p50 per window: median (range) | pooled |")
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {size[0]}x{size[1]} | {args.rate:g} Hz | {' '.join(args.node_param) or 'defaults'} | "
+    print(f"| {size[0]}x{size[1]} | {args.rate:g} Hz | {' '.join(args.node_param + args.node_env) or 'defaults'} | "
           f"{result['frames_sent']} | {result['frames_answered']} ({result['answers_per_s']:.2f}) | "
           f"{result['describe_ms_p50']:.0f} / {result['describe_ms_p95']:.0f} | {result['node_ms_p50']:.0f} / "
           f"{result['node_ms_p95']:.0f} | {result['ratio_p50']:.2f} ({min(result['window_ratios']):.2f}-"
@@ -115,7 +121,7 @@ def summarize(run: "NodeRun", args: argparse.Namespace) -> dict:
         in_window = [a[1] for a in run.answers if t0 <= a[0] <= t1]
         if in_window:
             window_ratios.append(p50(in_window) / p50(run.bare_windows[k] + run.bare_windows[k + 1]))
-    result = {"rate_hz": args.rate, "node_params": args.node_param, "frames_sent": run.sent,
+    result = {"rate_hz": args.rate, "node_params": args.node_param, "node_env": args.node_env, "frames_sent": run.sent,
               "frames_answered": len(run.answers), "answers_per_s": len(run.answers) / args.seconds,
               "describe_ms_p50": p50(bare_all), "describe_ms_p95": 1000 * float(np.percentile(bare_all, 95)),
               "describe_ms_p50_per_window": [p50(w) for w in run.bare_windows],
@@ -138,8 +144,9 @@ class NodeRun:
 
 
 def run_node(map_dir: Path, frames: list[np.ndarray], rate: float, seconds: float, out: Path,
-             bare: Callable[[], list[float]], cycles: int, node_args: list[str]) -> NodeRun:
-    """Bare describe() while the node idles, then the camera for seconds/cycles; `cycles` times, then bare."""
+             bare: Callable[[], list[float]], cycles: int, node_args: list[str], env: dict[str, str]) -> NodeRun:
+    """Bare describe() while the node idles, then the camera for seconds/cycles; `cycles` times, then bare.
+    `env` is added to the node's environment only."""
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
@@ -155,7 +162,7 @@ def run_node(map_dir: Path, frames: list[np.ndarray], rate: float, seconds: floa
     sent = 0
     bare_windows: list[list[float]] = []
     camera_windows: list[tuple[float, float]] = []
-    proc = start_node(map_dir.resolve(), node_env(), log, node_args)
+    proc = start_node(map_dir.resolve(), {**node_env(), **env}, log, node_args)
     try:
         with SpinningNode("densernet_bench_camera") as camera:
             pub = camera.node.create_publisher(Image, "image", qos_profile_sensor_data)
