@@ -6,7 +6,6 @@ anything. Official DenserNet/OpenIBL `state_dict` files (torch pickles) are impo
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path

@@ -125,7 +125,7 @@ def load_csv(csv_path: str | Path, image_root: str | Path | None = None, skip_ba
         if "image" not in cols or not (geo or {"x", "y"} <= cols):
             raise DatasetError(f"{csv_path}: header must have 'image' and 'x,y' or 'lat,lon'; got {reader.fieldnames}")
         quat = {"qx", "qy", "qz", "qw"} <= cols
-        rows, images, pos, ori, stamps = [], [], [], [], []
+        images, pos, ori, stamps = [], [], [], []
         for line, row in enumerate(reader, start=2):
             where = f"{csv_path}:{line}"
             try:

@@ -1,5 +1,4 @@
 """Off-the-shelf descriptors on real Gardens Point frames: ImageNet weights must clearly beat random ones."""
-import numpy as np
 import torch
 
 from densernet_core.model import build
