@@ -56,7 +56,7 @@ class Client:
         self._spinner = SpinningNode("densernet_test_client", domain_id=DOMAIN_ID, namespace=namespace)
         self.node = self._spinner.node
         self.compressed = compressed
-        self._own = f"/{namespace}/" if namespace else "/"
+        self.namespace = self.node.get_namespace()  # "/" or "/<namespace>"
         topic, kind = ("image/compressed", CompressedImage) if compressed else ("image", Image)
         self.pub = self.node.create_publisher(kind, topic, qos_profile_sensor_data)
         self.poses: list = []
@@ -69,10 +69,10 @@ class Client:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
 
     def _on_diagnostics(self, arr) -> None:
-        """/diagnostics is global: keep only the statuses of nodes directly in this client's namespace."""
-        ns = self._own
+        """/diagnostics is global: keep only the statuses of nodes directly in this client's namespace
+        (a status is named '<fully qualified node name>: <task>')."""
         arr.status = [st for st in arr.status
-                      if st.name.startswith(ns) and "/" not in st.name.split(":")[0][len(ns):]]
+                      if (st.name.split(":")[0].rpartition("/")[0] or "/") == self.namespace]
         if arr.status:
             self.diagnostics.append(arr)
 
