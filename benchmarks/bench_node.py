@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from densernet_core.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
-from densernet_ros.harness import SpinningNode, node_env, start_node, stop_node  # noqa: E402
+from densernet_ros.harness import SpinningNode, check_node_params, node_env, start_node, stop_node  # noqa: E402
 from densernet_ros.image_conversion import rgb_to_image  # noqa: E402
 from densernet_core.images import read_image, resize  # noqa: E402
 from densernet_core.placemap import build_map  # noqa: E402
@@ -56,6 +57,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="environment variable for the node process only (repeatable), e.g. OMP_WAIT_POLICY=PASSIVE")
     parser.add_argument("--out", default="bench_out/node")
     args = parser.parse_args(argv)
+    bad = [p for p in args.node_param if not p.partition(":=")[0] or ":=" not in p]
+    bad += [e for e in args.node_env if not e.partition("=")[0] or "=" not in e]
+    if bad:
+        parser.error(f"--node-param wants NAME:=VALUE, --node-env NAME=VALUE; got {bad[0]!r}")
+    params = {name: yaml.safe_load(value) for name, _, value in (p.partition(":=") for p in args.node_param)}
+    try:
+        check_node_params(params)
+    except ValueError as exc:
+        parser.error(str(exc))
+    env = dict(e.split("=", 1) for e in args.node_env)
     setup_logging()
     data, out = Path(args.data), Path(args.out)
     if not (data / "day_left").is_dir():
@@ -83,12 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             model.describe(frames[k % len(frames)])
             times.append(time.perf_counter() - t)
         return times
-    node_args = [a for param in args.node_param for a in ("-p", param)]
-    bad_env = [e for e in args.node_env if "=" not in e or not e.split("=", 1)[0]]
-    if bad_env:
-        parser.error(f"--node-env wants NAME=VALUE, got {bad_env[0]!r}")
-    env = dict(e.split("=", 1) for e in args.node_env)
-    run = run_node(map_dir, frames, args.rate, args.seconds, out, bare, args.cycles, node_args, env)
+    run = run_node(map_dir, frames, args.rate, args.seconds, out, bare, args.cycles, params, env)
     result = summarize(run, args)
     result.update(image_size=list(size), camera_size=list(CAMERA_SIZE))
     (out / "node_latency.json").write_text(json.dumps(result, indent=2))
@@ -144,7 +150,7 @@ class NodeRun:
 
 
 def run_node(map_dir: Path, frames: list[np.ndarray], rate: float, seconds: float, out: Path,
-             bare: Callable[[], list[float]], cycles: int, node_args: list[str], env: dict[str, str]) -> NodeRun:
+             bare: Callable[[], list[float]], cycles: int, params: dict[str, object], env: dict[str, str]) -> NodeRun:
     """Bare describe() while the node idles, then the camera for seconds/cycles; `cycles` times, then bare.
     `env` is added to the node's environment only."""
     from diagnostic_msgs.msg import DiagnosticArray
@@ -162,7 +168,7 @@ def run_node(map_dir: Path, frames: list[np.ndarray], rate: float, seconds: floa
     sent = 0
     bare_windows: list[list[float]] = []
     camera_windows: list[tuple[float, float]] = []
-    proc = start_node(map_dir.resolve(), {**node_env(), **env}, log, node_args)
+    proc = start_node(map_dir.resolve(), {**node_env(), **env}, log, params)
     try:
         with SpinningNode("densernet_bench_camera") as camera:
             pub = camera.node.create_publisher(Image, "image", qos_profile_sensor_data)

@@ -207,11 +207,11 @@ def _run(args: argparse.Namespace) -> int:
     # Gardens Point night frames are 640x360; Fast DDS loses such best-effort frames on this
     # loopback without transport tuning, so the camera is replayed at 320x180 (as the node tests do).
     write_bag(query_run, bag, size=GP_CAMERA_SIZE if args.data == "gardens_point" else None)
-    radius = "5.0" if unit == "frames" else str(2.5 * RouteConfig().spacing)  # GP: as in bench_pose.py
+    radius = 5.0 if unit == "frames" else 2.5 * RouteConfig().spacing  # GP: as in bench_pose.py
     from .harness import node_env, start_node, stop_node
 
     log = out / "node.log"
-    proc = start_node(map_dir.resolve(), node_env(), log, ["-p", f"cluster_radius:={radius}"])
+    proc = start_node(map_dir.resolve(), node_env(), log, {"cluster_radius": radius})
     try:
         poses, latency, frames = replay(bag, proc, args.rate, 120, log)
     finally:

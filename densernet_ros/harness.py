@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping
 
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
@@ -31,13 +31,42 @@ def node_env() -> dict[str, str]:
     return env
 
 
-def start_node(map_dir: Path, env: dict, log: Path, node_args: Sequence[str]) -> subprocess.Popen:
-    """`ros2 launch` when a ROS 2 install is sourced, else the console entry with config/localize.yaml."""
+def start_node(map_dir: Path, env: dict, log: Path, params: Mapping[str, object] | None = None) -> subprocess.Popen:
+    """`ros2 launch` when a ROS 2 install is sourced, else the console entry; both read
+    config/localize.yaml, and `params` override its values (for the launch file, which takes no
+    per-parameter arguments, through a copy of that file beside `log`)."""
+    params = dict(params or {})
+    check_node_params(params)
     if os.environ.get("ROS_DISTRO") and shutil.which("ros2"):
         cmd = ["ros2", "launch", "densernet_ros", "localize.launch.py", f"map_dir:={map_dir}", "image_topic:=image"]
+        if params:
+            cmd.append(f"params_file:={write_params_file(params, log.with_name('node_params.yaml'))}")
     else:
-        cmd = [sys.executable, "-m", "densernet_ros.node", "--map-dir", str(map_dir), "--ros-args", *node_args]
+        cmd = [sys.executable, "-m", "densernet_ros.node", "--map-dir", str(map_dir), "--ros-args",
+               *(a for name, value in params.items()
+                 for a in ("-p", f"{name}:={str(value).lower() if isinstance(value, bool) else value}"))]
     return subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def check_node_params(params: Mapping[str, object]) -> None:
+    """Refuse names the node does not declare (it would ignore them without a word)."""
+    from .node import PARAMETERS
+
+    unknown = sorted(set(params) - set(PARAMETERS))
+    if unknown:
+        raise ValueError(f"unknown node parameter(s): {', '.join(unknown)}")
+
+
+def write_params_file(params: Mapping[str, object], path: Path) -> Path:
+    """The node's parameter file with `params` in place of its values."""
+    import yaml
+
+    from .node import default_params_file
+
+    data = yaml.safe_load(default_params_file().read_text())
+    data["/**"]["ros__parameters"].update(params)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 def stop_node(proc: subprocess.Popen, timeout: float = 20.0) -> None:

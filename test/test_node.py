@@ -381,3 +381,20 @@ def test_rgb_to_image_round_trips_through_the_node_conversion():
         np.testing.assert_array_equal(image_to_rgb(msg), rgb)
     with pytest.raises(ValueError, match="mono8"):
         rgb_to_image(rgb, encoding="mono8")
+
+
+def test_tool_parameter_overrides_reach_both_ways_of_starting_the_node(tmp_path):
+    """The demo and the node benchmark override parameters: on the console entry as -p, for
+    `ros2 launch` (which takes no per-parameter arguments) as a copy of the parameter file."""
+    import yaml
+    from ros_helpers import ROOT
+
+    from densernet_ros.harness import check_node_params, write_params_file
+
+    path = write_params_file({"cluster_radius": 2.5, "max_frame_wait_s": 0.0}, tmp_path / "p.yaml")
+    got = yaml.safe_load(path.read_text())["/**"]["ros__parameters"]
+    default = yaml.safe_load((ROOT / "config" / "localize.yaml").read_text())["/**"]["ros__parameters"]
+    assert got == {**default, "cluster_radius": 2.5, "max_frame_wait_s": 0.0}
+    assert default["cluster_radius"] != 2.5 and default["max_frame_wait_s"] != 0.0
+    with pytest.raises(ValueError, match="unknown node parameter.*cluster_radus"):
+        check_node_params({"cluster_radus": 2.5})
