@@ -50,8 +50,8 @@ setup(
     entry_points={
         "console_scripts": [
             "densernet = densernet_core.cli:main",
-            "densernet-map = densernet_core.map_cli:main",
-            "densernet-localize = densernet_core.localize_cli:main",
+            "densernet-map = densernet_core.mapping.cli:main",
+            "densernet-localize = densernet_core.localization.cli:main",
             "densernet-demo = densernet_ros.demo:main",
             "localize_node = densernet_ros.node:main",
             "densernet-node = densernet_ros.node:main",

@@ -29,8 +29,8 @@ def measure(preset: str, h: int, w: int, repeats: int, device: str, weights: str
     import torch
 
     from densernet_core.images import prepare_batch
-    from densernet_core.model import build
-    from densernet_core.pca import PCAWhitening
+    from densernet_core.model.network import build
+    from densernet_core.model.pca import PCAWhitening
 
     model = build(preset, weights=weights, device=device, image_size=(h, w), pca_dim=PCA_DIM)
     model.pca = PCAWhitening(model.config.vlad_dim, PCA_DIM).to(model.device)  # timing only: shape matters

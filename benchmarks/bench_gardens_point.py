@@ -21,14 +21,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from densernet_core.baselines import gem_conv5, raw_pixels  # noqa: E402
-from densernet_core.checkpoint import load_model  # noqa: E402
+from densernet_core.training.baselines import gem_conv5, raw_pixels  # noqa: E402
+from densernet_core.model.checkpoint import load_model  # noqa: E402
 from densernet_core.cli import setup_logging  # noqa: E402
 from densernet_core.config import PRESETS  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
-from densernet_core.evaluation import EvalResult, evaluate_descriptors  # noqa: E402
-from densernet_core.train_config import load_train_config  # noqa: E402
-from densernet_core.trainer import Trainer  # noqa: E402
+from densernet_core.training.evaluation import EvalResult, evaluate_descriptors  # noqa: E402
+from densernet_core.training.train_config import load_train_config  # noqa: E402
+from densernet_core.training.trainer import Trainer  # noqa: E402
 
 LOG = logging.getLogger("densernet")
 PROTOCOLS = (("day_right", "day_left"), ("night_right", "day_right"), ("night_right", "day_left"))

@@ -20,7 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from densernet_core.index import INDEX_TYPES, build_index  # noqa: E402
+from densernet_core.mapping.index import INDEX_TYPES, build_index  # noqa: E402
 
 WALK_SMOOTHING = 0.9  # each place keeps this much of the previous one's direction
 QUERY_NOISE = 0.5  # noise norm relative to the unit descriptor

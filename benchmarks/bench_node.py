@@ -32,13 +32,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from densernet_core.checkpoint import checkpoint_hash, load_model  # noqa: E402
+from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
 from densernet_ros.harness import SpinningNode, check_node_params, node_env, start_node, stop_node  # noqa: E402
 from densernet_ros.image_conversion import rgb_to_image  # noqa: E402
 from densernet_core.images import read_image, resize  # noqa: E402
-from densernet_core.placemap import build_map  # noqa: E402
+from densernet_core.mapping.placemap import build_map  # noqa: E402
 
 CAMERA_SIZE = (180, 320)  # what is published (height, width)
 DESCRIBE_REPEATS = 20  # describe() calls per bare window

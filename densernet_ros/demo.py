@@ -28,7 +28,7 @@ from densernet_core.cli import make_checkpoint, run_cli, setup_logging
 from densernet_core.datasets import GeoImages, load_csv, load_traverse
 from densernet_core.demo.synth import RouteConfig, generate
 from densernet_core.images import read_image, resize
-from densernet_core.report import error_stats, plot_trajectory
+from densernet_core.localization.report import error_stats, plot_trajectory
 
 GP_TRAVERSES = ("day_left", "day_right", "night_right")
 GP_TRAIN_FRAMES = (0, 100)  # [start, stop): what the demo's checkpoint is trained on
@@ -66,9 +66,9 @@ def _checkpoint(args: argparse.Namespace, out: Path, map_run: GeoImages) -> Path
         return ckpt
     import dataclasses
 
-    from densernet_core.sources import SourceSpec
-    from densernet_core.train_config import load_train_config
-    from densernet_core.trainer import run_training
+    from densernet_core.training.sources import SourceSpec
+    from densernet_core.training.train_config import load_train_config
+    from densernet_core.training.trainer import run_training
 
     recipe = Path(args.train_config)
     if not recipe.is_file():
@@ -86,7 +86,7 @@ def _checkpoint(args: argparse.Namespace, out: Path, map_run: GeoImages) -> Path
 
 def _map_is_current(map_dir: Path, ckpt: Path) -> bool:
     """A map built earlier is reused only if it was built with this very checkpoint."""
-    from densernet_core.checkpoint import checkpoint_hash
+    from densernet_core.model.checkpoint import checkpoint_hash
 
     manifest = map_dir / "manifest.json"
     return manifest.is_file() and json.loads(manifest.read_text()).get("checkpoint_sha256") == checkpoint_hash(ckpt)
@@ -187,15 +187,15 @@ def _run(args: argparse.Namespace) -> int:
     marker.write_text(args.data + "\n")
     map_run, query_run, bound, unit = _route(args, out)
     ckpt = _checkpoint(args, out, map_run)
-    from densernet_core.map_cli import main as map_main
+    from densernet_core.mapping.cli import main as map_main
 
     map_dir = out / "map"
     if not _map_is_current(map_dir, ckpt):
         if map_dir.exists():
             shutil.rmtree(map_dir)
         if args.data == "gardens_point":
-            from densernet_core.checkpoint import checkpoint_hash, load_model
-            from densernet_core.placemap import build_map
+            from densernet_core.model.checkpoint import checkpoint_hash, load_model
+            from densernet_core.mapping.placemap import build_map
 
             build_map(load_model(ckpt), ckpt.resolve(), checkpoint_hash(ckpt), map_run, map_dir, progress=False)
         elif map_main(["build", "--checkpoint", str(ckpt), "--poses", str(out / "route" / "map" / "poses.csv"),
@@ -239,7 +239,7 @@ def _run(args: argparse.Namespace) -> int:
     pairs = []
     fixed = [k for k in range(len(query_run)) if fix[k]]
     if fixed:  # a few query frames beside the map image nearest to their estimate
-        from densernet_core.placemap import PlaceMap
+        from densernet_core.mapping.placemap import PlaceMap
 
         places = PlaceMap.load(map_dir).places
         for k in sorted({fixed[int(round(q))] for q in np.linspace(0, len(fixed) - 1, 3)}):

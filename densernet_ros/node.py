@@ -43,8 +43,8 @@ from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image
 
 from densernet_core.config import ConfigError
-from densernet_core.odometry import OdometryBuffer, map_to_odom
-from densernet_core.pose import PoseEstimatorConfig
+from densernet_core.localization.odometry import OdometryBuffer, map_to_odom
+from densernet_core.localization.pose import PoseEstimatorConfig
 
 from .frame_slot import NEXT_FRAME_MARGIN, FrameSlot
 from .image_conversion import FrameError, compressed_to_rgb, image_to_rgb
@@ -170,7 +170,7 @@ class LocalizerNode(Node):
                             values["odom_history_s"], values["transform_tolerance"], values["tf_rate_hz"])
 
     def _load_localizer(self) -> None:
-        from densernet_core.localizer import Localizer
+        from densernet_core.localization.localizer import Localizer
 
         s = self.settings
         size = s.image_size if s.image_size and s.image_size[0] > 0 else None

@@ -31,7 +31,7 @@ def kitti() -> Path:
 
 @pytest.fixture(scope="session")
 def caffe_weights_ready() -> None:
-    from densernet_core.weights import CAFFE_WEIGHTS_FILE, cache_dir
+    from densernet_core.model.weights import CAFFE_WEIGHTS_FILE, cache_dir
 
     if not (cache_dir() / CAFFE_WEIGHTS_FILE).is_file():
         pytest.fail("Caffe VGG16 weights are not prepared; the test command runs `densernet weights fetch` first")
@@ -54,7 +54,7 @@ def tiny_model():
     """A small random-weights model with NetVLAD and PCA initialised (fast, deterministic)."""
     import torch
 
-    from densernet_core.model import build
+    from densernet_core.model.network import build
 
     torch.manual_seed(0)
     model = build("small", weights="none", image_size=(64, 80), num_clusters=8, pca_dim=16)

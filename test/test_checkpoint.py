@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import random_images
-from densernet_core.checkpoint import (CheckpointError, checkpoint_hash, import_official, load_model,
+from densernet_core.model.checkpoint import (CheckpointError, checkpoint_hash, import_official, load_model,
                                        save_checkpoint)
 
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from densernet_core import losses
+from densernet_core.training import losses
 
 
 def toy():

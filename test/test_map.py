@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from conftest import random_images
-from densernet_core.checkpoint import checkpoint_hash, save_checkpoint
+from densernet_core.model.checkpoint import checkpoint_hash, save_checkpoint
 from densernet_core.datasets import DatasetError, load_csv, load_rosbag, thin
-from densernet_core.placemap import MapError, PlaceMap, add_to_map, build_map
+from densernet_core.mapping.placemap import MapError, PlaceMap, add_to_map, build_map
 
 
 @pytest.fixture()

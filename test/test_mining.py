@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from densernet_core.mining import TupleMiner, negative_pools, positives, within
+from densernet_core.training.mining import TupleMiner, negative_pools, positives, within
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -4,7 +4,7 @@ import torch
 
 from conftest import random_images
 from densernet_core.config import ConfigError, PRESETS, model_config
-from densernet_core.model import DenserNet, build
+from densernet_core.model.network import DenserNet, build
 
 
 @pytest.mark.parametrize("preset", sorted(set(PRESETS) - {"conv5"}))
@@ -129,7 +129,7 @@ def test_netvlad_init_sets_centroids_and_sharp_assignment():
 
 
 def test_pca_whitening_gives_identity_covariance():
-    from densernet_core.pca import fit_pca_whitening
+    from densernet_core.model.pca import fit_pca_whitening
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 40)) @ rng.normal(size=(40, 40)) + 3.0
@@ -170,7 +170,7 @@ def test_trainable_layers():
 def test_device_names_are_checked():
     import torch
 
-    from densernet_core.model import resolve_device
+    from densernet_core.model.network import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     for bad in ("gpu", "cuda:x", "cuda:", "CPU"):

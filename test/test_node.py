@@ -21,11 +21,11 @@ PARAMS = (f"image_height:={SIZE[0]}", f"image_width:={SIZE[1]}", "cluster_radius
 
 @pytest.fixture(scope="module")
 def gp_map(tmp_path_factory, gardens_point, caffe_weights_ready):
-    from densernet_core.checkpoint import checkpoint_hash
+    from densernet_core.model.checkpoint import checkpoint_hash
     from densernet_core.cli import make_checkpoint
-    from densernet_core.checkpoint import load_model
+    from densernet_core.model.checkpoint import load_model
     from densernet_core.datasets import load_traverse
-    from densernet_core.placemap import build_map
+    from densernet_core.mapping.placemap import build_map
 
     work = tmp_path_factory.mktemp("gpmap")
     data = load_traverse(gardens_point / "day_left", MAP_FRAMES)
@@ -159,7 +159,7 @@ def test_compressed_images_and_corrupt_jpeg(gp_map, gardens_point):
 
 
 def test_startup_errors_exit_nonzero_with_message(gp_map, tmp_path, tiny_model):
-    from densernet_core.checkpoint import save_checkpoint
+    from densernet_core.model.checkpoint import save_checkpoint
 
     proc = start_node(tmp_path / "no_map", *PARAMS)
     out = proc.communicate(timeout=120)[0]
@@ -240,7 +240,7 @@ def test_map_to_odom_uses_odometry_at_the_image_stamp(gp_map, gardens_point, tmp
     from nav_msgs.msg import Odometry
     from scipy.spatial.transform import Rotation
 
-    from densernet_core.odometry import compose, inverse
+    from densernet_core.localization.odometry import compose, inverse
 
     real_tf2 = _has_tf2_ros()
     pythonpath: tuple[str, ...] = ()

@@ -5,7 +5,7 @@ import pytest
 
 from densernet_core.config import ConfigError
 from densernet_core.datasets import yaw_to_quat
-from densernet_core.pose import PoseEstimatorConfig, estimate_pose
+from densernet_core.localization.pose import PoseEstimatorConfig, estimate_pose
 
 CFG = PoseEstimatorConfig(cluster_radius=5.0, ratio_threshold=1.2, min_confidence=0.2, position_floor=1.0)
 

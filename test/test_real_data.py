@@ -1,8 +1,8 @@
 """Off-the-shelf descriptors on real Gardens Point frames: ImageNet weights must clearly beat random ones."""
 import torch
 
-from densernet_core.model import build
-from densernet_core.recall import recall_at_n, search
+from densernet_core.model.network import build
+from densernet_core.training.recall import recall_at_n, search
 
 FRAMES = list(range(0, 200, 5))  # 40 places, 5 frames apart
 SIZE = (120, 160)

@@ -12,11 +12,11 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from densernet_core.augment import night_weather
-from densernet_core.checkpoint import load_model
+from densernet_core.training.augment import night_weather
+from densernet_core.model.checkpoint import load_model
 from densernet_core.images import prepare_batch
-from densernet_core.train_config import AugmentConfig, load_train_config
-from densernet_core.trainer import Trainer, TrainingHead
+from densernet_core.training.train_config import AugmentConfig, load_train_config
+from densernet_core.training.trainer import Trainer, TrainingHead
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACES = 10

@@ -10,8 +10,8 @@ from scipy.io import savemat
 from conftest import random_images
 from densernet_core.config import ConfigError
 from densernet_core.datasets import DatasetError, load_netvlad_mat
-from densernet_core.sources import SourceSpec, load_source, load_split
-from densernet_core.train_config import load_train_config
+from densernet_core.training.sources import SourceSpec, load_source, load_split
+from densernet_core.training.train_config import load_train_config
 
 
 def write_images(folder: Path, names: list[str]) -> None:

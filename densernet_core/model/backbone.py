@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
-from .config import TRAIN_LAYERS
+from ..config import TRAIN_LAYERS
 from .weights import WeightsError, load_caffe_vgg16, load_torchvision_vgg16
 
 # torchvision `vgg16().features` indices of pool3 (stride 8, 256 ch), pool4 (16, 512), pool5 (32, 512).

@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import torch
 
-from .backbone import VGG16Trunk, load_backbone_weights
-from .config import PREPROCESSING_FOR_WEIGHTS
-from .images import ImageLike, prepare_batch, to_rgb_uint8
-from .model import resolve_device
+from ..model.backbone import VGG16Trunk, load_backbone_weights
+from ..config import PREPROCESSING_FOR_WEIGHTS
+from ..images import ImageLike, prepare_batch, to_rgb_uint8
+from ..model.network import resolve_device
 
 RELU5_3 = 30  # torchvision `features` index after conv5_3 + ReLU (before pool5)
 GEM_P = 3.0  # Radenovic et al.'s fixed-p default

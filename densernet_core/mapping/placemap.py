@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .datasets import GeoImages
+from ..datasets import GeoImages
 from .index import INDEX_TYPES, build_index, load_index, save_index, to_gpu_if_available
 
 LOG = logging.getLogger("densernet")

@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .augment import night_weather
-from .backbone import TAP_INDICES
-from .images import normalise, read_image, resize
-from .model import TAP_NAMES, DenserNet
+from ..model.backbone import TAP_INDICES
+from ..images import normalise, read_image, resize
+from ..model.network import TAP_NAMES, DenserNet
 from .train_config import AugmentConfig
 
 LOG = logging.getLogger("densernet")

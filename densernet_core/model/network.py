@@ -16,8 +16,8 @@ from torch import nn
 from tqdm import tqdm
 
 from .backbone import TAP_CHANNELS, TAP_STRIDES, VGG16Trunk, load_backbone_weights
-from .config import ModelConfig, model_config
-from .images import ImageLike, prepare_batch
+from ..config import ModelConfig, model_config
+from ..images import ImageLike, prepare_batch
 from .netvlad import NetVLAD, kmeans
 from .pca import EIG_FLOOR, PCAWhitening, fit_pca_whitening, principal_axes
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import BRANCH_INITS, ConfigError, ModelConfig, dataclass_from_mapping, load_yaml, model_config
+from ..config import BRANCH_INITS, ConfigError, ModelConfig, dataclass_from_mapping, load_yaml, model_config
 from .losses import names as loss_names
 from .sources import SourceSpec, specs_from
 

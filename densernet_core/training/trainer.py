@@ -23,14 +23,14 @@ from tqdm import tqdm
 
 from .allocator import keep_freed_memory
 from .augment import night_weather
-from .checkpoint import load_model, save_checkpoint
+from ..model.checkpoint import load_model, save_checkpoint
 from .distributed import DistContext, init_distributed
 from .evaluation import EvalResult, evaluate_descriptors
-from .images import normalise, read_image, resize
+from ..images import normalise, read_image, resize
 from .losses import create as create_loss
 from .mining import TupleMiner, negative_pools, positives
-from .model import DenserNet, build_from_config, sample_locations, sample_tap_locations
-from .pca import fit_pca_whitening
+from ..model.network import DenserNet, build_from_config, sample_locations, sample_tap_locations
+from ..model.pca import fit_pca_whitening
 from .sources import Split, load_split
 from .tap_cache import TapCache, trunk_taps
 from .train_config import TrainConfig

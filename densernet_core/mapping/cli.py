@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .cli import run_cli, setup_logging
-from .datasets import GeoImages, load_csv, load_kitti, load_rosbag, load_traverse, thin
+from ..cli import run_cli, setup_logging
+from ..datasets import GeoImages, load_csv, load_kitti, load_rosbag, load_traverse, thin
 from .index import INDEX_TYPES
 from .placemap import DTYPES, PlaceMap, add_to_map, build_map
 
@@ -36,7 +36,7 @@ def load_route(args: argparse.Namespace, out_dir: Path) -> GeoImages:
 
 
 def _model(args: argparse.Namespace):
-    from .checkpoint import checkpoint_hash, load_model
+    from ..model.checkpoint import checkpoint_hash, load_model
 
     image_size = tuple(args.image_size) if args.image_size else None
     return load_model(args.checkpoint, device=args.device, image_size=image_size), checkpoint_hash(args.checkpoint)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import checkpoint_hash, load_model
-from .placemap import MapError, PlaceMap
+from ..model.checkpoint import checkpoint_hash, load_model
+from ..mapping.placemap import MapError, PlaceMap
 from .pose import PoseEstimate, PoseEstimatorConfig, estimate_pose
 
 LOG = logging.getLogger("densernet")

@@ -11,8 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .config import ConfigError, dataclass_from_mapping
-from .datasets import GeoImages, load_csv, load_kitti, load_netvlad_mat, load_rosbag, load_traverse
+from ..config import ConfigError, dataclass_from_mapping
+from ..datasets import GeoImages, load_csv, load_kitti, load_netvlad_mat, load_rosbag, load_traverse
 
 SOURCE_TYPES = ("csv", "traverse", "kitti", "mat", "rosbag")
 

@@ -14,8 +14,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import ConfigError, PRESETS, model_config_from_json, ModelConfig
-from .model import DenserNet, resolve_device
+from ..config import ConfigError, PRESETS, model_config_from_json, ModelConfig
+from .network import DenserNet, resolve_device
 from .pca import PCAWhitening
 from .weights import sha256_of
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .datasets import quat_to_yaw, yaw_to_quat
+from ..datasets import quat_to_yaw, yaw_to_quat
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class PoseEstimatorConfig:
     planar: bool = True             # fuse yaw by weighted circular mean (else take the best candidate's)
 
     def __post_init__(self) -> None:
-        from .config import ConfigError
+        from ..config import ConfigError
 
         checks = {"cluster_radius": self.cluster_radius > 0, "ratio_threshold": self.ratio_threshold >= 1.0,
                   "min_confidence": 0.0 <= self.min_confidence <= 1.0, "position_floor": self.position_floor > 0,

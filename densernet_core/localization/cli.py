@@ -10,8 +10,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .cli import run_cli, setup_logging
-from .images import ImageError, list_images, read_image
+from ..cli import run_cli, setup_logging
+from ..images import ImageError, list_images, read_image
 from .pose import PoseEstimatorConfig
 from .report import error_stats, format_stats, plot_trajectory
 
@@ -43,7 +43,7 @@ def frames(inputs: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def read_ground_truth(path: str) -> dict[str, np.ndarray]:
-    from .datasets import load_csv
+    from ..datasets import load_csv
 
     data = load_csv(path)
     return {img.name: pos for img, pos in zip(data.images, data.positions)}

@@ -1,0 +1,1 @@
+"""From a camera frame to a pose: retrieval, pose estimation, odometry."""

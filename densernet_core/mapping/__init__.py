@@ -1,0 +1,1 @@
+"""Place maps: descriptors of a recorded route, indexed for search."""

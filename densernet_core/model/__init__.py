@@ -1,0 +1,1 @@
+"""The DenserNet network, its aggregation, final stage, weights and checkpoints."""

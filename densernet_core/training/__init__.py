@@ -1,0 +1,1 @@
+"""Weakly supervised training, its data, and evaluation."""
