@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     db = load_traverse(data / "day_left", list(range(0, 200, 5)))
     ckpt = out / "model.safetensors"
     if not ckpt.is_file():
-        make_checkpoint(db.images, ckpt, image_size=size, pca_dim=256, progress=False)
+        make_checkpoint(db.images, ckpt, image_size=size, progress=False)
     map_dir = out / "map"
     if not (map_dir / "manifest.json").is_file():
         build_map(load_model(ckpt), ckpt.resolve(), checkpoint_hash(ckpt), db, map_dir, progress=False)

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         db, q = load_kitti(kitti, list(range(0, 51, 2))), load_kitti(kitti, list(range(1, 51, 2)))
         own = out / "kitti_off_the_shelf.safetensors"
         if not own.is_file():
-            make_checkpoint(db.images, own, image_size=KITTI_SIZE, pca_dim=256, progress=False)
+            make_checkpoint(db.images, own, image_size=KITTI_SIZE, progress=False)
         for name, path in {"kitti_map_init": str(own), **ckpts}.items():
             r = run(f"kitti_{name}", Path(path), db, q, out, image_size=KITTI_SIZE)
             r.update(dataset="KITTI even frames map, odd frames queries", unit="m",

@@ -9,23 +9,33 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import BRANCH_INITS, PRESETS, WEIGHT_SOURCES
+from .config import BRANCH_INITS, MIN_IMAGES_PER_PCA_DIM, PRESETS, WEIGHT_SOURCES
 from .images import list_images
 
 LOG = logging.getLogger("densernet")
 
 
+# Libraries whose INFO lines read like errors to users (faiss's loader reports each SIMD build it
+# could not import before the one it loads); shown with -v only.
+QUIET_LOGGERS = ("faiss", "matplotlib")
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def make_checkpoint(images: Sequence[str | Path], out: str | Path, preset: str = "small", weights: str = "caffe-vgg16",
-                    image_size: tuple[int, int] = (480, 640), num_clusters: int = 64, pca_dim: int = 4096,
+                    image_size: tuple[int, int] = (480, 640), num_clusters: int = 64, pca_dim: int = 0,
                     device: str = "cpu", seed: int = 0, progress: bool = True, branch_init: str = "pca") -> Path:
-    """An off-the-shelf DenserNet: ImageNet trunk, branches (PCA or random), NetVLAD from k-means, PCA."""
+    """An off-the-shelf DenserNet: ImageNet trunk, branches (PCA or random), NetVLAD from k-means
+    and, only when asked for and the images support it, a final PCA whitening."""
     from .model.checkpoint import save_checkpoint
     from .model.network import build
+    from .model.pca import check_pca_fit_size
 
+    check_pca_fit_size(len(images), pca_dim)
     model = build(preset, weights=weights, device=device, image_size=tuple(image_size),
                   num_clusters=num_clusters, pca_dim=pca_dim)
     if branch_init == "pca":
@@ -34,8 +44,9 @@ def make_checkpoint(images: Sequence[str | Path], out: str | Path, preset: str =
         raise ValueError(f"branch_init must be one of {BRANCH_INITS}, got {branch_init!r}")
     LOG.info("initialising NetVLAD (K=%d) from %d images", num_clusters, len(images))
     model.init_netvlad(images, seed=seed, progress=progress)
-    LOG.info("fitting PCA whitening (%d dims requested)", pca_dim)
-    model.fit_pca(images, progress=progress)
+    if pca_dim:
+        LOG.info("fitting PCA whitening to %d dims on %d images", pca_dim, len(images))
+        model.fit_pca(images, progress=progress)
     return save_checkpoint(model, out)
 
 
@@ -83,14 +94,16 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--force", action="store_true", help="convert again even if the cache has them")
     f.set_defaults(func=_cmd_weights)
 
-    i = sub.add_parser("init", help="off-the-shelf checkpoint: ImageNet trunk + k-means NetVLAD + PCA")
+    i = sub.add_parser("init", help="off-the-shelf checkpoint: ImageNet trunk + PCA-initialised branches + k-means NetVLAD")
     i.add_argument("images", nargs="+", help="image files or folders to initialise from")
     i.add_argument("--out", required=True)
     i.add_argument("--preset", choices=sorted(PRESETS), default="small")
     i.add_argument("--weights", choices=WEIGHT_SOURCES, default="caffe-vgg16")
     i.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=(480, 640))
     i.add_argument("--clusters", type=int, default=64)
-    i.add_argument("--pca-dim", type=int, default=4096)
+    i.add_argument("--pca-dim", type=int, default=0,
+                   help="0 (default): the raw VLAD is the descriptor; N: PCA-whiten to N dims, which needs "
+                        f"at least {MIN_IMAGES_PER_PCA_DIM} images per dimension")
     i.add_argument("--device", default="cpu")
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--branch-init", choices=BRANCH_INITS, default="pca",

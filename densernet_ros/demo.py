@@ -62,7 +62,7 @@ def _checkpoint(args: argparse.Namespace, out: Path, map_run: GeoImages) -> Path
     if args.data == "synthetic":
         ckpt = out / "model.safetensors"
         if not ckpt.is_file():
-            make_checkpoint(map_run.images, ckpt, image_size=tuple(args.size), pca_dim=256, progress=False)
+            make_checkpoint(map_run.images, ckpt, image_size=tuple(args.size), progress=False)
         return ckpt
     import dataclasses
 

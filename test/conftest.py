@@ -51,14 +51,37 @@ def random_images(n: int, h: int = 64, w: int = 80, seed: int = 0) -> list[np.nd
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    """A small random-weights model with NetVLAD and PCA initialised (fast, deterministic)."""
+    """A small random-weights model with NetVLAD initialised, raw VLAD descriptors (fast, deterministic)."""
     import torch
 
     from densernet_core.model.network import build
 
     torch.manual_seed(0)
-    model = build("small", weights="none", image_size=(64, 80), num_clusters=8, pca_dim=16)
-    imgs = random_images(24)
-    model.init_netvlad(imgs, per_image=20, iterations=10)
-    model.fit_pca(imgs)
+    model = build("small", weights="none", image_size=(64, 80), num_clusters=8)
+    model.init_netvlad(random_images(24), per_image=20, iterations=10)
     return model
+
+
+def official_state_dict(model) -> dict:
+    """Our weights in the official DenserNet/OpenIBL layout (module. prefix, three trunk slices, 4-D PCA
+    conv), as their training code saves them: what `import_official` reads."""
+    ours = model.state_dict()
+    official = {}
+    for k, v in ours.items():
+        if k.startswith("trunk.features."):
+            i = int(k.split(".")[2])
+            rest = k[len("trunk.features."):]
+            official[f"module.base_model.conv_h.0.{rest}"] = v
+            if i < 17:
+                official[f"module.base_model.conv_1.0.{rest}"] = v
+            if i < 24:
+                official[f"module.base_model.conv_m.0.{rest}"] = v
+    for i, name in enumerate(["conv_1", "conv_m", "conv_h"]):
+        official[f"module.base_model.{name}.2.weight"] = ours[f"branches.{i}.weight"]
+        official[f"module.base_model.{name}.2.bias"] = ours[f"branches.{i}.bias"]
+    official["module.net_vlad.conv.weight"] = ours["netvlad.conv.weight"]
+    official["module.net_vlad.centroids"] = ours["netvlad.centroids"]
+    if "pca.linear.weight" in ours:
+        official["module.pca_layer.weight"] = ours["pca.linear.weight"][:, :, None, None]
+        official["module.pca_layer.bias"] = ours["pca.linear.bias"]
+    return official

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_images
+from conftest import official_state_dict, random_images
 from densernet_core.model.checkpoint import (CheckpointError, checkpoint_hash, import_official, load_model,
                                        save_checkpoint)
 
@@ -56,28 +56,20 @@ def test_missing_truncated_foreign_and_mismatched(tiny_model, tmp_path):
 
 
 def test_import_official_layout(tiny_model, tmp_path):
-    """An OpenIBL-layout state_dict (module. prefix, three trunk slices, 4-D pca conv) imports exactly."""
-    ours = tiny_model.state_dict()
-    official = {}
-    for k, v in ours.items():
-        if k.startswith("trunk.features."):
-            i = int(k.split(".")[2])
-            official[f"module.base_model.conv_h.0.{k[len('trunk.features.'):]}"] = v
-            if i < 17:
-                official[f"module.base_model.conv_1.0.{k[len('trunk.features.'):]}"] = v
-            if i < 24:
-                official[f"module.base_model.conv_m.0.{k[len('trunk.features.'):]}"] = v
-    for i, name in enumerate(["conv_1", "conv_m", "conv_h"]):
-        official[f"module.base_model.{name}.2.weight"] = ours[f"branches.{i}.weight"]
-        official[f"module.base_model.{name}.2.bias"] = ours[f"branches.{i}.bias"]
-    official["module.net_vlad.conv.weight"] = ours["netvlad.conv.weight"]
-    official["module.net_vlad.centroids"] = ours["netvlad.centroids"]
-    official["module.pca_layer.weight"] = ours["pca.linear.weight"][:, :, None, None]
-    official["module.pca_layer.bias"] = ours["pca.linear.bias"]
+    """An OpenIBL-layout state_dict (module. prefix, three trunk slices, 4-D pca conv) imports exactly,
+    its PCA layer included (official checkpoints keep the whitening fitted on Pittsburgh)."""
+    import copy
+
+    from densernet_core.model.pca import fit_pca_whitening
+
+    tiny_model = copy.deepcopy(tiny_model)
+    tiny_model.pca = fit_pca_whitening(tiny_model.describe(random_images(24, seed=3)), 16)
+    official = official_state_dict(tiny_model)
     path = tmp_path / "official.pth.tar"
     torch.save({"state_dict": official, "epoch": 3, "best_recall5": 0.9}, path)
     model = import_official(path, image_size=tiny_model.config.image_size)
     assert model.config.preprocessing == "torchvision"
+    assert model.pca is not None and model.descriptor_dim == 16 and model.config.pca_dim == 16
     # Same weights: same descriptors when both use the same preprocessing.
     tiny = tiny_model.config
     ref = type(tiny_model)(tiny.replace(preprocessing="torchvision"))

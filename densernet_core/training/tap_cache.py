@@ -16,13 +16,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from .augment import night_weather
 from ..model.backbone import TAP_INDICES
 from ..images import normalise, read_image, resize
 from ..model.network import TAP_NAMES, DenserNet
+from ..tensor_files import write_safetensors
 from .train_config import AugmentConfig
 
 LOG = logging.getLogger("densernet")
@@ -95,9 +96,7 @@ class TapCache:
                         if j in TAP_INDICES and TAP_INDICES.index(j) in self.taps:
                             out[TAP_NAMES[TAP_INDICES.index(j)]].append(x.half().cpu().contiguous())
                 tensors = {name: torch.stack(v).contiguous() for name, v in out.items()}  # images x variants x C x h x w
-                tmp = self.dir / f"{k:05d}.tmp"
-                save_file(tensors, str(tmp))
-                tmp.replace(self.dir / f"{k:05d}.safetensors")
+                write_safetensors(tensors, self.dir / f"{k:05d}.safetensors")
         finally:
             model.train(was_training)
 

@@ -17,20 +17,21 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
 from .allocator import keep_freed_memory
 from .augment import night_weather
 from ..model.checkpoint import load_model, save_checkpoint
+from ..tensor_files import write_safetensors
 from .distributed import DistContext, init_distributed
 from .evaluation import EvalResult, evaluate_descriptors
 from ..images import normalise, read_image, resize
 from .losses import create as create_loss
 from .mining import TupleMiner, negative_pools, positives
 from ..model.network import DenserNet, build_from_config, sample_locations, sample_tap_locations
-from ..model.pca import fit_pca_whitening
+from ..model.pca import check_pca_fit_size, fit_pca_whitening
 from .sources import Split, load_split
 from .tap_cache import TapCache, trunk_taps
 from .train_config import TrainConfig
@@ -111,6 +112,7 @@ class Trainer:
         keep_freed_memory()
         torch.manual_seed(cfg.seed)
         self.data = load_data(cfg)
+        check_pca_fit_size(len(self.data.train_rows), cfg.model.pca_dim)  # fail now, not after training
         self.loss_fn = create_loss(cfg.optim.loss)
         self.cache: TapCache | None = None  # covers train and val images alike
 
@@ -363,9 +365,7 @@ def _save_train_state(path: Path, opt: torch.optim.Optimizer, sched: object, epo
                for pid, st in sd["state"].items() for name, v in st.items() if isinstance(v, torch.Tensor)}
     meta = {"epoch": epoch, "iteration": iteration, "best": best, "param_groups": sd["param_groups"],
             "scheduler": {k: v for k, v in sched.state_dict().items() if _jsonable(v)}}
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"train_state": json.dumps(meta)})
-    tmp.replace(path)
+    write_safetensors(tensors, path, {"train_state": json.dumps(meta)})
 
 
 def _load_train_state(path: Path, opt: torch.optim.Optimizer, sched: object) -> tuple[int, int, float]:
