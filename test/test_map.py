@@ -1,4 +1,5 @@
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,13 +52,96 @@ def test_map_round_trip_identical_search(tiny_model, route, ckpt, tmp_path):
     assert ids[0, 0] == 4
 
 
-def test_add_traverse_and_float16(tiny_model, route, ckpt, tmp_path):
+def test_add_traverse_float16_by_default(tiny_model, route, ckpt, tmp_path):
     path, sha = ckpt
     data = load_csv(route / "poses.csv")
-    build_map(tiny_model, path, sha, data.subset(range(6)), tmp_path / "m", dtype="float16", progress=False)
+    build_map(tiny_model, path, sha, data.subset(range(6)), tmp_path / "m", progress=False)
     merged = add_to_map(tmp_path / "m", tiny_model, sha, data.subset(range(6, 10)), progress=False)
     assert len(merged) == 10 and len(PlaceMap.load(tmp_path / "m")) == 10
-    assert np.load(tmp_path / "m" / "descriptors.npy").dtype == np.float16
+    stored = np.load(tmp_path / "m" / "descriptors.npy")
+    assert stored.dtype == np.float16 and not (tmp_path / "m" / "index.faiss").exists()
+    _, ids = PlaceMap.load(tmp_path / "m").search(tiny_model.describe([data.images[8]]), 1)
+    assert ids[0, 0] == 8
+
+
+def _route_like(n: int, d: int, seed: int) -> np.ndarray:
+    """Unit descriptors that drift along a route, so neighbouring places look alike (near-ties)."""
+    rng = np.random.default_rng(seed)
+    x = np.cumsum(rng.standard_normal((n, d)).astype(np.float32) * 0.15, axis=0) + rng.standard_normal(d)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["route", "random"])
+def test_exact_index_returns_the_exact_top_k(kind):
+    """The int8 pre-scan must never change the answer: same ids and scores as a float32 brute force over
+    the stored float16 rows, for route-like data and for random data (all near-ties: everything rescored)."""
+    from densernet_core.mapping.index import ExactIndex
+
+    if kind == "route":
+        db = _route_like(700, 8192, 1)
+    else:
+        db = np.random.default_rng(3).standard_normal((700, 8192)).astype(np.float32)
+        db /= np.linalg.norm(db, axis=1, keepdims=True)
+    stored = db.astype(np.float16)
+    index = ExactIndex(stored)
+    assert index.codes is not None  # 700 x 8192 is above the int8 threshold
+    rng = np.random.default_rng(4)
+    queries = db[rng.choice(700, 40, replace=False)] + 0.3 * rng.standard_normal((40, 8192)).astype(np.float32) / 90
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exact = queries @ stored.astype(np.float32).T
+    scores, ids = index.search(queries, 10)
+    for r in range(len(queries)):
+        want = np.argsort(-exact[r], kind="stable")[:10]
+        np.testing.assert_allclose(scores[r], exact[r, want], rtol=0, atol=1e-5)
+        assert set(ids[r]) == set(want) or np.allclose(np.sort(exact[r, ids[r]]), np.sort(exact[r, want]), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_approximate_map_reranks_exactly_and_round_trips(tiny_model, ckpt, tmp_path, kind):
+    """A shortlist index proposes, the stored descriptors decide: its scores are exact, and it agrees with
+    the exact search on top-1; the coarse index and its projection survive save and load."""
+    from densernet_core.datasets import GeoImages
+    from densernet_core.mapping.index import ExactIndex
+
+    path, sha = ckpt
+    n = 600
+    desc = _route_like(n, tiny_model.descriptor_dim, 5)
+    places = GeoImages([Path(f"p{i}.png") for i in range(n)], np.c_[np.arange(n), np.zeros((n, 2))],
+                       np.tile([0, 0, 0, 1.0], (n, 1)), np.arange(n, dtype=float))
+    from densernet_core.mapping.placemap import FORMAT_VERSION, Manifest
+
+    manifest = Manifest(FORMAT_VERSION, tiny_model.config.to_dict(), sha, str(path), desc.shape[1], n, "map", "now",
+                        kind, "float16")
+    PlaceMap(manifest, desc.astype(np.float16), places).save(tmp_path / kind)
+    loaded = PlaceMap.load(tmp_path / kind)
+    assert (tmp_path / kind / "coarse.npy").is_file() and (tmp_path / kind / "index.faiss").is_file()
+    queries = desc[::20] + 0.01 * np.random.default_rng(6).standard_normal((n // 20, desc.shape[1])).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    s_a, i_a = loaded.search(queries, 5)
+    s_e, i_e = ExactIndex(desc.astype(np.float16)).search(queries, 5)
+    assert np.mean(i_a[:, 0] == i_e[:, 0]) >= 0.95
+    stored = desc.astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(s_a, np.take_along_axis(queries @ stored.T, i_a, axis=1), atol=1e-5)
+
+
+def test_format_1_map_still_loads(tiny_model, route, ckpt, tmp_path):
+    """Maps written before format 2 (float32 descriptors and a FAISS flat index) keep working."""
+    import json
+
+    import faiss
+
+    path, sha = ckpt
+    data = load_csv(route / "poses.csv")
+    m = tmp_path / "v1"
+    build_map(tiny_model, path, sha, data, m, dtype="float32", progress=False)
+    manifest = json.loads((m / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (m / "manifest.json").write_text(json.dumps(manifest))
+    flat = faiss.IndexFlatIP(manifest["descriptor_dim"])
+    flat.add(np.load(m / "descriptors.npy"))
+    faiss.write_index(flat, str(m / "index.faiss"))
+    _, ids = PlaceMap.load(m).search(tiny_model.describe([data.images[2]]), 1)
+    assert ids[0, 0] == 2
 
 
 def test_mismatch_and_corruption_errors(tiny_model, route, ckpt, tmp_path):
@@ -71,9 +155,14 @@ def test_mismatch_and_corruption_errors(tiny_model, route, ckpt, tmp_path):
         pmap.check_model(tiny_model.descriptor_dim, "0" * 64)
     with pytest.raises(MapError, match="map folder not found"):
         PlaceMap.load(tmp_path / "nowhere")
-    (m / "index.faiss").write_bytes(b"garbage")
+    approx = tmp_path / "approx"
+    build_map(tiny_model, path, sha, load_csv(route / "poses.csv"), approx, index_type="hnsw", progress=False)
+    (approx / "index.faiss").write_bytes(b"garbage")
     with pytest.raises(MapError, match="corrupt FAISS index"):
-        PlaceMap.load(m)
+        PlaceMap.load(approx)
+    (approx / "index.faiss").unlink()
+    with pytest.raises(MapError, match="index file not found"):
+        PlaceMap.load(approx)
     manifest = (m / "manifest.json").read_text()
     (m / "manifest.json").write_text("{not json")
     with pytest.raises(MapError, match="corrupt manifest"):
@@ -165,3 +254,23 @@ def test_relative_image_paths_survive_save_and_load(tiny_model, route, ckpt, tmp
     build_map(tiny_model, path, sha, data, "out/map", progress=False)
     loaded = PlaceMap.load("out/map")
     assert all(p.is_file() for p in loaded.places.images)
+
+
+def test_localize_ground_truth_matched_by_file_name(tiny_model, route, ckpt, tmp_path, capsys, caplog):
+    """--gt rows belong to query frames by file name, wherever the CSV and the images are."""
+    from densernet_core.localization.cli import main as localize
+
+    path, sha = ckpt
+    build_map(tiny_model, path, sha, load_csv(route / "poses.csv"), tmp_path / "map", progress=False)
+    elsewhere = tmp_path / "gt" / "deeper"
+    elsewhere.mkdir(parents=True)
+    rows = (route / "poses.csv").read_text().splitlines()
+    gt = elsewhere / "truth.csv"  # image column points at a folder that does not exist: only names count
+    gt.write_text("\n".join([rows[0]] + [f"/nowhere/{r}" for r in rows[1:]]) + "\n")
+    queries = [str(route / f"{i:03d}.png") for i in (2, 5)]
+    assert localize([*queries, "--map", str(tmp_path / "map"), "--gt", str(gt), "--plot", str(tmp_path / "t.png")]) == 0
+    out = capsys.readouterr().out
+    assert "002.png: place" in out and "error" in out and "fixes:" in out
+    gt.write_text("\n".join(rows[:3]) + "\n")  # 000 and 001 only
+    assert localize([*queries, "--map", str(tmp_path / "map"), "--gt", str(gt)]) == 1
+    assert "no ground truth for 2 frame(s)" in caplog.text and "matched by file name" in caplog.text

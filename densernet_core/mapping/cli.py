@@ -90,7 +90,8 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build a map (resumes an interrupted build)")
     b.add_argument("--out", required=True)
     b.add_argument("--index", choices=INDEX_TYPES, default="flat")
-    b.add_argument("--dtype", choices=DTYPES, default="float32")
+    b.add_argument("--dtype", choices=DTYPES, default="float16",
+                   help="stored descriptor precision (float16: half the size, searched exactly as stored)")
     _route_args(b)
     b.set_defaults(func=_cmd_build)
     a = sub.add_parser("add", help="append a traverse to a map")

@@ -1,9 +1,13 @@
 """A map of places: a folder a user can copy to a robot.
 
     manifest.json     format version, model config, checkpoint sha256, descriptor dim, places, frame, ...
-    descriptors.npy   N x D float32 or float16 (no pickle)
-    index.faiss       FAISS index over the descriptors
+    descriptors.npy   N x D float16 (default) or float32 (no pickle); searched exactly
     places.csv        id,image,x,y,z,qx,qy,qz,qw,timestamp,source
+    index.faiss       hnsw/ivfpq maps only: the coarse FAISS index that proposes a shortlist
+    coarse.npy        hnsw/ivfpq maps only: the D x 256 projection that index works in
+
+Format 1 maps (float32, a FAISS index for every type) still load: a flat map's index.faiss is
+ignored (the exact search is derived from the descriptors), an approximate one is used as is.
 """
 from __future__ import annotations
 
@@ -19,14 +23,18 @@ import numpy as np
 from tqdm import tqdm
 
 from ..datasets import GeoImages
-from .index import INDEX_TYPES, build_index, load_index, save_index, to_gpu_if_available
+from .index import INDEX_TYPES, ExactIndex, ShortlistIndex, build_index, load_coarse, save_index
 
 LOG = logging.getLogger("densernet")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST, DESCRIPTORS, INDEX, PLACES, PARTIAL = "manifest.json", "descriptors.npy", "index.faiss", "places.csv", ".partial"
+COARSE = "coarse.npy"
 PLACE_FIELDS = ["id", "image", "x", "y", "z", "qx", "qy", "qz", "qw", "timestamp", "source"]
-DTYPES = ("float32", "float16")
+DTYPES = ("float16", "float32")
 CHUNK = 32  # images per resumable extraction chunk
+BACKGROUND_PLACES = 512  # fixed random places against which a query's similarity to "anywhere" is measured
+MAD_TO_STD = 1.4826  # median absolute deviation -> standard deviation of a normal distribution
 
 
 class MapError(ValueError):
@@ -48,12 +56,14 @@ class Manifest:
 
 
 class PlaceMap:
-    def __init__(self, manifest: Manifest, descriptors: np.ndarray, places: GeoImages, index=None) -> None:
+    def __init__(self, manifest: Manifest, descriptors: np.ndarray, places: GeoImages,
+                 index: ExactIndex | ShortlistIndex | None = None) -> None:
         self.manifest = manifest
-        self.descriptors = descriptors
+        self.descriptors = descriptors  # as stored (float16 by default); a memory map for approximate maps
         self.places = places
-        self.index = index if index is not None else build_index(descriptors.astype(np.float32), manifest.index_type)
-        self._search_index = to_gpu_if_available(self.index)
+        self.index = index if index is not None else build_index(descriptors, manifest.index_type)
+        rows = np.random.default_rng(0).choice(len(places), min(len(places), BACKGROUND_PLACES), replace=False)
+        self._background = np.asarray(descriptors[np.sort(rows)], dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.places)
@@ -62,8 +72,11 @@ class PlaceMap:
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / DESCRIPTORS, self.descriptors.astype(self.manifest.dtype), allow_pickle=False)
-        save_index(self.index, folder / INDEX)
+        for stale in (INDEX, COARSE):  # an exact map has neither; an approximate one writes them anew
+            (folder / stale).unlink(missing_ok=True)
+        np.save(folder / DESCRIPTORS, np.asarray(self.descriptors, dtype=self.manifest.dtype), allow_pickle=False)
+        save_index(self.index, folder, INDEX, COARSE)
+        self.manifest.format_version = FORMAT_VERSION
         with open(folder / PLACES, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(PLACE_FIELDS)
@@ -83,7 +96,7 @@ class PlaceMap:
         folder = Path(folder)
         if not folder.is_dir():
             raise MapError(f"map folder not found: {folder}")
-        for name in (MANIFEST, DESCRIPTORS, INDEX, PLACES):
+        for name in (MANIFEST, DESCRIPTORS, PLACES):
             if not (folder / name).is_file():
                 raise MapError(f"map {folder} is incomplete: {name} missing")
         try:
@@ -91,26 +104,22 @@ class PlaceMap:
             manifest = Manifest(**raw)
         except (json.JSONDecodeError, TypeError) as exc:
             raise MapError(f"{folder / MANIFEST}: corrupt manifest ({exc})") from exc
-        if manifest.format_version != FORMAT_VERSION:
-            raise MapError(f"{folder}: map format {manifest.format_version}, this densernet reads {FORMAT_VERSION}")
-        try:
-            desc = np.load(folder / DESCRIPTORS, allow_pickle=False)
+        if manifest.format_version not in READABLE_VERSIONS:
+            raise MapError(f"{folder}: map format {manifest.format_version}, this densernet reads {READABLE_VERSIONS}")
+        if manifest.index_type not in INDEX_TYPES:
+            raise MapError(f"{folder / MANIFEST}: index type {manifest.index_type!r} unknown; expected one of {INDEX_TYPES}")
+        approximate = manifest.index_type != "flat"
+        try:  # an approximate map may be larger than memory: its descriptors are read on demand
+            desc = np.load(folder / DESCRIPTORS, allow_pickle=False, mmap_mode="r" if approximate else None)
         except (ValueError, OSError, EOFError) as exc:
             raise MapError(f"{folder / DESCRIPTORS}: corrupt descriptors ({exc})") from exc
-        if desc.ndim != 2 or desc.shape != (manifest.num_places, manifest.descriptor_dim):
-            raise MapError(f"{folder / DESCRIPTORS}: shape {desc.shape}, manifest says "
-                           f"({manifest.num_places}, {manifest.descriptor_dim})")
+        if desc.ndim != 2 or desc.shape != (manifest.num_places, manifest.descriptor_dim) or desc.dtype.name not in DTYPES:
+            raise MapError(f"{folder / DESCRIPTORS}: shape {desc.shape} {desc.dtype}, manifest says "
+                           f"({manifest.num_places}, {manifest.descriptor_dim}) in one of {DTYPES}")
         places = read_places(folder / PLACES, folder, manifest.frame_id)
         if len(places) != manifest.num_places:
             raise MapError(f"{folder / PLACES}: {len(places)} places, manifest says {manifest.num_places}")
-        try:
-            index = load_index(folder / INDEX)
-        except ValueError as exc:
-            raise MapError(str(exc)) from exc
-        if index.ntotal != manifest.num_places or index.d != manifest.descriptor_dim:
-            raise MapError(f"{folder / INDEX}: {index.ntotal} vectors of dim {index.d}, manifest says "
-                           f"{manifest.num_places} of dim {manifest.descriptor_dim}")
-        return cls(manifest, desc.astype(np.float32), places, index)
+        return cls(manifest, desc, places, _load_shortlist(folder, manifest, desc) if approximate else None)
 
     # ---- use ------------------------------------------------------------------------------------
     def check_model(self, descriptor_dim: int, checkpoint_sha256: str | None = None) -> None:
@@ -124,17 +133,34 @@ class PlaceMap:
                            f"has {checkpoint_sha256[:12]}…; rebuild the map or use that checkpoint")
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) per query: exact inner products with the stored descriptors."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if q.shape[1] != self.manifest.descriptor_dim:
             raise MapError(f"query descriptors have dimension {q.shape[1]}, the map {self.manifest.descriptor_dim}")
-        return self._search_index.search(q, min(k, len(self)))
+        return self.index.search(q, min(k, len(self)))
+
+    def score_background(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per query: median and robust spread (MAD as a standard deviation) of its similarity to a fixed
+        sample of places, i.e. how similar it looks to places it is not at. Similarities are compared
+        in units of this spread, which differs tenfold between a raw VLAD and a whitened descriptor."""
+        s = np.atleast_2d(queries).astype(np.float32) @ self._background.T
+        median = np.median(s, axis=1)
+        scale = MAD_TO_STD * np.median(np.abs(s - median[:, None]), axis=1)
+        return median, np.maximum(scale, 1e-6)
+
+    def bytes_per_place(self, folder: str | Path) -> float:
+        """What the map costs on disk per place (descriptors, index and places together)."""
+        total = sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
+        return total / max(1, len(self))
 
     def info(self) -> str:
         m = self.manifest
         pos = self.places.positions
         extent = pos.max(0) - pos.min(0)
+        search = "exact" if m.index_type == "flat" else f"{m.index_type} shortlist + exact re-ranking"
         return "\n".join([
-            f"places: {m.num_places}   descriptor: {m.descriptor_dim}-D {m.dtype}   index: {m.index_type}",
+            f"places: {m.num_places}   descriptor: {m.descriptor_dim}-D {m.dtype} "
+            f"({m.descriptor_dim * np.dtype(m.dtype).itemsize} B/place)   search: {search}",
             f"frame: {m.frame_id}   extent: {extent[0]:.1f} x {extent[1]:.1f} x {extent[2]:.1f}",
             f"model: preset {m.model_config.get('preset')}, image {m.model_config.get('image_size')}, "
             f"weights {m.model_config.get('weights')}",
@@ -190,7 +216,7 @@ def _describe_resumable(model, images: list[Path], work: Path, key: str, progres
 
 
 def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoImages, out: str | Path,
-              index_type: str = "flat", dtype: str = "float32", progress: bool = True) -> PlaceMap:
+              index_type: str = "flat", dtype: str = "float16", progress: bool = True) -> PlaceMap:
     if index_type not in INDEX_TYPES:
         raise MapError(f"index type {index_type!r} unknown; choose one of {INDEX_TYPES}")
     if dtype not in DTYPES:
@@ -200,11 +226,10 @@ def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoIm
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     desc = _describe_resumable(model, data.images, out / PARTIAL, checkpoint_sha256, progress)
-    stored = desc.astype(dtype).astype(np.float32)
     manifest = Manifest(FORMAT_VERSION, model.config.to_dict(), checkpoint_sha256, str(checkpoint),
                         int(desc.shape[1]), len(data), data.frame_id, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         index_type, dtype)
-    pmap = PlaceMap(manifest, stored, data)
+    pmap = PlaceMap(manifest, desc.astype(dtype), data)
     pmap.save(out)
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
     return pmap
@@ -218,19 +243,35 @@ def add_to_map(folder: str | Path, model, checkpoint_sha256: str, data: GeoImage
     if data.frame_id != pmap.manifest.frame_id and data.frame_id != "map":
         raise MapError(f"traverse frame {data.frame_id!r} differs from the map frame {pmap.manifest.frame_id!r}")
     new = _describe_resumable(model, data.images, folder / PARTIAL, checkpoint_sha256, progress)
-    new = new.astype(pmap.manifest.dtype).astype(np.float32)
+    new = new.astype(pmap.manifest.dtype)
     merged = GeoImages(pmap.places.images + data.images, np.vstack([pmap.places.positions, data.positions]),
                        np.vstack([pmap.places.orientations, data.orientations]),
                        np.concatenate([pmap.places.timestamps, data.timestamps]),
                        ";".join(dict.fromkeys(pmap.places.source.split(";") + [data.source])), True, pmap.manifest.frame_id)
-    descriptors = np.vstack([pmap.descriptors, new])
-    if pmap.manifest.index_type == "flat":
-        pmap.index.add(new)
-        index = pmap.index
-    else:  # approximate indexes are retrained on the whole set
-        index = build_index(descriptors, pmap.manifest.index_type)
+    descriptors = np.vstack([np.asarray(pmap.descriptors), new])  # approximate indexes are retrained on the whole
     pmap.manifest.num_places = len(merged)
-    out = PlaceMap(pmap.manifest, descriptors, merged, index)
+    out = PlaceMap(pmap.manifest, descriptors, merged)
     out.save(folder)
     shutil.rmtree(folder / PARTIAL, ignore_errors=True)
     return out
+
+
+def _load_shortlist(folder: Path, manifest: Manifest, descriptors: np.ndarray) -> ShortlistIndex:
+    """The coarse index of an approximate map (format 1: over the descriptors themselves)."""
+    try:
+        coarse = load_coarse(folder / INDEX)
+    except (FileNotFoundError, ValueError) as exc:
+        raise MapError(f"map {folder}: {exc}") from exc
+    projection = None
+    if (folder / COARSE).is_file():
+        try:
+            projection = np.load(folder / COARSE, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise MapError(f"{folder / COARSE}: corrupt projection ({exc})") from exc
+        if projection.shape != (manifest.descriptor_dim, coarse.d):
+            raise MapError(f"{folder / COARSE}: shape {projection.shape}, expected ({manifest.descriptor_dim}, {coarse.d})")
+    elif coarse.d != manifest.descriptor_dim:
+        raise MapError(f"map {folder}: {COARSE} missing for a {coarse.d}-D index over {manifest.descriptor_dim}-D descriptors")
+    if coarse.ntotal != manifest.num_places:
+        raise MapError(f"{folder / INDEX}: {coarse.ntotal} vectors, manifest says {manifest.num_places} places")
+    return ShortlistIndex(coarse, projection, descriptors)
