@@ -112,8 +112,10 @@ def _float(row: dict, key: str, where: str) -> float:
 
 
 def load_csv(csv_path: str | Path, image_root: str | Path | None = None, skip_bad: bool = False,
-             frame_id: str = "map") -> GeoImages:
-    """`image,x,y[,z][,yaw | qx,qy,qz,qw][,timestamp]` or `image,lat,lon[,alt]...` (converted to UTM)."""
+             frame_id: str = "map", require_images: bool = True) -> GeoImages:
+    """`image,x,y[,z][,yaw | qx,qy,qz,qw][,timestamp]` or `image,lat,lon[,alt]...` (converted to UTM).
+
+    `require_images=False` reads positions only (ground truth for images that live elsewhere)."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DatasetError(f"poses CSV not found: {csv_path}")
@@ -130,7 +132,7 @@ def load_csv(csv_path: str | Path, image_root: str | Path | None = None, skip_ba
             where = f"{csv_path}:{line}"
             try:
                 img = root / row["image"]
-                if not img.is_file():
+                if require_images and not img.is_file():
                     raise DatasetError(f"{where}: image {img} not found")
                 a, b = (_float(row, "lat", where), _float(row, "lon", where)) if geo else \
                     (_float(row, "x", where), _float(row, "y", where))

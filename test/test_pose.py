@@ -8,6 +8,7 @@ from densernet_core.datasets import yaw_to_quat
 from densernet_core.localization.pose import PoseEstimatorConfig, estimate_pose
 
 CFG = PoseEstimatorConfig(cluster_radius=5.0, ratio_threshold=1.2, min_confidence=0.2, position_floor=1.0)
+SCALE = 0.05  # the query's spread of similarity over the map (PlaceMap.score_background)
 
 
 def quats(yaws):
@@ -17,11 +18,11 @@ def quats(yaws):
 def test_consistent_cluster_fuses_positions_and_reports_confidence():
     pos = np.array([[10, 0, 0], [11, 0, 0], [12, 0, 0], [80, 40, 0], [-50, 3, 0]], float)
     scores = np.array([0.9, 0.85, 0.8, 0.4, 0.35])
-    est = estimate_pose(np.arange(5), scores, pos, quats([0.1, 0.1, 0.1, 2.0, -2.0]), CFG)
+    est = estimate_pose(np.arange(5), scores, pos, quats([0.1, 0.1, 0.1, 2.0, -2.0]), CFG, SCALE)
     assert est.fix and est.place_id == 0 and est.group == [0, 1, 2]
-    expected = (scores[:3, None] * pos[:3]).sum(0) / scores[:3].sum()
-    np.testing.assert_allclose(est.position, expected)
-    assert est.confidence > 0.5
+    w = np.exp((scores[:3] - 0.9) / SCALE)
+    np.testing.assert_allclose(est.position, (w[:, None] * pos[:3]).sum(0) / w.sum())
+    assert est.confidence > 0.99  # the other places lie 10 spreads below
     assert math.isclose(2 * math.atan2(est.orientation[2], est.orientation[3]), 0.1, abs_tol=1e-9)
     cov = est.covariance
     assert cov.shape == (6, 6) and np.all(np.diag(cov)[:3] >= CFG.position_floor ** 2)
@@ -30,29 +31,40 @@ def test_consistent_cluster_fuses_positions_and_reports_confidence():
 
 
 def test_spread_grows_covariance():
-    tight = estimate_pose(np.arange(3), np.array([0.9, 0.9, 0.9]), np.array([[0, 0, 0], [0.1, 0, 0], [0.2, 0, 0]]),
-                          quats([0, 0, 0]), CFG)
-    wide = estimate_pose(np.arange(3), np.array([0.9, 0.9, 0.9]), np.array([[0, 0, 0], [2.5, 0, 0], [4.9, 0, 0]]),
-                         quats([0, 0, 0]), CFG)
+    same = np.array([0.9, 0.9, 0.9])
+    tight = estimate_pose(np.arange(3), same, np.array([[0, 0, 0], [0.1, 0, 0], [0.2, 0, 0]]), quats([0, 0, 0]), CFG, SCALE)
+    wide = estimate_pose(np.arange(3), same, np.array([[0, 0, 0], [2.5, 0, 0], [4.9, 0, 0]]), quats([0, 0, 0]), CFG, SCALE)
     assert wide.covariance[0, 0] > tight.covariance[0, 0]
 
 
 def test_aliasing_between_two_far_groups_gives_no_fix():
     pos = np.array([[0, 0, 0], [1, 0, 0], [100, 0, 0], [101, 0, 0]], float)
-    est = estimate_pose(np.arange(4), np.array([0.8, 0.7, 0.79, 0.7]), pos, quats([0] * 4), CFG)
+    est = estimate_pose(np.arange(4), np.array([0.8, 0.7, 0.79, 0.7]), pos, quats([0] * 4), CFG, SCALE)
     assert not est.fix and "ambiguous" in est.reason
-    assert est.confidence < 0.1
+    assert est.confidence < 0.2
 
 
-def test_isolated_top1_among_disagreeing_candidates_is_not_trusted():
+def test_lone_best_match_wins_only_when_clearly_above_an_agreeing_group():
     pos = np.array([[0, 0, 0], [50, 0, 0], [51, 0, 0], [52, 0, 0]], float)
-    est = estimate_pose(np.arange(4), np.array([0.9, 0.6, 0.6, 0.6]), pos, quats([0] * 4), CFG)
-    # The agreeing group outweighs the lone best match.
-    assert est.group == [1, 2, 3] and est.place_id == 1
+    clear = estimate_pose(np.arange(4), np.array([0.9, 0.6, 0.6, 0.6]), pos, quats([0] * 4), CFG, SCALE)
+    assert clear.group == [0] and clear.fix  # six spreads above: the group of three cannot outweigh it
+    barely = estimate_pose(np.arange(4), np.array([0.62, 0.6, 0.6, 0.6]), pos, quats([0] * 4), CFG, SCALE)
+    assert barely.group == [1, 2, 3] and barely.place_id == 1  # 0.4 spreads above: the agreeing group wins
+
+
+def test_weights_follow_the_query_spread_not_the_raw_similarity():
+    """A raw VLAD's similarities lie within a few hundredths, a whitened descriptor's spread widely: the
+    same pattern of scores in units of the query's spread gives the same estimate."""
+    pos = np.array([[0, 0, 0], [1, 0, 0], [40, 0, 0], [41, 0, 0]], float)
+    raw = estimate_pose(np.arange(4), np.array([0.64, 0.635, 0.62, 0.615]), pos, quats([0] * 4), CFG, 0.01)
+    white = estimate_pose(np.arange(4), np.array([0.40, 0.35, 0.20, 0.15]), pos, quats([0] * 4), CFG, 0.1)
+    assert raw.fix and white.fix and raw.group == white.group == [0, 1]
+    assert math.isclose(raw.confidence, white.confidence, rel_tol=1e-9)
+    np.testing.assert_allclose(raw.position, white.position)
 
 
 def test_single_candidate():
-    est = estimate_pose(np.array([7]), np.array([0.8]), np.array([[3, 4, 0]]), quats([1.0]), CFG)
+    est = estimate_pose(np.array([7]), np.array([0.8]), np.array([[3, 4, 0]]), quats([1.0]), CFG, SCALE)
     assert est.fix and est.place_id == 7
     np.testing.assert_allclose(est.position, [3, 4, 0])
     assert est.covariance[0, 0] >= CFG.position_floor ** 2
@@ -60,19 +72,22 @@ def test_single_candidate():
 
 def test_all_below_threshold():
     cfg = PoseEstimatorConfig(min_score=0.5)
-    est = estimate_pose(np.arange(3), np.array([0.1, 0.2, 0.3]), np.zeros((3, 3)), quats([0] * 3), cfg)
+    est = estimate_pose(np.arange(3), np.array([0.1, 0.2, 0.3]), np.zeros((3, 3)), quats([0] * 3), cfg, SCALE)
     assert not est.fix and "min_score" in est.reason
     assert np.all(np.diag(est.covariance) > 0)
 
 
-def test_low_similarity_lowers_confidence():
+def test_small_contrast_lowers_confidence_and_widens_covariance():
     pos = np.array([[0, 0, 0], [1, 0, 0], [60, 0, 0]], float)
-    high = estimate_pose(np.arange(3), np.array([0.9, 0.8, 0.3]), pos, quats([0] * 3), CFG)
-    low = estimate_pose(np.arange(3), np.array([0.15, 0.14, 0.05]), pos, quats([0] * 3), CFG)
-    assert high.confidence > low.confidence
-    assert low.covariance[0, 0] > high.covariance[0, 0]
+    scores = np.array([0.9, 0.8, 0.7])
+    sharp = estimate_pose(np.arange(3), scores, pos, quats([0] * 3), CFG, 0.05)
+    blurred = estimate_pose(np.arange(3), scores, pos, quats([0] * 3), CFG, 0.5)
+    assert sharp.confidence > blurred.confidence
+    assert blurred.covariance[0, 0] > sharp.covariance[0, 0]
 
 
-def test_invalid_config_named():
+def test_invalid_config_and_scale_named():
     with pytest.raises(ConfigError, match="cluster_radius"):
         PoseEstimatorConfig(cluster_radius=0)
+    with pytest.raises(ValueError, match="score_scale"):
+        estimate_pose(np.arange(1), np.array([0.5]), np.zeros((1, 3)), quats([0]), CFG, 0.0)

@@ -43,10 +43,17 @@ def frames(inputs: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def read_ground_truth(path: str) -> dict[str, np.ndarray]:
-    from ..datasets import load_csv
+    """Positions by file name (the last component of the CSV's image column), wherever the images are."""
+    from ..datasets import DatasetError, load_csv
 
-    data = load_csv(path)
-    return {img.name: pos for img, pos in zip(data.images, data.positions)}
+    data = load_csv(path, require_images=False)
+    out: dict[str, np.ndarray] = {}
+    for img, pos in zip(data.images, data.positions):
+        if img.name in out:
+            raise DatasetError(f"{path}: file name {img.name!r} appears more than once; ground truth is matched by "
+                               "file name, so each must be unique")
+        out[img.name] = pos
+    return out
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -57,6 +64,12 @@ def _cmd(args: argparse.Namespace) -> int:
                                   position_floor=args.position_floor)
     loc = Localizer.from_paths(args.map, args.checkpoint, args.device, None, est_cfg, args.top_k)
     gt = read_ground_truth(args.gt) if args.gt else None
+    if gt is not None:  # check image files before any work (a video's frames are checked as they come)
+        missing = [p.name for item in args.inputs if Path(item).suffix.lower() not in VIDEO_EXTS
+                   for p in list_images([item]) if p.name not in gt]
+        if missing:
+            raise ValueError(f"{args.gt}: no ground truth for {len(missing)} frame(s), e.g. {missing[:3]} "
+                             "(rows are matched by file name)")
     rows, true_xy, est_xy, fixes, errors = [], [], [], [], []
     for name, img in frames(args.inputs):
         r = loc.localize(img)
@@ -67,7 +80,7 @@ def _cmd(args: argparse.Namespace) -> int:
         err = None
         if gt is not None:
             if name not in gt:
-                raise ValueError(f"{args.gt}: no ground truth for {name}")
+                raise ValueError(f"{args.gt}: no ground truth for {name} (rows are matched by file name)")
             err = float(np.linalg.norm(gt[name][:2] - e.position[:2]))
             true_xy.append(gt[name][:2])
             est_xy.append(e.position[:2])
@@ -102,16 +115,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="images, folders or videos")
     p.add_argument("--map", required=True)
     p.add_argument("--checkpoint", help="default: the checkpoint recorded in the map")
-    p.add_argument("--gt", help="ground-truth CSV (image,x,y,...) matched by file name")
+    p.add_argument("--gt", help="ground-truth CSV (image,x,y,...; lat,lon also): a row belongs to the query frame "
+                                "whose file name equals the last component of its image column, wherever the CSV "
+                                "and the images are (a video's frames are named <video file name>#<frame, 6 digits>)")
     p.add_argument("--out", help="per-frame CSV")
     p.add_argument("--plot", help="trajectory PNG (with --gt)")
     p.add_argument("--device", default="auto")
     p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--min-score", type=float, default=0.0)
-    p.add_argument("--cluster-radius", type=float, default=5.0)
-    p.add_argument("--ratio", type=float, default=1.05)
-    p.add_argument("--min-confidence", type=float, default=0.2)
-    p.add_argument("--position-floor", type=float, default=1.0)
+    defaults = PoseEstimatorConfig()  # one set of defaults for the CLI, the node and the API
+    p.add_argument("--min-score", type=float, default=defaults.min_score)
+    p.add_argument("--cluster-radius", type=float, default=defaults.cluster_radius)
+    p.add_argument("--ratio", type=float, default=defaults.ratio_threshold)
+    p.add_argument("--min-confidence", type=float, default=defaults.min_confidence)
+    p.add_argument("--position-floor", type=float, default=defaults.position_floor)
     p.add_argument("--thresholds", type=float, nargs="+", default=[5.0, 10.0, 25.0])
     p.add_argument("--unit", default="m")
     p.add_argument("-v", "--verbose", action="store_true")

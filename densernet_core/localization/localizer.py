@@ -16,12 +16,29 @@ LOG = logging.getLogger("densernet")
 
 
 @dataclass
+class Retrieval:
+    """What the map says about one frame: the top-k places and how they compare with the map at large."""
+
+    ids: np.ndarray       # top-k place ids, best first
+    scores: np.ndarray    # their similarities
+    score_median: float   # the query's typical similarity to places it is not at
+    score_scale: float    # the spread of those similarities (PlaceMap.score_background)
+
+
+@dataclass
 class Localization:
     estimate: PoseEstimate
-    ids: np.ndarray      # top-k place ids
-    scores: np.ndarray   # their similarities
+    retrieval: Retrieval
     describe_s: float    # inference time
     total_s: float       # inference + search + pose
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.retrieval.ids
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.retrieval.scores
 
 
 class Localizer:
@@ -49,18 +66,20 @@ class Localizer:
         place_map.check_model(model.descriptor_dim, checkpoint_hash(ckpt))
         return cls(model, place_map, estimator, top_k)
 
-    def localize_descriptor(self, descriptor: np.ndarray) -> tuple[PoseEstimate, np.ndarray, np.ndarray]:
+    def retrieve(self, descriptor: np.ndarray) -> Retrieval:
         scores, ids = self.map.search(descriptor, self.top_k)
-        ids, scores = ids[0], scores[0]
-        valid = ids >= 0
+        median, scale = self.map.score_background(descriptor)
+        valid = ids[0] >= 0
+        return Retrieval(ids[0][valid], scores[0][valid], float(median[0]), float(scale[0]))
+
+    def estimate(self, retrieval: Retrieval) -> PoseEstimate:
         places = self.map.places
-        est = estimate_pose(ids[valid], scores[valid], places.positions[ids[valid]], places.orientations[ids[valid]],
-                            self.estimator)
-        return est, ids[valid], scores[valid]
+        return estimate_pose(retrieval.ids, retrieval.scores, places.positions[retrieval.ids],
+                             places.orientations[retrieval.ids], self.estimator, retrieval.score_scale)
 
     def localize(self, image, color: str = "rgb") -> Localization:
         t0 = time.perf_counter()
         desc = self.model.describe([image], color=color)
         t1 = time.perf_counter()
-        est, ids, scores = self.localize_descriptor(desc)
-        return Localization(est, ids, scores, t1 - t0, time.perf_counter() - t0)
+        retrieval = self.retrieve(desc)
+        return Localization(self.estimate(retrieval), retrieval, t1 - t0, time.perf_counter() - t0)

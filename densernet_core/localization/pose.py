@@ -1,10 +1,12 @@
 """From retrieved places to a pose with an honest covariance, or an explicit "no fix".
 
-The model is documented in docs/POSE_MODEL.md. In short: candidates that agree spatially are
-grouped, the group with the largest total similarity wins, its positions are fused by
-score-weighted mean, and a ratio test against the runner-up group gates the fix. The
-covariance grows with the group's spread and with lack of confidence, and never drops
-below a floor.
+The model is documented in docs/POSE_MODEL.md. In short: each candidate weighs
+exp((s_i - s_best) / scale), where scale is the spread of this query's similarities over the
+map (so the weights mean the same for a raw 12k-D VLAD, whose similarities all lie within a few
+hundredths, and for a whitened descriptor, whose similarities spread widely); candidates that
+agree spatially are grouped, the heaviest group wins, its positions are fused by weighted mean,
+and a ratio test against the runner-up group gates the fix. The covariance grows with the
+group's spread and with lack of confidence, and never drops below a floor.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ class PoseEstimatorConfig:
     min_score: float = 0.0          # candidates below this similarity are ignored
     cluster_radius: float = 5.0     # candidates closer than this (map units) agree
     ratio_threshold: float = 1.05   # best group weight / runner-up group weight needed for a fix
-    min_confidence: float = 0.2     # below this confidence, no fix
+    min_confidence: float = 0.5     # below this confidence (1 - 1/ratio), no fix
     position_floor: float = 1.0     # smallest position standard deviation (map units)
     yaw_floor_deg: float = 10.0     # smallest yaw standard deviation
     planar: bool = True             # fuse yaw by weighted circular mean (else take the best candidate's)
@@ -66,8 +68,11 @@ def _groups(order: np.ndarray, positions: np.ndarray, radius: float) -> list[lis
 
 
 def estimate_pose(ids: np.ndarray, scores: np.ndarray, positions: np.ndarray, orientations: np.ndarray,
-                  config: PoseEstimatorConfig = PoseEstimatorConfig()) -> PoseEstimate:
-    """`ids`/`scores`: top-k retrieval (ids < 0 are padding); `positions`/`orientations`: of those places."""
+                  config: PoseEstimatorConfig, score_scale: float) -> PoseEstimate:
+    """`ids`/`scores`: top-k retrieval (ids < 0 are padding); `positions`/`orientations`: of those places;
+    `score_scale`: the spread of this query's similarities over the map (`PlaceMap.score_background`)."""
+    if not score_scale > 0:
+        raise ValueError(f"score_scale must be > 0, got {score_scale}")
     ids = np.asarray(ids).reshape(-1)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
@@ -76,7 +81,7 @@ def estimate_pose(ids: np.ndarray, scores: np.ndarray, positions: np.ndarray, or
     if not valid.any():
         return PoseEstimate(False, "no candidate above min_score")
     ids, scores, positions, orientations = ids[valid], scores[valid], positions[valid], orientations[valid]
-    weights = np.maximum(scores, 1e-6)
+    weights = np.exp((scores - scores.max()) / score_scale)
     groups = _groups(np.argsort(-scores, kind="stable"), positions, config.cluster_radius)
     totals = np.array([weights[g].sum() for g in groups])
     rank = np.argsort(-totals, kind="stable")
@@ -84,10 +89,8 @@ def estimate_pose(ids: np.ndarray, scores: np.ndarray, positions: np.ndarray, or
     runner_up = totals[rank[1]] if len(groups) > 1 else 0.0
     ratio = float(totals[rank[0]] / runner_up) if runner_up > 0 else math.inf
     top = best[0]  # groups keep score order, so the first is the group's best candidate
-    top_score = float(np.clip(scores[top], 0.0, 1.0))
-    # Confidence: how much the winner dominates, times how similar its best match is.
-    dominance = 1.0 - 1.0 / ratio if math.isfinite(ratio) else 1.0
-    confidence = float(np.clip(dominance * top_score, 0.0, 1.0))
+    # Confidence: how much the winner dominates the runner-up.
+    confidence = float(np.clip(1.0 - 1.0 / ratio, 0.0, 1.0)) if math.isfinite(ratio) else 1.0
 
     w = weights[best] / weights[best].sum()
     position = (w[:, None] * positions[best]).sum(0)
