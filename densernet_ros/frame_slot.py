@@ -36,6 +36,7 @@ class FrameSlot(Generic[T]):
         self._closed = False
         self._passed_over: float | None = None  # arrival of the frame the worker is waiting to replace
         self.received = 0  # frames put
+        self.last_arrival: float | None = None  # clock time of the newest put (a camera outage shows here)
         self.dropped = 0   # frames overwritten before the worker took them
         self.stale = 0     # of those, frames the worker passed over for a fresher one
 
@@ -49,6 +50,7 @@ class FrameSlot(Generic[T]):
             if self._arrived is not None:
                 self._intervals.append(now - self._arrived)
             self._item, self._arrived = item, now
+            self.last_arrival = now
             self._cond.notify()
 
     def take(self, not_before: float = 0.0, timeout: float | None = None) -> T | None:

@@ -50,6 +50,7 @@ from .frame_slot import NEXT_FRAME_MARGIN, FrameSlot
 from .image_conversion import FrameError, compressed_to_rgb, image_to_rgb
 
 NODE_NAME = "densernet_localizer"
+ESTIMATOR = PoseEstimatorConfig()  # the estimator's defaults are the node's
 DIAGNOSTICS_PERIOD_S = 1.0
 WARN_THROTTLE_S = 5.0
 
@@ -66,6 +67,7 @@ class NodeSettings:
     max_rate_hz: float
     max_frame_wait_s: float
     map_frame: str
+    input_timeout_s: float
     estimator: PoseEstimatorConfig
     publish_tf: bool
     odom_topic: str
@@ -91,12 +93,14 @@ PARAMETERS = {
                                 "answers, fewer per second; 0: take the newest however long it waited)", True,
                          (0.0, 10.0)),
     "map_frame": ("map", "frame_id of published poses", True, None),
-    "min_score": (0.0, "ignore candidates below this cosine similarity", True, (-1.0, 1.0)),
-    "cluster_radius": (5.0, "candidates closer than this agree on a place (map units)", True, (1e-3, 1e6)),
-    "ratio_threshold": (1.05, "best/runner-up group weight needed for a fix", True, (1.0, 1e6)),
-    "min_confidence": (0.2, "no fix below this confidence", True, (0.0, 1.0)),
-    "position_floor": (1.0, "smallest position std-dev reported (map units)", True, (1e-6, 1e6)),
-    "yaw_floor_deg": (10.0, "smallest yaw std-dev reported (degrees)", True, (1e-6, 180.0)),
+    "input_timeout_s": (2.0, "diagnostics go WARN when no image arrived for this long (camera stalled)", True,
+                        (0.1, 3600.0)),
+    "min_score": (ESTIMATOR.min_score, "ignore candidates below this cosine similarity", True, (-1.0, 1.0)),
+    "cluster_radius": (ESTIMATOR.cluster_radius, "candidates closer than this agree on a place (map units)", True, (1e-3, 1e6)),
+    "ratio_threshold": (ESTIMATOR.ratio_threshold, "best/runner-up group weight needed for a fix", True, (1.0, 1e6)),
+    "min_confidence": (ESTIMATOR.min_confidence, "no fix below this confidence (1 - 1/ratio)", True, (0.0, 1.0)),
+    "position_floor": (ESTIMATOR.position_floor, "smallest position std-dev reported (map units)", True, (1e-6, 1e6)),
+    "yaw_floor_deg": (ESTIMATOR.yaw_floor_deg, "smallest yaw std-dev reported (degrees)", True, (1e-6, 180.0)),
     "publish_tf": (False, "broadcast map -> odom (needs tf2_ros and odom_topic); only one node may own it",
                    True, None),
     "odom_topic": ("odom", "nav_msgs/Odometry (odom -> base) used for map -> odom at the image stamp", True, None),
@@ -165,7 +169,7 @@ class LocalizerNode(Node):
             raise ConfigError("parameter publish_tf is true but odom_topic is empty")
         return NodeSettings(values["map_dir"], values["checkpoint"], values["image_topic"], values["use_compressed"],
                             values["device"], size, values["top_k"], values["max_rate_hz"],
-                            values["max_frame_wait_s"], values["map_frame"],
+                            values["max_frame_wait_s"], values["map_frame"], values["input_timeout_s"],
                             estimator, values["publish_tf"], values["odom_topic"], values["odom_max_gap_s"],
                             values["odom_history_s"], values["transform_tolerance"], values["tf_rate_hz"])
 
@@ -299,8 +303,11 @@ class LocalizerNode(Node):
         self._rate_marks = [(now, received, s["processed"])]
         dt = max(now - t0, 1e-6)
         status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: localization", hardware_id=str(self.localizer.model.device))
+        silent = now - self.frames.last_arrival if self.frames.last_arrival is not None else None
         if s["processed"] == 0 and s["bad_frames"] == 0:
             status.level, status.message = DiagnosticStatus.WARN, "waiting for images"
+        elif silent is not None and silent > self.settings.input_timeout_s:
+            status.level, status.message = DiagnosticStatus.WARN, f"no image for {silent:.1f} s on {self.sub.topic_name}"
         elif s.get("last_reason", "ok") != "ok":
             status.level, status.message = DiagnosticStatus.WARN, f"no fix: {s.get('last_reason')}"
         elif self.odometry is not None and s["odometry_msgs"] == 0:
@@ -314,6 +321,7 @@ class LocalizerNode(Node):
                   "frames_processed": s["processed"], "frames_dropped": self.frames.dropped,
                   "frames_stale": self.frames.stale, "bad_frames": s["bad_frames"],
                   "fixes": s["fixes"], "no_fix": s["no_fix"], "map_places": len(self.localizer.map),
+                  "seconds_since_last_image": silent if silent is not None else -1.0,
                   "last_score": s["last_score"], "last_confidence": s["last_confidence"],
                   "last_error": s["last_error"]}
         if self.odometry is not None:
@@ -371,13 +379,36 @@ def _place_array(stamp, frame: str, est, result, processing_ms: float) -> Diagno
     return arr
 
 
-def default_params_file() -> Path:
+PARAMS_FILE = Path("config") / "localize.yaml"
+
+
+def params_file_candidates() -> list[Path]:
+    """Where each kind of install puts config/localize.yaml, in the order they are tried.
+
+    colcon (and any sourced workspace): the ament index's share directory; pip into a venv or the
+    system: <data prefix>/share/densernet_ros (setup.py data_files; also pip --user's prefix);
+    editable install or a source checkout: the repository beside this package.
+    """
+    import site
+    import sysconfig
+
+    out = []
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        return Path(get_package_share_directory("densernet_ros")) / "config" / "localize.yaml"
-    except Exception:  # noqa: BLE001 - not installed: use the source tree's copy
-        return Path(__file__).resolve().parents[1] / "config" / "localize.yaml"
+        out.append(Path(get_package_share_directory("densernet_ros")) / PARAMS_FILE)
+    except (ImportError, LookupError, OSError, ValueError):  # no ament index set, or the package is not in it
+        pass
+    prefixes = [sysconfig.get_paths()["data"], sys.prefix, site.getuserbase()]
+    out += [Path(p) / "share" / "densernet_ros" / PARAMS_FILE for p in dict.fromkeys(prefixes)]
+    out.append(Path(__file__).resolve().parents[1] / PARAMS_FILE)
+    return out
+
+
+def default_params_file() -> Path:
+    """The first candidate that exists (else the first one, so the error names where it was looked for)."""
+    candidates = params_file_candidates()
+    return next((p for p in candidates if p.is_file()), candidates[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -399,7 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         params_file = str(default_params_file())
     if params_file:
         if not Path(params_file).is_file():
-            print(f"[densernet-node] parameter file not found: {params_file}", file=sys.stderr)
+            looked = "" if args.params_file else " (looked in: " + ", ".join(map(str, params_file_candidates())) + ")"
+            print(f"[densernet-node] parameter file not found: {params_file}{looked}", file=sys.stderr)
             return 1
         extra += ["--params-file", params_file]
     for name in ("map_dir", "checkpoint", "image_topic"):
@@ -416,8 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             rclpy.logging.get_logger(NODE_NAME).fatal(f"start-up failed: {exc}")
             return 1
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        spin_until_shutdown(node)
+    except KeyboardInterrupt:
         pass
     finally:
         if node is not None:
@@ -425,6 +457,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def spin_until_shutdown(node: Node) -> None:
+    """Spin until the context is shut down (SIGINT/SIGTERM: rclpy's handlers shut it down).
+
+    A signal can land while the executor builds its next wait set: rclpy then raises RCLError
+    ("failed to initialize wait set: the given context is not valid") instead of
+    ExternalShutdownException. Once the context is shut down that is a shutdown like any other;
+    while it is still valid, whatever went wrong is raised.
+    """
+    try:
+        rclpy.spin(node)
+    except ExternalShutdownException:
+        pass
+    except RuntimeError:  # rclpy's RCLError (private class) is a RuntimeError
+        if node.context.ok():
+            raise
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """The real node, end to end, over real rclpy: Gardens Point map, camera frames in, poses out."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (pip install '.[ros]' or source ROS 2)")
 
 from densernet_core.images import read_image  # noqa: E402
-from ros_helpers import Client, rss_mb, start_node, stop  # noqa: E402
+from ros_helpers import DOMAIN_ID, Client, rss_mb, start_node, stop  # noqa: E402
 
 SIZE = (180, 320)  # 120x160 loses night retrieval (off the shelf: 10/20 correct top-1 there, 17/20 here)
 MAP_FRAMES = list(range(0, 200, 5))   # 40 places; position x = frame index
@@ -134,6 +136,22 @@ def test_back_pressure_keeps_newest_frame_and_memory_flat(raw_node, gardens_poin
     assert after - before < 100, f"node memory grew from {before:.0f} to {after:.0f} MB"
 
 
+def test_camera_outage_turns_diagnostics_warn_and_back(raw_node, gardens_point):
+    """No image for input_timeout_s (2 s by default): WARN naming the silence; frames again: it clears."""
+    proc, client = raw_node
+    client.send_and_wait(client.make_msg(frame(gardens_point, "day_right", 60), _stamp(2500)))
+
+    def latest():
+        return client.diagnostics[-1].status[0] if client.diagnostics else None
+    client.wait_for(lambda: latest() is not None and latest().message.startswith("no image for"), 10.0,
+                    "diagnostics to report the camera outage")
+    assert latest().level == latest().WARN
+    assert float(_diag_value(client, "seconds_since_last_image")) > 2.0
+    client.send_and_wait(client.make_msg(frame(gardens_point, "day_right", 61), _stamp(2501)))
+    client.wait_for(lambda: not latest().message.startswith("no image for"), 5.0, "the outage warning to clear")
+    assert proc.poll() is None
+
+
 def test_compressed_images_and_corrupt_jpeg(gp_map, gardens_point):
     proc = start_node(gp_map / "map", *PARAMS, "use_compressed:=true", namespace="compressed")
     client = Client(compressed=True, namespace="compressed")
@@ -182,20 +200,97 @@ def test_startup_errors_exit_nonzero_with_message(gp_map, tmp_path, tiny_model):
         assert proc.returncode == 1 and "CUDA is not available" in out
 
 
-def test_sigterm_shuts_down_cleanly(gp_map):
+@pytest.mark.parametrize("streaming", [False, True], ids=["idle", "mid-stream"])
+def test_sigterm_shuts_down_cleanly(gp_map, gardens_point, streaming):
+    """launch, systemd and docker stop the node with SIGTERM: exit 0 and no traceback, whether the node
+    idles or its worker and executor are busy with a 30 Hz camera when the signal lands."""
     import signal
+    import time
 
     proc = start_node(gp_map / "map", *PARAMS, namespace="sigterm")
     client = Client(namespace="sigterm")
     try:
         client.wait_matched(proc)
         client.wait_for(lambda: bool(client.diagnostics), 30, "the node's first diagnostics (fully started)")
+        if streaming:
+            rgb = frame(gardens_point, "night_right", 120)
+            end, k = time.monotonic() + 2.0, 0
+            while time.monotonic() < end:
+                client.pub.publish(client.make_msg(rgb, _stamp(5000 + k)))
+                k += 1
+                time.sleep(1 / 30)
+            assert client.places, "the node answered no frame while streaming"
+            proc.send_signal(signal.SIGTERM)  # frames still in flight, the worker mid-inference
+            for j in range(5):
+                client.pub.publish(client.make_msg(rgb, _stamp(6000 + j)))
+        else:
+            proc.send_signal(signal.SIGTERM)
     finally:
         client.close()
-    proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, out
     assert "Traceback" not in out
+
+
+def test_spin_ends_cleanly_when_a_signal_invalidates_the_wait_set(monkeypatch):
+    """The race behind a fresh-clone failure: the signal handler shut the context down while rclpy.spin
+    built its wait set, and spin raised RCLError instead of ExternalShutdownException."""
+    from rclpy._rclpy_pybind11 import RCLError
+
+    from densernet_ros import node as node_module
+
+    class FakeNode:
+        def __init__(self) -> None:
+            self.context = rclpy.Context()
+            rclpy.init(context=self.context)
+
+    def spin_racing_a_signal(n):
+        n.context.shutdown()
+        raise RCLError("failed to initialize wait set: the given context is not valid")
+
+    monkeypatch.setattr(node_module.rclpy, "spin", spin_racing_a_signal)
+    node_module.spin_until_shutdown(FakeNode())  # a shutdown, not an error
+
+    def spin_failing(n):
+        raise RCLError("something else broke")
+
+    monkeypatch.setattr(node_module.rclpy, "spin", spin_failing)
+    alive = FakeNode()
+    with pytest.raises(RCLError, match="something else"):  # the context is still valid: a real error
+        node_module.spin_until_shutdown(alive)
+    alive.context.shutdown()
+
+
+def test_installed_console_script_starts_from_any_directory(gp_map, tmp_path):
+    """`densernet-node --map-dir M` as a pip/venv user runs it: the installed script, another working
+    directory, no PYTHONPATH or AMENT_PREFIX_PATH; it must find its installed parameter file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = Path(sys.prefix) / "bin" / "densernet-node"
+    if not script.is_file():
+        pytest.skip(f"{script} not installed (`make test` installs the package into the venv first)")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "ROS_DOMAIN_ID": str(DOMAIN_ID),
+           "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    proc = subprocess.Popen([str(script), "--map-dir", str(gp_map / "map"), "--ros-args", "-r", "__ns:=/installed",
+                             *[a for p in PARAMS for a in ("-p", p)]],
+                            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "listening on" in line or "start-up failed" in line:
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = "".join(lines) + proc.communicate(timeout=30)[0]
+    assert "listening on" in out, out
+    assert "parameter file not found" not in out
+    assert proc.returncode == 0, out
 
 
 # A test double of tf2_ros.TransformBroadcaster (tf2_ros and tf2_msgs are not on PyPI): it publishes
