@@ -43,7 +43,7 @@ setup(
     extras_require={
         # ROS 2 (Kilted) from PyPI wheels, for machines without a system ROS 2 install.
         "ros": ["ros-rclpy", "ros-sensor-msgs", "ros-geometry-msgs", "ros-std-msgs", "ros-nav-msgs",
-                "ros-diagnostic-msgs", "ros-rmw-fastrtps-cpp"],
+                "ros-diagnostic-msgs", "ros-std-srvs", "ros-rmw-fastrtps-cpp"],
         "dev": ["pytest>=7", "onnxruntime>=1.17", "colcon-common-extensions"],
     },
     zip_safe=True,

@@ -5,12 +5,17 @@ depth 1. The callback only keeps the newest frame (frame_slot.py); a worker thre
 so the executor never blocks and no queue builds up. Publishes (all relative to the node namespace):
 
   place_recognition/pose        geometry_msgs/PoseWithCovarianceStamped, map frame, image stamp;
-                                nothing when there is no fix
+                                nothing when there is no fix. `mode` filtered (default): the place
+                                belief over time (densernet_core/localization/belief.py); single:
+                                this frame alone
   place_recognition/candidates  geometry_msgs/PoseArray: the top-k retrieved places (RViz)
   place_recognition/place       diagnostic_msgs/DiagnosticArray: one status 'place' whose key/values
                                 hold place_id, score, confidence, fix, reason, top_k_ids, top_k_scores,
                                 processing_ms (this frame's time in the node, from its bytes to here),
-                                describe_ms (of which the network's forward pass)
+                                describe_ms (of which the network's forward pass), mode, the belief's
+                                mass / effective_places / relocalized, and the other mode's answer
+                                (single_fix, single_place_id, single_position)
+  place_recognition/reset       std_srvs/Trigger service: forget the belief (the robot was carried)
   /diagnostics                  diagnostic_msgs/DiagnosticArray, ~1 Hz; one status named
                                 '<fully qualified node name>: localization', so the localizers of
                                 several robots (namespaces) stay apart
@@ -41,16 +46,20 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image
+from std_srvs.srv import Trigger
 
 from densernet_core.config import ConfigError
-from densernet_core.localization.odometry import OdometryBuffer, map_to_odom
+from densernet_core.localization.belief import BeliefConfig, Motion
+from densernet_core.localization.localizer import MODES
+from densernet_core.localization.odometry import OdometryBuffer, compose, inverse, map_to_odom
 from densernet_core.localization.pose import PoseEstimatorConfig
 
 from .frame_slot import NEXT_FRAME_MARGIN, FrameSlot
 from .image_conversion import FrameError, compressed_to_rgb, image_to_rgb
 
 NODE_NAME = "densernet_localizer"
-ESTIMATOR = PoseEstimatorConfig()  # the estimator's defaults are the node's
+ESTIMATOR = PoseEstimatorConfig()  # the estimator's and the filter's defaults are the node's
+BELIEF = BeliefConfig()
 DIAGNOSTICS_PERIOD_S = 1.0
 WARN_THROTTLE_S = 5.0
 
@@ -68,6 +77,9 @@ class NodeSettings:
     max_frame_wait_s: float
     map_frame: str
     input_timeout_s: float
+    mode: str
+    filter_odometry: bool
+    belief: BeliefConfig
     estimator: PoseEstimatorConfig
     publish_tf: bool
     odom_topic: str
@@ -93,6 +105,13 @@ PARAMETERS = {
                                 "answers, fewer per second; 0: take the newest however long it waited)", True,
                          (0.0, 10.0)),
     "map_frame": ("map", "frame_id of published poses", True, None),
+    "mode": ("filtered", "filtered: the place belief over time (motion and earlier frames); single: each frame "
+                         "alone", True, None),
+    "max_speed": (BELIEF.max_speed, "filter: the robot's top speed, map units per second (no odometry)", True,
+                  (1e-3, 1e4)),
+    "fix_mass": (BELIEF.fix_mass, "filter: belief near its mode needed for a fix", True, (0.01, 1.0)),
+    "filter_odometry": (False, "filter: predict the motion from odom_topic (nav_msgs/Odometry) between frames",
+                        True, None),
     "input_timeout_s": (2.0, "diagnostics go WARN when no image arrived for this long (camera stalled)", True,
                         (0.1, 3600.0)),
     "min_score": (ESTIMATOR.min_score, "ignore candidates below this cosine similarity", True, (-1.0, 1.0)),
@@ -136,7 +155,9 @@ class LocalizerNode(Node):
         else:
             self.sub = self.create_subscription(Image, topic, self._on_image, qos, qos_overriding_options=overrides,
                                                 raw=True)
-        self._setup_tf()
+        self._filter_lock = threading.Lock()  # the worker steps the belief, the reset service clears it
+        self._setup_odometry()
+        self.reset_srv = self.create_service(Trigger, "place_recognition/reset", self._on_reset)
         self.diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         self.worker = threading.Thread(target=self._work, name="densernet-inference", daemon=True)
         self.worker.start()
@@ -165,13 +186,18 @@ class LocalizerNode(Node):
             raise ConfigError(f"parameters image_height={size[0]}, image_width={size[1]}: set both or neither (0)")
         estimator = PoseEstimatorConfig(values["min_score"], values["cluster_radius"], values["ratio_threshold"],
                                         values["min_confidence"], values["position_floor"], values["yaw_floor_deg"])
-        if values["publish_tf"] and not values["odom_topic"]:
-            raise ConfigError("parameter publish_tf is true but odom_topic is empty")
+        if (values["publish_tf"] or values["filter_odometry"]) and not values["odom_topic"]:
+            raise ConfigError("parameters publish_tf/filter_odometry need odom_topic, which is empty")
+        if values["mode"] not in MODES:
+            raise ConfigError(f"parameter mode={values['mode']!r}: use one of {', '.join(MODES)}")
+        belief = BeliefConfig(max_speed=values["max_speed"], fix_mass=values["fix_mass"],
+                              position_floor=values["position_floor"], yaw_floor_deg=values["yaw_floor_deg"])
         return NodeSettings(values["map_dir"], values["checkpoint"], values["image_topic"], values["use_compressed"],
                             values["device"], size, values["top_k"], values["max_rate_hz"],
                             values["max_frame_wait_s"], values["map_frame"], values["input_timeout_s"],
-                            estimator, values["publish_tf"], values["odom_topic"], values["odom_max_gap_s"],
-                            values["odom_history_s"], values["transform_tolerance"], values["tf_rate_hz"])
+                            values["mode"], values["filter_odometry"], belief, estimator, values["publish_tf"],
+                            values["odom_topic"], values["odom_max_gap_s"], values["odom_history_s"],
+                            values["transform_tolerance"], values["tf_rate_hz"])
 
     def _load_localizer(self) -> None:
         from densernet_core.localization.localizer import Localizer
@@ -179,27 +205,59 @@ class LocalizerNode(Node):
         s = self.settings
         size = s.image_size if s.image_size and s.image_size[0] > 0 else None
         self.localizer = Localizer.from_paths(s.map_dir, s.checkpoint or None, s.device, size, s.estimator,
-                                              s.top_k)
+                                              s.top_k, s.belief, s.mode)
+        self._last_stamp: float | None = None  # image stamp of the previous processed frame (filter motion)
 
-    def _setup_tf(self) -> None:
-        """map -> odom needs tf2_ros (a ROS 2 install; not on PyPI): refuse to start without it."""
+    def _setup_odometry(self) -> None:
+        """Odometry feeds map -> odom (publish_tf, which needs tf2_ros: a ROS 2 install, not on PyPI; the
+        node refuses to start without it) and the filter's motion (filter_odometry)."""
+        s = self.settings
         self.odometry: OdometryBuffer | None = None
         self._map_odom: TransformStamped | None = None
-        self.stats.update(odometry_msgs=0, tf_updates=0, tf_skipped=0, tf_reason="")
-        if not self.settings.publish_tf:
-            return
-        try:
-            from tf2_ros import TransformBroadcaster
-        except ImportError as exc:
-            raise RuntimeError(f"publish_tf is true but tf2_ros cannot be imported ({exc}); install it "
-                               "(apt install ros-$ROS_DISTRO-tf2-ros) or set publish_tf false") from exc
-        s = self.settings
-        self.tf_broadcaster = TransformBroadcaster(self)
-        self.odometry = OdometryBuffer(s.odom_max_gap_s, s.odom_history_s)
         self._odom_lock = threading.Lock()  # odometry buffer and the map -> odom message
-        self._odom_frame = "odom"  # replaced by the odometry's header.frame_id
-        self.odom_sub = self.create_subscription(Odometry, s.odom_topic, self._on_odometry, 50)
-        self.tf_timer = self.create_timer(1.0 / s.tf_rate_hz, self._broadcast_map_odom)
+        self.stats.update(odometry_msgs=0, tf_updates=0, tf_skipped=0, tf_reason="", motion="")
+        if s.publish_tf:
+            try:
+                from tf2_ros import TransformBroadcaster
+            except ImportError as exc:
+                raise RuntimeError(f"publish_tf is true but tf2_ros cannot be imported ({exc}); install it "
+                                   "(apt install ros-$ROS_DISTRO-tf2-ros) or set publish_tf false") from exc
+            self.tf_broadcaster = TransformBroadcaster(self)
+            self.tf_timer = self.create_timer(1.0 / s.tf_rate_hz, self._broadcast_map_odom)
+        if s.publish_tf or s.filter_odometry:
+            self.odometry = OdometryBuffer(s.odom_max_gap_s, s.odom_history_s)
+            self._odom_frame = "odom"  # replaced by the odometry's header.frame_id
+            self.odom_sub = self.create_subscription(Odometry, s.odom_topic, self._on_odometry, 50)
+
+    def _on_reset(self, request, response):
+        """place_recognition/reset: the robot was carried (or re-placed): start from a uniform belief."""
+        if self.localizer.filter is None:
+            response.success, response.message = False, "mode is single: there is no belief to reset"
+            return response
+        with self._filter_lock:
+            self.localizer.filter.reset()
+            self._last_stamp = None
+        response.success, response.message = True, f"belief reset over {len(self.localizer.map)} places"
+        self.get_logger().info(response.message)
+        return response
+
+    def _motion(self, stamp_s: float) -> Motion:
+        """Time since the previous processed frame, and the odometry displacement over it when asked for."""
+        prev, self._last_stamp = self._last_stamp, stamp_s
+        if prev is None:
+            return Motion()
+        motion = Motion(dt=max(stamp_s - prev, 0.0))
+        if self.settings.filter_odometry and self.odometry is not None:
+            with self._odom_lock:
+                a, b = self.odometry.at(prev), self.odometry.at(stamp_s)
+            if a.transform is not None and b.transform is not None:
+                motion.translation, motion.rotation = compose(inverse(a.transform), b.transform)
+                self.stats["motion"] = "odometry"
+            else:
+                self.stats["motion"] = f"speed bound ({(a if a.transform is None else b).reason})"
+        else:
+            self.stats["motion"] = "speed bound"
+        return motion
 
     def _on_odometry(self, msg: Odometry) -> None:
         p, q = msg.pose.pose.position, msg.pose.pose.orientation
@@ -269,9 +327,13 @@ class LocalizerNode(Node):
         t0 = time.perf_counter()
         msg = deserialize_message(data, CompressedImage if kind == "compressed" else Image)
         rgb = compressed_to_rgb(msg) if kind == "compressed" else image_to_rgb(msg)
-        result = self.localizer.localize(rgb)
-        est = result.estimate
         stamp = msg.header.stamp
+        t_describe = time.perf_counter()
+        desc = self.localizer.model.describe([rgb])
+        describe_s = time.perf_counter() - t_describe
+        with self._filter_lock:
+            result = self.localizer.localize_descriptor(desc, self._motion(_seconds(stamp)), describe_s, t_describe)
+        est = result.estimate
         frame = self.settings.map_frame
         places = self.localizer.map.places
         cands = PoseArray()
@@ -286,12 +348,13 @@ class LocalizerNode(Node):
             out.pose.covariance = [float(v) for v in est.covariance.reshape(-1)]
             self.pose_pub.publish(out)
             self.stats["fixes"] += 1
-            if self.odometry is not None:
+            if self.settings.publish_tf:
                 self._update_map_odom(stamp, est)
         else:
             self.stats["no_fix"] += 1
             self.get_logger().debug(f"no fix: {est.reason}")
-        self.stats.update(processed=self.stats["processed"] + 1, last_score=est.score, last_confidence=est.confidence,
+        self.stats.update(processed=self.stats["processed"] + 1, last_confidence=est.confidence,
+                          last_score=float(result.scores[0]) if len(result.scores) else 0.0,
                           last_latency_ms=1000 * result.total_s, last_reason=est.reason)
 
     # ---- diagnostics ----------------------------------------------------------------------------
@@ -324,9 +387,21 @@ class LocalizerNode(Node):
                   "seconds_since_last_image": silent if silent is not None else -1.0,
                   "last_score": s["last_score"], "last_confidence": s["last_confidence"],
                   "last_error": s["last_error"]}
+        values["mode"] = self.settings.mode
+        belief = self.localizer.filter
+        if belief is not None:
+            with self._filter_lock:
+                b = belief.estimate() if s["processed"] else None
+                values.update(filter_resets=belief.resets - 1, relocalizations=belief.relocalizations,
+                              motion_model=s["motion"] or "none yet")
+            if b is not None:
+                values.update(belief_mass=b.mass, belief_effective_places=b.effective_places,
+                              belief_entropy=b.entropy)
         if self.odometry is not None:
-            values.update(odometry_msgs=s["odometry_msgs"], map_odom_updates=s["tf_updates"],
-                          map_odom_skipped=s["tf_skipped"], map_odom_reason=s["tf_reason"])
+            values.update(odometry_msgs=s["odometry_msgs"])
+        if self.settings.publish_tf:
+            values.update(map_odom_updates=s["tf_updates"], map_odom_skipped=s["tf_skipped"],
+                          map_odom_reason=s["tf_reason"])
         status.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()]
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
@@ -366,12 +441,21 @@ def _place_array(stamp, frame: str, est, result, processing_ms: float) -> Diagno
     status = DiagnosticStatus(name="place", hardware_id=frame,
                               level=DiagnosticStatus.OK if est.fix else DiagnosticStatus.WARN,
                               message=f"place {est.place_id}" if est.fix else f"no fix: {est.reason}")
-    values = {"place_id": str(est.place_id), "score": f"{est.score:.4f}", "confidence": f"{est.confidence:.4f}",
-              "fix": str(est.fix).lower(), "reason": est.reason,
+    score = float(result.scores[0]) if len(result.scores) else 0.0
+    values = {"place_id": str(est.place_id), "score": f"{score:.4f}", "confidence": f"{est.confidence:.4f}",
+              "fix": str(est.fix).lower(), "reason": est.reason, "mode": result.mode,
               "top_k_ids": ",".join(str(int(i)) for i in result.ids),
               "top_k_scores": ",".join(f"{s:.4f}" for s in result.scores),
               "processing_ms": f"{processing_ms:.1f}",  # deserialise, convert, describe, search, estimate
               "describe_ms": f"{1000 * result.describe_s:.1f}"}
+    single = result.single  # what this frame alone says, beside the filter's answer
+    values.update(single_fix=str(single.fix).lower(), single_place_id=str(single.place_id),
+                  single_position=",".join(f"{v:.4f}" for v in single.position))
+    if result.filtered is not None:
+        f = result.filtered
+        values.update(belief_mass=f"{f.mass:.4f}", effective_places=f"{f.effective_places:.2f}",
+                      relocalized=str(f.relocalized).lower(), filtered_fix=str(f.fix).lower(),
+                      filtered_position=",".join(f"{v:.4f}" for v in f.position))
     status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
     arr = DiagnosticArray()
     arr.header.stamp, arr.header.frame_id = stamp, frame

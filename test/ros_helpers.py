@@ -108,12 +108,23 @@ class Client:
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10 ** 9)
         return msg
 
-    def send_and_wait(self, msg, timeout: float = 30.0) -> None:
-        """Publish one frame and wait until the node has answered it (a place message with its stamp)."""
+    def send_and_wait(self, msg, timeout: float = 30.0, resend_s: float = 5.0) -> None:
+        """Publish one frame and wait until the node has answered it (a place message with its stamp).
+
+        The camera topic is best effort: a frame published just after discovery can be lost (seen
+        here), so an unanswered frame is sent again every `resend_s` seconds."""
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-        self.pub.publish(msg)
-        self.wait_for(lambda: any((p.header.stamp.sec, p.header.stamp.nanosec) == stamp for p in self.places),
-                      timeout, f"the node's answer to frame {stamp}")
+        end = time.monotonic() + timeout
+        while True:
+            self.pub.publish(msg)
+            try:
+                self.wait_for(lambda: any((p.header.stamp.sec, p.header.stamp.nanosec) == stamp for p in self.places),
+                              min(resend_s, max(end - time.monotonic(), 0.0)), f"the node's answer to frame {stamp}")
+                return
+            except AssertionError:
+                if time.monotonic() >= end:
+                    raise AssertionError(f"timed out after {timeout:.0f} s waiting for the node's answer to frame "
+                                         f"{stamp}") from None
 
     def close(self) -> None:
         self._spinner.close()

@@ -1,4 +1,9 @@
-"""Model + map + pose estimator: one image in, one pose estimate out (used by CLI, node and demo)."""
+"""Model + map + pose estimation: one image in, a pose out (used by the CLI, the node and the demo).
+
+Each frame gets a single-frame estimate (pose.py); with a belief filter (belief.py) it also gets the
+filtered one, which carries what earlier frames and the motion since then say. `mode` picks which
+of the two is published; both are always computed, so they can be compared side by side.
+"""
 from __future__ import annotations
 
 import logging
@@ -10,9 +15,11 @@ import numpy as np
 
 from ..model.checkpoint import checkpoint_hash, load_model
 from ..mapping.placemap import MapError, PlaceMap
+from .belief import BeliefConfig, BeliefEstimate, Motion, PlaceBelief
 from .pose import PoseEstimate, PoseEstimatorConfig, estimate_pose
 
 LOG = logging.getLogger("densernet")
+MODES = ("filtered", "single")
 
 
 @dataclass
@@ -27,10 +34,17 @@ class Retrieval:
 
 @dataclass
 class Localization:
-    estimate: PoseEstimate
+    single: PoseEstimate              # from this frame alone
+    filtered: BeliefEstimate | None   # from the belief over time (None without a filter)
+    mode: str                         # which of the two is published
     retrieval: Retrieval
     describe_s: float    # inference time
-    total_s: float       # inference + search + pose
+    total_s: float       # inference + search + pose (+ filter)
+
+    @property
+    def estimate(self) -> PoseEstimate | BeliefEstimate:
+        """The published estimate: fix, reason, place_id, position, orientation, covariance."""
+        return self.filtered if self.mode == "filtered" and self.filtered is not None else self.single
 
     @property
     def ids(self) -> np.ndarray:
@@ -43,15 +57,22 @@ class Localization:
 
 class Localizer:
     def __init__(self, model, place_map: PlaceMap, estimator: PoseEstimatorConfig = PoseEstimatorConfig(),
-                 top_k: int = 10) -> None:
+                 top_k: int = 10, belief: BeliefConfig | None = None, mode: str = "single") -> None:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        self.model, self.map, self.estimator, self.top_k = model, place_map, estimator, top_k
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "filtered" and belief is None:
+            raise ValueError("mode 'filtered' needs a belief filter configuration")
+        self.model, self.map, self.estimator, self.top_k, self.mode = model, place_map, estimator, top_k, mode
+        places = place_map.places
+        self.filter = None if belief is None else PlaceBelief(
+            places.positions, places.orientations if places.has_orientation else None, belief)
 
     @classmethod
     def from_paths(cls, map_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
                    image_size: tuple[int, int] | None = None, estimator: PoseEstimatorConfig = PoseEstimatorConfig(),
-                   top_k: int = 10) -> "Localizer":
+                   top_k: int = 10, belief: BeliefConfig | None = None, mode: str = "single") -> "Localizer":
         place_map = PlaceMap.load(map_dir)
         ckpt = Path(checkpoint) if checkpoint else Path(place_map.manifest.checkpoint)
         if not ckpt.is_absolute() and not ckpt.is_file():
@@ -64,7 +85,7 @@ class Localizer:
                            "descriptors at other resolutions are not comparable")
         model = load_model(ckpt, device=device, image_size=map_size or None)
         place_map.check_model(model.descriptor_dim, checkpoint_hash(ckpt))
-        return cls(model, place_map, estimator, top_k)
+        return cls(model, place_map, estimator, top_k, belief, mode)
 
     def retrieve(self, descriptor: np.ndarray) -> Retrieval:
         scores, ids = self.map.search(descriptor, self.top_k)
@@ -77,9 +98,19 @@ class Localizer:
         return estimate_pose(retrieval.ids, retrieval.scores, places.positions[retrieval.ids],
                              places.orientations[retrieval.ids], self.estimator, retrieval.score_scale)
 
-    def localize(self, image, color: str = "rgb") -> Localization:
+    def localize(self, image, color: str = "rgb", motion: Motion | None = None) -> Localization:
+        """One frame; `motion` (time and/or odometry since the previous frame) feeds the filter."""
         t0 = time.perf_counter()
         desc = self.model.describe([image], color=color)
         t1 = time.perf_counter()
-        retrieval = self.retrieve(desc)
-        return Localization(self.estimate(retrieval), retrieval, t1 - t0, time.perf_counter() - t0)
+        return self.localize_descriptor(desc, motion, t1 - t0, t0)
+
+    def localize_descriptor(self, descriptor: np.ndarray, motion: Motion | None = None, describe_s: float = 0.0,
+                            started: float | None = None) -> Localization:
+        started = time.perf_counter() if started is None else started
+        retrieval = self.retrieve(descriptor)
+        filtered = None
+        if self.filter is not None:
+            filtered = self.filter.step(retrieval.ids, retrieval.scores, retrieval.score_scale, motion or Motion())
+        return Localization(self.estimate(retrieval), filtered, self.mode, retrieval, describe_s,
+                            time.perf_counter() - started)

@@ -53,6 +53,7 @@ class Manifest:
     created: str
     index_type: str
     dtype: str
+    has_orientation: bool = True  # False: the route gave positions only (orientations are placeholders)
 
 
 class PlaceMap:
@@ -116,7 +117,7 @@ class PlaceMap:
         if desc.ndim != 2 or desc.shape != (manifest.num_places, manifest.descriptor_dim) or desc.dtype.name not in DTYPES:
             raise MapError(f"{folder / DESCRIPTORS}: shape {desc.shape} {desc.dtype}, manifest says "
                            f"({manifest.num_places}, {manifest.descriptor_dim}) in one of {DTYPES}")
-        places = read_places(folder / PLACES, folder, manifest.frame_id)
+        places = read_places(folder / PLACES, folder, manifest.frame_id, manifest.has_orientation)
         if len(places) != manifest.num_places:
             raise MapError(f"{folder / PLACES}: {len(places)} places, manifest says {manifest.num_places}")
         return cls(manifest, desc, places, _load_shortlist(folder, manifest, desc) if approximate else None)
@@ -169,7 +170,7 @@ class PlaceMap:
         ])
 
 
-def read_places(path: Path, folder: Path, frame_id: str) -> GeoImages:
+def read_places(path: Path, folder: Path, frame_id: str, has_orientation: bool = True) -> GeoImages:
     images, pos, ori, stamps, sources = [], [], [], [], []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
@@ -189,7 +190,7 @@ def read_places(path: Path, folder: Path, frame_id: str) -> GeoImages:
             sources.append(row["source"])
     source = ";".join(dict.fromkeys(sources))
     return GeoImages(images, np.array(pos).reshape(-1, 3), np.array(ori).reshape(-1, 4), np.array(stamps),
-                     source, True, frame_id)
+                     source, has_orientation, frame_id)
 
 
 def _describe_resumable(model, images: list[Path], work: Path, key: str, progress: bool) -> np.ndarray:
@@ -228,7 +229,7 @@ def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoIm
     desc = _describe_resumable(model, data.images, out / PARTIAL, checkpoint_sha256, progress)
     manifest = Manifest(FORMAT_VERSION, model.config.to_dict(), checkpoint_sha256, str(checkpoint),
                         int(desc.shape[1]), len(data), data.frame_id, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                        index_type, dtype)
+                        index_type, dtype, data.has_orientation)
     pmap = PlaceMap(manifest, desc.astype(dtype), data)
     pmap.save(out)
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
@@ -247,7 +248,9 @@ def add_to_map(folder: str | Path, model, checkpoint_sha256: str, data: GeoImage
     merged = GeoImages(pmap.places.images + data.images, np.vstack([pmap.places.positions, data.positions]),
                        np.vstack([pmap.places.orientations, data.orientations]),
                        np.concatenate([pmap.places.timestamps, data.timestamps]),
-                       ";".join(dict.fromkeys(pmap.places.source.split(";") + [data.source])), True, pmap.manifest.frame_id)
+                       ";".join(dict.fromkeys(pmap.places.source.split(";") + [data.source])),
+                       pmap.places.has_orientation and data.has_orientation, pmap.manifest.frame_id)
+    pmap.manifest.has_orientation = merged.has_orientation
     descriptors = np.vstack([np.asarray(pmap.descriptors), new])  # approximate indexes are retrained on the whole
     pmap.manifest.num_places = len(merged)
     out = PlaceMap(pmap.manifest, descriptors, merged)
