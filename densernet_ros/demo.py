@@ -35,6 +35,10 @@ GP_TRAIN_FRAMES = (0, 100)  # [start, stop): what the demo's checkpoint is train
 GP_TEST_FRAMES = range(100, 200)  # mapped (day_left) and replayed (night_right)
 GP_CAMERA_SIZE = (180, 320)
 GP_TRAIN_CONFIG = "training/configs/gardens_point_small.yaml"
+# The filter's speed bound (node parameter max_speed): a walk replayed at 1 frame per second, and the
+# synthetic drive's 4 m/s (2 m places, 2 Hz), each with room to spare.
+GP_MAX_SPEED = 3.0  # frames per second
+SYNTH_MAX_SPEED = 8.0  # m/s
 
 
 def _route(args: argparse.Namespace, out: Path) -> tuple[GeoImages, GeoImages, float, str]:
@@ -113,24 +117,30 @@ def write_bag(query: GeoImages, bag: Path, topic: str = "/image", size: tuple[in
             w.write(conn, int(t * 1e9), ts.serialize_cdr(msg, Image.__msgtype__))
 
 
-def replay(bag: Path, proc: subprocess.Popen, rate: float, timeout: float, log: Path) -> tuple[dict, dict, int]:
-    """Publish the bag's images at their recorded rate; return {stamp: pose}, {stamp: send time}, frames."""
+def replay(bag: Path, proc: subprocess.Popen, rate: float, timeout: float, log: Path) -> tuple[dict, dict, dict, int]:
+    """Publish the bag's images at their recorded rate; return {stamp: pose}, {stamp: latency s},
+    {stamp: the node's place status values (both modes' answers)}, frames sent."""
     from geometry_msgs.msg import PoseWithCovarianceStamped
     from rclpy.qos import qos_profile_sensor_data
+    from diagnostic_msgs.msg import DiagnosticArray
     from rosbags.highlevel import AnyReader
     from sensor_msgs.msg import Image
 
     from .harness import SpinningNode
 
-    poses, sent, received_at = {}, {}, {}
+    poses, sent, received_at, places = {}, {}, {}, {}
 
     def on_pose(msg):
         key = msg.header.stamp.sec * 10 ** 9 + msg.header.stamp.nanosec
         poses[key] = msg
         received_at[key] = time.monotonic()
+
+    def on_place(msg):
+        places[msg.header.stamp.sec * 10 ** 9 + msg.header.stamp.nanosec] = {kv.key: kv.value for kv in msg.status[0].values}
     with SpinningNode("densernet_demo_player") as player:
         pub = player.node.create_publisher(Image, "image", qos_profile_sensor_data)
         player.node.create_subscription(PoseWithCovarianceStamped, "place_recognition/pose", on_pose, 10)
+        player.node.create_subscription(DiagnosticArray, "place_recognition/place", on_place, 10)
         player.wait_for_node(proc, pub, "place_recognition/pose", timeout, log)
         time.sleep(1.0)
         frames = 0
@@ -154,7 +164,18 @@ def replay(bag: Path, proc: subprocess.Popen, rate: float, timeout: float, log: 
                 frames += 1
         time.sleep(3.0)  # let the last frame finish
     latency = {k: received_at[k] - sent[k] for k in received_at if k in sent}
-    return poses, latency, frames
+    return poses, latency, places, frames
+
+
+def _answers(places: dict, stamps: list[int], mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame, the node's answer in `mode` (filtered or single) from its place status: position, fix."""
+    xy, fix = np.full((len(stamps), 2), np.nan), np.zeros(len(stamps), bool)
+    for k, key in enumerate(stamps):
+        values = places.get(key)
+        if values is not None and values.get(f"{mode}_fix") == "true":
+            xy[k] = [float(v) for v in values[f"{mode}_position"].split(",")[:2]]
+            fix[k] = True
+    return xy, fix
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -207,35 +228,37 @@ def _run(args: argparse.Namespace) -> int:
     # Gardens Point night frames are 640x360; Fast DDS loses such best-effort frames on this
     # loopback without transport tuning, so the camera is replayed at 320x180 (as the node tests do).
     write_bag(query_run, bag, size=GP_CAMERA_SIZE if args.data == "gardens_point" else None)
-    radius = 5.0 if unit == "frames" else 2.5 * RouteConfig().spacing  # GP: as in bench_pose.py
+    gp = args.data == "gardens_point"
+    radius = 5.0 if gp else 2.5 * RouteConfig().spacing  # GP: as in bench_pose.py
     from .harness import node_env, start_node, stop_node
 
     log = out / "node.log"
-    proc = start_node(map_dir.resolve(), node_env(), log, {"cluster_radius": radius})
+    proc = start_node(map_dir.resolve(), node_env(), log,
+                      {"cluster_radius": radius, "max_speed": GP_MAX_SPEED if gp else SYNTH_MAX_SPEED})
     try:
-        poses, latency, frames = replay(bag, proc, args.rate, 120, log)
+        poses, latency, places, frames = replay(bag, proc, args.rate, 120, log)
     finally:
         stop_node(proc)
     stamps = [int(round(t * 1e9)) for t in query_run.timestamps]
-    true_xy, est_xy, fix, errors = [], [], [], []
-    for k, key in enumerate(stamps):
-        true_xy.append(query_run.positions[k, :2])
-        pose = poses.get(key)
-        fix.append(pose is not None)
-        if pose is not None:
-            est = np.array([pose.pose.pose.position.x, pose.pose.pose.position.y])
-            est_xy.append(est)
-            errors.append(float(np.linalg.norm(est[:1] - query_run.positions[k, :1])) if unit == "frames"
-                          else float(np.linalg.norm(est - query_run.positions[k, :2])))
-        else:
-            est_xy.append(np.full(2, np.nan))
-    stats = error_stats(np.array(errors), (bound / 2, bound) if unit == "m" else (2.0, 5.0))
+    true_xy = query_run.positions[:, :2]
+    thresholds = (bound / 2, bound) if unit == "m" else (2.0, 5.0)
+    modes = {}
+    for mode in ("filtered", "single"):  # the node publishes the filtered answer; the single-frame one rides along
+        est_xy, fix = _answers(places, stamps, mode)
+        err = np.linalg.norm((est_xy - true_xy)[:, :1] if unit == "frames" else est_xy - true_xy, axis=1)
+        modes[mode] = {"est_xy": est_xy, "fix": fix, "stats": error_stats(err[fix], thresholds)}
+    published = np.array([k in poses for k in stamps])
+    fix, stats = modes["filtered"]["fix"], modes["filtered"]["stats"]
+    if not np.array_equal(published, fix):
+        raise RuntimeError("the poses published differ from the node's filtered answers in place_recognition/place")
     lat = np.array(list(latency.values())) * 1000
     report = {"data": args.data, "frames_sent": frames, "poses_received": len(poses), "fixes": int(sum(fix)),
               "no_fix": int(len(fix) - sum(fix)), "error": stats, "unit": unit,
+              "single_frame": {"fixes": int(sum(modes["single"]["fix"])), "error": modes["single"]["stats"]},
               "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
               "latency_ms_p95": float(np.percentile(lat, 95)) if lat.size else None,
               "median_error_bound": bound, "wall_s": time.monotonic() - t_start}
+    est_xy = modes["filtered"]["est_xy"]
     pairs = []
     fixed = [k for k in range(len(query_run)) if fix[k]]
     if fixed:  # a few query frames beside the map image nearest to their estimate
@@ -245,17 +268,22 @@ def _run(args: argparse.Namespace) -> int:
         for k in sorted({fixed[int(round(q))] for q in np.linspace(0, len(fixed) - 1, 3)}):
             j = int(np.argmin(np.linalg.norm(places.positions[:, :2] - est_xy[k], axis=1)))
             pairs.append((read_image(query_run.images[k]), read_image(places.images[j]), f"#{k}"))
-    png = plot_trajectory(out / "demo.png", np.array(true_xy), np.array(est_xy), np.array(fix),
-                          map_run.positions[:, :2], f"{args.data}: {sum(fix)}/{len(fix)} fixes, median error "
-                          f"{stats.get('median', float('nan')):.2f} {unit}", pairs,
-                          along_track=True)  # both routes are straight: estimate against truth along it
+    single = modes["single"]
+    png = plot_trajectory(out / "demo.png", true_xy, est_xy, fix, map_run.positions[:, :2],
+                          f"{args.data}: filtered {sum(fix)}/{len(fix)} fixes, median error "
+                          f"{stats.get('median', float('nan')):.2f} {unit}; single-frame {sum(single['fix'])} fixes, "
+                          f"{single['stats'].get('median', float('nan')):.2f} {unit}", pairs,
+                          along_track=True,  # both routes are straight: estimate against truth along it
+                          others=[("single-frame", single["est_xy"], single["fix"])], label="filtered (published)")
     if args.figure:
         shutil.copy(png, args.figure)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(f"frames sent {frames}, poses received {len(poses)}, fixes {sum(fix)}, no fix {len(fix) - sum(fix)}")
-    if stats.get("n"):
-        within = ", ".join(f"{100 * v:.0f}% within {k[7:]} {unit}" for k, v in stats.items() if k.startswith("within_"))
-        print(f"position error: median {stats['median']:.2f} {unit}, p90 {stats['p90']:.2f} {unit}; {within}")
+    for mode, label in (("filtered", "filtered (published)"), ("single", "single-frame")):
+        s = modes[mode]["stats"]
+        within = ", ".join(f"{100 * v:.0f}% within {k[7:]} {unit}" for k, v in s.items() if k.startswith("within_"))
+        print(f"{label}: {int(sum(modes[mode]['fix']))} fixes" + (f"; position error: median {s['median']:.2f} {unit}, "
+                                                                   f"p90 {s['p90']:.2f} {unit}; {within}" if s.get("n") else ""))
     if lat.size:
         print(f"end-to-end latency (publish -> pose received): p50 {report['latency_ms_p50']:.0f} ms, "
               f"p95 {report['latency_ms_p95']:.0f} ms")

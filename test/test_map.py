@@ -270,7 +270,27 @@ def test_localize_ground_truth_matched_by_file_name(tiny_model, route, ckpt, tmp
     queries = [str(route / f"{i:03d}.png") for i in (2, 5)]
     assert localize([*queries, "--map", str(tmp_path / "map"), "--gt", str(gt), "--plot", str(tmp_path / "t.png")]) == 0
     out = capsys.readouterr().out
-    assert "002.png: place" in out and "error" in out and "fixes:" in out
+    assert "002.png: single: place" in out and "error" in out and "single: fixes" in out
     gt.write_text("\n".join(rows[:3]) + "\n")  # 000 and 001 only
     assert localize([*queries, "--map", str(tmp_path / "map"), "--gt", str(gt)]) == 1
     assert "no ground truth for 2 frame(s)" in caplog.text and "matched by file name" in caplog.text
+
+
+def test_localize_sequence_reports_single_and_filtered_with_odometry(tiny_model, route, ckpt, tmp_path, capsys):
+    """--sequence runs the belief filter over the frames in order, beside the single-frame answers; per-frame
+    poses given with --odometry (matched by file name) move it; the CSV holds both answers."""
+    import csv as csv_module
+
+    from densernet_core.localization.cli import main as localize
+
+    path, sha = ckpt
+    build_map(tiny_model, path, sha, load_csv(route / "poses.csv"), tmp_path / "map", progress=False)
+    args = [str(route), "--map", str(tmp_path / "map"), "--gt", str(route / "poses.csv"), "--sequence",
+            "--odometry", str(route / "poses.csv"), "--out", str(tmp_path / "seq.csv")]
+    assert localize(args) == 0
+    out = capsys.readouterr().out
+    assert "filtered: fixes" in out and "single: fixes" in out and "motion between frames from: odometry 9" in out
+    rows = list(csv_module.DictReader(open(tmp_path / "seq.csv")))
+    assert len(rows) == 10 and {"single_fix", "filtered_fix", "filtered_sigma_x", "filtered_error"} <= set(rows[0])
+    assert (tmp_path / "seq.png").stat().st_size > 1000
+    assert localize([str(route), "--map", str(tmp_path / "map"), "--odom-topic", "/odom"]) == 1  # needs --bag

@@ -1,4 +1,8 @@
-"""`densernet-localize`: localize images, a folder or a video against a map; score against ground truth."""
+"""`densernet-localize`: localize images, a folder, a video or a rosbag2 against a map; score against ground truth.
+
+Each frame alone (single-frame); with --sequence the frames are one drive in order, and the place
+belief filter (as the node runs it) is reported beside the single-frame answers.
+"""
 from __future__ import annotations
 
 import argparse
@@ -11,35 +15,14 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..cli import run_cli, setup_logging
-from ..images import ImageError, list_images, read_image
+from ..images import ImageError, list_images
+from .belief import BeliefConfig
 from .pose import PoseEstimatorConfig
 from .report import error_stats, format_stats, plot_trajectory
+from .sequence import VIDEO_EXTS, Frame, MotionSource, bag_frames, bag_odometry, frames, poses_by_name
 
 LOG = logging.getLogger("densernet")
-VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm"}
-
-
-def frames(inputs: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, RGB image) for image files, folders and videos."""
-    import cv2
-
-    for item in inputs:
-        p = Path(item)
-        if p.suffix.lower() in VIDEO_EXTS:
-            cap = cv2.VideoCapture(str(p))
-            if not cap.isOpened():
-                raise ImageError(f"cannot open video {p}")
-            k = 0
-            while True:
-                ok, bgr = cap.read()
-                if not ok:
-                    break
-                yield f"{p.name}#{k:06d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                k += 1
-            cap.release()
-        else:
-            for img in list_images([p]):
-                yield img.name, read_image(img)
+OFFLINE_ODOM_MAX_GAP_S = 0.5
 
 
 def read_ground_truth(path: str) -> dict[str, np.ndarray]:
@@ -56,63 +39,126 @@ def read_ground_truth(path: str) -> dict[str, np.ndarray]:
     return out
 
 
+def _inputs(args: argparse.Namespace) -> Iterator[Frame]:
+    if args.bag:
+        if args.inputs:
+            raise ValueError("give images/folders/videos or --bag, not both")
+        if not args.image_topic:
+            raise ValueError("--bag needs --image-topic")
+        return bag_frames(args.bag, args.image_topic)
+    if not args.inputs:
+        raise ValueError("nothing to localize: give images, folders or videos, or --bag")
+    return frames(args.inputs, args.fps)
+
+
+def _motion_source(args: argparse.Namespace) -> MotionSource:
+    from ..datasets import load_csv
+
+    if args.odom_topic and not args.bag:
+        raise ValueError("--odom-topic reads a bag's odometry: give --bag too")
+    if args.odometry:
+        return MotionSource(poses=poses_by_name(load_csv(args.odometry, require_images=False)))
+    if args.odom_topic:
+        return MotionSource(odometry=bag_odometry(args.bag, args.odom_topic, OFFLINE_ODOM_MAX_GAP_S))
+    return MotionSource()
+
+
 def _cmd(args: argparse.Namespace) -> int:
     from .localizer import Localizer
 
     est_cfg = PoseEstimatorConfig(min_score=args.min_score, cluster_radius=args.cluster_radius,
                                   ratio_threshold=args.ratio, min_confidence=args.min_confidence,
                                   position_floor=args.position_floor)
-    loc = Localizer.from_paths(args.map, args.checkpoint, args.device, None, est_cfg, args.top_k)
+    belief = BeliefConfig(max_step=args.max_step, max_speed=args.max_speed, fix_mass=args.fix_mass,
+                          position_floor=args.position_floor) if args.sequence else None
     gt = read_ground_truth(args.gt) if args.gt else None
-    if gt is not None:  # check image files before any work (a video's frames are checked as they come)
+    if gt is not None and not args.bag:  # check image files before any work (video frames: as they come)
         missing = [p.name for item in args.inputs if Path(item).suffix.lower() not in VIDEO_EXTS
                    for p in list_images([item]) if p.name not in gt]
         if missing:
             raise ValueError(f"{args.gt}: no ground truth for {len(missing)} frame(s), e.g. {missing[:3]} "
                              "(rows are matched by file name)")
-    rows, true_xy, est_xy, fixes, errors = [], [], [], [], []
-    for name, img in frames(args.inputs):
-        r = loc.localize(img)
-        e = r.estimate
-        x, y, z = e.position
-        line = (f"{name}: place {e.place_id} score {e.score:.3f} pose ({x:.2f}, {y:.2f}, {z:.2f}) "
-                f"conf {e.confidence:.2f} {'fix' if e.fix else 'no fix: ' + e.reason}")
-        err = None
+    motion = _motion_source(args)
+    loc = Localizer.from_paths(args.map, args.checkpoint, args.device, None, est_cfg, args.top_k, belief,
+                               "filtered" if args.sequence else "single")
+    modes = ("single", "filtered") if args.sequence else ("single",)
+    rows, true_xy = [], []
+    est = {m: ([], [], []) for m in modes}  # positions, fix flags, errors of fixes
+    for frame in _inputs(args):
+        r = loc.localize(frame.rgb, motion=motion(frame))
+        truth = None
         if gt is not None:
-            if name not in gt:
-                raise ValueError(f"{args.gt}: no ground truth for {name} (rows are matched by file name)")
-            err = float(np.linalg.norm(gt[name][:2] - e.position[:2]))
-            true_xy.append(gt[name][:2])
-            est_xy.append(e.position[:2])
-            fixes.append(e.fix)
-            if e.fix:
+            if frame.name not in gt:
+                raise ValueError(f"{args.gt}: no ground truth for {frame.name} (rows are matched by file name)")
+            truth = gt[frame.name]
+            true_xy.append(truth[:2])
+        row, parts = [frame.name, "" if frame.stamp is None else f"{frame.stamp:.6f}",
+                      f"{r.scores[0]:.4f}" if len(r.scores) else ""], []
+        for m in modes:
+            e = r.single if m == "single" else r.filtered
+            err = None if truth is None else float(np.linalg.norm(truth[:2] - e.position[:2]))
+            xy, fix, errors = est[m]
+            xy.append(e.position[:2])
+            fix.append(e.fix)
+            if e.fix and err is not None:
                 errors.append(err)
-            line += f" error {err:.2f}"
-        print(line, flush=True)
-        rows.append([name, e.fix, e.place_id, f"{e.score:.4f}", *[f"{v:.4f}" for v in e.position],
-                     *[f"{v:.6f}" for v in e.orientation], f"{e.confidence:.4f}", e.reason,
-                     "" if err is None else f"{err:.4f}", f"{1000 * r.total_s:.1f}"])
+            x, y, z = e.position
+            parts.append(f"{m}: place {e.place_id} ({x:.2f}, {y:.2f}, {z:.2f}) conf {e.confidence:.2f} "
+                         + ("fix" if e.fix else "no fix: " + e.reason) + ("" if err is None else f" error {err:.2f}"))
+            row += [e.fix, e.place_id, *[f"{v:.4f}" for v in e.position], *[f"{v:.6f}" for v in e.orientation],
+                    f"{np.sqrt(e.covariance[0, 0]):.4f}", f"{e.confidence:.4f}", e.reason,
+                    "" if err is None else f"{err:.4f}"]
+        print(f"{frame.name}: " + " | ".join(parts), flush=True)
+        rows.append(row + [f"{1000 * r.total_s:.1f}"])
     if not rows:
         raise ImageError("no frames to localize")
     if args.out:
         with open(args.out, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["frame", "fix", "place", "score", "x", "y", "z", "qx", "qy", "qz", "qw", "confidence",
-                        "reason", "error", "latency_ms"])
+            w.writerow(["frame", "stamp", "top_score"]
+                       + [f"{m}_{c}" for m in modes for c in ("fix", "place", "x", "y", "z", "qx", "qy", "qz", "qw",
+                                                                "sigma_x", "confidence", "reason", "error")]
+                       + ["latency_ms"])
             w.writerows(rows)
+    if args.sequence:
+        print(f"motion between frames from: {', '.join(f'{k} {v}' for k, v in motion.used.items() if v)}; "
+              f"relocalizations {loc.filter.relocalizations}")
     if gt is not None:
-        stats = error_stats(np.array(errors), args.thresholds)
-        print(f"fixes: {sum(fixes)}/{len(fixes)}; " + format_stats(stats, args.unit))
+        for m in modes:
+            xy, fix, errors = est[m]
+            print(f"{m}: fixes {sum(fix)}/{len(fix)}; " + format_stats(error_stats(np.array(errors), args.thresholds),
+                                                                        args.unit))
         png = Path(args.plot or (Path(args.out).with_suffix(".png") if args.out else "localize.png"))
-        plot_trajectory(png, np.array(true_xy), np.array(est_xy), np.array(fixes),
-                        loc.map.places.positions[:, :2], f"{len(fixes)} frames, {sum(fixes)} fixes")
+        published = modes[-1]
+        plot_trajectory(png, np.array(true_xy), np.array(est[published][0]), np.array(est[published][1]),
+                        loc.map.places.positions[:, :2],
+                        " | ".join(f"{m}: {sum(est[m][1])}/{len(rows)} fixes" for m in modes),
+                        along_track=args.along_track,
+                        others=[("single-frame", np.array(est["single"][0]), np.array(est["single"][1]))]
+                        if args.sequence else ())
         print(f"trajectory plot: {png}")
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="densernet-localize", description=__doc__)
-    p.add_argument("inputs", nargs="+", help="images, folders or videos")
+    p.add_argument("inputs", nargs="*", help="images, folders or videos (in this order)")
+    p.add_argument("--bag", help="a rosbag2 recording to localize (with --image-topic)")
+    p.add_argument("--image-topic", help="the bag's sensor_msgs/Image or CompressedImage topic")
+    p.add_argument("--sequence", action="store_true",
+                   help="the inputs are one drive in order: run the place belief filter (as the node does) and "
+                        "report it beside the single-frame answers")
+    p.add_argument("--odom-topic", help="--sequence: the bag's odometry (nav_msgs/Odometry or a pose topic)")
+    p.add_argument("--odometry", help="--sequence: per-frame poses (CSV as for maps; rows matched by file name) "
+                                      "used as odometry between frames")
+    p.add_argument("--fps", type=float, help="frame rate of an image folder (stamps for the filter's speed bound)")
+    belief = BeliefConfig()
+    p.add_argument("--max-step", type=float, default=belief.max_step,
+                   help="--sequence: map units the robot may move per frame (unstamped frames, no odometry)")
+    p.add_argument("--max-speed", type=float, default=belief.max_speed,
+                   help="--sequence: map units per second the robot may move (stamped frames, no odometry)")
+    p.add_argument("--fix-mass", type=float, default=belief.fix_mass)
+    p.add_argument("--along-track", action="store_true", help="plot position along a straight route (traverses)")
     p.add_argument("--map", required=True)
     p.add_argument("--checkpoint", help="default: the checkpoint recorded in the map")
     p.add_argument("--gt", help="ground-truth CSV (image,x,y,...; lat,lon also): a row belongs to the query frame "

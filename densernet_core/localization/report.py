@@ -26,11 +26,13 @@ def format_stats(stats: dict[str, float], unit: str = "m") -> str:
 
 def plot_trajectory(path: str | Path, true_xy: np.ndarray | None, est_xy: np.ndarray, fix: np.ndarray,
                     map_xy: np.ndarray | None = None, title: str = "", pairs: Sequence[tuple] = (),
-                    along_track: bool = False) -> Path:
+                    along_track: bool = False, others: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
+                    label: str = "estimate") -> Path:
     """True vs estimated positions (and, optionally, query/retrieved image pairs beneath).
 
     `along_track`: positions are distances along one line (index-aligned traverses), so plot the
-    estimate against the truth instead of a map view of a line.
+    estimate against the truth instead of a map view of a line. `others`: more (label, positions,
+    fix flags) series drawn beside the main one (e.g. single-frame beside filtered).
     """
     import matplotlib
 
@@ -42,7 +44,10 @@ def plot_trajectory(path: str | Path, true_xy: np.ndarray | None, est_xy: np.nda
     ax = fig.add_subplot(grid[0, :])
     fix = np.asarray(fix, bool)
     if along_track and true_xy is not None:
-        _along_track(ax, true_xy[:, 0], est_xy[:, 0], fix, map_xy)
+        for (name, xy, f), colour in zip(others, ("tab:orange", "tab:purple")):
+            f = np.asarray(f, bool)
+            ax.plot(true_xy[f, 0], xy[f, 0], ".", color=colour, ms=4, alpha=0.7, label=f"{name} (fix)")
+        _along_track(ax, true_xy[:, 0], est_xy[:, 0], fix, map_xy, label)
     else:
         ref = true_xy if true_xy is not None else est_xy[fix]
         extent = np.nanmax(ref, axis=0) - np.nanmin(ref, axis=0) if len(ref) else np.ones(2)
@@ -53,7 +58,10 @@ def plot_trajectory(path: str | Path, true_xy: np.ndarray | None, est_xy: np.nda
             for t, e, f in zip(true_xy, est_xy, fix):
                 if f:
                     ax.plot([t[0], e[0]], [t[1], e[1]], "-", color="tab:red", lw=0.5, alpha=0.5)
-        ax.plot(est_xy[fix, 0], est_xy[fix, 1], "o", color="tab:blue", ms=4, label="estimate (fix)")
+        for (name, xy, f), colour in zip(others, ("tab:orange", "tab:purple")):
+            f = np.asarray(f, bool)
+            ax.plot(xy[f, 0], xy[f, 1], ".", color=colour, ms=4, alpha=0.7, label=f"{name} (fix)")
+        ax.plot(est_xy[fix, 0], est_xy[fix, 1], "o", color="tab:blue", ms=4, label=f"{label} (fix)")
         if min(extent) > 0.1 * max(extent):  # equal axes only where the route is not a thin line
             ax.set_aspect("equal", adjustable="datalim")
         ax.set_xlabel("x")
@@ -73,13 +81,14 @@ def plot_trajectory(path: str | Path, true_xy: np.ndarray | None, est_xy: np.nda
     return path
 
 
-def _along_track(ax, true_x: np.ndarray, est_x: np.ndarray, fix: np.ndarray, map_xy: np.ndarray | None) -> None:
+def _along_track(ax, true_x: np.ndarray, est_x: np.ndarray, fix: np.ndarray, map_xy: np.ndarray | None,
+                 label: str = "estimate") -> None:
     """A straight route (index-aligned traverses): estimated vs true position, the diagonal is perfect."""
     lo, hi = float(np.nanmin(true_x)), float(np.nanmax(true_x))
     ax.plot([lo, hi], [lo, hi], "-", color="tab:green", lw=2, label="ground truth")
     if map_xy is not None:
         ax.plot(map_xy[:, 0], np.full(len(map_xy), lo), "|", color="0.6", ms=6, label="map places")
-    ax.plot(true_x[fix], est_x[fix], "o", color="tab:blue", ms=4, label="estimate (fix)")
+    ax.plot(true_x[fix], est_x[fix], "o", color="tab:blue", ms=4, label=f"{label} (fix)")
     ax.plot(true_x[~fix], np.full(int((~fix).sum()), lo), "x", color="tab:red", ms=4, label="no fix")
     ax.set_xlabel("true position along the route")
     ax.set_ylabel("estimated position")

@@ -338,7 +338,7 @@ class Trainer:
             model.pca = fit_pca_whitening(vlads, self.cfg.model.pca_dim).to(self.device)
             LOG.info("PCA whitening fitted on %d training descriptors -> %d-D", len(vlads), model.pca.out_dim)
         save_checkpoint(model, out, {"stage": "final", "from": source.name})
-        LOG.info("model with PCA: %s (from %s)", out, source.name)
+        LOG.info("final model: %s (from %s)", out, source.name)
         return out
 
 

@@ -1,0 +1,249 @@
+"""Single-frame vs filtered localization, side by side in one run (the place belief filter, issue 13).
+
+    .venv/bin/python benchmarks/bench_filter.py [--gp-checkpoint C] [--out bench_out/filter]
+
+- Gardens Point: map day_left (all 200 frames, position = frame index), camera night_right frames
+  100-199 in order, no odometry (the speed bound in frames per frame): forward, a kidnap (100-149
+  then 170-199 without warning), backwards, and at twice the speed (every second frame). The
+  checkpoint is trained with training/configs/gardens_point_small.yaml on frames 0-99 (as the demo),
+  unless --gp-checkpoint is given.
+- KITTI snippet: map from the even frames (with orientations), the odd frames in order, with their
+  poses as odometry; metric error. Checkpoint: `densernet init` on the map's own frames.
+- The synthetic street of `make demo`: map run vs query run, stamps 0.5 s apart, speed bound 8 m/s.
+- Covariance coverage: the share of fixes whose true position lies inside the published 2-sigma
+  ellipse (along the route for the index-aligned traverses).
+- Cost of one filter step at 10k places.
+Writes <out>/results.json, table.md and gardens_point.png.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
+from densernet_core.datasets import load_csv, load_kitti, load_traverse, yaw_to_quat  # noqa: E402
+from densernet_core.localization.belief import BeliefConfig, Motion, PlaceBelief  # noqa: E402
+from densernet_core.localization.localizer import Localizer  # noqa: E402
+from densernet_core.localization.pose import PoseEstimatorConfig  # noqa: E402
+from densernet_core.localization.report import plot_trajectory  # noqa: E402
+from densernet_core.localization.sequence import Frame, MotionSource, poses_by_name  # noqa: E402
+from densernet_core.mapping.placemap import build_map  # noqa: E402
+from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
+
+GP_FRAMES = (100, 200)
+GP_MAX_STEP = 3.0  # frames per frame: room for twice the walking pace
+GP_RADIUS = 5.0  # single-frame cluster radius, frames (as bench_pose)
+KITTI_SIZE = (128, 416)
+SYNTH_MAX_SPEED = 8.0  # m/s (the drive is 4 m/s)
+COST_PLACES = 10000
+
+
+def scenario(loc: Localizer, desc: dict[int, np.ndarray], order: list[int], truth_x, motions) -> dict:
+    """Run frames in `order` through a fresh filter; per frame both answers and the truth."""
+    loc.filter.reset()
+    loc.filter.resets = loc.filter.relocalizations = 0
+    rows = []
+    for k, f in enumerate(order):
+        r = loc.localize_descriptor(desc[f][None], motions[k] if motions else Motion())
+        rows.append({"frame": f, "truth": truth_x(f), "single": _answer(r.single), "filtered": _answer(r.filtered)})
+    return {"rows": rows, "relocalizations": loc.filter.relocalizations}
+
+
+def _answer(e) -> dict:
+    return {"fix": bool(e.fix), "position": [float(v) for v in e.position],
+            "sigma": [float(np.sqrt(e.covariance[i, i])) for i in range(3)], "covariance": e.covariance[:3, :3].tolist()}
+
+
+def summarise(run: dict, unit: str, within: float, dims: int) -> dict:
+    out = {}
+    for mode in ("single", "filtered"):
+        errors, covered, fixes = [], [], 0
+        for row in run["rows"]:
+            a = row[mode]
+            if not a["fix"]:
+                continue
+            fixes += 1
+            d = np.asarray(a["position"][:dims]) - np.asarray(row["truth"][:dims])
+            errors.append(float(np.linalg.norm(d)))
+            cov = np.asarray(a["covariance"])[:dims, :dims]
+            covered.append(float(d @ np.linalg.solve(cov, d)) <= CHI2_95[dims])
+        e = np.array(errors)
+        out[mode] = {"frames": len(run["rows"]), "fixes": fixes,
+                     "within": float(np.mean(e <= within)) if fixes else None,
+                     "median": float(np.median(e)) if fixes else None, "p95": float(np.percentile(e, 95)) if fixes else None,
+                     "coverage_2sigma": float(np.mean(covered)) if fixes else None, "unit": unit, "within_tol": within}
+    out["relocalizations"] = run["relocalizations"]
+    return out
+
+
+# 2-sigma region of a d-dimensional Gaussian: its squared Mahalanobis radius (1-D: 2^2; 2-D: the ellipse
+# holding as much mass, 95.4 %: chi2 quantile 6.18).
+CHI2_95 = {1: 4.0, 2: 6.18, 3: 8.02}
+
+
+def kidnap_recovery(run: dict, jump_at: int, tol: float) -> dict:
+    rows = run["rows"][jump_at:]
+    right = next((k for k, r in enumerate(rows) if r["filtered"]["fix"]
+                  and abs(r["filtered"]["position"][0] - r["truth"][0]) <= tol), None)
+    wrong = sum(r["filtered"]["fix"] and abs(r["filtered"]["position"][0] - r["truth"][0]) > tol
+                for r in rows[: right if right is not None else len(rows)])
+    return {"frames_until_right": None if right is None else right + 1, "wrong_fixes_meanwhile": int(wrong)}
+
+
+def gardens_point(args, out: Path) -> tuple[dict, dict]:
+    gp = Path(args.data) / "gardens_point"
+    ckpt = Path(args.gp_checkpoint) if args.gp_checkpoint else train_gp(gp, out / "gp_train")
+    model = load_model(ckpt)
+    db = load_traverse(gp / "day_left")
+    night = load_traverse(gp / "night_right", list(range(*GP_FRAMES)))
+    pmap = build_map(model, ckpt.resolve(), checkpoint_hash(ckpt), db, out / "gp_map", progress=False)
+    desc = dict(zip(range(*GP_FRAMES), model.describe(night.images, progress=True)))
+    loc = Localizer(model, pmap, PoseEstimatorConfig(cluster_radius=GP_RADIUS),
+                    belief=BeliefConfig(max_step=GP_MAX_STEP), mode="filtered")
+    truth = lambda f: [float(f), 0.0, 0.0]  # noqa: E731
+    lo, hi = GP_FRAMES
+    orders = {"forward": list(range(lo, hi)), "kidnap": list(range(lo, lo + 50)) + list(range(lo + 70, hi)),
+              "backwards": list(range(hi - 1, lo - 1, -1)), "2x speed": list(range(lo, hi, 2))}
+    results, runs = {}, {}
+    for name, order in orders.items():
+        runs[name] = scenario(loc, desc, order, truth, None)
+        results[name] = summarise(runs[name], "frames", 2.0, 1)
+    results["kidnap"]["recovery"] = kidnap_recovery(runs["kidnap"], 50, 2.0)
+    return results, runs
+
+
+def train_gp(gp: Path, run_dir: Path) -> Path:
+    from densernet_core.training.sources import SourceSpec
+    from densernet_core.training.train_config import load_train_config
+    from densernet_core.training.trainer import run_training
+
+    cfg = load_train_config(ROOT / "training" / "configs" / "gardens_point_small.yaml")
+    sources = tuple(SourceSpec("traverse", str(gp / t), frames=(0, 100)) for t in ("day_left", "day_right", "night_right"))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, database=sources, queries=sources), val=None)
+    return run_training(cfg, run_dir, progress=True)
+
+
+def kitti(args, out: Path) -> dict:
+    kit = Path(args.data) / "kitti_vo_seq1"
+    db, q = load_kitti(kit, list(range(0, 51, 2))), load_kitti(kit, list(range(1, 51, 2)))
+    ckpt = out / "kitti_off_the_shelf.safetensors"
+    if not ckpt.is_file():
+        make_checkpoint(db.images, ckpt, image_size=KITTI_SIZE, progress=False)
+    model = load_model(ckpt)
+    pmap = build_map(model, ckpt.resolve(), checkpoint_hash(ckpt), db, out / "kitti_map", progress=False)
+    desc = dict(enumerate(model.describe(q.images)))
+    frames = [Frame(q.names[k], np.zeros((1, 1, 3), np.uint8), float(q.timestamps[k])) for k in range(len(q))]
+    source = MotionSource(poses=poses_by_name(q))
+    motions = [source(f) for f in frames]
+    loc = Localizer(model, pmap, PoseEstimatorConfig(), belief=BeliefConfig(), mode="filtered")
+    run = scenario(loc, desc, list(range(len(q))), lambda k: q.positions[k].tolist(), motions)
+    return summarise(run, "m", 1.0, 3)
+
+
+def synthetic(args, out: Path) -> dict:
+    from densernet_core.demo.synth import RouteConfig, generate
+
+    route = out / "synthetic_route"
+    paths = {r: route / r / "poses.csv" for r in ("map", "query")}
+    if not all(p.is_file() for p in paths.values()):
+        paths = generate(route, RouteConfig())
+    db, q = load_csv(paths["map"]), load_csv(paths["query"])
+    ckpt = out / "synthetic.safetensors"
+    if not ckpt.is_file():
+        make_checkpoint(db.images, ckpt, image_size=(240, 320), progress=False)
+    model = load_model(ckpt)
+    pmap = build_map(model, ckpt.resolve(), checkpoint_hash(ckpt), db, out / "synthetic_map", progress=False)
+    desc = dict(enumerate(model.describe(q.images)))
+    motions = [Motion() if k == 0 else Motion(dt=float(q.timestamps[k] - q.timestamps[k - 1])) for k in range(len(q))]
+    loc = Localizer(model, pmap, PoseEstimatorConfig(cluster_radius=2.5 * RouteConfig().spacing),
+                    belief=BeliefConfig(max_speed=SYNTH_MAX_SPEED), mode="filtered")
+    run = scenario(loc, desc, list(range(len(q))), lambda k: q.positions[k].tolist(), motions)
+    return summarise(run, "m", 2.0, 2)
+
+
+def filter_cost() -> dict:
+    rng = np.random.default_rng(0)
+    heading = np.cumsum(rng.normal(0, 0.05, COST_PLACES))
+    pos = np.c_[np.cumsum(np.cos(heading)), np.cumsum(np.sin(heading)), np.zeros(COST_PLACES)]
+    belief = PlaceBelief(pos, np.array([yaw_to_quat(h) for h in heading]))
+    out = {}
+    for name, motion in (("speed bound (stamps 0.2 s apart)", Motion(dt=0.2)),
+                         ("odometry (0.5 m)", Motion(dt=0.2, translation=np.array([0.5, 0.0, 0.0])))):
+        belief.reset()
+        times = []
+        for k in range(200):
+            i = 5000 + k // 2
+            ids, scores = np.array([i, i + 1, i - 1, 300, 9000]), np.array([0.62, 0.6, 0.6, 0.59, 0.55])
+            t0 = time.perf_counter()
+            belief.step(ids, scores, 0.02, motion)
+            times.append(time.perf_counter() - t0)
+        out[name] = {"p50_ms": 1000 * float(np.median(times[10:])), "p95_ms": 1000 * float(np.percentile(times[10:], 95))}
+    return out
+
+
+def table(results: dict) -> str:
+    lines = ["| data | scenario | mode | frames | fixes | within | median error | p95 error | 2-sigma coverage |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for data, scenarios in results.items():
+        if data == "filter_cost":
+            continue
+        for name, s in scenarios.items():
+            for mode in ("single", "filtered"):
+                m = s[mode]
+                within = "-" if m["within"] is None else f"{100 * m['within']:.0f} % <= {m['within_tol']:g} {m['unit']}"
+                coverage = "-" if m["coverage_2sigma"] is None else f"{100 * m['coverage_2sigma']:.0f} %"
+                lines.append(f"| {data} | {name} | {mode} | {m['frames']} | {m['fixes']} | {within} | "
+                             f"{_num(m['median'])} | {_num(m['p95'])} | {coverage} |")
+    return "\n".join(lines)
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared/data"))
+    parser.add_argument("--gp-checkpoint", help="Gardens Point checkpoint (default: trained here on frames 0-99)")
+    parser.add_argument("--out", default="bench_out/filter")
+    args = parser.parse_args(argv)
+    setup_logging()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+    if (Path(args.data) / "gardens_point" / "day_left").is_dir():
+        results["Gardens Point"], runs = gardens_point(args, out)
+        fwd = runs["forward"]["rows"]
+        truth = np.array([[r["truth"][0], 0.0] for r in fwd])
+        xy = {m: np.array([r[m]["position"][:2] for r in fwd]) for m in ("single", "filtered")}
+        fix = {m: np.array([r[m]["fix"] for r in fwd]) for m in ("single", "filtered")}
+        s = results["Gardens Point"]["forward"]
+        plot_trajectory(out / "gardens_point.png", truth, xy["filtered"], fix["filtered"], None,
+                        f"Gardens Point night_right 100-199 vs day_left: filtered {s['filtered']['fixes']} fixes, "
+                        f"single-frame {s['single']['fixes']}", along_track=True,
+                        others=[("single-frame", xy["single"], fix["single"])], label="filtered")
+    if (Path(args.data) / "kitti_vo_seq1" / "poses.txt").is_file():
+        results["KITTI"] = {"odd frames, poses as odometry": kitti(args, out)}
+    results["synthetic street"] = {"query run": synthetic(args, out)}
+    results["filter_cost"] = filter_cost()
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    text = table(results) + "\n\nFilter step at 10k places: " + "; ".join(
+        f"{k}: p50 {v['p50_ms']:.2f} ms, p95 {v['p95_ms']:.2f} ms" for k, v in results["filter_cost"].items())
+    if "Gardens Point" in results:
+        text += f"\n\nKidnap recovery: {results['Gardens Point']['kidnap']['recovery']}"
+    (out / "table.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Frames in order, with their time and the robot's motion between them, for offline localization.
+
+Sources: image files and folders (in the order given; a folder's images sorted by name; stamps
+from `fps` when given, else none), videos (stamps from the container's frame rate) and rosbag2
+recordings (an image topic with header stamps, optionally an odometry topic). Motion between two
+frames comes from odometry (a bag's topic, or per-frame poses matched by file name) when there is
+some, else from the stamps (the filter's speed bound), else from the frame count (`max_step`).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..images import ImageError, list_images, read_image
+from .belief import Motion
+from .odometry import OdometryBuffer, Transform, compose, inverse
+
+VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm"}
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+ODOMETRY_TYPES = ("nav_msgs/msg/Odometry", "geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/PoseWithCovarianceStamped")
+OFFLINE_ODOM_HISTORY_S = 1e9  # a recording's odometry is kept whole
+
+
+@dataclass
+class Frame:
+    name: str                 # file name, <video>#<index>, or <topic>#<index>
+    rgb: np.ndarray
+    stamp: float | None       # seconds; None for unstamped images
+
+
+def frames(inputs: Sequence[str], fps: float | None = None) -> Iterator[Frame]:
+    """Image files, folders and videos, in the order given."""
+    import cv2
+
+    k = 0
+    for item in inputs:
+        p = Path(item)
+        if p.suffix.lower() in VIDEO_EXTS:
+            cap = cv2.VideoCapture(str(p))
+            if not cap.isOpened():
+                raise ImageError(f"cannot open video {p}")
+            rate = fps or cap.get(cv2.CAP_PROP_FPS) or None
+            j = 0
+            while True:
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                yield Frame(f"{p.name}#{j:06d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), j / rate if rate else None)
+                j += 1
+            cap.release()
+        else:
+            for img in list_images([p]):
+                yield Frame(img.name, read_image(img), k / fps if fps else None)
+                k += 1
+
+
+def bag_frames(bag: str | Path, image_topic: str) -> Iterator[Frame]:
+    """The image topic of a rosbag2, decoded frame by frame, with header stamps."""
+    from rosbags.image import compressed_image_to_cvimage, message_to_cvimage
+
+    with _open_bag(bag) as reader:
+        conn = _connection(reader, bag, image_topic, IMAGE_TYPES, "image")
+        for k, (c, _, raw) in enumerate(reader.messages(connections=[conn])):
+            msg = reader.deserialize(raw, c.msgtype)
+            try:
+                rgb = compressed_image_to_cvimage(msg, "rgb8") if c.msgtype.endswith("CompressedImage") \
+                    else message_to_cvimage(msg, "rgb8")
+            except Exception as exc:  # rosbags-image raises its own error types
+                raise ImageError(f"{bag}: image {k} on {image_topic} cannot be decoded: {exc}") from exc
+            yield Frame(f"{image_topic}#{k:06d}", np.ascontiguousarray(rgb), _stamp(msg))
+
+
+def bag_odometry(bag: str | Path, topic: str, max_gap_s: float) -> OdometryBuffer:
+    """All odometry (or pose) messages of a topic, for lookups at image stamps."""
+    buffer = OdometryBuffer(max_gap_s, OFFLINE_ODOM_HISTORY_S)
+    with _open_bag(bag) as reader:
+        conn = _connection(reader, bag, topic, ODOMETRY_TYPES, "odometry")
+        for c, _, raw in reader.messages(connections=[conn]):
+            msg = reader.deserialize(raw, c.msgtype)
+            pose = msg.pose.pose if hasattr(msg.pose, "pose") else msg.pose
+            p, q = pose.position, pose.orientation
+            buffer.add(_stamp(msg), (p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
+    if not len(buffer):
+        raise ValueError(f"{bag}: odometry topic {topic!r} has no messages")
+    return buffer
+
+
+class MotionSource:
+    """Motion between consecutive frames from whichever is there: odometry poses (by stamp or by name),
+    stamps, or nothing (one frame's worth of the speed bound)."""
+
+    def __init__(self, odometry: OdometryBuffer | None = None, poses: dict[str, Transform] | None = None) -> None:
+        self.odometry, self.poses = odometry, poses
+        self._prev: Frame | None = None
+        self.used = {"odometry": 0, "stamps": 0, "frame count": 0}
+
+    def __call__(self, frame: Frame) -> Motion:
+        prev, self._prev = self._prev, frame
+        if prev is None:
+            return Motion()
+        dt = None if frame.stamp is None or prev.stamp is None else max(frame.stamp - prev.stamp, 0.0)
+        a, b = self._pose(prev), self._pose(frame)
+        if a is not None and b is not None:
+            self.used["odometry"] += 1
+            translation, rotation = compose(inverse(a), b)
+            return Motion(dt, translation, rotation)
+        self.used["stamps" if dt is not None else "frame count"] += 1
+        return Motion(dt)
+
+    def _pose(self, frame: Frame) -> Transform | None:
+        if self.poses is not None:
+            return self.poses.get(frame.name)
+        if self.odometry is not None and frame.stamp is not None:
+            return self.odometry.at(frame.stamp).transform
+        return None
+
+
+def poses_by_name(data) -> dict[str, Transform]:
+    """Per-frame poses (a GeoImages, e.g. a poses CSV of the query run) keyed by file name."""
+    return {name: (pos, q) for name, pos, q in zip(data.names, data.positions, data.orientations)}
+
+
+@contextmanager
+def _open_bag(bag: str | Path):
+    from rosbags.highlevel import AnyReader
+
+    bag = Path(bag)
+    if not bag.exists():
+        raise FileNotFoundError(f"rosbag not found: {bag}")
+    reader = AnyReader([bag])
+    try:
+        reader.open()
+    except Exception as exc:  # rosbags raises several error types for foreign or broken folders
+        raise ValueError(f"{bag}: cannot open as a rosbag2: {exc}") from exc
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def _connection(reader, bag, topic: str, kinds: tuple[str, ...], what: str):
+    by_topic = {c.topic: c for c in reader.connections}
+    if topic not in by_topic:
+        raise ValueError(f"{bag}: no topic {topic!r}; topics are {sorted(by_topic)}")
+    if by_topic[topic].msgtype not in kinds:
+        raise ValueError(f"{bag}: {what} topic {topic!r} has type {by_topic[topic].msgtype}, expected one of {kinds}")
+    return by_topic[topic]
+
+
+def _stamp(msg) -> float:
+    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
