@@ -455,6 +455,7 @@ def _place_array(stamp, frame: str, est, result, processing_ms: float) -> Diagno
         f = result.filtered
         values.update(belief_mass=f"{f.mass:.4f}", effective_places=f"{f.effective_places:.2f}",
                       relocalized=str(f.relocalized).lower(), filtered_fix=str(f.fix).lower(),
+                      position_source=f.position_source,
                       filtered_position=",".join(f"{v:.4f}" for v in f.position))
     status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
     arr = DiagnosticArray()

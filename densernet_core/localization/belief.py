@@ -97,6 +97,7 @@ class BeliefEstimate:
     relocalized: bool                 # this frame rebuilt the belief from the observation
     contradiction: float              # belief-weighted likelihood of this frame (1: agrees, ~0: contradicts)
     group: list[int] = field(default_factory=list)  # places in the window
+    position_source: str = "belief"   # "frame": interpolated by this frame inside the window (localizer.py)
 
     @property
     def confidence(self) -> float:
