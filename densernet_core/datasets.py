@@ -66,6 +66,22 @@ def quat_to_yaw(q: np.ndarray) -> np.ndarray:
     return np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
 
 
+def fuse_heading(orientations: np.ndarray, weights: np.ndarray, ref: int) -> tuple[np.ndarray, float]:
+    """Weighted circular mean of the headings, applied as a turn about the map's vertical to
+    orientation `ref`: the result keeps the map's own axis convention (a robot body's x-forward or a
+    camera's z-forward) and `ref`'s tilt, so a fallback pose and a camera pose from PnP agree.
+    Returns (quaternion xyzw, circular variance of the headings)."""
+    from scipy.spatial.transform import Rotation
+
+    q = np.asarray(orientations, dtype=np.float64).reshape(-1, 4)
+    w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+    d = quat_to_yaw(q) - quat_to_yaw(q[ref])
+    s, c = float((w * np.sin(d)).sum()), float((w * np.cos(d)).sum())
+    turn = Rotation.from_euler("z", math.atan2(s, c))
+    fused = (turn * Rotation.from_quat(q[ref] / np.linalg.norm(q[ref]))).as_quat()
+    return fused, -2.0 * math.log(max(math.hypot(s, c), 1e-9))
+
+
 def rotation_to_quat(r: np.ndarray) -> tuple[float, float, float, float]:
     """3x3 rotation matrix -> quaternion (x, y, z, w)."""
     from scipy.spatial.transform import Rotation

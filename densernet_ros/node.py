@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Pose, PoseArray, PoseWithCovarianceStamped, TransformStamped
@@ -45,12 +46,14 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.serialization import deserialize_message
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 
+from densernet_core.camera import Camera
 from densernet_core.config import ConfigError
 from densernet_core.localization.belief import BeliefConfig, Motion
 from densernet_core.localization.localizer import MODES
+from densernet_core.localization.metric import MetricConfig
 from densernet_core.localization.odometry import OdometryBuffer, compose, inverse, map_to_odom
 from densernet_core.localization.pose import PoseEstimatorConfig
 
@@ -78,6 +81,8 @@ class NodeSettings:
     map_frame: str
     input_timeout_s: float
     mode: str
+    metric: bool
+    camera_info_topic: str
     filter_odometry: bool
     belief: BeliefConfig
     estimator: PoseEstimatorConfig
@@ -112,6 +117,9 @@ PARAMETERS = {
     "fix_mass": (BELIEF.fix_mass, "filter: belief near its mode needed for a fix", True, (0.01, 1.0)),
     "filter_odometry": (False, "filter: predict the motion from odom_topic (nav_msgs/Odometry) between frames",
                         True, None),
+    "metric": (True, "refine the place into a 6-DoF camera pose by PnP when the map has 3-D points", True, None),
+    "camera_info_topic": ("", "sensor_msgs/CameraInfo of the camera (relative); empty: the map's intrinsics, scaled "
+                              "to the image", True, None),
     "input_timeout_s": (2.0, "diagnostics go WARN when no image arrived for this long (camera stalled)", True,
                         (0.1, 3600.0)),
     "min_score": (ESTIMATOR.min_score, "ignore candidates below this cosine similarity", True, (-1.0, 1.0)),
@@ -136,7 +144,7 @@ class LocalizerNode(Node):
         self.settings = self._declare_parameters()
         self._load_localizer()  # raises on start-up failure; main() turns that into exit 1
         self.frames: FrameSlot[tuple[bytes, str]] = FrameSlot(self.settings.max_frame_wait_s)
-        self.stats = {"processed": 0, "bad_frames": 0, "fixes": 0, "no_fix": 0,
+        self.stats = {"processed": 0, "bad_frames": 0, "fixes": 0, "no_fix": 0, "metric_poses": 0,
                       "last_score": 0.0, "last_confidence": 0.0, "last_latency_ms": 0.0, "last_error": ""}
         self._rate_marks: list[tuple[float, int, int]] = [(time.monotonic(), 0, 0)]
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "place_recognition/pose", 10)
@@ -158,6 +166,8 @@ class LocalizerNode(Node):
         self._filter_lock = threading.Lock()  # the worker steps the belief, the reset service clears it
         self._setup_odometry()
         self.reset_srv = self.create_service(Trigger, "place_recognition/reset", self._on_reset)
+        if self.settings.camera_info_topic:
+            self.info_sub = self.create_subscription(CameraInfo, self.settings.camera_info_topic, self._on_camera_info, 1)
         self.diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         self.worker = threading.Thread(target=self._work, name="densernet-inference", daemon=True)
         self.worker.start()
@@ -195,7 +205,8 @@ class LocalizerNode(Node):
         return NodeSettings(values["map_dir"], values["checkpoint"], values["image_topic"], values["use_compressed"],
                             values["device"], size, values["top_k"], values["max_rate_hz"],
                             values["max_frame_wait_s"], values["map_frame"], values["input_timeout_s"],
-                            values["mode"], values["filter_odometry"], belief, estimator, values["publish_tf"],
+                            values["mode"], values["metric"], values["camera_info_topic"], values["filter_odometry"],
+                            belief, estimator, values["publish_tf"],
                             values["odom_topic"], values["odom_max_gap_s"], values["odom_history_s"],
                             values["transform_tolerance"], values["tf_rate_hz"])
 
@@ -205,7 +216,7 @@ class LocalizerNode(Node):
         s = self.settings
         size = s.image_size if s.image_size and s.image_size[0] > 0 else None
         self.localizer = Localizer.from_paths(s.map_dir, s.checkpoint or None, s.device, size, s.estimator,
-                                              s.top_k, s.belief, s.mode)
+                                              s.top_k, s.belief, s.mode, MetricConfig() if s.metric else None)
         self._last_stamp: float | None = None  # image stamp of the previous processed frame (filter motion)
 
     def _setup_odometry(self) -> None:
@@ -228,6 +239,18 @@ class LocalizerNode(Node):
             self.odometry = OdometryBuffer(s.odom_max_gap_s, s.odom_history_s)
             self._odom_frame = "odom"  # replaced by the odometry's header.frame_id
             self.odom_sub = self.create_subscription(Odometry, s.odom_topic, self._on_odometry, 50)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        """The live camera's intrinsics replace the map's for PnP (OpenCV's plumb_bob/rational models)."""
+        try:
+            camera = Camera(msg.width, msg.height, msg.k[0], msg.k[4], msg.k[2], msg.k[5], tuple(msg.d))
+        except ConfigError as exc:
+            self.get_logger().warning(f"camera_info ignored: {exc}", throttle_duration_sec=WARN_THROTTLE_S)
+            return
+        if camera != self.localizer.camera:
+            self.localizer.camera = camera
+            self.get_logger().info(f"intrinsics from {self.info_sub.topic_name}: {camera.width}x{camera.height} "
+                                   f"fx {camera.fx:.1f} fy {camera.fy:.1f}")
 
     def _on_reset(self, request, response):
         """place_recognition/reset: the robot was carried (or re-placed): start from a uniform belief."""
@@ -329,10 +352,11 @@ class LocalizerNode(Node):
         rgb = compressed_to_rgb(msg) if kind == "compressed" else image_to_rgb(msg)
         stamp = msg.header.stamp
         t_describe = time.perf_counter()
-        desc = self.localizer.model.describe([rgb])
+        desc, features = self.localizer.describe(rgb)
         describe_s = time.perf_counter() - t_describe
         with self._filter_lock:
-            result = self.localizer.localize_descriptor(desc, self._motion(_seconds(stamp)), describe_s, t_describe)
+            result = self.localizer.localize_descriptor(desc, self._motion(_seconds(stamp)), describe_s, t_describe,
+                                                        features)
         est = result.estimate
         frame = self.settings.map_frame
         places = self.localizer.map.places
@@ -348,6 +372,8 @@ class LocalizerNode(Node):
             out.pose.covariance = [float(v) for v in est.covariance.reshape(-1)]
             self.pose_pub.publish(out)
             self.stats["fixes"] += 1
+            if result.pose_source == "metric":
+                self.stats["metric_poses"] += 1
             if self.settings.publish_tf:
                 self._update_map_odom(stamp, est)
         else:
@@ -388,6 +414,8 @@ class LocalizerNode(Node):
                   "last_score": s["last_score"], "last_confidence": s["last_confidence"],
                   "last_error": s["last_error"]}
         values["mode"] = self.settings.mode
+        if self.localizer.metric is not None:
+            values.update(metric_poses=s["metric_poses"], place_poses=s["fixes"] - s["metric_poses"])
         belief = self.localizer.filter
         if belief is not None:
             with self._filter_lock:
@@ -443,11 +471,19 @@ def _place_array(stamp, frame: str, est, result, processing_ms: float) -> Diagno
                               message=f"place {est.place_id}" if est.fix else f"no fix: {est.reason}")
     score = float(result.scores[0]) if len(result.scores) else 0.0
     values = {"place_id": str(est.place_id), "score": f"{score:.4f}", "confidence": f"{est.confidence:.4f}",
-              "fix": str(est.fix).lower(), "reason": est.reason, "mode": result.mode,
+              "fix": str(est.fix).lower(), "reason": est.reason, "mode": result.mode, "pose_source": result.pose_source,
               "top_k_ids": ",".join(str(int(i)) for i in result.ids),
               "top_k_scores": ",".join(f"{s:.4f}" for s in result.scores),
               "processing_ms": f"{processing_ms:.1f}",  # deserialise, convert, describe, search, estimate
               "describe_ms": f"{1000 * result.describe_s:.1f}"}
+    # position standard deviation (root of the covariance's trace) of what is published and of the place estimate
+    values.update(pose_sigma=f"{np.sqrt(np.trace(est.covariance[:3, :3])):.4f}",
+                  place_sigma=f"{np.sqrt(np.trace(result.place.covariance[:3, :3])):.4f}")
+    if result.metric is not None:
+        m = result.metric
+        values.update(metric_ok=str(m.ok).lower(), metric_reason=m.reason, metric_matches=str(m.matches),
+                      metric_inliers=str(m.inliers), metric_reproj_px=f"{m.reproj_px:.2f}",
+                      metric_ms=f"{1000 * result.metric_s:.1f}")
     single = result.single  # what this frame alone says, beside the filter's answer
     values.update(single_fix=str(single.fix).lower(), single_place_id=str(single.place_id),
                   single_position=",".join(f"{v:.4f}" for v in single.position))

@@ -215,9 +215,18 @@ def test_rosbag_fixture_builds_map_with_right_poses(tiny_model, ckpt, tmp_path):
                                                          "Point", "Quaternion", "Vector3")}
     bag = tmp_path / "bag"
     imgs = random_images(5, seed=4)
+    Info = ts.types["sensor_msgs/msg/CameraInfo"]
     with Writer(bag, version=8) as w:
         ci = w.add_connection("/camera/image_raw", Image.__msgtype__, typestore=ts)
         co = w.add_connection("/odom", Odometry.__msgtype__, typestore=ts)
+        cc = w.add_connection("/camera/camera_info", Info.__msgtype__, typestore=ts)
+        info = Info(header=Header(stamp=Time(sec=10, nanosec=0), frame_id="cam"), height=imgs[0].shape[0],
+                    width=imgs[0].shape[1], distortion_model="plumb_bob", d=np.array([0.1, -0.05, 0.0, 0.0, 0.0]),
+                    k=np.array([50.0, 0, 31.5, 0, 51.0, 23.5, 0, 0, 1]), r=np.eye(3).reshape(-1),
+                    p=np.zeros(12), binning_x=0, binning_y=0,
+                    roi=ts.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
+                                                                     do_rectify=False))
+        w.write(cc, 10 * 10 ** 9, ts.serialize_cdr(info, Info.__msgtype__))
         for i, img in enumerate(imgs):
             t_img = Time(sec=10 + i, nanosec=0)
             t_odo = Time(sec=10 + i, nanosec=20_000_000)  # 20 ms after the image
@@ -239,6 +248,13 @@ def test_rosbag_fixture_builds_map_with_right_poses(tiny_model, ckpt, tmp_path):
     pmap = build_map(tiny_model, path, sha, data, tmp_path / "bagmap", progress=False)
     _, ids = pmap.search(tiny_model.describe([imgs[3]]), 1)
     assert ids[0, 0] == 3
+    from densernet_core.camera import Camera, camera_from_bag
+    from densernet_core.config import ConfigError
+
+    assert camera_from_bag(bag, "/camera/camera_info") == Camera(imgs[0].shape[1], imgs[0].shape[0], 50.0, 51.0, 31.5,
+                                                                  23.5, (0.1, -0.05, 0.0, 0.0, 0.0))
+    with pytest.raises(ConfigError, match="has type nav_msgs/msg/Odometry"):
+        camera_from_bag(bag, "/odom")
     with pytest.raises(DatasetError, match="no topic '/nope'"):
         load_rosbag(bag, "/nope", "/odom", tmp_path / "f2")
     with pytest.raises(DatasetError, match="has type"):

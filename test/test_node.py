@@ -397,7 +397,7 @@ def test_map_to_odom_uses_odometry_at_the_image_stamp(gp_map, gardens_point, tmp
         from rclpy.time import Time
 
         buffer = tf2_ros.Buffer()
-        listener = tf2_ros.TransformListener(buffer, client.node)  # noqa: F841 - spun by the client
+        client.tf_listener = tf2_ros.TransformListener(buffer, client.node)  # kept alive, spun by the client
         tf_topic = "/tf"
 
         def latest_map_odom():
@@ -537,3 +537,58 @@ def test_tool_parameter_overrides_reach_both_ways_of_starting_the_node(tmp_path)
     assert default["cluster_radius"] != 2.5 and default["max_frame_wait_s"] != 0.0
     with pytest.raises(ValueError, match="unknown node parameter.*cluster_radus"):
         check_node_params({"cluster_radus": 2.5})
+
+
+@pytest.fixture(scope="module")
+def street_map(tmp_path_factory, caffe_weights_ready):
+    """A metric map of the synthetic 3-D street (exact geometry): 12 places, 3-D points, SIFT features."""
+    from densernet_core.camera import load_camera
+    from densernet_core.cli import make_checkpoint
+    from densernet_core.datasets import load_csv
+    from densernet_core.demo.street3d import StreetConfig, generate
+    from densernet_core.mapping.placemap import build_map
+    from densernet_core.model.checkpoint import checkpoint_hash, load_model
+
+    work = tmp_path_factory.mktemp("street")
+    paths = generate(work / "route", StreetConfig(places=12))
+    db = load_csv(paths["map"])
+    ckpt = make_checkpoint(db.images, work / "model.safetensors", image_size=(240, 320), progress=False)
+    build_map(load_model(ckpt), ckpt, checkpoint_hash(ckpt), db, work / "map",
+              camera=load_camera(work / "route" / "map" / "camera.yaml"), progress=False)
+    return work, load_csv(paths["query"])
+
+
+def test_metric_pose_published_with_its_orientation_and_a_smaller_covariance(street_map):
+    """A map with 3-D points: the node publishes the PnP pose (the camera's full 3-D orientation, pitch
+    included) with a covariance smaller than the place estimate's, and says so in the place status."""
+    from scipy.spatial.transform import Rotation
+
+    work, queries = street_map
+    proc = start_node(work / "map", "mode:=single", namespace="metric")
+    client = Client(namespace="metric")
+    try:
+        client.wait_matched(proc)
+        client.wait_for(lambda: bool(client.diagnostics), 30, "the node's first diagnostics (fully started)")
+        metric = 0
+        for k in range(3, 9):
+            msg = client.make_msg(read_image(queries.images[k]), _stamp(7000 + k))
+            client.send_and_wait(msg)
+            v = {kv.key: kv.value for kv in client.places[-1].status[0].values}
+            if v["pose_source"] != "metric":
+                continue
+            metric += 1
+            assert float(v["pose_sigma"]) < float(v["place_sigma"])
+            pose = next(p for p in client.poses if (p.header.stamp.sec, p.header.stamp.nanosec)
+                        == (msg.header.stamp.sec, msg.header.stamp.nanosec))
+            o = pose.pose.pose.orientation
+            err = (Rotation.from_quat([o.x, o.y, o.z, o.w]) * Rotation.from_quat(queries.orientations[k]).inv())
+            assert np.degrees(err.magnitude()) < 2.0  # the camera's pitch and yaw, not a planar yaw
+            p = pose.pose.pose.position
+            assert np.linalg.norm([p.x - queries.positions[k, 0], p.y - queries.positions[k, 1],
+                                   p.z - queries.positions[k, 2]]) < 0.2
+        print(f"metric poses: {metric} of 6 query frames")
+        assert metric >= 5
+    finally:
+        client.close()
+        code, out = stop(proc)
+    assert code == 0, out

@@ -91,3 +91,20 @@ def test_invalid_config_and_scale_named():
         PoseEstimatorConfig(cluster_radius=0)
     with pytest.raises(ValueError, match="score_scale"):
         estimate_pose(np.arange(1), np.array([0.5]), np.zeros((1, 3)), quats([0]), CFG, 0.0)
+
+
+def test_fused_heading_keeps_the_maps_axis_convention():
+    """Places stored as camera poses (OpenCV axes: z forward, y down) fuse to a camera pose: the
+    fallback orientation and a PnP orientation are comparable, never 90 degrees apart."""
+    from scipy.spatial.transform import Rotation
+
+    optical = Rotation.from_matrix([[0, 0, 1], [-1, 0, 0], [0, -1, 0]])  # camera looking along map +x
+    headings = np.radians([20.0, 24.0, 22.0])
+    cams = np.array([(Rotation.from_euler("z", h) * optical).as_quat() for h in headings])
+    pos = np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0]], float)
+    est = estimate_pose(np.arange(3), np.array([0.9, 0.9, 0.9]), pos, cams, CFG, SCALE)
+    want = Rotation.from_euler("z", np.radians(22.0)) * optical
+    assert np.degrees((Rotation.from_quat(est.orientation) * want.inv()).magnitude()) < 1e-6
+    # Body-frame places (x forward, z up) still give a pure yaw.
+    est = estimate_pose(np.arange(3), np.array([0.9, 0.9, 0.9]), pos, quats(headings), CFG, SCALE)
+    np.testing.assert_allclose(est.orientation, yaw_to_quat(np.radians(22.0)), atol=1e-9)

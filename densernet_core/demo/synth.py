@@ -45,6 +45,8 @@ def _samples() -> list[np.ndarray]:
     out = []
     for name in SAMPLES:
         img = np.asarray(getattr(skimage.data, name)())
+        if img.dtype == bool:  # "horse" is a silhouette mask: 0/1 would be a black tile
+            img = img.astype(np.uint8) * 255
         if img.ndim == 2:
             img = np.stack([img] * 3, axis=-1)
         out.append(np.ascontiguousarray(img[:, :, :3]).astype(np.uint8))

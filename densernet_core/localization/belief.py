@@ -30,7 +30,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from ..config import ConfigError
-from ..datasets import quat_to_yaw, yaw_to_quat
+from ..datasets import fuse_heading
 
 # Places whose belief is below this multiple of the uniform share keep their (negligible) mass where
 # it is during prediction, so a step costs in proportion to where the robot may be, not the map size.
@@ -261,10 +261,8 @@ class PlaceBelief:
         cov_pos += np.eye(3) * (c.position_floor ** 2 + (1.0 - mass) * self.fix_radius ** 2)
         yaw_floor = math.radians(c.yaw_floor_deg)
         if self.orientations is not None and c.planar:
-            yaws = quat_to_yaw(self.orientations[window])
-            s, co = (w * np.sin(yaws)).sum(), (w * np.cos(yaws)).sum()
-            orientation = np.array(yaw_to_quat(math.atan2(s, co)))
-            yaw_var = yaw_floor ** 2 - 2.0 * math.log(max(math.hypot(s, co), 1e-9)) + (1.0 - mass) * (math.pi / 4) ** 2
+            orientation, circ_var = fuse_heading(self.orientations[window], w, int(np.flatnonzero(window == mode)[0]))
+            yaw_var = yaw_floor ** 2 + circ_var + (1.0 - mass) * (math.pi / 4) ** 2
         elif self.orientations is not None:
             orientation = self.orientations[mode] / np.linalg.norm(self.orientations[mode])
             yaw_var = yaw_floor ** 2 + (1.0 - mass) * (math.pi / 4) ** 2

@@ -81,7 +81,9 @@ def _cmd(args: argparse.Namespace) -> int:
     motion = _motion_source(args)
     loc = Localizer.from_paths(args.map, args.checkpoint, args.device, None, est_cfg, args.top_k, belief,
                                "filtered" if args.sequence else "single")
-    modes = ("single", "filtered") if args.sequence else ("single",)
+    # On a map with 3-D points the published pose is the metric one where its gate passed.
+    modes = (("single", "filtered") if args.sequence else ("single",)) + (("published",) if loc.metric else ())
+    metric_poses = 0
     rows, true_xy = [], []
     est = {m: ([], [], []) for m in modes}  # positions, fix flags, errors of fixes
     for frame in _inputs(args):
@@ -95,7 +97,7 @@ def _cmd(args: argparse.Namespace) -> int:
         row, parts = [frame.name, "" if frame.stamp is None else f"{frame.stamp:.6f}",
                       f"{r.scores[0]:.4f}" if len(r.scores) else ""], []
         for m in modes:
-            e = r.single if m == "single" else r.filtered
+            e = {"single": r.single, "filtered": r.filtered, "published": r.estimate}[m]
             err = None if truth is None else float(np.linalg.norm(truth[:2] - e.position[:2]))
             xy, fix, errors = est[m]
             xy.append(e.position[:2])
@@ -103,11 +105,13 @@ def _cmd(args: argparse.Namespace) -> int:
             if e.fix and err is not None:
                 errors.append(err)
             x, y, z = e.position
-            parts.append(f"{m}: place {e.place_id} ({x:.2f}, {y:.2f}, {z:.2f}) conf {e.confidence:.2f} "
+            source = f" [{r.pose_source}]" if m == "published" else ""
+            parts.append(f"{m}{source}: place {e.place_id} ({x:.2f}, {y:.2f}, {z:.2f}) conf {e.confidence:.2f} "
                          + ("fix" if e.fix else "no fix: " + e.reason) + ("" if err is None else f" error {err:.2f}"))
             row += [e.fix, e.place_id, *[f"{v:.4f}" for v in e.position], *[f"{v:.6f}" for v in e.orientation],
                     f"{np.sqrt(e.covariance[0, 0]):.4f}", f"{e.confidence:.4f}", e.reason,
                     "" if err is None else f"{err:.4f}"]
+        metric_poses += r.pose_source == "metric"
         print(f"{frame.name}: " + " | ".join(parts), flush=True)
         rows.append(row + [f"{1000 * r.total_s:.1f}"])
     if not rows:
@@ -120,6 +124,8 @@ def _cmd(args: argparse.Namespace) -> int:
                                                                 "sigma_x", "confidence", "reason", "error")]
                        + ["latency_ms"])
             w.writerows(rows)
+    if loc.metric:
+        print(f"metric 6-DoF poses (PnP gate passed): {metric_poses} of {len(rows)} frames")
     if args.sequence:
         print(f"motion between frames from: {', '.join(f'{k} {v}' for k, v in motion.used.items() if v)}; "
               f"relocalizations {loc.filter.relocalizations}")
@@ -135,7 +141,7 @@ def _cmd(args: argparse.Namespace) -> int:
                         " | ".join(f"{m}: {sum(est[m][1])}/{len(rows)} fixes" for m in modes),
                         along_track=args.along_track,
                         others=[("single-frame", np.array(est["single"][0]), np.array(est["single"][1]))]
-                        if args.sequence else ())
+                        if len(modes) > 1 else ())
         print(f"trajectory plot: {png}")
     return 0
 

@@ -2,7 +2,9 @@
 
 Each frame gets a single-frame estimate (pose.py); with a belief filter (belief.py) it also gets the
 filtered one, which carries what earlier frames and the motion since then say. `mode` picks which
-of the two is published; both are always computed, so they can be compared side by side.
+of the two is published; both are always computed, so they can be compared side by side. On a map
+with 3-D points (built with a camera), the published place is refined into a metric 6-DoF camera
+pose by PnP (metric.py); when its gate fails, the place estimate is published and says so.
 """
 from __future__ import annotations
 
@@ -15,7 +17,11 @@ import numpy as np
 
 from ..model.checkpoint import checkpoint_hash, load_model
 from ..mapping.placemap import MapError, PlaceMap
+from ..camera import Camera
+from ..images import to_rgb_uint8
+from ..local_features import LocalFeatures, describe_with_features
 from .belief import BeliefConfig, BeliefEstimate, Motion, PlaceBelief
+from .metric import MetricConfig, MetricPose, localize_metric
 from .pose import PoseEstimate, PoseEstimatorConfig, estimate_pose
 
 LOG = logging.getLogger("densernet")
@@ -39,12 +45,35 @@ class Localization:
     mode: str                         # which of the two is published
     retrieval: Retrieval
     describe_s: float    # inference time
-    total_s: float       # inference + search + pose (+ filter)
+    total_s: float       # inference + search + pose (+ filter, + metric)
+    metric: MetricPose | None = None  # the PnP refinement (None on a retrieval-only map)
+    metric_s: float = 0.0             # of total_s: local features, matching, PnP
+
+    @property
+    def place(self) -> PoseEstimate | BeliefEstimate:
+        """The place estimate of the mode in use (single-frame or filtered)."""
+        return self.filtered if self.mode == "filtered" and self.filtered is not None else self.single
+
+    @property
+    def pose_source(self) -> str:
+        """What the published pose comes from: "metric" (PnP), or the place estimate's mode."""
+        return "metric" if self.metric is not None and self.metric.ok else self.place_mode
+
+    @property
+    def place_mode(self) -> str:
+        return "filtered" if self.mode == "filtered" and self.filtered is not None else "single"
 
     @property
     def estimate(self) -> PoseEstimate | BeliefEstimate:
-        """The published estimate: fix, reason, place_id, position, orientation, covariance."""
-        return self.filtered if self.mode == "filtered" and self.filtered is not None else self.single
+        """The published estimate: fix, reason, place_id, position, orientation, covariance. With a metric
+        pose, the camera's 6-DoF pose and its covariance, at the place estimate's place."""
+        place = self.place
+        if self.metric is None or not self.metric.ok:
+            return place
+        m = self.metric
+        return PoseEstimate(True, f"ok (metric: {m.inliers} inliers, {m.reproj_px:.2f} px)", place.place_id,
+                            float(self.retrieval.scores[0]) if len(self.retrieval.scores) else 0.0, m.position,
+                            m.orientation, m.covariance, place.confidence, list(place.group), getattr(place, "ratio", 0.0))
 
     @property
     def ids(self) -> np.ndarray:
@@ -57,7 +86,9 @@ class Localization:
 
 class Localizer:
     def __init__(self, model, place_map: PlaceMap, estimator: PoseEstimatorConfig = PoseEstimatorConfig(),
-                 top_k: int = 10, belief: BeliefConfig | None = None, mode: str = "single") -> None:
+                 top_k: int = 10, belief: BeliefConfig | None = None, mode: str = "single",
+                 metric: MetricConfig | None = MetricConfig()) -> None:
+        """`metric`: refine to a 6-DoF pose when the map has 3-D points (None: never)."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if mode not in MODES:
@@ -68,11 +99,16 @@ class Localizer:
         places = place_map.places
         self.filter = None if belief is None else PlaceBelief(
             places.positions, places.orientations if places.has_orientation else None, belief)
+        self.metric = metric if place_map.points is not None else None
+        if metric is not None and place_map.points is None:
+            LOG.info("the map has no 3-D points (built without --camera): retrieval-only, no metric pose")
+        self.camera: Camera | None = None  # the query camera; None: the map's, scaled to the query image
 
     @classmethod
     def from_paths(cls, map_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
                    image_size: tuple[int, int] | None = None, estimator: PoseEstimatorConfig = PoseEstimatorConfig(),
-                   top_k: int = 10, belief: BeliefConfig | None = None, mode: str = "single") -> "Localizer":
+                   top_k: int = 10, belief: BeliefConfig | None = None, mode: str = "single",
+                   metric: MetricConfig | None = MetricConfig()) -> "Localizer":
         place_map = PlaceMap.load(map_dir)
         ckpt = Path(checkpoint) if checkpoint else Path(place_map.manifest.checkpoint)
         if not ckpt.is_absolute() and not ckpt.is_file():
@@ -85,7 +121,7 @@ class Localizer:
                            "descriptors at other resolutions are not comparable")
         model = load_model(ckpt, device=device, image_size=map_size or None)
         place_map.check_model(model.descriptor_dim, checkpoint_hash(ckpt))
-        return cls(model, place_map, estimator, top_k, belief, mode)
+        return cls(model, place_map, estimator, top_k, belief, mode, metric)
 
     def retrieve(self, descriptor: np.ndarray) -> Retrieval:
         scores, ids = self.map.search(descriptor, self.top_k)
@@ -101,19 +137,52 @@ class Localizer:
     def localize(self, image, color: str = "rgb", motion: Motion | None = None) -> Localization:
         """One frame; `motion` (time and/or odometry since the previous frame) feeds the filter."""
         t0 = time.perf_counter()
-        desc = self.model.describe([image], color=color)
+        desc, features = self.describe(image, color)
         t1 = time.perf_counter()
-        return self.localize_descriptor(desc, motion, t1 - t0, t0)
+        return self.localize_descriptor(desc, motion, t1 - t0, t0, features)
+
+    def describe(self, image, color: str = "rgb") -> tuple[np.ndarray, tuple[LocalFeatures, tuple[int, int]] | None]:
+        """The global descriptor and, on a metric map, the local features from the same forward pass."""
+        if self.metric is None:
+            return self.model.describe([image], color=color), None
+        rgb = to_rgb_uint8(image, color)
+        desc, feats = describe_with_features(self.model, [rgb], self.map.points.kind)
+        return desc, (feats[0], rgb.shape[:2])
 
     def localize_descriptor(self, descriptor: np.ndarray, motion: Motion | None = None, describe_s: float = 0.0,
-                            started: float | None = None) -> Localization:
+                            started: float | None = None,
+                            features: tuple[LocalFeatures, tuple[int, int]] | None = None) -> Localization:
+        """`features`: the frame's local features and image size (h, w), for the metric refinement."""
         started = time.perf_counter() if started is None else started
         retrieval = self.retrieve(descriptor)
         single, filtered = self.estimate(retrieval), None
         if self.filter is not None:
             filtered = self.filter.step(retrieval.ids, retrieval.scores, retrieval.score_scale, motion or Motion())
             interpolate_in_window(filtered, retrieval, self.map.places.positions)
-        return Localization(single, filtered, self.mode, retrieval, describe_s, time.perf_counter() - started)
+        result = Localization(single, filtered, self.mode, retrieval, describe_s, 0.0)
+        if self.metric is not None and features is not None:
+            t0 = time.perf_counter()
+            result.metric = self.refine(result, *features)
+            result.metric_s = time.perf_counter() - t0
+        result.total_s = time.perf_counter() - started
+        return result
+
+    def refine(self, result: Localization, features: LocalFeatures, image_hw: tuple[int, int]) -> MetricPose:
+        """PnP against the 3-D points of the retrieved places (and the published place), gated by the
+        solution and by agreement with the place estimate."""
+        place = result.place
+        candidates = list(dict.fromkeys([*([place.place_id] if place.fix else []),
+                                         *result.retrieval.ids[:self.metric.candidates].tolist()]))
+        camera = (self.camera or self.map.points.camera).scaled(image_hw[1], image_hw[0])
+        pose = localize_metric(features, camera, self.map.points, candidates, self.metric)
+        if pose.ok and place.fix:
+            sigma = np.sqrt(np.diag(place.covariance)[:3].sum())
+            jump = float(np.linalg.norm(pose.position - place.position))
+            limit = self.metric.max_jump_sigmas * sigma
+            if jump > limit:
+                pose.ok, pose.reason = False, (f"metric pose {jump:.2f} from the place estimate "
+                                               f"(> {self.metric.max_jump_sigmas:g} sigma = {limit:.2f})")
+        return pose
 
 
 def interpolate_in_window(filtered: BeliefEstimate, retrieval: Retrieval, positions: np.ndarray) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..datasets import quat_to_yaw, yaw_to_quat
+from ..datasets import fuse_heading
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class PoseEstimatorConfig:
     min_confidence: float = 0.5     # below this confidence (1 - 1/ratio), no fix
     position_floor: float = 1.0     # smallest position standard deviation (map units)
     yaw_floor_deg: float = 10.0     # smallest yaw standard deviation
-    planar: bool = True             # fuse yaw by weighted circular mean (else take the best candidate's)
+    planar: bool = True             # fuse heading by weighted circular mean (else take the best candidate's)
 
     def __post_init__(self) -> None:
         from ..config import ConfigError
@@ -98,12 +98,8 @@ def estimate_pose(ids: np.ndarray, scores: np.ndarray, positions: np.ndarray, or
     uncertain = (config.cluster_radius / 2) ** 2 * (1.0 - confidence)
     pos_var = config.position_floor ** 2 + spread + uncertain
 
-    yaws = quat_to_yaw(orientations[best])
     if config.planar:
-        s, c = (w * np.sin(yaws)).sum(), (w * np.cos(yaws)).sum()
-        yaw = math.atan2(s, c)
-        orientation = np.array(yaw_to_quat(yaw))
-        circ_var = -2.0 * math.log(max(math.hypot(s, c), 1e-9))  # circular variance of the group's yaws
+        orientation, circ_var = fuse_heading(orientations[best], w, 0)  # best[0] is top
     else:
         orientation = orientations[top] / np.linalg.norm(orientations[top])
         circ_var = 0.0

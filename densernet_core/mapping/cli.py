@@ -9,6 +9,7 @@ from typing import Sequence
 
 from ..cli import run_cli, setup_logging
 from ..datasets import GeoImages, load_csv, load_kitti, load_rosbag, load_traverse, thin
+from ..local_features import DEFAULT_FEATURES, FEATURE_TYPES
 from .index import INDEX_TYPES
 from .placemap import DTYPES, PlaceMap, add_to_map, build_map
 
@@ -42,11 +43,25 @@ def _model(args: argparse.Namespace):
     return load_model(args.checkpoint, device=args.device, image_size=image_size), checkpoint_hash(args.checkpoint)
 
 
+def _camera(args: argparse.Namespace, data: GeoImages):
+    """The mapped images' intrinsics (--camera), or None: a retrieval-only map."""
+    if not args.camera:
+        return None
+    from ..camera import camera_from_bag, load_camera
+    from ..images import read_image
+
+    if args.bag and args.camera.startswith("/") and not Path(args.camera).is_file():
+        return camera_from_bag(args.bag, args.camera)  # a CameraInfo topic of the bag
+    h, w = read_image(data.images[0]).shape[:2]
+    return load_camera(args.camera, image_size=(w, h))
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     out = Path(args.out)
     data = load_route(args, out)
     model, sha = _model(args)
-    pmap = build_map(model, Path(args.checkpoint).resolve(), sha, data, out, args.index, args.dtype)
+    pmap = build_map(model, Path(args.checkpoint).resolve(), sha, data, out, args.index, args.dtype,
+                     camera=_camera(args, data), features=args.local_features)
     print(pmap.info())
     return 0
 
@@ -90,6 +105,13 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build a map (resumes an interrupted build)")
     b.add_argument("--out", required=True)
     b.add_argument("--index", choices=INDEX_TYPES, default="flat")
+    b.add_argument("--camera", help="intrinsics of the mapped images (YAML: width, height, fx, fy, cx, cy, distortion; "
+                                    "a ROS camera_info YAML; a KITTI calib.txt; or, with --bag, the bag's CameraInfo topic): "
+                                    "also triangulate 3-D points for "
+                                    "metric localization (the route must give orientations)")
+    b.add_argument("--local-features", choices=FEATURE_TYPES, default=DEFAULT_FEATURES,
+                   help="local features for the 3-D points (sift, the default: OpenCV, the more precise in "
+                        "docs/BENCHMARKS.md; densernet: the network's own dense map)")
     b.add_argument("--dtype", choices=DTYPES, default="float16",
                    help="stored descriptor precision (float16: half the size, searched exactly as stored)")
     _route_args(b)

@@ -50,7 +50,8 @@ class ExactIndex:
     """Exact top-k inner products against stored descriptors (float16 or float32), int8-accelerated."""
 
     def __init__(self, descriptors: np.ndarray) -> None:
-        self.ref = torch.from_numpy(np.ascontiguousarray(descriptors))
+        ref = np.ascontiguousarray(descriptors)
+        self.ref = torch.from_numpy(ref if ref.flags.writeable else ref.copy())  # torch wants writable memory
         if self.ref.ndim != 2 or self.ref.dtype not in (torch.float16, torch.float32):
             raise ValueError(f"descriptors must be N x D float16/float32, got {tuple(self.ref.shape)} {self.ref.dtype}")
         self.codes: torch.Tensor | None = None

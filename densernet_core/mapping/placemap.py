@@ -5,6 +5,8 @@
     places.csv        id,image,x,y,z,qx,qy,qz,qw,timestamp,source
     index.faiss       hnsw/ivfpq maps only: the coarse FAISS index that proposes a shortlist
     coarse.npy        hnsw/ivfpq maps only: the D x 256 projection that index works in
+    points*.npy/json  maps built with a camera only: triangulated 3-D points for metric localization
+                      (mapping/points.py); without them the map is retrieval-only
 
 Format 1 maps (float32, a FAISS index for every type) still load: a flat map's index.faiss is
 ignored (the exact search is derived from the descriptors), an approximate one is used as is.
@@ -23,7 +25,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..datasets import GeoImages
+from ..camera import Camera
+from ..images import read_image
+from ..local_features import DEFAULT_FEATURES, FEATURE_TYPES, LocalFeatures, describe_with_features
 from .index import INDEX_TYPES, ExactIndex, ShortlistIndex, build_index, load_coarse, save_index
+from .points import POINTS_META, FILES as POINT_FILES, MapPoints, TriangulationConfig, build_points
 
 LOG = logging.getLogger("densernet")
 FORMAT_VERSION = 2
@@ -58,8 +64,9 @@ class Manifest:
 
 class PlaceMap:
     def __init__(self, manifest: Manifest, descriptors: np.ndarray, places: GeoImages,
-                 index: ExactIndex | ShortlistIndex | None = None) -> None:
+                 index: ExactIndex | ShortlistIndex | None = None, points: MapPoints | None = None) -> None:
         self.manifest = manifest
+        self.points = points
         self.descriptors = descriptors  # as stored (float16 by default); a memory map for approximate maps
         self.places = places
         self.index = index if index is not None else build_index(descriptors, manifest.index_type)
@@ -73,8 +80,10 @@ class PlaceMap:
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        for stale in (INDEX, COARSE):  # an exact map has neither; an approximate one writes them anew
+        for stale in (INDEX, COARSE, POINTS_META, *POINT_FILES.values()):  # written anew below if the map has them
             (folder / stale).unlink(missing_ok=True)
+        if self.points is not None:
+            self.points.save(folder)
         np.save(folder / DESCRIPTORS, np.asarray(self.descriptors, dtype=self.manifest.dtype), allow_pickle=False)
         save_index(self.index, folder, INDEX, COARSE)
         self.manifest.format_version = FORMAT_VERSION
@@ -120,7 +129,11 @@ class PlaceMap:
         places = read_places(folder / PLACES, folder, manifest.frame_id, manifest.has_orientation)
         if len(places) != manifest.num_places:
             raise MapError(f"{folder / PLACES}: {len(places)} places, manifest says {manifest.num_places}")
-        return cls(manifest, desc, places, _load_shortlist(folder, manifest, desc) if approximate else None)
+        try:
+            points = MapPoints.load(folder)
+        except ValueError as exc:
+            raise MapError(str(exc)) from exc
+        return cls(manifest, desc, places, _load_shortlist(folder, manifest, desc) if approximate else None, points)
 
     # ---- use ------------------------------------------------------------------------------------
     def check_model(self, descriptor_dim: int, checkpoint_sha256: str | None = None) -> None:
@@ -167,7 +180,17 @@ class PlaceMap:
             f"weights {m.model_config.get('weights')}",
             f"checkpoint: {m.checkpoint} (sha256 {m.checkpoint_sha256[:16]}…)",
             f"created: {m.created}   sources: {sorted(set(self.places.source.split(';')))}",
+            self._points_info(),
         ])
+
+    def _points_info(self) -> str:
+        if self.points is None:
+            return "3-D points: none (built without a camera: retrieval-only, no metric pose)"
+        per = self.points.per_place(len(self))
+        c = self.points.camera
+        return (f"3-D points: {len(self.points.xyz)} ({self.points.kind} features), observations per place: "
+                f"mean {per.mean():.0f}, min {per.min()}, max {per.max()}; {int((per == 0).sum())} places without; "
+                f"camera {c.width}x{c.height} fx {c.fx:.1f} fy {c.fy:.1f} cx {c.cx:.1f} cy {c.cy:.1f}")
 
 
 def read_places(path: Path, folder: Path, frame_id: str, has_orientation: bool = True) -> GeoImages:
@@ -193,31 +216,60 @@ def read_places(path: Path, folder: Path, frame_id: str, has_orientation: bool =
                      source, has_orientation, frame_id)
 
 
-def _describe_resumable(model, images: list[Path], work: Path, key: str, progress: bool) -> np.ndarray:
-    """Descriptors in chunks saved under `work`, so an interrupted build resumes where it stopped."""
+def _describe_resumable(model, images: list[Path], work: Path, key: str, progress: bool,
+                        features: str | None = None) -> tuple[np.ndarray, list[LocalFeatures]]:
+    """Descriptors (and, with `features`, local features) in chunks saved under `work`, so an
+    interrupted build resumes where it stopped."""
     work.mkdir(parents=True, exist_ok=True)
     plan = work / "plan.json"
-    wanted = {"key": key, "images": [str(p) for p in images], "chunk": CHUNK}
+    wanted = {"key": key, "images": [str(p) for p in images], "chunk": CHUNK, "features": features}
     if plan.is_file() and json.loads(plan.read_text()) != wanted:
         LOG.info("previous partial build was for other inputs; starting over")
         shutil.rmtree(work)
         work.mkdir(parents=True)
     plan.write_text(json.dumps(wanted))
-    chunks = []
+    chunks, feats = [], []
     starts = range(0, len(images), CHUNK)
     for c, start in enumerate(tqdm(starts, disable=not progress, desc="map descriptors", unit="chunk")):
         path = work / f"chunk_{c:05d}.npy"
-        if path.is_file():
+        if path.is_file() and (features is None or _chunk_features_exist(path)):
             chunks.append(np.load(path, allow_pickle=False))
+            if features is not None:
+                feats += _load_chunk_features(path, features)
             continue
-        d = model.describe(images[start:start + CHUNK])
-        np.save(path, d, allow_pickle=False)
+        if features is None:
+            d = model.describe(images[start:start + CHUNK])
+        else:
+            d, f = describe_with_features(model, [read_image(p) for p in images[start:start + CHUNK]], features)
+            _save_chunk_features(path, f)
+            feats += f
+        np.save(path, d, allow_pickle=False)  # last: a chunk counts as done once its descriptors exist
         chunks.append(d)
-    return np.concatenate(chunks) if chunks else np.zeros((0, model.descriptor_dim), np.float32)
+    return (np.concatenate(chunks) if chunks else np.zeros((0, model.descriptor_dim), np.float32)), feats
+
+
+def _chunk_features_exist(path: Path) -> bool:
+    return all(path.with_name(path.stem + f"_{part}.npy").is_file() for part in ("kp", "fd", "n"))
+
+
+def _save_chunk_features(path: Path, feats: list[LocalFeatures]) -> None:
+    np.save(path.with_name(path.stem + "_kp.npy"), np.concatenate([f.keypoints for f in feats]), allow_pickle=False)
+    np.save(path.with_name(path.stem + "_fd.npy"), np.concatenate([f.descriptors for f in feats]).astype(np.float16),
+            allow_pickle=False)
+    np.save(path.with_name(path.stem + "_n.npy"), np.array([len(f) for f in feats]), allow_pickle=False)
+
+
+def _load_chunk_features(path: Path, kind: str) -> list[LocalFeatures]:
+    kp, fd, n = (np.load(path.with_name(path.stem + f"_{part}.npy"), allow_pickle=False) for part in ("kp", "fd", "n"))
+    bounds = np.r_[0, np.cumsum(n)]
+    return [LocalFeatures(kp[a:b], fd[a:b].astype(np.float32), kind) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoImages, out: str | Path,
-              index_type: str = "flat", dtype: str = "float16", progress: bool = True) -> PlaceMap:
+              index_type: str = "flat", dtype: str = "float16", progress: bool = True, camera: Camera | None = None,
+              features: str = DEFAULT_FEATURES, triangulation: TriangulationConfig = TriangulationConfig()) -> PlaceMap:
+    """Descriptors of every mapped image, indexed; with `camera` (the mapped images' intrinsics) also
+    their local features, triangulated into 3-D points between neighbouring places."""
     if index_type not in INDEX_TYPES:
         raise MapError(f"index type {index_type!r} unknown; choose one of {INDEX_TYPES}")
     if dtype not in DTYPES:
@@ -226,11 +278,16 @@ def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoIm
         raise MapError("no images to build a map from")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    desc = _describe_resumable(model, data.images, out / PARTIAL, checkpoint_sha256, progress)
+    if camera is not None:
+        camera = _camera_for_images(camera, data, features)
+    desc, feats = _describe_resumable(model, data.images, out / PARTIAL, checkpoint_sha256, progress,
+                                      features if camera is not None else None)
+    points = None if camera is None else build_points(camera, data.positions, data.orientations, feats, triangulation,
+                                                      progress)
     manifest = Manifest(FORMAT_VERSION, model.config.to_dict(), checkpoint_sha256, str(checkpoint),
                         int(desc.shape[1]), len(data), data.frame_id, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         index_type, dtype, data.has_orientation)
-    pmap = PlaceMap(manifest, desc.astype(dtype), data)
+    pmap = PlaceMap(manifest, desc.astype(dtype), data, points=points)
     pmap.save(out)
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
     return pmap
@@ -243,7 +300,8 @@ def add_to_map(folder: str | Path, model, checkpoint_sha256: str, data: GeoImage
     pmap.check_model(model.descriptor_dim, checkpoint_sha256)
     if data.frame_id != pmap.manifest.frame_id and data.frame_id != "map":
         raise MapError(f"traverse frame {data.frame_id!r} differs from the map frame {pmap.manifest.frame_id!r}")
-    new = _describe_resumable(model, data.images, folder / PARTIAL, checkpoint_sha256, progress)
+    features = pmap.points.kind if pmap.points is not None else None
+    new, new_feats = _describe_resumable(model, data.images, folder / PARTIAL, checkpoint_sha256, progress, features)
     new = new.astype(pmap.manifest.dtype)
     merged = GeoImages(pmap.places.images + data.images, np.vstack([pmap.places.positions, data.positions]),
                        np.vstack([pmap.places.orientations, data.orientations]),
@@ -253,10 +311,43 @@ def add_to_map(folder: str | Path, model, checkpoint_sha256: str, data: GeoImage
     pmap.manifest.has_orientation = merged.has_orientation
     descriptors = np.vstack([np.asarray(pmap.descriptors), new])  # approximate indexes are retrained on the whole
     pmap.manifest.num_places = len(merged)
-    out = PlaceMap(pmap.manifest, descriptors, merged)
+    points = pmap.points
+    if points is not None:
+        points = _extend_points(points, model, merged, len(pmap.places), new_feats, progress)
+    out = PlaceMap(pmap.manifest, descriptors, merged, points=points)
     out.save(folder)
     shutil.rmtree(folder / PARTIAL, ignore_errors=True)
     return out
+
+
+def _camera_for_images(camera: Camera, data: GeoImages, features: str) -> Camera:
+    """The intrinsics at the mapped images' own size (a camera file for another resolution is scaled)."""
+    if features not in FEATURE_TYPES:
+        raise MapError(f"local feature kind {features!r} unknown; choose one of {FEATURE_TYPES}")
+    if not data.has_orientation:
+        raise MapError("3-D points need the mapped camera poses, orientation included; this route has positions only")
+    h, w = read_image(data.images[0]).shape[:2]
+    if (w, h) != (camera.width, camera.height):
+        LOG.info("camera intrinsics for %dx%d scaled to the mapped images' %dx%d", camera.width, camera.height, w, h)
+        camera = camera.scaled(w, h)
+    return camera
+
+
+def _extend_points(points: MapPoints, model, places: GeoImages, first_new: int, new_feats: list[LocalFeatures],
+                   progress: bool) -> MapPoints:
+    """Triangulate the appended places with each other and with their mapped neighbours (whose local
+    features are extracted again: a map keeps only the features that became points)."""
+    from .points import merged as merged_points, place_pairs
+
+    new = set(range(first_new, len(places)))
+    feats: dict[int, LocalFeatures] = {first_new + k: f for k, f in enumerate(new_feats)}
+    old = sorted({i for pair in place_pairs(places.positions, points.config) if new & set(pair) for i in pair} - new)
+    for i, f in zip(old, describe_with_features(model, [read_image(places.images[i]) for i in old], points.kind)[1]
+                    if old else []):
+        feats[i] = f
+    added = build_points(points.camera, places.positions, places.orientations, feats, points.config, progress,
+                         only_with=new, first_id=len(points.xyz))
+    return merged_points(points, added)
 
 
 def _load_shortlist(folder: Path, manifest: Manifest, descriptors: np.ndarray) -> ShortlistIndex:

@@ -1,0 +1,240 @@
+"""Metric localization with known answers: cameras, triangulation, PnP and its gate, on synthetic geometry;
+a map with 3-D points built from rendered images (exact geometry), saved, loaded, extended and used."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from densernet_core.camera import Camera, load_camera, world_to_camera
+from densernet_core.config import ConfigError
+from densernet_core.local_features import LocalFeatures, match
+from densernet_core.localization.metric import MetricConfig, localize_metric, solve_pnp
+from densernet_core.mapping.points import TriangulationConfig, build_points, triangulate_pair
+
+CAM = Camera(640, 480, 500.0, 500.0, 319.5, 239.5)
+LOOK_Y = Rotation.from_matrix([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])  # camera looking at +y
+
+
+def pose(x: float, y: float = 0.0, z: float = 1.5, yaw: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([x, y, z]), (Rotation.from_euler("z", yaw, degrees=True) * LOOK_Y).as_quat()
+
+
+def scene(n: int = 300, seed: int = 0) -> np.ndarray:
+    """Points on facades 6-10 m away (several depths: not one plane)."""
+    rng = np.random.default_rng(seed)
+    return np.c_[rng.uniform(-4, 8, n), rng.uniform(6, 10, n), rng.uniform(0, 5, n)]
+
+
+def project(points: np.ndarray, p: tuple[np.ndarray, np.ndarray], camera: Camera = CAM, noise: float = 0.0,
+            seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    r, t = world_to_camera(*p)
+    uv, _ = cv2.projectPoints(points, cv2.Rodrigues(r)[0], t, camera.matrix, camera.dist)
+    uv = uv.reshape(-1, 2) + np.random.default_rng(seed).normal(0, noise, (len(points), 2))
+    visible = ((points @ r.T + t)[:, 2] > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < camera.width) & (uv[:, 1] >= 0) \
+        & (uv[:, 1] < camera.height)
+    return uv, visible
+
+
+def features(uv: np.ndarray, desc: np.ndarray) -> LocalFeatures:
+    return LocalFeatures(uv.astype(np.float32), desc.astype(np.float32), "densernet")
+
+
+def unit_descriptors(n: int, dim: int = 32, seed: int = 2) -> np.ndarray:
+    d = np.random.default_rng(seed).standard_normal((n, dim))
+    return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
+# ---- camera -------------------------------------------------------------------------------------
+def test_camera_files_scaling_and_distortion(tmp_path):
+    (tmp_path / "ours.yaml").write_text("width: 640\nheight: 480\nfx: 500\nfy: 501\ncx: 320\ncy: 240\n"
+                                        "distortion: [-0.2, 0.05, 0.001, 0.0, 0.0]\n")
+    cam = load_camera(tmp_path / "ours.yaml")
+    assert (cam.fx, cam.fy, len(cam.distortion)) == (500.0, 501.0, 5)
+    (tmp_path / "ros.yaml").write_text("image_width: 640\nimage_height: 480\ncamera_matrix: {rows: 3, cols: 3, data: "
+                                       "[500, 0, 320, 0, 501, 240, 0, 0, 1]}\ndistortion_coefficients: {rows: 1, cols: 5, "
+                                       "data: [-0.2, 0.05, 0.001, 0.0, 0.0]}\n")
+    assert load_camera(tmp_path / "ros.yaml") == cam
+    (tmp_path / "calib.txt").write_text("P0: 707.0912 0 601.8873 0 0 707.0912 183.1104 0 0 0 1 0\n")
+    kitti = load_camera(tmp_path / "calib.txt", image_size=(1241, 376))
+    assert kitti.fx == pytest.approx(707.0912) and kitti.cy == pytest.approx(183.1104)
+    with pytest.raises(ConfigError, match="image size"):
+        load_camera(tmp_path / "calib.txt")
+    half = cam.scaled(320, 240)
+    assert half.fx == 250.0 and half.cx == pytest.approx(159.75)
+    # undistort inverts OpenCV's distortion model
+    ideal = np.array([[100.0, 80.0], [600.0, 400.0], [320.0, 240.0]])
+    rays = np.c_[(ideal - [cam.cx, cam.cy]) / [cam.fx, cam.fy], np.ones(3)]
+    distorted, _ = cv2.projectPoints(rays, np.zeros(3), np.zeros(3), cam.matrix, cam.dist)
+    np.testing.assert_allclose(cam.undistort(distorted.reshape(-1, 2)), ideal, atol=0.05)
+    (tmp_path / "bad.yaml").write_text("width: 640\nheight: 480\nfx: -1\nfy: 1\ncx: 0\ncy: 0\n")
+    with pytest.raises(ConfigError, match="invalid intrinsics"):
+        load_camera(tmp_path / "bad.yaml")
+    with pytest.raises(FileNotFoundError):
+        load_camera(tmp_path / "none.yaml")
+
+
+# ---- triangulation -----------------------------------------------------------------------------
+def test_triangulation_recovers_points_and_rejects_what_the_views_disagree_on():
+    pts = scene()
+    a, b = pose(0.0), pose(1.0)
+    (ua, va), (ub, vb) = project(pts, a, noise=0.3, seed=3), project(pts, b, noise=0.3, seed=4)
+    both = va & vb
+    desc = unit_descriptors(len(pts))
+    fa, fb = features(ua[both], desc[both]), features(ub[both], desc[both])
+    xyz, ia, ib = triangulate_pair(CAM, a, b, fa, fb, TriangulationConfig())
+    assert len(xyz) >= 0.9 * both.sum()
+    assert np.median(np.linalg.norm(xyz - pts[both][ia], axis=1)) < 0.05
+    # a 0.3 m height error in one mapped pose (GPS): the epipolar geometry no longer fits, every point is
+    # dropped. (An error along the baseline or in yaw moves depths consistently: two views cannot see it.)
+    wrong = (b[0] + [0.0, 0.0, 0.3], b[1])
+    xyz_bad, _, _ = triangulate_pair(CAM, a, wrong, fa, fb, TriangulationConfig())
+    assert len(xyz_bad) < 0.1 * len(xyz)
+
+
+def test_points_keep_only_checked_views_and_confirm_by_a_third():
+    pts = scene(400)
+    poses = [pose(float(x)) for x in range(5)]
+    desc = unit_descriptors(len(pts))
+    feats = []
+    for k, p in enumerate(poses):
+        uv, vis = project(pts, p, noise=0.2, seed=10 + k)
+        feats.append(features(uv[vis], desc[vis]))
+    positions = np.array([p[0] for p in poses])
+    orientations = np.array([p[1] for p in poses])
+    points = build_points(CAM, positions, orientations, feats)
+    assert len(points.xyz) > 100
+    per = points.per_place(5)
+    assert (per > 0).all()
+    views = np.bincount(points.obs[:, 1])
+    assert views.max() >= 3  # confirmations by neighbouring views add observations
+
+
+# ---- PnP ------------------------------------------------------------------------------------------
+def test_pnp_pose_within_tolerance_and_covariance_covers_the_truth():
+    pts = scene(500)
+    truth = pose(2.3, 0.4, 1.7, yaw=7.0)
+    uv, vis = project(pts, truth, noise=0.5, seed=5)
+    est = solve_pnp(pts[vis], uv[vis], CAM)
+    assert est.ok, est.reason
+    err = np.linalg.norm(est.position - truth[0])
+    rot = np.degrees((Rotation.from_quat(est.orientation) * Rotation.from_quat(truth[1]).inv()).magnitude())
+    assert err < 0.05 and rot < 0.5
+    sigma = np.sqrt(np.diag(est.covariance))
+    assert np.all(np.linalg.eigvalsh(est.covariance) > 0) and err <= 3 * np.linalg.norm(sigma[:3])
+
+
+def test_pnp_with_outliers_uses_ransac():
+    pts = scene(400)
+    truth = pose(1.0, yaw=-5.0)
+    uv, vis = project(pts, truth, noise=0.5, seed=6)
+    uv = uv[vis].copy()
+    uv[::3] = np.random.default_rng(7).uniform(0, 480, (len(uv[::3]), 2))  # a third of the matches are wrong
+    est = solve_pnp(pts[vis], uv, CAM)
+    assert est.ok and np.linalg.norm(est.position - truth[0]) < 0.1 and est.inliers < vis.sum() * 0.8
+
+
+def test_degenerate_cases_fail_the_gate_with_a_reason():
+    truth = pose(0.0)
+    pts = scene(500)
+    uv, vis = project(pts, truth, noise=0.3)
+    few = solve_pnp(pts[vis][:10], uv[vis][:10], CAM)
+    assert not few.ok and "too few" in few.reason
+    line = np.c_[np.linspace(-3, 3, 60), np.full(60, 8.0), np.full(60, 1.5)]  # all points on one line
+    luv, lvis = project(line, truth, noise=0.3)
+    on_line = solve_pnp(line[lvis], luv[lvis], CAM)
+    assert not on_line.ok and ("line" in on_line.reason or "degenerate" in on_line.reason or "inliers" in on_line.reason)
+    wrong_intrinsics = Camera(640, 480, 800.0, 800.0, 319.5, 239.5)  # focal 60 % too long
+    bad = solve_pnp(pts[vis], uv[vis], wrong_intrinsics)
+    assert not bad.ok or np.linalg.norm(bad.position - truth[0]) > 0.5
+
+
+def test_query_from_an_unmapped_place_finds_no_pose():
+    pts = scene(300)
+    poses = [pose(float(x)) for x in range(3)]
+    desc = unit_descriptors(len(pts))
+    feats = [features(*(lambda uv_vis: (uv_vis[0][uv_vis[1]], desc[uv_vis[1]]))(project(pts, p, seed=20 + k)))
+             for k, p in enumerate(poses)]
+    points = build_points(CAM, np.array([p[0] for p in poses]), np.array([p[1] for p in poses]), feats)
+    elsewhere = features(np.random.default_rng(8).uniform(0, 480, (200, 2)), unit_descriptors(200, seed=9))
+    est = localize_metric(elsewhere, CAM, points, [0, 1, 2], MetricConfig())
+    assert not est.ok
+    quv, qvis = project(pts, pose(1.4, 0.3), noise=0.3, seed=30)
+    here = localize_metric(features(quv[qvis], desc[qvis]), CAM, points, [1, 0, 2])
+    assert here.ok and np.linalg.norm(here.position - pose(1.4, 0.3)[0]) < 0.05
+
+
+def test_mutual_matching_only_keeps_consistent_pairs():
+    a = unit_descriptors(50, seed=11)
+    b = np.r_[a[::-1], unit_descriptors(10, seed=12)]
+    m = match(a, b, ratio=1.0)
+    assert len(m) == 50 and np.all(b[m[:, 1]] == a[m[:, 0]])
+
+
+# ---- a map with points from rendered images --------------------------------------------------------
+@pytest.fixture(scope="module")
+def street(tmp_path_factory):
+    from densernet_core.demo.street3d import StreetConfig, generate
+
+    out = tmp_path_factory.mktemp("street3d")
+    cfg = StreetConfig(places=10)
+    generate(out, cfg)
+    return out, cfg
+
+
+def test_map_with_points_round_trip_add_and_metric_pose(street, tiny_model, tmp_path, capsys):
+    """SIFT features (independent of the tiny random model): build with a camera, save, load, info,
+    extend with `add`, and localize a query to a metric pose."""
+    from densernet_core.datasets import load_csv
+    from densernet_core.localization.localizer import Localizer
+    from densernet_core.mapping.placemap import PlaceMap, add_to_map, build_map
+    from densernet_core.model.checkpoint import checkpoint_hash, save_checkpoint
+
+    route, cfg = street
+    db, q = load_csv(route / "map" / "poses.csv"), load_csv(route / "query" / "poses.csv")
+    ckpt = save_checkpoint(tiny_model, tmp_path / "model.safetensors")
+    camera = load_camera(route / "map" / "camera.yaml")
+    built = build_map(tiny_model, ckpt, checkpoint_hash(ckpt), db.subset(range(7)), tmp_path / "map", camera=camera,
+                      features="sift", progress=False)
+    loaded = PlaceMap.load(tmp_path / "map")
+    assert loaded.points is not None and len(loaded.points.xyz) == len(built.points.xyz) > 100
+    np.testing.assert_allclose(loaded.points.xyz, built.points.xyz, atol=1e-5)
+    assert "3-D points:" in loaded.info() and "sift" in loaded.info()
+    before = len(loaded.points.xyz)
+    extended = add_to_map(tmp_path / "map", tiny_model, checkpoint_hash(ckpt), db.subset(range(7, 10)), progress=False)
+    assert len(extended.points.xyz) > before and extended.points.per_place(10)[8] > 0
+    loc = Localizer(tiny_model, PlaceMap.load(tmp_path / "map"))
+    r = loc.localize(str(q.images[5]))
+    assert r.metric is not None
+    assert r.metric.ok, r.metric.reason
+    assert np.linalg.norm(r.metric.position - q.positions[5]) < 0.2
+    assert r.pose_source == "metric" and r.estimate.fix
+    retrieval_only = Localizer(tiny_model, PlaceMap.load(tmp_path / "map"), metric=None).localize(str(q.images[5]))
+    assert retrieval_only.metric is None and retrieval_only.pose_source == "single"
+    # densernet-localize does the same offline, and says which frames got a metric pose
+    from densernet_core.localization.cli import main as localize_main
+
+    capsys.readouterr()
+    assert localize_main([str(q.images[5]), "--map", str(tmp_path / "map"), "--gt", str(route / "query" / "poses.csv"),
+                          "--plot", str(tmp_path / "loc.png")]) == 0
+    out = capsys.readouterr().out
+    assert "published [metric]" in out and "metric 6-DoF poses (PnP gate passed): 1 of 1 frames" in out
+
+
+def test_map_without_camera_is_retrieval_only(tiny_model, tmp_path, street):
+    from densernet_core.datasets import load_csv
+    from densernet_core.mapping.placemap import MapError, PlaceMap, build_map
+    from densernet_core.model.checkpoint import checkpoint_hash, save_checkpoint
+
+    route, _ = street
+    db = load_csv(route / "map" / "poses.csv")
+    ckpt = save_checkpoint(tiny_model, tmp_path / "model.safetensors")
+    build_map(tiny_model, ckpt, checkpoint_hash(ckpt), db, tmp_path / "plain", progress=False)
+    assert PlaceMap.load(tmp_path / "plain").points is None
+    assert "retrieval-only" in PlaceMap.load(tmp_path / "plain").info()
+    positions_only = db.subset(range(5))
+    positions_only.has_orientation = False
+    with pytest.raises(MapError, match="orientation"):
+        build_map(tiny_model, ckpt, checkpoint_hash(ckpt), positions_only, tmp_path / "noori",
+                  camera=load_camera(route / "map" / "camera.yaml"), progress=False)
