@@ -44,7 +44,9 @@ setup(
         # ROS 2 (Kilted) from PyPI wheels, for machines without a system ROS 2 install.
         "ros": ["ros-rclpy", "ros-sensor-msgs", "ros-geometry-msgs", "ros-std-msgs", "ros-nav-msgs",
                 "ros-diagnostic-msgs", "ros-std-srvs", "ros-rmw-fastrtps-cpp"],
-        "dev": ["pytest>=7", "onnxruntime>=1.17", "colcon-common-extensions"],
+        # Exported runtimes (densernet export; --backend onnxruntime | openvino).
+        "deploy": ["onnxruntime>=1.17", "openvino>=2024.0"],
+        "dev": ["pytest>=7", "onnxruntime>=1.17", "openvino>=2024.0", "colcon-common-extensions"],
     },
     zip_safe=True,
     entry_points={

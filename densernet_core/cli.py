@@ -1,4 +1,4 @@
-"""`densernet` command line: prepare weights, make an off-the-shelf checkpoint, describe images."""
+"""`densernet` command line: prepare weights, make an off-the-shelf checkpoint, describe images, export."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +17,7 @@ LOG = logging.getLogger("densernet")
 
 # Libraries whose INFO lines read like errors to users (faiss's loader reports each SIMD build it
 # could not import before the one it loads); shown with -v only.
-QUIET_LOGGERS = ("faiss", "matplotlib")
+QUIET_LOGGERS = ("faiss", "matplotlib", "onnxruntime")
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -69,10 +69,10 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_describe(args: argparse.Namespace) -> int:
-    from .model.checkpoint import load_model
+    from .model.runtime import load_describer
 
-    model = load_model(args.checkpoint, device=args.device,
-                       image_size=tuple(args.image_size) if args.image_size else None)
+    model = load_describer(args.checkpoint, args.device, tuple(args.image_size) if args.image_size else None,
+                           args.backend, args.engine)
     images = list_images(args.images)
     desc = model.describe(images, batch_size=args.batch_size, progress=True)
     np.save(args.out, desc, allow_pickle=False)
@@ -80,6 +80,28 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     names.write_text("".join(f"{p}\n" for p in images))
     print(f"{desc.shape[0]} descriptors of dimension {desc.shape[1]} -> {args.out} (image list: {names})")
     return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .model.runtime import engine_metadata, export_onnx
+
+    calibration = list_images(args.calibration) if args.calibration else []
+    out = export_onnx(args.checkpoint, args.out, tuple(args.image_size) if args.image_size else None, args.precision,
+                      calibration)
+    meta = engine_metadata(out)
+    print(f"{out}: {args.format} {meta['precision']}, {meta['preset']} at {meta['image_size'][0]}x{meta['image_size'][1]}, "
+          f"dynamic batch, "
+          f"{meta['descriptor_dim']}-D, from checkpoint sha256 {meta['checkpoint_sha256'][:16]}…")
+    return 0
+
+
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    """--backend/--engine, the same for every command that describes images."""
+    from .model.runtime import BACKENDS
+
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="run the network with PyTorch (default) or an exported engine (densernet export)")
+    p.add_argument("--engine", help="the exported engine file for --backend onnxruntime")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -117,7 +139,20 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
     d.add_argument("--batch-size", type=int, default=8)
     d.add_argument("--device", default="auto")
+    add_backend_args(d)
     d.set_defaults(func=_cmd_describe)
+
+    from .model.runtime import EXPORT_FORMATS, PRECISIONS
+
+    e = sub.add_parser("export", help="the network (image tensor -> descriptor, dense map) for a deployment runtime")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
+    e.add_argument("--out", required=True)
+    e.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="default: the checkpoint's")
+    e.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="int8: static quantization of the trunk and branches (CPU), calibrated on --calibration")
+    e.add_argument("--calibration", nargs="+", help="int8: images (or folders) of the environment, e.g. the map's")
+    e.set_defaults(func=_cmd_export)
     return p
 
 

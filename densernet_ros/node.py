@@ -53,6 +53,7 @@ from densernet_core.camera import Camera
 from densernet_core.config import ConfigError
 from densernet_core.localization.belief import BeliefConfig, Motion
 from densernet_core.localization.localizer import MODES
+from densernet_core.model.runtime import BACKENDS
 from densernet_core.localization.metric import MetricConfig
 from densernet_core.localization.odometry import OdometryBuffer, compose, inverse, map_to_odom
 from densernet_core.localization.pose import PoseEstimatorConfig
@@ -74,6 +75,8 @@ class NodeSettings:
     image_topic: str
     use_compressed: bool
     device: str
+    backend: str
+    engine: str
     image_size: tuple[int, int] | None
     top_k: int
     max_rate_hz: float
@@ -101,6 +104,8 @@ PARAMETERS = {
     "image_topic": ("image", "camera topic (relative; remap it or set a namespace)", True, None),
     "use_compressed": (False, "subscribe to <image_topic>/compressed", True, None),
     "device": ("auto", "auto, cpu or cuda", True, None),
+    "backend": ("torch", "torch, or onnxruntime with an exported engine (densernet export)", True, None),
+    "engine": ("", "the exported engine file for backend onnxruntime", True, None),
     "image_height": (0, "inference height; 0: the map's (any other value must equal it)", True, (0, 4096)),
     "image_width": (0, "inference width; 0: the map's (any other value must equal it)", True, (0, 4096)),
     "top_k": (10, "candidates retrieved per frame", True, (1, 1000)),
@@ -200,10 +205,12 @@ class LocalizerNode(Node):
             raise ConfigError("parameters publish_tf/filter_odometry need odom_topic, which is empty")
         if values["mode"] not in MODES:
             raise ConfigError(f"parameter mode={values['mode']!r}: use one of {', '.join(MODES)}")
+        if values["backend"] not in BACKENDS:
+            raise ConfigError(f"parameter backend={values['backend']!r}: use one of {', '.join(BACKENDS)}")
         belief = BeliefConfig(max_speed=values["max_speed"], fix_mass=values["fix_mass"],
                               position_floor=values["position_floor"], yaw_floor_deg=values["yaw_floor_deg"])
         return NodeSettings(values["map_dir"], values["checkpoint"], values["image_topic"], values["use_compressed"],
-                            values["device"], size, values["top_k"], values["max_rate_hz"],
+                            values["device"], values["backend"], values["engine"], size, values["top_k"], values["max_rate_hz"],
                             values["max_frame_wait_s"], values["map_frame"], values["input_timeout_s"],
                             values["mode"], values["metric"], values["camera_info_topic"], values["filter_odometry"],
                             belief, estimator, values["publish_tf"],
@@ -216,7 +223,8 @@ class LocalizerNode(Node):
         s = self.settings
         size = s.image_size if s.image_size and s.image_size[0] > 0 else None
         self.localizer = Localizer.from_paths(s.map_dir, s.checkpoint or None, s.device, size, s.estimator,
-                                              s.top_k, s.belief, s.mode, MetricConfig() if s.metric else None)
+                                              s.top_k, s.belief, s.mode, MetricConfig() if s.metric else None,
+                                              s.backend, s.engine or None)
         self._last_stamp: float | None = None  # image stamp of the previous processed frame (filter motion)
 
     def _setup_odometry(self) -> None:
@@ -414,6 +422,7 @@ class LocalizerNode(Node):
                   "last_score": s["last_score"], "last_confidence": s["last_confidence"],
                   "last_error": s["last_error"]}
         values["mode"] = self.settings.mode
+        values["backend"] = self.settings.backend
         if self.localizer.metric is not None:
             values.update(metric_poses=s["metric_poses"], place_poses=s["fixes"] - s["metric_poses"])
         belief = self.localizer.filter

@@ -183,3 +183,19 @@ def test_device_names_are_checked():
         for name in ("cuda", "cuda:0"):
             with pytest.raises(RuntimeError, match="CUDA is not available"):
                 resolve_device(name)
+
+
+def test_pca_branch_init_of_a_branch_wider_than_its_tap():
+    """`large` gives pool3 (256 channels) a 384-wide branch: whitening keeps 256 components, embedded
+    isometrically so the branch still carries one unit of variance per output on average."""
+    model = DenserNet(model_config("small", weights="none", branch_dims=(300, 16, 0), image_size=(64, 64)))
+    rng = np.random.default_rng(0)
+    samples = {0: rng.standard_normal((3000, 256)) * rng.uniform(0.1, 5.0, 256) + 2.0,
+               1: rng.standard_normal((3000, 512)) * rng.uniform(0.1, 5.0, 512)}
+    model.init_branches_from_samples(samples)
+    with torch.no_grad():
+        y = model.branches[0](torch.from_numpy(samples[0].astype(np.float32)).T[None, :, :, None])[0, :, :, 0].T
+    cov = np.cov(y.numpy().T)
+    eig = np.linalg.eigvalsh(cov)
+    assert cov.shape == (300, 300) and abs(np.trace(cov) / 300 - 1.0) < 0.05
+    assert eig[-256:].min() > 0.5 * eig[-256:].max() and eig[:44].max() < 1e-3  # rank 256, isotropic in it

@@ -592,3 +592,34 @@ def test_metric_pose_published_with_its_orientation_and_a_smaller_covariance(str
         client.close()
         code, out = stop(proc)
     assert code == 0, out
+
+
+def test_node_on_the_onnxruntime_backend(gp_map, gardens_point, tmp_path, tiny_model):
+    """backend:=onnxruntime with an engine exported from the map's checkpoint answers like torch; an
+    engine from another checkpoint ends the start-up with exit 1 and says so."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is a dev extra")
+    from densernet_core.model.checkpoint import save_checkpoint
+    from densernet_core.model.runtime import export_onnx
+
+    engine = export_onnx(gp_map / "model.safetensors", tmp_path / "model.onnx")
+    proc = start_node(gp_map / "map", *PARAMS, "backend:=onnxruntime", f"engine:={engine}", namespace="ort")
+    client = Client(namespace="ort")
+    try:
+        client.wait_matched(proc)
+        sent = {}
+        for i in QUERY_FRAMES[:6]:
+            msg = client.make_msg(frame(gardens_point, "day_right", i), _stamp(9000 + i))
+            sent[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = i
+            client.send_and_wait(msg)
+        right = [abs(p.pose.pose.position.x - sent[(p.header.stamp.sec, p.header.stamp.nanosec)]) <= 5.0
+                 for p in client.poses]
+        assert len(right) >= 4 and sum(right) >= 4, right  # day frames against a day map
+        client.wait_for(lambda: _diag_value(client, "backend") == "onnxruntime", 10, "diagnostics naming the backend")
+    finally:
+        client.close()
+        code, out = stop(proc)
+    assert code == 0, out
+    foreign = export_onnx(save_checkpoint(tiny_model, tmp_path / "other.safetensors"), tmp_path / "other.onnx")
+    proc = start_node(gp_map / "map", *PARAMS, "backend:=onnxruntime", f"engine:={foreign}")
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1 and "export it again" in out

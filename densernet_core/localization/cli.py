@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..cli import run_cli, setup_logging
+from ..cli import add_backend_args, run_cli, setup_logging
 from ..images import ImageError, list_images
 from .belief import BeliefConfig
 from .pose import PoseEstimatorConfig
@@ -80,7 +80,7 @@ def _cmd(args: argparse.Namespace) -> int:
                              "(rows are matched by file name)")
     motion = _motion_source(args)
     loc = Localizer.from_paths(args.map, args.checkpoint, args.device, None, est_cfg, args.top_k, belief,
-                               "filtered" if args.sequence else "single")
+                               "filtered" if args.sequence else "single", backend=args.backend, engine=args.engine)
     # On a map with 3-D points the published pose is the metric one where its gate passed.
     modes = (("single", "filtered") if args.sequence else ("single",)) + (("published",) if loc.metric else ())
     metric_poses = 0
@@ -173,6 +173,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="per-frame CSV")
     p.add_argument("--plot", help="trajectory PNG (with --gt)")
     p.add_argument("--device", default="auto")
+    add_backend_args(p)
     p.add_argument("--top-k", type=int, default=10)
     defaults = PoseEstimatorConfig()  # one set of defaults for the CLI, the node and the API
     p.add_argument("--min-score", type=float, default=defaults.min_score)

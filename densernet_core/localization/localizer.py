@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model.checkpoint import checkpoint_hash, load_model
+from ..model.checkpoint import checkpoint_hash
+from ..model.runtime import load_describer
 from ..mapping.placemap import MapError, PlaceMap
 from ..camera import Camera
 from ..images import to_rgb_uint8
@@ -108,7 +109,9 @@ class Localizer:
     def from_paths(cls, map_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
                    image_size: tuple[int, int] | None = None, estimator: PoseEstimatorConfig = PoseEstimatorConfig(),
                    top_k: int = 10, belief: BeliefConfig | None = None, mode: str = "single",
-                   metric: MetricConfig | None = MetricConfig()) -> "Localizer":
+                   metric: MetricConfig | None = MetricConfig(), backend: str = "torch",
+                   engine: str | Path | None = None) -> "Localizer":
+        """`backend`/`engine`: run the network on an exported engine (model/runtime.py), not PyTorch."""
         place_map = PlaceMap.load(map_dir)
         ckpt = Path(checkpoint) if checkpoint else Path(place_map.manifest.checkpoint)
         if not ckpt.is_absolute() and not ckpt.is_file():
@@ -119,7 +122,7 @@ class Localizer:
         if image_size is not None and tuple(image_size) != map_size:
             raise MapError(f"image size {tuple(image_size)} differs from the map's {map_size}; "
                            "descriptors at other resolutions are not comparable")
-        model = load_model(ckpt, device=device, image_size=map_size or None)
+        model = load_describer(ckpt, device, map_size or None, backend, engine)
         place_map.check_model(model.descriptor_dim, checkpoint_hash(ckpt))
         return cls(model, place_map, estimator, top_k, belief, mode, metric)
 

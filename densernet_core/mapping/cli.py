@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..cli import run_cli, setup_logging
+from ..cli import add_backend_args, run_cli, setup_logging
 from ..datasets import GeoImages, load_csv, load_kitti, load_rosbag, load_traverse, thin
 from ..local_features import DEFAULT_FEATURES, FEATURE_TYPES
 from .index import INDEX_TYPES
@@ -37,10 +37,12 @@ def load_route(args: argparse.Namespace, out_dir: Path) -> GeoImages:
 
 
 def _model(args: argparse.Namespace):
-    from ..model.checkpoint import checkpoint_hash, load_model
+    from ..model.checkpoint import checkpoint_hash
+    from ..model.runtime import load_describer
 
     image_size = tuple(args.image_size) if args.image_size else None
-    return load_model(args.checkpoint, device=args.device, image_size=image_size), checkpoint_hash(args.checkpoint)
+    return (load_describer(args.checkpoint, args.device, image_size, args.backend, args.engine),
+            checkpoint_hash(args.checkpoint))
 
 
 def _camera(args: argparse.Namespace, data: GeoImages):
@@ -96,6 +98,7 @@ def _route_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frame-id", default="map")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--device", default="auto")
+    add_backend_args(p)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -159,12 +159,18 @@ class DenserNet(nn.Module):
         for i in self.used_taps:
             x = np.asarray(samples[i], dtype=np.float64)
             width = self.config.branch_dims[i]
-            if x.ndim != 2 or x.shape[1] != TAP_CHANNELS[i] or len(x) <= width:
-                raise ValueError(f"PCA branch init of tap {i} needs more than {width} samples of "
+            kept = min(width, TAP_CHANNELS[i])  # a branch wider than its tap (large: 384 of pool3's 256)
+            if x.ndim != 2 or x.shape[1] != TAP_CHANNELS[i] or len(x) <= kept:
+                raise ValueError(f"PCA branch init of tap {i} needs more than {kept} samples of "
                                  f"{TAP_CHANNELS[i]} channels, got shape {x.shape}")
             mean, eigval, eigvec = principal_axes(x)
-            scale = np.sqrt(np.maximum(eigval[:width], eigval[0] * EIG_FLOOR))
-            weight = (eigvec[:, :width] / scale).T  # width x C
+            scale = np.sqrt(np.maximum(eigval[:kept], eigval[0] * EIG_FLOOR))
+            weight = (eigvec[:, :kept] / scale).T  # kept x C
+            if width > kept:
+                # Embed the whitened tap in `width` dims by a fixed random isometry, scaled so the branch
+                # carries `width` units of variance like the others: its output has rank `kept` anyway.
+                q, _ = np.linalg.qr(np.random.default_rng(i).standard_normal((width, kept)))
+                weight = np.sqrt(width / kept) * (q @ weight)
             self.branches[i].weight.copy_(torch.from_numpy(weight.astype(np.float32))[:, :, None, None])
             self.branches[i].bias.copy_(torch.from_numpy((-weight @ mean).astype(np.float32)))
         LOG.info("branches initialised by PCA whitening of %s", [TAP_NAMES[i] for i in self.used_taps])

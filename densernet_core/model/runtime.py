@@ -1,0 +1,257 @@
+"""Exported runtimes: the network from image tensor to final descriptor (and its fused dense map) as an
+ONNX file, run by ONNX Runtime or OpenVINO instead of eager PyTorch (both read the same file).
+
+Preprocessing stays the package's own (`images.prepare_batch`), so every backend sees the same input
+tensor and only the network changes. Provenance: the ONNX file's metadata records the checkpoint's
+sha256, preset and image size; an engine from another checkpoint is refused, and since a map records
+its checkpoint's sha256, a map refuses a mismatched engine too.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..images import ImageLike, prepare_batch
+from .checkpoint import checkpoint_hash, load_model
+from .network import DEFAULT_BATCH, DenserNet
+
+BACKENDS = ("torch", "onnxruntime", "openvino")
+EXPORT_FORMATS = ("onnx",)
+PRECISIONS = ("fp32", "int8")
+# int8: the VGG16 trunk and the 1x1 branches (where the time goes); NetVLAD's soft assignment and
+# normalisation stay fp32.
+INT8_EXCLUDE = "netvlad"
+MIN_CALIBRATION_IMAGES = 8
+ONNX_OPSET = 17
+META_KEY = "densernet"  # ONNX metadata_props key holding the provenance JSON
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot be used: missing, not ours, or from another checkpoint."""
+
+
+class _Exported(torch.nn.Module):
+    """image tensor -> (descriptor, fused dense map): the graph every runtime runs."""
+
+    def __init__(self, model: DenserNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dense = self.model.dense(x)
+        return self.model.aggregate(dense), dense
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, image_size: tuple[int, int] | None = None,
+                precision: str = "fp32", calibration: Sequence[ImageLike] = ()) -> Path:
+    """The checkpoint's network at its image size (or `image_size`), dynamic batch, with its provenance
+    in the metadata. int8: static quantization (QDQ, per channel) calibrated on `calibration` images,
+    which should be images of the map's environment."""
+    import onnx
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "int8" and len(calibration) < MIN_CALIBRATION_IMAGES:
+        raise ValueError(f"int8 needs at least {MIN_CALIBRATION_IMAGES} calibration images (map images), "
+                         f"got {len(calibration)}")
+    checkpoint, out = Path(checkpoint), Path(out)
+    model = load_model(checkpoint, device="cpu", image_size=image_size)
+    h, w = model.config.image_size
+    tmp = out.with_name(out.name + ".partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # The TorchScript exporter (dynamo=False: the torch.export one needs onnxscript, not a dependency)
+    # warns that it is legacy, and the tracer about shape checks that are constant at a fixed image size.
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(_Exported(model).eval(), (torch.zeros(1, 3, h, w),), str(tmp), dynamo=False,
+                          input_names=["image"], output_names=["descriptor", "dense"], opset_version=ONNX_OPSET,
+                          dynamic_axes={"image": {0: "batch"}, "descriptor": {0: "batch"}, "dense": {0: "batch"}},
+                          do_constant_folding=True)
+    graph = onnx.load(str(tmp))
+    meta = {"checkpoint_sha256": checkpoint_hash(checkpoint), "checkpoint": checkpoint.name,
+            "preset": model.config.preset, "image_size": [h, w], "descriptor_dim": model.descriptor_dim,
+            "feature_dim": model.config.feature_dim, "precision": precision}
+    graph.metadata_props.add(key=META_KEY, value=json.dumps(meta, sort_keys=True))
+    onnx.save(graph, str(tmp))
+    if precision == "int8":
+        _quantize_int8(tmp, model, calibration)
+    os.replace(tmp, out)
+    return out
+
+
+def _quantize_int8(path: Path, model: DenserNet, calibration: Sequence[ImageLike]) -> None:
+    """Static int8 in place: activation ranges from the calibration images (MinMax, folded in image by
+    image so memory stays that of one image's activations)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    class Reader(CalibrationDataReader):
+        """One image at a time; ORT folds each image's ranges in before the next (CalibStridedMinMax)."""
+
+        def __init__(self) -> None:
+            self.set_range(0, len(calibration))
+
+        def __len__(self) -> int:
+            return len(calibration)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.items = iter(calibration[start_index:end_index])
+
+        def get_next(self):
+            image = next(self.items, None)
+            if image is None:
+                return None
+            return {"image": prepare_batch([image], model.config.image_size, model.config.preprocessing).numpy()}
+
+    graph = onnx.load(str(path))
+    props = list(graph.metadata_props)
+    exclude = [n.name for n in graph.graph.node if INT8_EXCLUDE in n.name]
+    prepared, quantized = path.with_name(path.name + ".pre"), path.with_name(path.name + ".int8")
+    quant_pre_process(str(path), str(prepared))  # shape inference and graph optimisation, as ORT asks
+    quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude, extra_options={"CalibStridedMinMax": 1})
+    q = onnx.load(str(quantized))
+    del q.metadata_props[:]
+    q.metadata_props.extend(props)
+    onnx.save(q, str(path))
+    quantized.unlink()
+    prepared.unlink()
+
+
+def engine_metadata(engine: str | Path) -> dict:
+    """The provenance an exported engine carries (raises when the file is missing or not ours)."""
+    import onnx
+
+    engine = Path(engine)
+    if not engine.is_file():
+        raise EngineError(f"engine not found: {engine}")
+    try:
+        graph = onnx.load(str(engine), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for non-ONNX files
+        raise EngineError(f"{engine}: not an ONNX file ({type(exc).__name__}: {exc})") from exc
+    props = {p.key: p.value for p in graph.metadata_props}
+    if META_KEY not in props:
+        raise EngineError(f"{engine}: no densernet provenance; export it with `densernet export`")
+    return json.loads(props[META_KEY])
+
+
+class ExportedModel:
+    """The `describe()` of a DenserNet, run by a runtime on an exported engine (subclasses: the runtime)."""
+
+    backend = ""
+
+    def __init__(self, model: DenserNet, engine: str | Path, checkpoint_sha: str) -> None:
+        meta = engine_metadata(engine)
+        if meta["checkpoint_sha256"] != checkpoint_sha:
+            raise EngineError(f"{engine} was exported from checkpoint {meta['checkpoint_sha256'][:16]}…, "
+                              f"not {checkpoint_sha[:16]}…: export it again from this checkpoint")
+        self.precision = meta.get("precision", "fp32")
+        if tuple(meta["image_size"]) != tuple(model.config.image_size):
+            raise EngineError(f"{engine} runs at {meta['image_size']}, the model at "
+                              f"{list(model.config.image_size)}: export at that size (descriptors at other "
+                              "resolutions are not comparable)")
+        self.engine = Path(engine)
+        self.config = model.config
+        self._dim = model.descriptor_dim
+        self.netvlad_init = model.netvlad_init
+
+    def _run(self, x: np.ndarray, dense: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        raise NotImplementedError
+
+    @property
+    def descriptor_dim(self) -> int:
+        return self._dim
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def describe(self, images: Sequence[ImageLike] | ImageLike, color: str = "rgb", batch_size: int = DEFAULT_BATCH,
+                 return_dense: bool = False, progress: bool = False) -> np.ndarray | tuple[np.ndarray, list[np.ndarray]]:
+        """As `DenserNet.describe`."""
+        from tqdm import tqdm
+
+        if isinstance(images, (str, np.ndarray)) or not isinstance(images, Sequence):
+            images = [images]
+        out, dense_out = [], []
+        for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="describe", unit="batch"):
+            x = prepare_batch(images[start:start + batch_size], self.config.image_size, self.config.preprocessing,
+                              color).numpy()
+            desc, dense = self._run(x, return_dense)
+            out.append(np.asarray(desc, np.float32))
+            if return_dense:
+                dense_out.extend(np.asarray(d, np.float32) for d in dense)
+        desc = np.concatenate(out) if out else np.zeros((0, self._dim), np.float32)
+        return (desc, dense_out) if return_dense else desc
+
+
+class OnnxRuntimeModel(ExportedModel):
+    backend = "onnxruntime"
+
+    def __init__(self, model: DenserNet, engine: str | Path, checkpoint_sha: str, device: str = "cpu",
+                 threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        super().__init__(model, engine, checkpoint_sha)
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        missing = [p for p in providers if p not in ort.get_available_providers()]
+        if device == "cuda" and missing:
+            raise EngineError(f"onnxruntime has no {missing[0]} here (install onnxruntime-gpu)")
+        self.session = ort.InferenceSession(str(engine), opts, providers=providers)
+
+    def _run(self, x: np.ndarray, dense: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        result = self.session.run(["descriptor", "dense"] if dense else ["descriptor"], {"image": x})
+        return result[0], (result[1] if dense else None)
+
+
+class OpenVinoModel(ExportedModel):
+    """OpenVINO on the CPU (its int8 kernels use VNNI), tuned for one frame at a time."""
+
+    backend = "openvino"
+
+    def __init__(self, model: DenserNet, engine: str | Path, checkpoint_sha: str) -> None:
+        import openvino as ov
+
+        super().__init__(model, engine, checkpoint_sha)
+        # f32: OpenVINO would otherwise run fp32 layers in bf16 on CPUs that have it (this one does),
+        # a precision change the engine's recall was not measured at.
+        self.compiled = ov.Core().compile_model(str(engine), "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                                     "INFERENCE_PRECISION_HINT": "f32"})
+        self.request = self.compiled.create_infer_request()
+        self._outputs = {name: o for o in self.compiled.outputs for name in o.get_names()}  # a tensor has several
+
+    def _run(self, x: np.ndarray, dense: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        result = self.request.infer({"image": x})
+        return (np.array(result[self._outputs["descriptor"]]),
+                np.array(result[self._outputs["dense"]]) if dense else None)
+
+
+def load_describer(checkpoint: str | Path, device: str = "cpu", image_size: tuple[int, int] | None = None,
+                   backend: str = "torch", engine: str | Path | None = None) -> DenserNet | ExportedModel:
+    """The checkpoint's network on the chosen backend (torch: the model itself)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        if engine:
+            raise ValueError("an engine file is for an exported backend (--backend onnxruntime), not torch")
+        return load_model(checkpoint, device=device, image_size=image_size)
+    if not engine:
+        raise ValueError(f"backend {backend} needs an engine file from `densernet export --checkpoint "
+                         f"{checkpoint} --format onnx --out model.onnx`")
+    model = load_model(checkpoint, device="cpu", image_size=image_size)
+    if backend == "openvino":
+        if device == "cuda":
+            raise ValueError("the openvino backend runs on the CPU here; use onnxruntime (onnxruntime-gpu) for CUDA")
+        return OpenVinoModel(model, engine, checkpoint_hash(checkpoint))
+    return OnnxRuntimeModel(model, engine, checkpoint_hash(checkpoint), "cuda" if device == "cuda" else "cpu")

@@ -1,0 +1,142 @@
+"""Exported runtimes against PyTorch: the same descriptors (cosine >= 0.999 each), the same top-1 on
+Gardens Point, provenance that refuses a mismatched engine, and the backend through map and localizer."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import random_images
+from densernet_core.model.checkpoint import checkpoint_hash, load_model, save_checkpoint
+from densernet_core.model.runtime import EngineError, ExportedModel, engine_metadata, export_onnx, load_describer
+from densernet_core.training.recall import search
+
+pytest.importorskip("onnxruntime", reason="onnxruntime is a dev extra (pip install '.[dev]')")
+pytest.importorskip("openvino", reason="openvino is a dev extra (pip install '.[dev]')")
+MIN_COSINE = 0.999
+RUNTIMES = ("onnxruntime", "openvino")  # TensorRT is not wired in (no GPU lent to develop it on)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model, tmp_path_factory):
+    work = tmp_path_factory.mktemp("export")
+    ckpt = save_checkpoint(tiny_model, work / "model.safetensors")
+    return ckpt, export_onnx(ckpt, work / "model.onnx")
+
+
+@pytest.mark.parametrize("backend", RUNTIMES)
+def test_runtime_gives_torchs_descriptors_and_dense_maps(exported, backend):
+    ckpt, engine = exported
+    torch_model = load_model(ckpt)
+    ort_model = load_describer(ckpt, backend=backend, engine=engine)
+    assert isinstance(ort_model, ExportedModel) and ort_model.backend == backend
+    assert ort_model.descriptor_dim == torch_model.descriptor_dim
+    images = random_images(11, seed=9)  # batches of 8 and 3: the batch axis is dynamic
+    ref, ref_dense = torch_model.describe(images, return_dense=True)
+    got, got_dense = ort_model.describe(images, return_dense=True)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    assert _cosines(got, ref).min() >= MIN_COSINE
+    assert len(got_dense) == len(ref_dense) and got_dense[0].shape == ref_dense[0].shape
+    np.testing.assert_allclose(got_dense[3], ref_dense[3], atol=1e-4, rtol=1e-3)
+    meta = engine_metadata(engine)
+    assert meta["checkpoint_sha256"] == checkpoint_hash(ckpt) and meta["image_size"] == list(torch_model.config.image_size)
+
+
+def test_a_mismatched_or_foreign_engine_is_refused(exported, tiny_model, tmp_path):
+    ckpt, engine = exported
+    import torch
+
+    other = load_model(ckpt)
+    with torch.no_grad():
+        other.netvlad.centroids.mul_(1.01)
+    other_ckpt = save_checkpoint(other, tmp_path / "other.safetensors")
+    with pytest.raises(EngineError, match="exported from checkpoint .* export it again"):
+        load_describer(other_ckpt, backend="onnxruntime", engine=engine)
+    with pytest.raises(EngineError, match="runs at .* export at that size"):
+        load_describer(ckpt, image_size=(32, 48), backend="onnxruntime", engine=engine)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(EngineError, match="not an ONNX file"):
+        load_describer(ckpt, backend="onnxruntime", engine=junk)
+    with pytest.raises(EngineError, match="engine not found"):
+        load_describer(ckpt, backend="onnxruntime", engine=tmp_path / "missing.onnx")
+    with pytest.raises(ValueError, match="needs an engine file"):
+        load_describer(ckpt, backend="onnxruntime")
+    with pytest.raises(EngineError, match="exported from checkpoint"):
+        load_describer(other_ckpt, backend="openvino", engine=engine)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load_describer(ckpt, backend="tensorflow")
+
+
+def test_map_and_localizer_on_the_exported_backend(exported, tmp_path, capsys):
+    """A map built with torch is queried through the engine (same places), a map refuses an engine of
+    another checkpoint, and `densernet export` / `densernet-map build --backend` work from the shell."""
+    from densernet_core.cli import main as densernet_main
+    from densernet_core.localization.localizer import Localizer
+    from densernet_core.mapping.cli import main as map_main
+    from densernet_core.mapping.placemap import build_map
+
+    ckpt, engine = exported
+    images = random_images(6, seed=21)
+    folder = tmp_path / "route"
+    folder.mkdir()
+    import cv2
+
+    rows = ["image,x,y"]
+    for i, img in enumerate(images):
+        cv2.imwrite(str(folder / f"{i}.png"), img[:, :, ::-1])
+        rows.append(f"{i}.png,{2.0 * i},0")
+    (folder / "poses.csv").write_text("\n".join(rows) + "\n")
+    from densernet_core.datasets import load_csv
+
+    build_map(load_model(ckpt), ckpt, checkpoint_hash(ckpt), load_csv(folder / "poses.csv"), tmp_path / "map",
+              progress=False)
+    torch_loc = Localizer.from_paths(tmp_path / "map", ckpt)
+    ort_loc = Localizer.from_paths(tmp_path / "map", ckpt, backend="onnxruntime", engine=engine)
+    ov_loc = Localizer.from_paths(tmp_path / "map", ckpt, backend="openvino", engine=engine)
+    for img in images:
+        assert torch_loc.localize(img).ids[0] == ort_loc.localize(img).ids[0] == ov_loc.localize(img).ids[0]
+    assert densernet_main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "cli.onnx")]) == 0
+    assert "dynamic batch" in capsys.readouterr().out
+    assert map_main(["build", "--checkpoint", str(ckpt), "--poses", str(folder / "poses.csv"), "--out",
+                     str(tmp_path / "map2"), "--backend", "onnxruntime", "--engine", str(tmp_path / "cli.onnx")]) == 0
+    a = np.load(tmp_path / "map" / "descriptors.npy").astype(np.float32)
+    b = np.load(tmp_path / "map2" / "descriptors.npy").astype(np.float32)
+    assert _cosines(a, b).min() >= MIN_COSINE
+
+
+def test_same_top1_on_gardens_point(gardens_point, caffe_weights_ready, tmp_path):
+    """The real network (ImageNet trunk, small, 120x160): day_right -> day_left over 40 frames, every
+    query's top-1 the same through ONNX Runtime as through PyTorch."""
+    from densernet_core.cli import make_checkpoint
+
+    frames = list(range(0, 200, 5))
+    db = [gardens_point / "day_left" / f"Image{i:03d}.jpg" for i in frames]
+    q = [gardens_point / "day_right" / f"Image{i:03d}.jpg" for i in frames]
+    ckpt = make_checkpoint(db, tmp_path / "gp.safetensors", image_size=(120, 160), num_clusters=16, progress=False)
+    engine = export_onnx(ckpt, tmp_path / "gp.onnx")
+    torch_model = load_model(ckpt)
+    ref_db, ref_q = torch_model.describe(db), torch_model.describe(q)
+    for backend in RUNTIMES:
+        model = load_describer(ckpt, backend=backend, engine=engine)
+        got_db, got_q = model.describe(db), model.describe(q)
+        assert min(_cosines(got_db, ref_db).min(), _cosines(got_q, ref_q).min()) >= MIN_COSINE, backend
+        np.testing.assert_array_equal(search(got_db, got_q, 1)[1], search(ref_db, ref_q, 1)[1], err_msg=backend)
+
+
+def test_int8_export_is_calibrated_and_marked(exported, tmp_path):
+    """int8 needs calibration images (refused without), records its precision, and stays close to fp32."""
+    ckpt, _ = exported
+    with pytest.raises(ValueError, match="at least 8 calibration images"):
+        export_onnx(ckpt, tmp_path / "q.onnx", precision="int8", calibration=random_images(3))
+    engine = export_onnx(ckpt, tmp_path / "q.onnx", precision="int8", calibration=random_images(8, seed=5))
+    assert engine_metadata(engine)["precision"] == "int8"
+    images = random_images(4, seed=6)
+    ref = load_model(ckpt).describe(images)
+    for backend in RUNTIMES:
+        model = load_describer(ckpt, backend=backend, engine=engine)
+        assert model.precision == "int8"
+        assert _cosines(model.describe(images), ref).min() > 0.9, backend
