@@ -6,7 +6,7 @@ checkpoint, not the user, decides the normalisation its weights were trained wit
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -99,6 +99,22 @@ def normalise(batch_rgb: np.ndarray, preprocessing: str) -> torch.Tensor:
 def prepare_batch(images: Sequence[ImageLike], size: tuple[int, int], preprocessing: str,
                   color: str = "rgb") -> torch.Tensor:
     return normalise(np.stack([resize(to_rgb_uint8(im, color), size) for im in images]), preprocessing)
+
+
+def as_image_list(images: Sequence[ImageLike] | ImageLike) -> Sequence[ImageLike]:
+    """One image (a path, an array, a PIL image) or a sequence of them, as a sequence."""
+    if isinstance(images, (str, Path, np.ndarray)) or not isinstance(images, Sequence):
+        return [images]
+    return images
+
+
+def prepared_batches(images: Sequence[ImageLike], size: tuple[int, int], preprocessing: str, color: str = "rgb",
+                     batch_size: int = 8, progress: bool = False) -> Iterator[torch.Tensor]:
+    """The network's input tensors, `batch_size` images at a time: what every backend's describe() runs on."""
+    from tqdm import tqdm
+
+    for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="describe", unit="batch"):
+        yield prepare_batch(images[start:start + batch_size], size, preprocessing, color)
 
 
 def list_images(items: Iterable[str | Path]) -> list[Path]:

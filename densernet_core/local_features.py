@@ -96,6 +96,14 @@ def match(a: np.ndarray, b: np.ndarray, ratio: float = RATIO) -> np.ndarray:
     return np.stack([i[keep], j[keep]], axis=1)
 
 
+def extract_features(model, images: list[np.ndarray], kind: str, max_keypoints: int = MAX_KEYPOINTS
+                     ) -> list[LocalFeatures]:
+    """Local features alone: SIFT needs no network pass, DenserNet's come from its dense map."""
+    if kind == "sift":
+        return [sift_features(img, max_keypoints) for img in images]
+    return describe_with_features(model, images, kind, max_keypoints)[1]
+
+
 def describe_with_features(model, images: list[np.ndarray], kind: str, max_keypoints: int = MAX_KEYPOINTS
                            ) -> tuple[np.ndarray, list[LocalFeatures]]:
     """Global descriptors and local features of RGB images in one forward pass (DenserNet's dense map

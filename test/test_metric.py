@@ -238,3 +238,14 @@ def test_map_without_camera_is_retrieval_only(tiny_model, tmp_path, street):
     with pytest.raises(MapError, match="orientation"):
         build_map(tiny_model, ckpt, checkpoint_hash(ckpt), positions_only, tmp_path / "noori",
                   camera=load_camera(route / "map" / "camera.yaml"), progress=False)
+
+
+def test_points_capped_per_place_keep_the_first_found():
+    from densernet_core.mapping.points import MapPoints, _cap_per_place
+
+    obs = np.array([[2, 0], [0, 1], [2, 2], [0, 3], [2, 4], [1, 5], [2, 6]])
+    points = MapPoints(CAM, "sift", np.zeros((7, 3)), obs, np.arange(14, dtype=float).reshape(7, 2), np.eye(7))
+    capped = _cap_per_place(points, 2)
+    np.testing.assert_array_equal(capped.obs, obs[[0, 1, 2, 3, 5]])
+    np.testing.assert_array_equal(capped.kp, points.kp[[0, 1, 2, 3, 5]])
+    assert capped.per_place(3).tolist() == [2, 1, 2]

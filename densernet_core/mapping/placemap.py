@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..datasets import GeoImages
 from ..camera import Camera
 from ..images import read_image
-from ..local_features import DEFAULT_FEATURES, FEATURE_TYPES, LocalFeatures, describe_with_features
+from ..local_features import DEFAULT_FEATURES, FEATURE_TYPES, LocalFeatures, describe_with_features, extract_features
 from .index import INDEX_TYPES, ExactIndex, ShortlistIndex, build_index, load_coarse, save_index
 from .points import POINTS_META, FILES as POINT_FILES, MapPoints, TriangulationConfig, build_points
 
@@ -342,9 +342,7 @@ def _extend_points(points: MapPoints, model, places: GeoImages, first_new: int, 
     new = set(range(first_new, len(places)))
     feats: dict[int, LocalFeatures] = {first_new + k: f for k, f in enumerate(new_feats)}
     old = sorted({i for pair in place_pairs(places.positions, points.config) if new & set(pair) for i in pair} - new)
-    for i, f in zip(old, describe_with_features(model, [read_image(places.images[i]) for i in old], points.kind)[1]
-                    if old else []):
-        feats[i] = f
+    feats.update(zip(old, extract_features(model, [read_image(places.images[i]) for i in old], points.kind)))
     added = build_points(points.camera, places.positions, places.orientations, feats, points.config, progress,
                          only_with=new, first_id=len(points.xyz))
     return merged_points(points, added)

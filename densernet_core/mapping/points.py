@@ -26,7 +26,6 @@ Stored in the map folder, no pickle:
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -249,15 +248,12 @@ def _cap_per_place(points: MapPoints, cap: int) -> MapPoints:
     """At most `cap` observations per place (the first found: pairs are processed nearest first)."""
     if not len(points.obs):
         return points
+    order = np.argsort(points.obs[:, 0], kind="stable")  # by place, found order kept within a place
+    places = points.obs[order, 0]
+    starts = np.flatnonzero(np.r_[True, places[1:] != places[:-1]])
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
     keep = np.zeros(len(points.obs), bool)
-    for place in np.unique(points.obs[:, 0]):
-        rows = np.flatnonzero(points.obs[:, 0] == place)
-        keep[rows[:cap]] = True
+    keep[order[rank < cap]] = True
     return MapPoints(points.camera, points.kind, points.xyz, points.obs[keep], points.kp[keep], points.desc[keep],
                      points.config)
 
-
-def parallax_deg(a: np.ndarray, b: np.ndarray, point: np.ndarray) -> float:
-    """Angle at `point` between the rays to two camera centres (for reports and tests)."""
-    u, v = a - point, b - point
-    return math.degrees(math.acos(float(np.clip(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)), -1, 1))))

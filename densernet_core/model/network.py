@@ -13,11 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from .backbone import TAP_CHANNELS, TAP_STRIDES, VGG16Trunk, load_backbone_weights
 from ..config import ModelConfig, model_config
-from ..images import ImageLike, prepare_batch
+from ..images import ImageLike, as_image_list, prepared_batches
 from .netvlad import NetVLAD, kmeans
 from .pca import EIG_FLOOR, PCAWhitening, check_pca_fit_size, fit_pca_whitening, principal_axes
 
@@ -102,9 +101,9 @@ class DenserNet(nn.Module):
     # ---- inference ---------------------------------------------------------------------------
     def _batches(self, images: Sequence[ImageLike], batch_size: int, color: str, progress: bool
                  ) -> Iterable[torch.Tensor]:
-        for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="describe", unit="batch"):
-            chunk = images[start:start + batch_size]
-            yield prepare_batch(chunk, self.config.image_size, self.config.preprocessing, color).to(self.device)
+        for x in prepared_batches(images, self.config.image_size, self.config.preprocessing, color, batch_size,
+                                  progress):
+            yield x.to(self.device)
 
     @torch.inference_mode()
     def describe(self, images: Sequence[ImageLike] | ImageLike, color: str = "rgb", batch_size: int = DEFAULT_BATCH,
@@ -114,8 +113,7 @@ class DenserNet(nn.Module):
         With `return_dense`, also the fused dense maps (one C x h x w float32 array per image),
         for local matching downstream.
         """
-        if isinstance(images, (str, np.ndarray)) or not isinstance(images, Sequence):
-            images = [images]
+        images = as_image_list(images)
         was_training = self.training
         self.eval()
         use_amp = self.device.type == "cuda"

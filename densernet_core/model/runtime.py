@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..images import ImageLike, prepare_batch
+from ..images import ImageLike, as_image_list, prepare_batch, prepared_batches
 from .checkpoint import checkpoint_hash, load_model
 from .network import DEFAULT_BATCH, DenserNet
 
@@ -177,15 +177,10 @@ class ExportedModel:
     def describe(self, images: Sequence[ImageLike] | ImageLike, color: str = "rgb", batch_size: int = DEFAULT_BATCH,
                  return_dense: bool = False, progress: bool = False) -> np.ndarray | tuple[np.ndarray, list[np.ndarray]]:
         """As `DenserNet.describe`."""
-        from tqdm import tqdm
-
-        if isinstance(images, (str, np.ndarray)) or not isinstance(images, Sequence):
-            images = [images]
         out, dense_out = [], []
-        for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="describe", unit="batch"):
-            x = prepare_batch(images[start:start + batch_size], self.config.image_size, self.config.preprocessing,
-                              color).numpy()
-            desc, dense = self._run(x, return_dense)
+        for x in prepared_batches(as_image_list(images), self.config.image_size, self.config.preprocessing, color,
+                                  batch_size, progress):
+            desc, dense = self._run(x.numpy(), return_dense)
             out.append(np.asarray(desc, np.float32))
             if return_dense:
                 dense_out.extend(np.asarray(d, np.float32) for d in dense)
