@@ -41,7 +41,7 @@ from geometry_msgs.msg import Pose, PoseArray, PoseWithCovarianceStamped, Transf
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -592,18 +592,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 def spin_until_shutdown(node: Node) -> None:
     """Spin until the context is shut down (SIGINT/SIGTERM: rclpy's handlers shut it down).
 
-    A signal can land while the executor builds its next wait set: rclpy then raises RCLError
-    ("failed to initialize wait set: the given context is not valid") instead of
-    ExternalShutdownException. Once the context is shut down that is a shutdown like any other;
-    while it is still valid, whatever went wrong is raised.
+    A signal can land at any point of start-up or spinning, and each point fails differently in
+    rclpy: before the first spin, rclpy.spin's global executor is already reset to None
+    (AttributeError); while a wait set is built, RCLError ("the given context is not valid");
+    while waiting, ExternalShutdownException. So the node spins on an executor of its own, and
+    once the context is shut down any of these is a shutdown like any other; while it is still
+    valid, whatever went wrong is raised.
     """
+    if not node.context.ok():  # shut down before spinning (an executor cannot be built on it)
+        return
+    executor = None
     try:
-        rclpy.spin(node)
+        executor = SingleThreadedExecutor(context=node.context)
+        executor.add_node(node)
+        while node.context.ok():
+            executor.spin_once()
     except ExternalShutdownException:
         pass
     except RuntimeError:  # rclpy's RCLError (private class) is a RuntimeError
         if node.context.ok():
             raise
+    finally:
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
 
 
 if __name__ == "__main__":

@@ -276,32 +276,53 @@ def test_sigterm_shuts_down_cleanly(gp_map, gardens_point, streaming):
     assert "Traceback" not in out
 
 
-def test_spin_ends_cleanly_when_a_signal_invalidates_the_wait_set(monkeypatch):
-    """The race behind a fresh-clone failure: the signal handler shut the context down while rclpy.spin
-    built its wait set, and spin raised RCLError instead of ExternalShutdownException."""
+def test_spin_ends_cleanly_wherever_a_signal_lands(monkeypatch):
+    """The races behind two fresh-clone failures: a SIGTERM that shut the context down before the
+    first spin (rclpy.spin's global executor was already None: AttributeError) or while the wait set
+    was built (RCLError). Both are shutdowns; an error while the context is valid is raised."""
+    import time
+
     from rclpy._rclpy_pybind11 import RCLError
+    from rclpy.executors import SingleThreadedExecutor
+
+    from rclpy.node import Node
 
     from densernet_ros import node as node_module
 
-    class FakeNode:
-        def __init__(self) -> None:
-            self.context = rclpy.Context()
-            rclpy.init(context=self.context)
+    def make_node(name: str) -> Node:
+        context = rclpy.Context()
+        rclpy.init(context=context, domain_id=DOMAIN_ID)
+        return Node(name, context=context)
 
-    def spin_racing_a_signal(n):
-        n.context.shutdown()
+    before = make_node("shut_down_before_spin")
+    before.context.shutdown()
+    node_module.spin_until_shutdown(before)  # returns, no AttributeError
+    before.destroy_node()
+
+    during = make_node("shut_down_while_spinning")
+    during.create_timer(0.05, lambda: during.context.shutdown())
+    started = time.monotonic()
+    node_module.spin_until_shutdown(during)
+    assert time.monotonic() - started < 10.0
+    during.destroy_node()
+
+    def wait_set_race(self, timeout_sec=None):
+        self._context.shutdown()
         raise RCLError("failed to initialize wait set: the given context is not valid")
 
-    monkeypatch.setattr(node_module.rclpy, "spin", spin_racing_a_signal)
-    node_module.spin_until_shutdown(FakeNode())  # a shutdown, not an error
+    monkeypatch.setattr(SingleThreadedExecutor, "spin_once", wait_set_race)
+    racing = make_node("wait_set_race")
+    node_module.spin_until_shutdown(racing)  # a shutdown, not an error
+    racing.destroy_node()
 
-    def spin_failing(n):
+    def broken(self, timeout_sec=None):
         raise RCLError("something else broke")
 
-    monkeypatch.setattr(node_module.rclpy, "spin", spin_failing)
-    alive = FakeNode()
+    monkeypatch.setattr(SingleThreadedExecutor, "spin_once", broken)
+    alive = make_node("still_valid")
     with pytest.raises(RCLError, match="something else"):  # the context is still valid: a real error
         node_module.spin_until_shutdown(alive)
+    alive.destroy_node()
     alive.context.shutdown()
 
 
