@@ -306,19 +306,21 @@ def test_spin_ends_cleanly_wherever_a_signal_lands(monkeypatch):
     assert time.monotonic() - started < 10.0
     during.destroy_node()
 
-    def wait_set_race(self, timeout_sec=None):
-        self._context.shutdown()
-        raise RCLError("failed to initialize wait set: the given context is not valid")
+    class WaitSetRace(SingleThreadedExecutor):  # the node's own executor only, not other tests' spinners
+        def spin_once(self, timeout_sec=None):
+            self._context.shutdown()
+            raise RCLError("failed to initialize wait set: the given context is not valid")
 
-    monkeypatch.setattr(SingleThreadedExecutor, "spin_once", wait_set_race)
+    monkeypatch.setattr(node_module, "SingleThreadedExecutor", WaitSetRace)
     racing = make_node("wait_set_race")
     node_module.spin_until_shutdown(racing)  # a shutdown, not an error
     racing.destroy_node()
 
-    def broken(self, timeout_sec=None):
-        raise RCLError("something else broke")
+    class Broken(SingleThreadedExecutor):
+        def spin_once(self, timeout_sec=None):
+            raise RCLError("something else broke")
 
-    monkeypatch.setattr(SingleThreadedExecutor, "spin_once", broken)
+    monkeypatch.setattr(node_module, "SingleThreadedExecutor", Broken)
     alive = make_node("still_valid")
     with pytest.raises(RCLError, match="something else"):  # the context is still valid: a real error
         node_module.spin_until_shutdown(alive)
