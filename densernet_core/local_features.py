@@ -104,13 +104,14 @@ def extract_features(model, images: list[np.ndarray], kind: str, max_keypoints: 
     return describe_with_features(model, images, kind, max_keypoints)[1]
 
 
-def describe_with_features(model, images: list[np.ndarray], kind: str, max_keypoints: int = MAX_KEYPOINTS
-                           ) -> tuple[np.ndarray, list[LocalFeatures]]:
+def describe_with_features(model, images: list[np.ndarray], kind: str, max_keypoints: int = MAX_KEYPOINTS,
+                           batch_size: int | None = None) -> tuple[np.ndarray, list[LocalFeatures]]:
     """Global descriptors and local features of RGB images in one forward pass (DenserNet's dense map
     is what the global descriptor is pooled from)."""
     if kind not in FEATURE_TYPES:
         raise ValueError(f"local feature kind {kind!r} unknown; choose one of {FEATURE_TYPES}")
+    batching = {} if batch_size is None else {"batch_size": batch_size}
     if kind == "densernet":
-        desc, dense = model.describe(images, return_dense=True)
+        desc, dense = model.describe(images, return_dense=True, **batching)
         return desc, [densernet_features(img, d, model.config.image_size, max_keypoints) for img, d in zip(images, dense)]
-    return model.describe(images), [sift_features(img, max_keypoints) for img in images]
+    return model.describe(images, **batching), [sift_features(img, max_keypoints) for img in images]

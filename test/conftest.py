@@ -85,3 +85,31 @@ def official_state_dict(model) -> dict:
         official["module.pca_layer.weight"] = ours["pca.linear.weight"][:, :, None, None]
         official["module.pca_layer.bias"] = ours["pca.linear.bias"]
     return official
+
+
+@pytest.fixture()
+def route(tmp_path):
+    """Ten generated images and a poses CSV (x, y, z, yaw, timestamp)."""
+    import csv
+
+    import cv2
+
+    folder = tmp_path / "route"
+    folder.mkdir()
+    rows = []
+    for i, img in enumerate(random_images(10, seed=21)):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), img[:, :, ::-1])
+        rows.append([f"{i:03d}.png", 2.0 * i, 0.5 * i, 0.0, 0.1 * i, 100.0 + i])
+    with open(folder / "poses.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "x", "y", "z", "yaw", "timestamp"])
+        w.writerows(rows)
+    return folder
+
+
+@pytest.fixture()
+def ckpt(tiny_model, tmp_path):
+    from densernet_core.model.checkpoint import checkpoint_hash, save_checkpoint
+
+    path = save_checkpoint(tiny_model, tmp_path / "model.safetensors")
+    return path, checkpoint_hash(path)

@@ -1,36 +1,11 @@
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import random_images
-from densernet_core.model.checkpoint import checkpoint_hash, save_checkpoint
 from densernet_core.datasets import DatasetError, load_csv, load_rosbag, thin
 from densernet_core.mapping.placemap import MapError, PlaceMap, add_to_map, build_map
-
-
-@pytest.fixture()
-def route(tmp_path):
-    import cv2
-
-    folder = tmp_path / "route"
-    folder.mkdir()
-    rows = []
-    for i, img in enumerate(random_images(10, seed=21)):
-        cv2.imwrite(str(folder / f"{i:03d}.png"), img[:, :, ::-1])
-        rows.append([f"{i:03d}.png", 2.0 * i, 0.5 * i, 0.0, 0.1 * i, 100.0 + i])
-    with open(folder / "poses.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "x", "y", "z", "yaw", "timestamp"])
-        w.writerows(rows)
-    return folder
-
-
-@pytest.fixture()
-def ckpt(tiny_model, tmp_path):
-    path = save_checkpoint(tiny_model, tmp_path / "model.safetensors")
-    return path, checkpoint_hash(path)
 
 
 def test_map_round_trip_identical_search(tiny_model, route, ckpt, tmp_path):

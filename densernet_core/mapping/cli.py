@@ -1,8 +1,13 @@
-"""`densernet-map`: build a place map from a recorded route, inspect it, append a traverse."""
+"""`densernet-map`: build a place map from a recorded route, inspect it, append a traverse.
+
+`build` also runs under torchrun, each rank describing a share of the images, rank 0 writing the map:
+    torchrun --nproc-per-node 2 --no-python densernet-map build --checkpoint C --traverse DIR --out MAP
+"""
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -10,6 +15,7 @@ from typing import Sequence
 from ..cli import add_backend_args, run_cli, setup_logging
 from ..datasets import GeoImages, load_csv, load_kitti, load_rosbag, load_traverse, thin
 from ..local_features import DEFAULT_FEATURES, FEATURE_TYPES
+from .extraction import DEFAULT_BATCH, DEFAULT_WORKERS, ExtractionOptions
 from .index import INDEX_TYPES
 from .placemap import DTYPES, PlaceMap, add_to_map, build_map
 
@@ -36,13 +42,17 @@ def load_route(args: argparse.Namespace, out_dir: Path) -> GeoImages:
     return thin(data, args.min_distance, args.min_angle)
 
 
-def _model(args: argparse.Namespace):
+def _model(args: argparse.Namespace, device: str | None = None):
     from ..model.checkpoint import checkpoint_hash
     from ..model.runtime import load_describer
 
     image_size = tuple(args.image_size) if args.image_size else None
-    return (load_describer(args.checkpoint, args.device, image_size, args.backend, args.engine),
+    return (load_describer(args.checkpoint, device or args.device, image_size, args.backend, args.engine),
             checkpoint_hash(args.checkpoint))
+
+
+def _extraction(args: argparse.Namespace) -> ExtractionOptions:
+    return ExtractionOptions.for_batch(args.batch_size, args.workers, args.chunk)
 
 
 def _camera(args: argparse.Namespace, data: GeoImages):
@@ -59,19 +69,32 @@ def _camera(args: argparse.Namespace, data: GeoImages):
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    from ..distributed import init_distributed
+
     out = Path(args.out)
-    data = load_route(args, out)
-    model, sha = _model(args)
-    pmap = build_map(model, Path(args.checkpoint).resolve(), sha, data, out, args.index, args.dtype,
-                     camera=_camera(args, data), features=args.local_features)
-    print(pmap.info())
+    ctx = init_distributed(args.device)  # one process, or this rank of a torchrun job
+    try:
+        data = load_route(args, out)
+        model, sha = _model(args, str(ctx.device))
+        pmap = build_map(model, Path(args.checkpoint).resolve(), sha, data, out, args.index, args.dtype,
+                         camera=_camera(args, data), features=args.local_features, extraction=_extraction(args),
+                         ctx=ctx, progress=not args.no_progress)
+    finally:
+        ctx.close()
+    if pmap is None:
+        print(f"rank {ctx.rank} of {ctx.world_size}: its share of {len(data)} images went to rank 0, "
+              f"which wrote the map to {out}")
+    else:
+        print(pmap.info())
     return 0
 
 
 def _cmd_add(args: argparse.Namespace) -> int:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("densernet-map add runs in one process; start it without torchrun")
     data = load_route(args, Path(args.map))
     model, sha = _model(args)
-    print(add_to_map(args.map, model, sha, data).info())
+    print(add_to_map(args.map, model, sha, data, progress=not args.no_progress, extraction=_extraction(args)).info())
     return 0
 
 
@@ -99,6 +122,14 @@ def _route_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--device", default="auto")
     add_backend_args(p)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
+                   help="images per network pass (CPU: 8 is as fast as any; GPUs: 32-256)")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                   help="threads decoding and resizing images ahead of the network (0: in the main thread)")
+    p.add_argument("--chunk", type=int,
+                   help="images per saved chunk, the unit of resuming and of torchrun sharding "
+                        "(default: 32 rounded up to a multiple of --batch-size)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -22,12 +22,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..datasets import GeoImages
 from ..camera import Camera
 from ..images import read_image
-from ..local_features import DEFAULT_FEATURES, FEATURE_TYPES, LocalFeatures, describe_with_features, extract_features
+from ..distributed import DistContext
+from ..local_features import DEFAULT_FEATURES, FEATURE_TYPES, LocalFeatures, extract_features
+from .extraction import ExtractionOptions, describe_images
 from .index import INDEX_TYPES, ExactIndex, ShortlistIndex, build_index, load_coarse, save_index
 from .points import POINTS_META, FILES as POINT_FILES, MapPoints, TriangulationConfig, build_points
 
@@ -38,7 +39,6 @@ MANIFEST, DESCRIPTORS, INDEX, PLACES, PARTIAL = "manifest.json", "descriptors.np
 COARSE = "coarse.npy"
 PLACE_FIELDS = ["id", "image", "x", "y", "z", "qx", "qy", "qz", "qw", "timestamp", "source"]
 DTYPES = ("float16", "float32")
-CHUNK = 32  # images per resumable extraction chunk
 BACKGROUND_PLACES = 512  # fixed random places against which a query's similarity to "anywhere" is measured
 MAD_TO_STD = 1.4826  # median absolute deviation -> standard deviation of a normal distribution
 
@@ -216,60 +216,15 @@ def read_places(path: Path, folder: Path, frame_id: str, has_orientation: bool =
                      source, has_orientation, frame_id)
 
 
-def _describe_resumable(model, images: list[Path], work: Path, key: str, progress: bool,
-                        features: str | None = None) -> tuple[np.ndarray, list[LocalFeatures]]:
-    """Descriptors (and, with `features`, local features) in chunks saved under `work`, so an
-    interrupted build resumes where it stopped."""
-    work.mkdir(parents=True, exist_ok=True)
-    plan = work / "plan.json"
-    wanted = {"key": key, "images": [str(p) for p in images], "chunk": CHUNK, "features": features}
-    if plan.is_file() and json.loads(plan.read_text()) != wanted:
-        LOG.info("previous partial build was for other inputs; starting over")
-        shutil.rmtree(work)
-        work.mkdir(parents=True)
-    plan.write_text(json.dumps(wanted))
-    chunks, feats = [], []
-    starts = range(0, len(images), CHUNK)
-    for c, start in enumerate(tqdm(starts, disable=not progress, desc="map descriptors", unit="chunk")):
-        path = work / f"chunk_{c:05d}.npy"
-        if path.is_file() and (features is None or _chunk_features_exist(path)):
-            chunks.append(np.load(path, allow_pickle=False))
-            if features is not None:
-                feats += _load_chunk_features(path, features)
-            continue
-        if features is None:
-            d = model.describe(images[start:start + CHUNK])
-        else:
-            d, f = describe_with_features(model, [read_image(p) for p in images[start:start + CHUNK]], features)
-            _save_chunk_features(path, f)
-            feats += f
-        np.save(path, d, allow_pickle=False)  # last: a chunk counts as done once its descriptors exist
-        chunks.append(d)
-    return (np.concatenate(chunks) if chunks else np.zeros((0, model.descriptor_dim), np.float32)), feats
-
-
-def _chunk_features_exist(path: Path) -> bool:
-    return all(path.with_name(path.stem + f"_{part}.npy").is_file() for part in ("kp", "fd", "n"))
-
-
-def _save_chunk_features(path: Path, feats: list[LocalFeatures]) -> None:
-    np.save(path.with_name(path.stem + "_kp.npy"), np.concatenate([f.keypoints for f in feats]), allow_pickle=False)
-    np.save(path.with_name(path.stem + "_fd.npy"), np.concatenate([f.descriptors for f in feats]).astype(np.float16),
-            allow_pickle=False)
-    np.save(path.with_name(path.stem + "_n.npy"), np.array([len(f) for f in feats]), allow_pickle=False)
-
-
-def _load_chunk_features(path: Path, kind: str) -> list[LocalFeatures]:
-    kp, fd, n = (np.load(path.with_name(path.stem + f"_{part}.npy"), allow_pickle=False) for part in ("kp", "fd", "n"))
-    bounds = np.r_[0, np.cumsum(n)]
-    return [LocalFeatures(kp[a:b], fd[a:b].astype(np.float32), kind) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
 def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoImages, out: str | Path,
               index_type: str = "flat", dtype: str = "float16", progress: bool = True, camera: Camera | None = None,
-              features: str = DEFAULT_FEATURES, triangulation: TriangulationConfig = TriangulationConfig()) -> PlaceMap:
+              features: str = DEFAULT_FEATURES, triangulation: TriangulationConfig = TriangulationConfig(),
+              extraction: ExtractionOptions = ExtractionOptions(), ctx: DistContext = DistContext()) -> PlaceMap | None:
     """Descriptors of every mapped image, indexed; with `camera` (the mapped images' intrinsics) also
-    their local features, triangulated into 3-D points between neighbouring places."""
+    their local features, triangulated into 3-D points between neighbouring places.
+
+    Under torchrun (`ctx`) each rank describes its share of the images and rank 0 writes the map
+    (the other ranks return None)."""
     if index_type not in INDEX_TYPES:
         raise MapError(f"index type {index_type!r} unknown; choose one of {INDEX_TYPES}")
     if dtype not in DTYPES:
@@ -280,8 +235,12 @@ def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoIm
     out.mkdir(parents=True, exist_ok=True)
     if camera is not None:
         camera = _camera_for_images(camera, data, features)
-    desc, feats = _describe_resumable(model, data.images, out / PARTIAL, checkpoint_sha256, progress,
-                                      features if camera is not None else None)
+    described = describe_images(model, data.images, out / PARTIAL, checkpoint_sha256,
+                                features if camera is not None else None, extraction, ctx, progress)
+    if described is None:  # another rank than 0: its share is with rank 0, which writes the map
+        _finish_shard(out / PARTIAL, ctx)
+        return None
+    desc, feats = described
     points = None if camera is None else build_points(camera, data.positions, data.orientations, feats, triangulation,
                                                       progress)
     manifest = Manifest(FORMAT_VERSION, model.config.to_dict(), checkpoint_sha256, str(checkpoint),
@@ -290,10 +249,19 @@ def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoIm
     pmap = PlaceMap(manifest, desc.astype(dtype), data, points=points)
     pmap.save(out)
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
+    ctx.barrier()  # the other ranks may now drop their partial results
     return pmap
 
 
-def add_to_map(folder: str | Path, model, checkpoint_sha256: str, data: GeoImages, progress: bool = True) -> PlaceMap:
+def _finish_shard(work: Path, ctx: DistContext) -> None:
+    """Wait until rank 0 has written the map; then a rank's own copy of its chunks (a folder rank 0
+    does not share) is no longer needed."""
+    ctx.barrier()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def add_to_map(folder: str | Path, model, checkpoint_sha256: str, data: GeoImages, progress: bool = True,
+               extraction: ExtractionOptions = ExtractionOptions()) -> PlaceMap:
     """Append a traverse to an existing map (descriptors added to the index, nothing re-extracted)."""
     folder = Path(folder)
     pmap = PlaceMap.load(folder)
@@ -301,7 +269,8 @@ def add_to_map(folder: str | Path, model, checkpoint_sha256: str, data: GeoImage
     if data.frame_id != pmap.manifest.frame_id and data.frame_id != "map":
         raise MapError(f"traverse frame {data.frame_id!r} differs from the map frame {pmap.manifest.frame_id!r}")
     features = pmap.points.kind if pmap.points is not None else None
-    new, new_feats = _describe_resumable(model, data.images, folder / PARTIAL, checkpoint_sha256, progress, features)
+    new, new_feats = describe_images(model, data.images, folder / PARTIAL, checkpoint_sha256, features, extraction,
+                                     progress=progress)
     new = new.astype(pmap.manifest.dtype)
     merged = GeoImages(pmap.places.images + data.images, np.vstack([pmap.places.positions, data.positions]),
                        np.vstack([pmap.places.orientations, data.orientations]),

@@ -25,7 +25,7 @@ from .allocator import keep_freed_memory
 from .augment import night_weather
 from ..model.checkpoint import load_model, save_checkpoint
 from ..tensor_files import write_safetensors
-from .distributed import DistContext, init_distributed
+from ..distributed import DistContext, init_distributed
 from .evaluation import EvalResult, evaluate_descriptors
 from ..images import normalise, read_image, resize
 from .losses import create as create_loss

@@ -1,13 +1,23 @@
-"""torchrun integration: one code path whether one CPU process or many GPUs across nodes."""
+"""torchrun integration: one code path whether one CPU process or many GPUs across nodes.
+
+Training (data-parallel replicas) and map building (images sharded across ranks, merged on rank 0)
+both join the group torchrun describes. CPU tensors always travel over gloo, CUDA tensors over NCCL.
+"""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..model.network import resolve_device
+from .model.network import resolve_device
+
+# How long a rank waits for another (a collective, or rank 0 receiving a shard's results): long enough
+# for the slowest rank of a map build to finish its share, short enough that a dead peer is noticed.
+GROUP_TIMEOUT = timedelta(hours=2)
 
 
 @dataclass
@@ -43,6 +53,15 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def send_array(self, array: np.ndarray, dst: int = 0) -> None:
+        """A numpy array to another rank (the receiver knows its shape and dtype)."""
+        dist.send(torch.from_numpy(np.ascontiguousarray(array)), dst=dst)
+
+    def recv_array(self, shape: tuple[int, ...], dtype: np.dtype, src: int) -> np.ndarray:
+        buf = torch.from_numpy(np.empty(shape, dtype=dtype))
+        dist.recv(buf, src=src)
+        return buf.numpy()
+
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
@@ -59,5 +78,7 @@ def init_distributed(device: str = "auto") -> DistContext:
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        # Both backends on GPUs: NCCL for the model's CUDA tensors, gloo for the CPU arrays of map shards.
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if dev.type == "cuda" else "gloo",
+                                timeout=GROUP_TIMEOUT)
     return DistContext(rank, world, local, dev)
