@@ -83,14 +83,15 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .model.runtime import engine_metadata, export_onnx
+    from .model.runtime import engine_metadata, export
 
     calibration = list_images(args.calibration) if args.calibration else []
-    out = export_onnx(args.checkpoint, args.out, tuple(args.image_size) if args.image_size else None, args.precision,
-                      calibration)
+    out = export(args.checkpoint, args.out, args.format, tuple(args.image_size) if args.image_size else None,
+                 args.precision, calibration)
     meta = engine_metadata(out)
-    print(f"{out}: {args.format} {meta['precision']}, {meta['preset']} at {meta['image_size'][0]}x{meta['image_size'][1]}, "
-          f"dynamic batch, "
+    batch = f"batch 1-{meta['max_batch']} ({meta['gpu']})" if "max_batch" in meta else "dynamic batch"
+    print(f"{out}: {meta['format']} {meta['precision']}, {meta['preset']} at {meta['image_size'][0]}x{meta['image_size'][1]}, "
+          f"{batch}, "
           f"{meta['descriptor_dim']}-D, from checkpoint sha256 {meta['checkpoint_sha256'][:16]}…")
     return 0
 
@@ -101,7 +102,7 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="run the network with PyTorch (default) or an exported engine (densernet export)")
-    p.add_argument("--engine", help="the exported engine file for --backend onnxruntime")
+    p.add_argument("--engine", help="the engine file from densernet export, for a backend other than torch")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -146,11 +147,14 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="the network (image tensor -> descriptor, dense map) for a deployment runtime")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
+    e.add_argument("--format", choices=EXPORT_FORMATS, default="onnx",
+                   help="onnx (ONNX Runtime, OpenVINO), openvino (IR .xml + .bin) or tensorrt (an engine built on "
+                        "this machine's NVIDIA GPU; needs pip install tensorrt)")
     e.add_argument("--out", required=True)
     e.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="default: the checkpoint's")
     e.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="int8: static quantization of the trunk and branches (CPU), calibrated on --calibration")
+                   help="int8 (onnx, openvino; CPU): static quantization of the trunk and branches, calibrated on "
+                        "--calibration; fp16, bf16 (tensorrt; GPU)")
     e.add_argument("--calibration", nargs="+", help="int8: images (or folders) of the environment, e.g. the map's")
     e.set_defaults(func=_cmd_export)
     return p

@@ -7,13 +7,20 @@ import pytest
 
 from conftest import random_images
 from densernet_core.model.checkpoint import checkpoint_hash, load_model, save_checkpoint
-from densernet_core.model.runtime import EngineError, ExportedModel, engine_metadata, export_onnx, load_describer
+from densernet_core.model.runtime import EngineError, ExportedModel, engine_metadata, export, export_onnx, load_describer
+from densernet_core.model.tensorrt import TensorRTUnavailable, tensorrt_unavailable_reason
 from densernet_core.training.recall import search
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is a dev extra (pip install '.[dev]')")
 pytest.importorskip("openvino", reason="openvino is a dev extra (pip install '.[dev]')")
 MIN_COSINE = 0.999
-RUNTIMES = ("onnxruntime", "openvino")  # TensorRT is not wired in (no GPU lent to develop it on)
+NO_TENSORRT = tensorrt_unavailable_reason()
+RUNTIMES = ("onnxruntime", "openvino")  # the CPU runtimes: both read the ONNX export
+SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tensorrt": ".engine"}
+# (backend, engine format): every pair a user can run; TensorRT only where a GPU and tensorrt are.
+PAIRS = [("onnxruntime", "onnx"), ("openvino", "onnx"), ("openvino", "openvino"),
+         pytest.param("tensorrt", "tensorrt", marks=pytest.mark.skipif(
+             NO_TENSORRT is not None, reason=f"TensorRT not tested on this machine: {NO_TENSORRT}"))]
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -27,9 +34,12 @@ def exported(tiny_model, tmp_path_factory):
     return ckpt, export_onnx(ckpt, work / "model.onnx")
 
 
-@pytest.mark.parametrize("backend", RUNTIMES)
-def test_runtime_gives_torchs_descriptors_and_dense_maps(exported, backend):
+@pytest.mark.parametrize("backend,fmt", PAIRS)
+def test_runtime_gives_torchs_descriptors_and_dense_maps(exported, backend, fmt, tmp_path):
     ckpt, engine = exported
+    if fmt != "onnx":
+        engine = export(ckpt, tmp_path / f"model{SUFFIX[fmt]}", fmt)
+        assert engine_metadata(engine)["format"] == fmt
     torch_model = load_model(ckpt)
     ort_model = load_describer(ckpt, backend=backend, engine=engine)
     assert isinstance(ort_model, ExportedModel) and ort_model.backend == backend
@@ -69,6 +79,28 @@ def test_a_mismatched_or_foreign_engine_is_refused(exported, tiny_model, tmp_pat
         load_describer(other_ckpt, backend="openvino", engine=engine)
     with pytest.raises(ValueError, match="backend must be one of"):
         load_describer(ckpt, backend="tensorflow")
+    ir = export(ckpt, tmp_path / "model.xml", "openvino")
+    with pytest.raises(EngineError, match="is in format openvino.* --backend openvino"):
+        load_describer(ckpt, backend="onnxruntime", engine=ir)
+    ir.with_suffix(".bin").unlink()
+    with pytest.raises(EngineError, match="model.bin are missing"):
+        load_describer(ckpt, backend="openvino", engine=ir)
+    with pytest.raises(ValueError, match="fp16/bf16 are GPU precisions: --format tensorrt"):
+        export(ckpt, tmp_path / "half.onnx", "onnx", precision="fp16")
+    with pytest.raises(ValueError, match="int8 is the CPU precision"):
+        export(ckpt, tmp_path / "q.engine", "tensorrt", precision="int8")
+    with pytest.raises(ValueError, match=r"an OpenVINO IR is a \.xml file"):
+        export(ckpt, tmp_path / "model.onnx", "openvino")
+
+
+@pytest.mark.skipif(NO_TENSORRT is None, reason="this machine can run TensorRT: the engine tests above run instead")
+def test_tensorrt_without_a_gpu_says_why(exported, tmp_path):
+    ckpt, engine = exported
+    with pytest.raises(TensorRTUnavailable, match=NO_TENSORRT):
+        export(ckpt, tmp_path / "model.engine", "tensorrt", precision="fp16")
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+    with pytest.raises(TensorRTUnavailable, match=NO_TENSORRT):
+        load_describer(ckpt, backend="tensorrt", engine=engine)
 
 
 def test_map_and_localizer_on_the_exported_backend(exported, tmp_path, capsys):
@@ -108,23 +140,29 @@ def test_map_and_localizer_on_the_exported_backend(exported, tmp_path, capsys):
     assert _cosines(a, b).min() >= MIN_COSINE
 
 
-def test_same_top1_on_gardens_point(gardens_point, caffe_weights_ready, tmp_path):
-    """The real network (ImageNet trunk, small, 120x160): day_right -> day_left over 40 frames, every
-    query's top-1 the same through ONNX Runtime as through PyTorch."""
+@pytest.fixture(scope="module")
+def gp_reference(gardens_point, caffe_weights_ready, tmp_path_factory):
     from densernet_core.cli import make_checkpoint
 
+    work = tmp_path_factory.mktemp("gp_runtime")
     frames = list(range(0, 200, 5))
     db = [gardens_point / "day_left" / f"Image{i:03d}.jpg" for i in frames]
     q = [gardens_point / "day_right" / f"Image{i:03d}.jpg" for i in frames]
-    ckpt = make_checkpoint(db, tmp_path / "gp.safetensors", image_size=(120, 160), num_clusters=16, progress=False)
-    engine = export_onnx(ckpt, tmp_path / "gp.onnx")
+    ckpt = make_checkpoint(db, work / "gp.safetensors", image_size=(120, 160), num_clusters=16, progress=False)
     torch_model = load_model(ckpt)
-    ref_db, ref_q = torch_model.describe(db), torch_model.describe(q)
-    for backend in RUNTIMES:
-        model = load_describer(ckpt, backend=backend, engine=engine)
-        got_db, got_q = model.describe(db), model.describe(q)
-        assert min(_cosines(got_db, ref_db).min(), _cosines(got_q, ref_q).min()) >= MIN_COSINE, backend
-        np.testing.assert_array_equal(search(got_db, got_q, 1)[1], search(ref_db, ref_q, 1)[1], err_msg=backend)
+    return ckpt, db, q, torch_model.describe(db), torch_model.describe(q)
+
+
+@pytest.mark.parametrize("backend,fmt", PAIRS)
+def test_same_top1_on_gardens_point(gp_reference, backend, fmt, tmp_path):
+    """The real network (ImageNet trunk, small, 120x160): day_right -> day_left over 40 frames, every
+    query's top-1 the same through the exported engine as through PyTorch."""
+    ckpt, db, q, ref_db, ref_q = gp_reference
+    engine = export(ckpt, tmp_path / f"gp{SUFFIX[fmt]}", fmt)
+    model = load_describer(ckpt, backend=backend, engine=engine)
+    got_db, got_q = model.describe(db), model.describe(q)
+    assert min(_cosines(got_db, ref_db).min(), _cosines(got_q, ref_q).min()) >= MIN_COSINE
+    np.testing.assert_array_equal(search(got_db, got_q, 1)[1], search(ref_db, ref_q, 1)[1])
 
 
 def test_int8_export_is_calibrated_and_marked(exported, tmp_path):
@@ -136,7 +174,8 @@ def test_int8_export_is_calibrated_and_marked(exported, tmp_path):
     assert engine_metadata(engine)["precision"] == "int8"
     images = random_images(4, seed=6)
     ref = load_model(ckpt).describe(images)
-    for backend in RUNTIMES:
-        model = load_describer(ckpt, backend=backend, engine=engine)
+    ir = export(ckpt, tmp_path / "q.xml", "openvino", precision="int8", calibration=random_images(8, seed=5))
+    for backend, model_file in (*((b, engine) for b in RUNTIMES), ("openvino", ir)):
+        model = load_describer(ckpt, backend=backend, engine=model_file)
         assert model.precision == "int8"
-        assert _cosines(model.describe(images), ref).min() > 0.9, backend
+        assert _cosines(model.describe(images), ref).min() > 0.9, (backend, model_file)

@@ -1,5 +1,6 @@
 """Exported runtimes: the network from image tensor to final descriptor (and its fused dense map) as an
-ONNX file, run by ONNX Runtime or OpenVINO instead of eager PyTorch (both read the same file).
+ONNX file, run by ONNX Runtime or OpenVINO instead of eager PyTorch (both read it; OpenVINO also
+its own IR, `--format openvino`), or built into a TensorRT engine on an NVIDIA GPU (model/tensorrt.py).
 
 Preprocessing stays the package's own (`images.prepare_batch`), so every backend sees the same input
 tensor and only the network changes. Provenance: the ONNX file's metadata records the checkpoint's
@@ -19,11 +20,13 @@ import torch
 
 from ..images import ImageLike, as_image_list, prepare_batch, prepared_batches
 from .checkpoint import checkpoint_hash, load_model
-from .network import DEFAULT_BATCH, DenserNet
+from .network import DEFAULT_BATCH, DenserNet, resolve_device
 
-BACKENDS = ("torch", "onnxruntime", "openvino")
-EXPORT_FORMATS = ("onnx",)
-PRECISIONS = ("fp32", "int8")
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+EXPORT_FORMATS = ("onnx", "openvino", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+FORMAT_PRECISIONS = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "int8"), "tensorrt": ("fp32", "fp16", "bf16")}
+BACKEND_FORMATS = {"onnxruntime": ("onnx",), "openvino": ("onnx", "openvino"), "tensorrt": ("tensorrt",)}
 # int8: the VGG16 trunk and the 1x1 branches (where the time goes); NetVLAD's soft assignment and
 # normalisation stay fp32.
 INT8_EXCLUDE = "netvlad"
@@ -86,6 +89,42 @@ def export_onnx(checkpoint: str | Path, out: str | Path, image_size: tuple[int, 
     return out
 
 
+def export(checkpoint: str | Path, out: str | Path, fmt: str = "onnx", image_size: tuple[int, int] | None = None,
+           precision: str = "fp32", calibration: Sequence[ImageLike] = ()) -> Path:
+    """`densernet export`: the checkpoint's network as an engine of format `fmt` at `precision`."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {fmt!r}")
+    if precision not in FORMAT_PRECISIONS[fmt]:
+        raise ValueError(f"format {fmt} exports precisions {FORMAT_PRECISIONS[fmt]}, not {precision!r}"
+                         + (" (fp16/bf16 are GPU precisions: --format tensorrt)" if precision in ("fp16", "bf16") else "")
+                         + (" (int8 is the CPU precision: --format onnx or openvino)" if precision == "int8" else ""))
+    out = Path(out)
+    if fmt == "onnx":
+        return export_onnx(checkpoint, out, image_size, precision, calibration)
+    if fmt == "tensorrt":
+        from .tensorrt import _require_tensorrt, build_engine
+
+        _require_tensorrt()  # before the export: say at once when this machine cannot build one
+        onnx_file = export_onnx(checkpoint, out.with_name(out.name + ".onnx.partial"), image_size, "fp32")
+        try:
+            return build_engine(onnx_file, out, engine_metadata(onnx_file), precision)
+        finally:
+            onnx_file.unlink(missing_ok=True)
+    if out.suffix != ".xml":
+        raise ValueError(f"an OpenVINO IR is a .xml file (with its .bin beside it), not {out.name}")
+    import openvino as ov
+
+    onnx_file = export_onnx(checkpoint, out.with_name(out.stem + ".onnx.partial"), image_size, precision, calibration)
+    try:
+        meta = {**engine_metadata(onnx_file), "format": "openvino"}
+        model = ov.convert_model(str(onnx_file))
+        model.set_rt_info(json.dumps(meta, sort_keys=True), [META_KEY])
+        ov.save_model(model, str(out), compress_to_fp16=False)  # fp32 weights stay fp32 (int8 ones stay int8)
+    finally:
+        onnx_file.unlink(missing_ok=True)
+    return out
+
+
 def _quantize_int8(path: Path, model: DenserNet, calibration: Sequence[ImageLike]) -> None:
     """Static int8 in place: activation ranges from the calibration images (MinMax, folded in image by
     image so memory stays that of one image's activations)."""
@@ -130,9 +169,18 @@ def engine_metadata(engine: str | Path) -> dict:
     """The provenance an exported engine carries (raises when the file is missing or not ours)."""
     import onnx
 
+    from .tensorrt import is_engine, read_engine
+
     engine = Path(engine)
     if not engine.is_file():
         raise EngineError(f"engine not found: {engine}")
+    if engine.suffix == ".xml":
+        return _openvino_metadata(engine)
+    if is_engine(engine):
+        try:
+            return read_engine(engine)[0]
+        except ValueError as exc:
+            raise EngineError(str(exc)) from exc
     try:
         graph = onnx.load(str(engine), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and others for non-ONNX files
@@ -140,7 +188,21 @@ def engine_metadata(engine: str | Path) -> dict:
     props = {p.key: p.value for p in graph.metadata_props}
     if META_KEY not in props:
         raise EngineError(f"{engine}: no densernet provenance; export it with `densernet export`")
-    return json.loads(props[META_KEY])
+    return {"format": "onnx", **json.loads(props[META_KEY])}
+
+
+def _openvino_metadata(engine: Path) -> dict:
+    import openvino as ov
+
+    if not engine.with_suffix(".bin").is_file():
+        raise EngineError(f"{engine}: its weights {engine.with_suffix('.bin').name} are missing beside it")
+    try:
+        model = ov.Core().read_model(str(engine))
+    except RuntimeError as exc:
+        raise EngineError(f"{engine}: not an OpenVINO IR ({exc})") from exc
+    if not model.has_rt_info([META_KEY]):
+        raise EngineError(f"{engine}: no densernet provenance; export it with `densernet export --format openvino`")
+    return json.loads(model.get_rt_info([META_KEY]).astype(str))
 
 
 class ExportedModel:
@@ -150,6 +212,10 @@ class ExportedModel:
 
     def __init__(self, model: DenserNet, engine: str | Path, checkpoint_sha: str) -> None:
         meta = engine_metadata(engine)
+        if meta["format"] not in BACKEND_FORMATS[self.backend]:
+            runs = [b for b, formats in BACKEND_FORMATS.items() if meta["format"] in formats]
+            raise EngineError(f"{engine} is in format {meta['format']}; the {self.backend} backend runs "
+                              f"{' or '.join(BACKEND_FORMATS[self.backend])} files (this one: --backend {runs[0]})")
         if meta["checkpoint_sha256"] != checkpoint_sha:
             raise EngineError(f"{engine} was exported from checkpoint {meta['checkpoint_sha256'][:16]}…, "
                               f"not {checkpoint_sha[:16]}…: export it again from this checkpoint")
@@ -192,7 +258,7 @@ class OnnxRuntimeModel(ExportedModel):
     backend = "onnxruntime"
 
     def __init__(self, model: DenserNet, engine: str | Path, checkpoint_sha: str, device: str = "cpu",
-                 threads: int = 0) -> None:
+                 threads: int = 0, device_id: int = 0) -> None:
         import onnxruntime as ort
 
         super().__init__(model, engine, checkpoint_sha)
@@ -203,7 +269,8 @@ class OnnxRuntimeModel(ExportedModel):
         missing = [p for p in providers if p not in ort.get_available_providers()]
         if device == "cuda" and missing:
             raise EngineError(f"onnxruntime has no {missing[0]} here (install onnxruntime-gpu)")
-        self.session = ort.InferenceSession(str(engine), opts, providers=providers)
+        options = [{"device_id": device_id}, {}] if device == "cuda" else [{}]
+        self.session = ort.InferenceSession(str(engine), opts, providers=providers, provider_options=options)
 
     def _run(self, x: np.ndarray, dense: bool) -> tuple[np.ndarray, np.ndarray | None]:
         result = self.session.run(["descriptor", "dense"] if dense else ["descriptor"], {"image": x})
@@ -232,6 +299,33 @@ class OpenVinoModel(ExportedModel):
                 np.array(result[self._outputs["dense"]]) if dense else None)
 
 
+class TensorRTModel(ExportedModel):
+    """A TensorRT engine on an NVIDIA GPU (model/tensorrt.py)."""
+
+    backend = "tensorrt"
+
+    def __init__(self, model: DenserNet, engine: str | Path, checkpoint_sha: str, device: torch.device) -> None:
+        from .tensorrt import TensorRTRunner
+
+        super().__init__(model, engine, checkpoint_sha)
+        self.runner = TensorRTRunner(Path(engine), device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.runner.device
+
+    def _run(self, x: np.ndarray, dense: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.runner.run(x, dense)
+
+
+def _onnxruntime_has_cuda(backend: str) -> bool:
+    if backend != "onnxruntime":
+        return False
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
 def load_describer(checkpoint: str | Path, device: str = "cpu", image_size: tuple[int, int] | None = None,
                    backend: str = "torch", engine: str | Path | None = None) -> DenserNet | ExportedModel:
     """The checkpoint's network on the chosen backend (torch: the model itself)."""
@@ -245,8 +339,17 @@ def load_describer(checkpoint: str | Path, device: str = "cpu", image_size: tupl
         raise ValueError(f"backend {backend} needs an engine file from `densernet export --checkpoint "
                          f"{checkpoint} --format onnx --out model.onnx`")
     model = load_model(checkpoint, device="cpu", image_size=image_size)
+    target = resolve_device(device)
+    if device == "auto" and target.type == "cuda" and not _onnxruntime_has_cuda(backend):
+        target = torch.device("cpu")  # auto: the GPU only where this backend can use it
+    if backend == "tensorrt":
+        from .tensorrt import _require_tensorrt
+
+        _require_tensorrt()
+        return TensorRTModel(model, engine, checkpoint_hash(checkpoint),
+                             target if target.type == "cuda" else torch.device("cuda", 0))
     if backend == "openvino":
-        if device == "cuda":
+        if target.type == "cuda":
             raise ValueError("the openvino backend runs on the CPU here; use onnxruntime (onnxruntime-gpu) for CUDA")
         return OpenVinoModel(model, engine, checkpoint_hash(checkpoint))
-    return OnnxRuntimeModel(model, engine, checkpoint_hash(checkpoint), "cuda" if device == "cuda" else "cpu")
+    return OnnxRuntimeModel(model, engine, checkpoint_hash(checkpoint), target.type, device_id=target.index or 0)
