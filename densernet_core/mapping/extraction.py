@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections import deque
@@ -106,7 +107,10 @@ class ChunkStore:
                     allow_pickle=False)
             np.save(self._part(chunk, "fd"), _stack_features(feats), allow_pickle=False)
             np.save(self._part(chunk, "n"), np.array([len(f) for f in feats], np.int64), allow_pickle=False)
-        np.save(self.path(chunk), desc.astype(np.float32), allow_pickle=False)  # last: the chunk counts as done
+        # Last, and whole or not at all (a kill mid-write leaves no truncated file): the chunk counts as done.
+        tmp = self.work / f"chunk_{chunk:05d}.partial.npy"
+        np.save(tmp, desc.astype(np.float32), allow_pickle=False)
+        os.replace(tmp, self.path(chunk))
 
     def load(self, chunk: int) -> tuple[np.ndarray, list[LocalFeatures] | None]:
         desc = np.load(self.path(chunk), allow_pickle=False)
