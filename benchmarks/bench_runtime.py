@@ -10,6 +10,11 @@ checkpoints' size), Gardens Point held-out R@1 (frames 100-199, the headline's t
 backend. A precision is accepted where its R@1 stays within 0.01 of torch fp32 on all three
 protocols. int8: static quantization of the trunk and branches, calibrated on 25 day_left map frames
 (100-199, every 4th). Writes <out>/results.json, table.md and runtime.png.
+
+    .venv/bin/python benchmarks/bench_runtime.py --recall-size 480 640 [--variants torch/fp32 openvino/int8 ...]
+
+measures only the R@1 of `small` at another size (the engines of a full run are reused) and writes
+<out>/recall_<H>x<W>.json and .md: whether a precision holds its recall where it was only timed.
 """
 from __future__ import annotations
 
@@ -68,18 +73,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small", default="bench_out/gardens_point/runs/small/model.safetensors")
     p.add_argument("--out", default="bench_out/runtime")
     p.add_argument("--frames", type=int, default=20, help="latency frames per backend and size")
+    p.add_argument("--recall-size", type=int, nargs=2, metavar=("H", "W"), help="only R@1 of small at this size")
+    p.add_argument("--variants", nargs="+", default=[f"{b}/{q}" for b, q in VARIANTS],
+                   help="with --recall-size: backend/precision pairs (torch/fp32 is always measured)")
     args = p.parse_args(argv)
     setup_logging()
     out, gp = Path(args.out), Path(args.data) / "gardens_point"
     out.mkdir(parents=True, exist_ok=True)
     if not Path(args.small).is_file():
         raise SystemExit(f"{args.small} not found: run `make bench-train` first (the headline's trained small)")
+    calibration = [gp / "day_left" / f"Image{i:03d}.jpg" for i in range(100, 200, 4)]
+    if args.recall_size:
+        return recall_at(Path(args.small), tuple(args.recall_size), args.variants, calibration, gp, out)
     large = out / "large_off_the_shelf.safetensors"
     if not large.is_file():
         fit = [gp / t / f"Image{i:03d}.jpg" for t in ("day_left",) for i in range(0, 100)]
         make_checkpoint(fit, large, preset="large", image_size=CHECKPOINT_SIZE, progress=False)
     checkpoints = {"small": Path(args.small), "large": large}
-    calibration = [gp / "day_left" / f"Image{i:03d}.jpg" for i in range(100, 200, 4)]
     frames = [read_image(gp / "night_right" / f"Image{i:03d}.jpg") for i in range(100, 100 + args.frames)]
     results = []
     for preset, ckpt in checkpoints.items():
@@ -114,6 +124,38 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, out / "runtime.png")
     print(text)
     print(f"plot: {out / 'runtime.png'}")
+    return 0
+
+
+def recall_at(ckpt: Path, size: tuple[int, int], variants: list[str], calibration: list[Path], gp: Path,
+              out: Path) -> int:
+    """R@1 of `small` at `size` per backend/precision, against torch fp32 at the same size."""
+    wanted = ["torch/fp32"] + [v for v in variants if v != "torch/fp32"]
+    r1 = {}
+    for variant in wanted:
+        backend, precision = variant.split("/")
+        engine = None
+        if backend != "torch":
+            engine = out / f"small_{size[0]}x{size[1]}_{precision}.onnx"
+            if not engine.is_file():
+                export_onnx(ckpt, engine, size, precision, calibration)
+        t = time.perf_counter()
+        r1[variant] = recall(load_describer(ckpt, "cpu", size, backend, engine), gp)
+        print(f"{variant}: R@1 {r1[variant]} ({time.perf_counter() - t:.0f} s)", flush=True)
+    names = [f"{q}->{db}" for q, db in PROTOCOLS]
+    lines = [f"| small {size[0]}×{size[1]} | R@1 " + " / ".join(names) + " | largest drop vs torch fp32 | accepted |",
+             "|---|---|---|---|"]
+    rows = []
+    for variant, r in r1.items():
+        drop = max(r1["torch/fp32"][n] - r[n] for n in names)
+        accepted = bool(drop <= ACCEPT_R1_DROP + 1e-9)
+        rows.append({"variant": variant, "size": list(size), "r1": r, "max_drop": drop, "accepted": accepted})
+        lines.append(f"| {variant} | {' / '.join(f'{r[n]:.2f}' for n in names)} | {drop:+.2f} | "
+                     f"{'yes' if accepted else '**no**'} |")
+    stem = out / f"recall_{size[0]}x{size[1]}"
+    stem.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
     return 0
 
 
