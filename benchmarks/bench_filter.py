@@ -152,12 +152,14 @@ def kitti(args, out: Path) -> dict:
 def synthetic(args, out: Path) -> dict:
     from densernet_core.demo.synth import RouteConfig, generate
 
+    from densernet_core.demo.routes import generated_route
+
     route = out / "synthetic_route"
-    paths = {r: route / r / "poses.csv" for r in ("map", "query")}
-    if not all(p.is_file() for p in paths.values()):
-        paths = generate(route, RouteConfig())
+    paths, fresh = generated_route(route, RouteConfig(), generate)
     db, q = load_csv(paths["map"]), load_csv(paths["query"])
     ckpt = out / "synthetic.safetensors"
+    if fresh:  # made from an earlier route's images
+        ckpt.unlink(missing_ok=True)
     if not ckpt.is_file():
         make_checkpoint(db.images, ckpt, image_size=(240, 320), progress=False)
     model = load_model(ckpt)

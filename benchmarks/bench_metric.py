@@ -106,12 +106,14 @@ def summarise(rows: list[dict]) -> dict:
 def street(out: Path) -> dict:
     from densernet_core.demo.street3d import StreetConfig, generate
 
+    from densernet_core.demo.routes import generated_route
+
     route = out / "street3d"
-    paths = {r: route / r / "poses.csv" for r in ("map", "query")}
-    if not all(p.is_file() for p in paths.values()):
-        paths = generate(route, StreetConfig())
+    paths, fresh = generated_route(route, StreetConfig(), generate)
     db, q = load_csv(paths["map"]), load_csv(paths["query"])
     ckpt = out / "street3d.safetensors"
+    if fresh:  # made from an earlier route's images
+        ckpt.unlink(missing_ok=True)
     if not ckpt.is_file():
         make_checkpoint(db.images, ckpt, image_size=STREET_SIZE, progress=False)
     model = load_model(ckpt)

@@ -26,6 +26,7 @@ import numpy as np
 
 from densernet_core.cli import make_checkpoint, run_cli, setup_logging
 from densernet_core.datasets import GeoImages, load_csv, load_traverse
+from densernet_core.demo.routes import generated_route
 from densernet_core.demo.synth import RouteConfig, generate
 from densernet_core.images import read_image, resize
 from densernet_core.localization.report import error_stats, plot_trajectory
@@ -50,9 +51,9 @@ def _route(args: argparse.Namespace, out: Path) -> tuple[GeoImages, GeoImages, f
         return (load_traverse(gp / "day_left", list(GP_TEST_FRAMES)),
                 load_traverse(gp / "night_right", list(GP_TEST_FRAMES)), 10.0, "frames")
     cfg = RouteConfig(places=args.places, width=args.size[1], height=args.size[0])
-    paths = {r: out / "route" / r / "poses.csv" for r in ("map", "query")}
-    if not all(p.is_file() for p in paths.values()):
-        paths = generate(out / "route", cfg)
+    paths, fresh = generated_route(out / "route", cfg, generate)
+    if fresh:  # a checkpoint made from an earlier route's images is not this route's
+        (out / "model.safetensors").unlink(missing_ok=True)
     return load_csv(paths["map"]), load_csv(paths["query"]), 2 * cfg.spacing, "m"
 
 

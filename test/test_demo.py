@@ -36,6 +36,27 @@ def test_generator_poses_match_layout(tmp_path):
     assert len(m) == len(q) == 6
 
 
+def test_a_generated_route_is_reused_only_while_it_is_current(tmp_path):
+    """What bit a benchmark once: a route written by an older generator (or with other options) was
+    reused because its files existed."""
+    from densernet_core.datasets import load_csv
+    from densernet_core.demo.routes import STAMP, generated_route
+
+    paths, fresh = generated_route(tmp_path, SMALL, generate)
+    before = _digest(tmp_path)
+    assert fresh and len(load_csv(paths["map"])) == 6
+    paths, fresh = generated_route(tmp_path, SMALL, generate)
+    assert not fresh and _digest(tmp_path) == before  # reused as is
+
+    paths, fresh = generated_route(tmp_path, RouteConfig(places=4, width=128, height=96), generate)
+    assert fresh and len(load_csv(paths["map"])) == 4 and not (tmp_path / "map" / "0005.png").exists()
+
+    stamp = json.loads((tmp_path / STAMP).read_text())
+    stamp["source_sha256"] = "0" * 64  # as if written by another version of the generator
+    (tmp_path / STAMP).write_text(json.dumps(stamp))
+    assert generated_route(tmp_path, RouteConfig(places=4, width=128, height=96), generate)[1]
+
+
 def test_reduced_demo_through_the_real_node(tmp_path, caffe_weights_ready):
     pytest.importorskip("rclpy", reason="rclpy not installed")
     from ros_helpers import ros_env
