@@ -99,6 +99,48 @@ def test_approximate_map_reranks_exactly_and_round_trips(tiny_model, ckpt, tmp_p
     np.testing.assert_allclose(s_a, np.take_along_axis(queries @ stored.T, i_a, axis=1), atol=1e-5)
 
 
+def test_faiss_gpu_copy_is_used_and_a_refused_copy_stays_on_the_cpu(monkeypatch, caplog):
+    """faiss-gpu is not installable here: a stand-in of its API checks that the shortlist searches the
+    GPU copy (keeping its resources alive), and that a copy the GPU refuses leaves a working CPU index."""
+    import faiss
+
+    from densernet_core.mapping.index import ShortlistIndex, build_coarse
+
+    rng = np.random.default_rng(3)
+    desc = rng.standard_normal((300, 32)).astype(np.float32)
+    desc /= np.linalg.norm(desc, axis=1, keepdims=True)
+    coarse = build_coarse(desc, "ivfpq")
+    searched = []
+
+    class GpuCopy:
+        def __init__(self, index):
+            self.index = index
+
+        def search(self, x, k):
+            searched.append(len(x))
+            return self.index.search(x, k)
+
+    class Resources:
+        pass
+
+    monkeypatch.setattr(faiss, "StandardGpuResources", Resources, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda res, dev, index: GpuCopy(index), raising=False)
+    index = ShortlistIndex(coarse, None, desc)
+    assert isinstance(index._gpu_resources, Resources) and index.coarse is coarse  # the CPU index is what is saved
+    _, ids = index.search(desc[:3], 1)
+    assert searched == [3] and ids[:, 0].tolist() == [0, 1, 2]
+
+    def refuse(res, dev, index):
+        raise RuntimeError("Error in GpuIndexIVFPQ: Bits per code 8 with 64 sub-quantizers is not supported")
+
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", refuse, raising=False)
+    caplog.set_level("WARNING", logger="densernet")
+    index = ShortlistIndex(coarse, None, desc)
+    assert "searching it on the CPU" in caplog.text and index._gpu_resources is None
+    assert index.search(desc[:3], 1)[1][:, 0].tolist() == [0, 1, 2]
+
+
 def test_format_1_map_still_loads(tiny_model, route, ckpt, tmp_path):
     """Maps written before format 2 (float32 descriptors and a FAISS flat index) keep working."""
     import json

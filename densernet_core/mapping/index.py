@@ -134,7 +134,7 @@ class ShortlistIndex:
     def __init__(self, coarse, projection: np.ndarray | None, descriptors: np.ndarray,
                  shortlist: int = SHORTLIST) -> None:
         self.coarse = coarse  # on the CPU (saved as is); searched through a GPU copy when there is one
-        self._coarse_search = to_gpu_if_available(coarse)
+        self._coarse_search, self._gpu_resources = to_gpu_if_available(coarse)
         self.projection = projection  # D x d float32, or None for a coarse index over the descriptors
         self.ref = descriptors  # N x D, may be a read-only memory map
         self.shortlist = shortlist
@@ -221,13 +221,22 @@ def build_index(descriptors: np.ndarray, kind: str = "flat") -> ExactIndex | Sho
 
 
 def to_gpu_if_available(index):
-    """A GPU copy of a FAISS index when faiss-gpu and a CUDA device exist; else the index itself."""
+    """(index to search, GPU resources to keep alive): a GPU copy of a FAISS index when faiss-gpu and a
+    CUDA device exist and the index has a GPU form (HNSW has none); else the index itself. A copy the
+    GPU refuses (an IVF-PQ code size its kernels lack, no memory) leaves the search on the CPU."""
     import faiss
 
-    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0 and not isinstance(index, faiss.IndexHNSW):
-        LOG.info("using a FAISS GPU index")
-        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    return index
+    if not (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0) or isinstance(index, faiss.IndexHNSW):
+        return index, None
+    resources = faiss.StandardGpuResources()
+    try:
+        gpu = faiss.index_cpu_to_gpu(resources, 0, index)
+    except RuntimeError as exc:
+        LOG.warning("FAISS could not copy the %s index to the GPU (%s); searching it on the CPU",
+                    type(index).__name__, str(exc).splitlines()[0])
+        return index, None
+    LOG.info("searching the %s index on the GPU (faiss-gpu)", type(index).__name__)
+    return gpu, resources
 
 
 def save_index(index: ExactIndex | ShortlistIndex, folder: Path, index_file: str, projection_file: str) -> None:
