@@ -11,6 +11,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAIN_ID = 100 + os.getpid() % 100  # one domain per test process
+POSE_AFTER_PLACE_S = 10.0  # the pose follows its place message on another topic; delivery order is not kept
 
 
 def ros_env(pythonpath: tuple[str, ...] = ()) -> dict[str, str]:
@@ -108,23 +109,35 @@ class Client:
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10 ** 9)
         return msg
 
-    def send_and_wait(self, msg, timeout: float = 30.0, resend_s: float = 5.0) -> None:
-        """Publish one frame and wait until the node has answered it (a place message with its stamp).
+    def send_and_wait(self, msg, timeout: float = 30.0, resend_s: float = 5.0) -> tuple[dict, object]:
+        """Publish one frame and wait until the node has answered it: its place message, and, where that
+        says there is a fix, its pose (published just after, on another topic, so it may arrive later).
+        Returns (the place status values, the pose or None).
 
         The camera topic is best effort: a frame published just after discovery can be lost (seen
         here), so an unanswered frame is sent again every `resend_s` seconds."""
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+
+        def answered(messages):
+            return next((m for m in list(messages) if (m.header.stamp.sec, m.header.stamp.nanosec) == stamp), None)
+
         end = time.monotonic() + timeout
         while True:
             self.pub.publish(msg)
             try:
-                self.wait_for(lambda: any((p.header.stamp.sec, p.header.stamp.nanosec) == stamp for p in self.places),
+                self.wait_for(lambda: answered(self.places) is not None,
                               min(resend_s, max(end - time.monotonic(), 0.0)), f"the node's answer to frame {stamp}")
-                return
+                break
             except AssertionError:
                 if time.monotonic() >= end:
                     raise AssertionError(f"timed out after {timeout:.0f} s waiting for the node's answer to frame "
                                          f"{stamp}") from None
+        values = {kv.key: kv.value for kv in answered(self.places).status[0].values}
+        if values.get("fix") != "true":
+            return values, None
+        self.wait_for(lambda: answered(self.poses) is not None, POSE_AFTER_PLACE_S,
+                      f"the pose that the place message of frame {stamp} announced")
+        return values, answered(self.poses)
 
     def close(self) -> None:
         self._spinner.close()
