@@ -88,6 +88,29 @@ def decoded_images(paths: Iterable[Path], size: tuple[int, int] | None, workers:
                 f.cancel()
 
 
+@dataclass(frozen=True)
+class PackedFeatures:
+    """A chunk's local features as three arrays: what is saved, and what a rank sends to rank 0."""
+    keypoints: np.ndarray    # K x 2 float32, all images' keypoints one after another
+    descriptors: np.ndarray  # K x d float16
+    counts: np.ndarray       # per image, how many of the K are its own (int64)
+
+    PARTS = ("kp", "fd", "n")
+
+    @classmethod
+    def pack(cls, feats: list[LocalFeatures]) -> "PackedFeatures":
+        dims = {f.descriptors.shape[1] for f in feats if len(f)}
+        dim = dims.pop() if dims else 0
+        return cls(np.concatenate([f.keypoints for f in feats]).reshape(-1, 2).astype(np.float32),
+                   np.concatenate([f.descriptors.reshape(-1, dim) for f in feats]).astype(np.float16),
+                   np.array([len(f) for f in feats], np.int64))
+
+    def unpack(self, kind: str) -> list[LocalFeatures]:
+        bounds = np.r_[0, np.cumsum(self.counts)]
+        return [LocalFeatures(self.keypoints[a:b], self.descriptors[a:b].astype(np.float32), kind)
+                for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 class ChunkStore:
     """A build's saved chunks under `.partial/`: descriptors, and local features when the map has points."""
 
@@ -98,41 +121,26 @@ class ChunkStore:
         return self.work / f"chunk_{chunk:05d}.npy"
 
     def done(self, chunk: int) -> bool:
-        path = self.path(chunk)
-        return path.is_file() and (self.features is None or all(self._part(chunk, p).is_file() for p in ("kp", "fd", "n")))
+        return self.path(chunk).is_file() and (
+            self.features is None or all(self._part(chunk, p).is_file() for p in PackedFeatures.PARTS))
 
-    def save(self, chunk: int, desc: np.ndarray, feats: list[LocalFeatures] | None) -> None:
-        if self.features is not None:
-            np.save(self._part(chunk, "kp"), np.concatenate([f.keypoints for f in feats]).reshape(-1, 2),
-                    allow_pickle=False)
-            np.save(self._part(chunk, "fd"), _stack_features(feats), allow_pickle=False)
-            np.save(self._part(chunk, "n"), np.array([len(f) for f in feats], np.int64), allow_pickle=False)
+    def save(self, chunk: int, desc: np.ndarray, feats: PackedFeatures | None) -> None:
+        if feats is not None:
+            for part, array in zip(PackedFeatures.PARTS, (feats.keypoints, feats.descriptors, feats.counts)):
+                np.save(self._part(chunk, part), array, allow_pickle=False)
         # Last, and whole or not at all (a kill mid-write leaves no truncated file): the chunk counts as done.
         tmp = self.work / f"chunk_{chunk:05d}.partial.npy"
         np.save(tmp, desc.astype(np.float32), allow_pickle=False)
         os.replace(tmp, self.path(chunk))
 
-    def load(self, chunk: int) -> tuple[np.ndarray, list[LocalFeatures] | None]:
+    def load(self, chunk: int) -> tuple[np.ndarray, PackedFeatures | None]:
         desc = np.load(self.path(chunk), allow_pickle=False)
         if self.features is None:
             return desc, None
-        kp, fd, n = (np.load(self._part(chunk, p), allow_pickle=False) for p in ("kp", "fd", "n"))
-        return desc, split_features(kp, fd, n, self.features)
+        return desc, PackedFeatures(*(np.load(self._part(chunk, p), allow_pickle=False) for p in PackedFeatures.PARTS))
 
     def _part(self, chunk: int, part: str) -> Path:
         return self.work / f"chunk_{chunk:05d}_{part}.npy"
-
-
-def _stack_features(feats: list[LocalFeatures]) -> np.ndarray:
-    dims = {f.descriptors.shape[1] for f in feats if len(f)}
-    dim = dims.pop() if dims else 0
-    return np.concatenate([f.descriptors.reshape(-1, dim) for f in feats]).astype(np.float16)
-
-
-def split_features(kp: np.ndarray, fd: np.ndarray, counts: np.ndarray, kind: str) -> list[LocalFeatures]:
-    """Per-image local features from a chunk's concatenated keypoints and descriptors."""
-    bounds = np.r_[0, np.cumsum(counts)]
-    return [LocalFeatures(kp[a:b], fd[a:b].astype(np.float32), kind) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _start_or_resume(work: Path, wanted: dict, ctx: DistContext) -> None:
@@ -196,10 +204,10 @@ def _describe_chunks(model, images: list[Path], todo: list[int], store: ChunkSto
         for c, chunk in zip(todo, chunks):
             rgb = list(islice(stream, len(chunk)))
             if features is None:
-                desc, feats = model.describe(rgb, batch_size=options.batch_size), None
+                store.save(c, model.describe(rgb, batch_size=options.batch_size), None)
             else:
                 desc, feats = describe_with_features(model, rgb, features, batch_size=options.batch_size)
-            store.save(c, desc, feats)
+                store.save(c, desc, PackedFeatures.pack(feats))
             bar.update(len(chunk))
 
 
@@ -209,34 +217,32 @@ def _gather(store: ChunkStore, n_chunks: int, dim: int, features: str | None,
     owner = [c % ctx.world_size for c in range(n_chunks)]
     if not ctx.is_main:
         for c in (c for c in range(n_chunks) if owner[c] == ctx.rank):
-            desc, feats = store.load(c)
+            desc, packed = store.load(c)
             ctx.send_array(np.array(desc.shape, np.int64))
             ctx.send_array(desc)
-            if features is not None:
-                kp, fd = np.concatenate([f.keypoints for f in feats]).reshape(-1, 2), _stack_features(feats)
-                counts = np.array([len(f) for f in feats], np.int64)
-                ctx.send_array(np.array([len(kp), fd.shape[1]], np.int64))
-                ctx.send_array(counts)
-                ctx.send_array(kp.astype(np.float32))
-                ctx.send_array(fd)
+            if packed is not None:
+                ctx.send_array(np.array(packed.descriptors.shape, np.int64))
+                ctx.send_array(packed.counts)
+                ctx.send_array(packed.keypoints)
+                ctx.send_array(packed.descriptors)
         return None
     descs: list[np.ndarray] = []
-    feats_all: list[LocalFeatures] = []
+    feats: list[LocalFeatures] = []
     for c in range(n_chunks):
         if owner[c] == 0:
-            desc, feats = store.load(c)
+            desc, packed = store.load(c)
         else:
             shape = tuple(ctx.recv_array((2,), np.int64, owner[c]))
             if shape[1] != dim:
                 raise RuntimeError(f"rank {owner[c]} described chunk {c} with {shape[1]}-D descriptors, "
                                    f"rank 0 with {dim}-D: the ranks loaded different models")
-            desc, feats = ctx.recv_array(shape, np.float32, owner[c]), None
+            desc, packed = ctx.recv_array(shape, np.float32, owner[c]), None
             if features is not None:
-                n_kp, fd_dim = ctx.recv_array((2,), np.int64, owner[c])
+                n_kp, fd_dim = (int(v) for v in ctx.recv_array((2,), np.int64, owner[c]))
                 counts = ctx.recv_array((shape[0],), np.int64, owner[c])
-                kp = ctx.recv_array((int(n_kp), 2), np.float32, owner[c])
-                fd = ctx.recv_array((int(n_kp), int(fd_dim)), np.float16, owner[c])
-                feats = split_features(kp, fd, counts, features)
+                keypoints = ctx.recv_array((n_kp, 2), np.float32, owner[c])
+                packed = PackedFeatures(keypoints, ctx.recv_array((n_kp, fd_dim), np.float16, owner[c]), counts)
         descs.append(desc)
-        feats_all += feats or []
-    return (np.concatenate(descs) if descs else np.zeros((0, dim), np.float32)), feats_all
+        if packed is not None:
+            feats += packed.unpack(features)
+    return (np.concatenate(descs) if descs else np.zeros((0, dim), np.float32)), feats
