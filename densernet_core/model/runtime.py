@@ -102,9 +102,9 @@ def export(checkpoint: str | Path, out: str | Path, fmt: str = "onnx", image_siz
     if fmt == "onnx":
         return export_onnx(checkpoint, out, image_size, precision, calibration)
     if fmt == "tensorrt":
-        from .tensorrt import _require_tensorrt, build_engine
+        from .tensorrt import build_engine, require_tensorrt
 
-        _require_tensorrt()  # before the export: say at once when this machine cannot build one
+        require_tensorrt()  # before the export: say at once when this machine cannot build one
         onnx_file = export_onnx(checkpoint, out.with_name(out.name + ".onnx.partial"), image_size, "fp32")
         try:
             return build_engine(onnx_file, out, engine_metadata(onnx_file), precision)
@@ -318,9 +318,7 @@ class TensorRTModel(ExportedModel):
         return self.runner.run(x, dense)
 
 
-def _onnxruntime_has_cuda(backend: str) -> bool:
-    if backend != "onnxruntime":
-        return False
+def _onnxruntime_has_cuda() -> bool:
     import onnxruntime as ort
 
     return "CUDAExecutionProvider" in ort.get_available_providers()
@@ -340,16 +338,16 @@ def load_describer(checkpoint: str | Path, device: str = "cpu", image_size: tupl
                          f"{checkpoint} --format onnx --out model.onnx`")
     model = load_model(checkpoint, device="cpu", image_size=image_size)
     target = resolve_device(device)
-    if device == "auto" and target.type == "cuda" and not _onnxruntime_has_cuda(backend):
-        target = torch.device("cpu")  # auto: the GPU only where this backend can use it
     if backend == "tensorrt":
-        from .tensorrt import _require_tensorrt
+        from .tensorrt import require_tensorrt
 
-        _require_tensorrt()
+        require_tensorrt()  # before the engine's checks: say at once when this machine cannot run one
         return TensorRTModel(model, engine, checkpoint_hash(checkpoint),
-                             target if target.type == "cuda" else torch.device("cuda", 0))
+                             torch.device("cuda", target.index or 0))  # TensorRT runs on a GPU only
     if backend == "openvino":
-        if target.type == "cuda":
+        if target.type == "cuda" and device != "auto":
             raise ValueError("the openvino backend runs on the CPU here; use onnxruntime (onnxruntime-gpu) for CUDA")
         return OpenVinoModel(model, engine, checkpoint_hash(checkpoint))
+    if device == "auto" and target.type == "cuda" and not _onnxruntime_has_cuda():
+        target = torch.device("cpu")  # auto: the GPU only where this onnxruntime build can use it
     return OnnxRuntimeModel(model, engine, checkpoint_hash(checkpoint), target.type, device_id=target.index or 0)

@@ -37,7 +37,8 @@ def tensorrt_unavailable_reason() -> str | None:
     return None
 
 
-def _require_tensorrt():
+def require_tensorrt():
+    """The tensorrt module, or TensorRTUnavailable saying why this machine cannot use it."""
     reason = tensorrt_unavailable_reason()
     if reason:
         raise TensorRTUnavailable(reason)
@@ -52,7 +53,7 @@ def build_engine(onnx_path: Path, out: Path, meta: dict, precision: str = "fp16"
     """A serialized engine for this GPU from the ONNX export, with `meta` (its provenance) in the header."""
     if precision not in TRT_PRECISIONS:
         raise ValueError(f"TensorRT precision must be one of {TRT_PRECISIONS}, got {precision!r}")
-    trt = _require_tensorrt()
+    trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch: the only mode of TensorRT 10
@@ -106,7 +107,7 @@ class TensorRTRunner:
     """One deserialized engine and its execution context; inputs and outputs are CUDA torch tensors."""
 
     def __init__(self, path: Path, device: torch.device) -> None:
-        trt = _require_tensorrt()
+        trt = require_tensorrt()
         meta, blob = read_engine(path)
         self.device = device
         self.max_batch = int(meta["max_batch"])
