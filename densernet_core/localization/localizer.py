@@ -53,7 +53,7 @@ class Localization:
     @property
     def place(self) -> PoseEstimate | BeliefEstimate:
         """The place estimate of the mode in use (single-frame or filtered)."""
-        return self.filtered if self.mode == "filtered" and self.filtered is not None else self.single
+        return self.filtered if self.place_mode == "filtered" else self.single
 
     @property
     def pose_source(self) -> str:
