@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from densernet_core.localization.report import plot_trajectory  # noqa: E402
 from densernet_core.localization.sequence import Frame, MotionSource, poses_by_name  # noqa: E402
 from densernet_core.mapping.placemap import build_map  # noqa: E402
 from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
+from benchmarks.report import save_report  # noqa: E402
 
 GP_FRAMES = (100, 200)
 GP_MAX_STEP = 3.0  # frames per frame: room for twice the walking pace
@@ -154,12 +154,9 @@ def synthetic(args, out: Path) -> dict:
 
     from densernet_core.demo.routes import generated_route
 
-    route = out / "synthetic_route"
-    paths, fresh = generated_route(route, RouteConfig(), generate)
+    route, ckpt = out / "synthetic_route", out / "synthetic.safetensors"
+    paths, _ = generated_route(route, RouteConfig(), generate, derived=[ckpt])
     db, q = load_csv(paths["map"]), load_csv(paths["query"])
-    ckpt = out / "synthetic.safetensors"
-    if fresh:  # made from an earlier route's images
-        ckpt.unlink(missing_ok=True)
     if not ckpt.is_file():
         make_checkpoint(db.images, ckpt, image_size=(240, 320), progress=False)
     model = load_model(ckpt)
@@ -237,13 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         results["KITTI"] = {"odd frames, poses as odometry": kitti(args, out)}
     results["synthetic street"] = {"query run": synthetic(args, out)}
     results["filter_cost"] = filter_cost()
-    (out / "results.json").write_text(json.dumps(results, indent=2))
     text = table(results) + "\n\nFilter step at 10k places: " + "; ".join(
         f"{k}: p50 {v['p50_ms']:.2f} ms, p95 {v['p95_ms']:.2f} ms" for k, v in results["filter_cost"].items())
     if "Gardens Point" in results:
         text += f"\n\nKidnap recovery: {results['Gardens Point']['kidnap']['recovery']}"
-    (out / "table.md").write_text(text + "\n")
-    print(text)
+    save_report(out, results, text)
     return 0
 
 

@@ -15,8 +15,6 @@ Writes <out>/results.json, table.md and map_build.png.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import subprocess
 import sys
@@ -26,30 +24,33 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import save_report  # noqa: E402
+
 BIN = Path(sys.executable).parent
 RUNS = 2
 SIZES = {(192, 320): 200, (480, 640): 48}  # image size -> images mapped
 DESCRIBED = re.compile(r"described (\d+) images in ([\d.]+) s")
-# name -> (command prefix, extra build arguments, environment)
+# name -> (command prefix, extra build arguments); torchrun gives each rank one thread itself
 CONFIGS = {
-    "one process, batch 8, decode in the main thread (v1)": ([], ["--batch-size", "8", "--workers", "0"], {}),
-    "one process, batch 8, 2 decode workers": ([], ["--batch-size", "8", "--workers", "2"], {}),
-    "one process, batch 1, 2 decode workers": ([], ["--batch-size", "1", "--workers", "2"], {}),
+    "one process, batch 8, decode in the main thread (v1)": ([], ["--batch-size", "8", "--workers", "0"]),
+    "one process, batch 8, 2 decode workers": ([], ["--batch-size", "8", "--workers", "2"]),
+    "one process, batch 1, 2 decode workers": ([], ["--batch-size", "1", "--workers", "2"]),
     "torchrun 2 ranks (gloo, 1 thread each), batch 8, 2 decode workers each":
         (["torchrun", "--standalone", "--nproc-per-node", "2", "--no-python"],
-         ["--batch-size", "8", "--workers", "2"], {}),
+         ["--batch-size", "8", "--workers", "2"]),
     "one process, OpenVINO int8, batch 8, 2 decode workers": ([], ["--batch-size", "8", "--workers", "2",
-                                                                   "--backend", "openvino", "--engine", "{int8}"], {}),
+                                                                   "--backend", "openvino", "--engine", "{int8}"]),
 }
 
 
-def build(prefix: list[str], extra: list[str], env: dict, out: Path, ckpt: Path, route: Path,
-          size: tuple[int, int]) -> dict:
+def build(prefix: list[str], extra: list[str], out: Path, ckpt: Path, route: Path, size: tuple[int, int]) -> dict:
     cmd = [*([str(BIN / prefix[0]), *prefix[1:]] if prefix else []), str(BIN / "densernet-map"), "build",
            "--checkpoint", str(ckpt), "--traverse", str(route), "--image-size", str(size[0]), str(size[1]),
            "--no-progress", "--out", str(out), *extra]
     started = time.perf_counter()
-    proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - started
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
@@ -86,23 +87,21 @@ def main(argv: list[str] | None = None) -> int:
                 link.symlink_to(img.resolve())
         engine = Path(args.engines) / f"small_{size[0]}x{size[1]}_int8.onnx"
         for run in range(RUNS):
-            for k, (name, (prefix, extra, env)) in enumerate(CONFIGS.items()):
+            for k, (name, (prefix, extra)) in enumerate(CONFIGS.items()):
                 if "{int8}" in extra and not engine.is_file():
                     print(f"skipped {name}: {engine} not found (run benchmarks/bench_runtime.py first)")
                     continue
                 extra = [engine.as_posix() if a == "{int8}" else a for a in extra]
                 folder = out / "maps" / f"{size[0]}x{size[1]}_{k}"
-                r = build(prefix, extra, env, folder, ckpt, subset, size)
+                r = build(prefix, extra, folder, ckpt, subset, size)
                 r.update(config=name, size=f"{size[0]}x{size[1]}", run=run)
                 r.update(compare(out / "maps" / f"{size[0]}x{size[1]}_0", folder))
                 results.append(r)
                 print(f"{r['size']} run {run}: {name}: {r['images_per_s']:.2f} images/s "
                       f"(describe {r['describe_s']:.1f} s, wall {r['wall_s']:.1f} s), same as v1: {r['identical']} "
                       f"(max diff {r['max_abs_diff']:.2g})", flush=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    write_table(results, out / "table.md")
     plot(results, out / "map_build.png")
-    print((out / "table.md").read_text())
+    save_report(out, results, table(results), out / "map_build.png")
     return 0
 
 
@@ -123,14 +122,14 @@ def summary(results: list[dict]) -> list[dict]:
     return rows
 
 
-def write_table(results: list[dict], path: Path) -> None:
+def table(results: list[dict]) -> str:
     lines = ["| size | configuration | images/s (mean of runs) | runs | vs v1 | wall s | descriptors vs v1 |",
              "|---|---|---|---|---|---|---|"]
     for r in summary(results):
         same = "identical" if r["identical"] else f"max diff {r['max_abs_diff']:.1g}"
         lines.append(f"| {r['size']} | {r['config']} | {r['images_per_s']:.2f} | "
                      f"{' / '.join(f'{x:.2f}' for x in r['runs'])} | {r['ratio']:.2f}x | {r['wall_s']:.1f} | {same} |")
-    path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
 
 
 def plot(results: list[dict], path: Path) -> None:

@@ -18,7 +18,6 @@ and the refinement (local features, matching, PnP). Writes <out>/results.json, t
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -39,6 +38,7 @@ from densernet_core.localization.localizer import Localizer  # noqa: E402
 from densernet_core.localization.pose import PoseEstimatorConfig  # noqa: E402
 from densernet_core.mapping.placemap import build_map  # noqa: E402
 from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
+from benchmarks.report import save_report  # noqa: E402
 
 STREET_SIZE = (240, 320)
 KITTI_SIZE = (128, 416)
@@ -108,12 +108,9 @@ def street(out: Path) -> dict:
 
     from densernet_core.demo.routes import generated_route
 
-    route = out / "street3d"
-    paths, fresh = generated_route(route, StreetConfig(), generate)
+    route, ckpt = out / "street3d", out / "street3d.safetensors"
+    paths, _ = generated_route(route, StreetConfig(), generate, derived=[ckpt])
     db, q = load_csv(paths["map"]), load_csv(paths["query"])
-    ckpt = out / "street3d.safetensors"
-    if fresh:  # made from an earlier route's images
-        ckpt.unlink(missing_ok=True)
     if not ckpt.is_file():
         make_checkpoint(db.images, ckpt, image_size=STREET_SIZE, progress=False)
     model = load_model(ckpt)
@@ -232,12 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         results["KITTI"] = kitti(data, out)
     if (data / "gardens_point").is_dir() and Path(args.gp_checkpoint).is_file():
         results["Gardens Point"] = gardens_point(data, out, Path(args.gp_checkpoint))
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    text = table(results)
-    (out / "table.md").write_text(text + "\n")
     plot(results, out / "metric.png")
-    print(text)
-    print(f"plot: {out / 'metric.png'}")
+    save_report(out, results, table(results), out / "metric.png")
     return 0
 
 

@@ -34,6 +34,7 @@ from densernet_core.datasets import load_traverse  # noqa: E402
 from densernet_core.images import read_image  # noqa: E402
 from densernet_core.model.runtime import export_onnx, load_describer  # noqa: E402
 from densernet_core.training.evaluation import evaluate_descriptors  # noqa: E402
+from benchmarks.report import save_report  # noqa: E402
 
 PROTOCOLS = (("day_right", "day_left"), ("night_right", "day_right"), ("night_right", "day_left"))
 EVAL_FRAMES = range(100, 200)
@@ -118,12 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                     row["accepted"] = bool(drop <= ACCEPT_R1_DROP + 1e-9)
                 results.append(row)
                 print(json.dumps(row), flush=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    text = table(results)
-    (out / "table.md").write_text(text + "\n")
     plot(results, out / "runtime.png")
-    print(text)
-    print(f"plot: {out / 'runtime.png'}")
+    save_report(out, results, table(results), out / "runtime.png")
     return 0
 
 

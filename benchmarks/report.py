@@ -1,0 +1,15 @@
+"""What every benchmark leaves in its --out folder: results.json, table.md, and the table on stdout."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def save_report(out: Path, results: object, table: str, plot: Path | None = None) -> None:
+    """Write results.json (every figure) and table.md (what docs/BENCHMARKS.md quotes), print the table and
+    where the plot is."""
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "table.md").write_text(table + "\n")
+    print(table)
+    if plot is not None:
+        print(f"plot: {plot}")
