@@ -51,9 +51,7 @@ def _route(args: argparse.Namespace, out: Path) -> tuple[GeoImages, GeoImages, f
         return (load_traverse(gp / "day_left", list(GP_TEST_FRAMES)),
                 load_traverse(gp / "night_right", list(GP_TEST_FRAMES)), 10.0, "frames")
     cfg = RouteConfig(places=args.places, width=args.size[1], height=args.size[0])
-    paths, fresh = generated_route(out / "route", cfg, generate)
-    if fresh:  # a checkpoint made from an earlier route's images is not this route's
-        (out / "model.safetensors").unlink(missing_ok=True)
+    paths, _ = generated_route(out / "route", cfg, generate, derived=[out / "model.safetensors"])
     return load_csv(paths["map"]), load_csv(paths["query"]), 2 * cfg.spacing, "m"
 
 

@@ -45,11 +45,15 @@ def test_a_generated_route_is_reused_only_while_it_is_current(tmp_path):
     paths, fresh = generated_route(tmp_path, SMALL, generate)
     before = _digest(tmp_path)
     assert fresh and len(load_csv(paths["map"])) == 6
-    paths, fresh = generated_route(tmp_path, SMALL, generate)
+    derived = tmp_path.parent / f"{tmp_path.name}_model.safetensors"
+    derived.write_bytes(b"made from the 6-place route")
+    paths, fresh = generated_route(tmp_path, SMALL, generate, derived=[derived])
     assert not fresh and _digest(tmp_path) == before  # reused as is
+    assert derived.exists()  # still the route it came from
 
-    paths, fresh = generated_route(tmp_path, RouteConfig(places=4, width=128, height=96), generate)
+    paths, fresh = generated_route(tmp_path, RouteConfig(places=4, width=128, height=96), generate, derived=[derived])
     assert fresh and len(load_csv(paths["map"])) == 4 and not (tmp_path / "map" / "0005.png").exists()
+    assert not derived.exists()  # dropped with the route it came from
 
     stamp = json.loads((tmp_path / STAMP).read_text())
     stamp["source_sha256"] = "0" * 64  # as if written by another version of the generator

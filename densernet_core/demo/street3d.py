@@ -12,7 +12,6 @@ intrinsics in camera.yaml.
 """
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from ..camera import Camera, world_to_camera
+from .routes import RUNS, write_run
 from .synth import _samples
 
 # Camera looking at +y (the facades): x_cam = +x_world, y_cam = -z_world, z_cam = +y_world.
@@ -145,11 +145,8 @@ def generate(out: str | Path, cfg: StreetConfig = StreetConfig()) -> dict[str, P
     out = Path(out)
     facades = street(cfg)
     rng = np.random.default_rng(cfg.seed + 1)
-    paths = {}
-    for run in ("map", "query"):
-        folder = out / run
-        folder.mkdir(parents=True, exist_ok=True)
-        rows = []
+
+    def frames(run: str):
         for i in range(cfg.places):
             x = i * cfg.spacing
             if run == "map":
@@ -161,16 +158,12 @@ def generate(out: str | Path, cfg: StreetConfig = StreetConfig()) -> dict[str, P
             if run == "query":
                 img = np.clip(img.astype(np.float32) * cfg.darkening + rng.normal(0, cfg.noise_std, img.shape), 0, 255
                               ).astype(np.uint8)
-            name = f"{i:04d}.png"
-            cv2.imwrite(str(folder / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-            (px, py, pz), (qx, qy, qz, qw) = pose[0], pose[1]
-            rows.append([name, *(f"{v:.6f}" for v in (px, py, pz, qx, qy, qz, qw)), f"{100.0 + i * 0.5:.3f}"])
-        with open(folder / "poses.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["image", "x", "y", "z", "qx", "qy", "qz", "qw", "timestamp"])
-            w.writerows(rows)
-        (folder / "camera.yaml").write_text(yaml.safe_dump(cfg.camera.to_dict(), sort_keys=False))
-        paths[run] = folder / "poses.csv"
+            yield img, [f"{v:.6f}" for v in (*pose[0], *pose[1])]
+
+    paths = {}
+    for run in RUNS:
+        paths[run] = write_run(out / run, frames(run), ["x", "y", "z", "qx", "qy", "qz", "qw"])
+        (out / run / "camera.yaml").write_text(yaml.safe_dump(cfg.camera.to_dict(), sort_keys=False))
     return paths
 
 

@@ -8,13 +8,14 @@ x = i * spacing metres; ground truth is written as poses CSVs the map and locali
 """
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .routes import RUNS, write_run
 
 # scikit-image sample images that ship inside the wheel (no pooch download).
 SAMPLES = ("astronaut", "coffee", "chelsea", "rocket", "brick", "grass", "gravel", "camera", "colorwheel",
@@ -115,11 +116,8 @@ def generate(out: str | Path, cfg: RouteConfig = RouteConfig()) -> dict[str, Pat
     out = Path(out)
     strip = facade(cfg)
     rng = np.random.default_rng(cfg.seed + 1)
-    paths = {}
-    for run in ("map", "query"):
-        folder = out / run
-        folder.mkdir(parents=True, exist_ok=True)
-        rows = []
+
+    def frames(run: str):
         for i in range(cfg.places):
             x = i * cfg.spacing
             if run == "map":
@@ -129,12 +127,6 @@ def generate(out: str | Path, cfg: RouteConfig = RouteConfig()) -> dict[str, Pat
                 sign = 1 if i % 2 else -1
                 img = dusk(render(strip, cfg, x, cfg.lateral_offset, sign * cfg.yaw_deg), cfg, rng)
                 y, yaw = cfg.lateral_offset, math.radians(sign * cfg.yaw_deg)
-            name = f"{i:04d}.png"
-            cv2.imwrite(str(folder / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-            rows.append([name, f"{x:.3f}", f"{y:.3f}", "0.0", f"{yaw:.6f}", f"{100.0 + i * 0.5:.3f}"])
-        with open(folder / "poses.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["image", "x", "y", "z", "yaw", "timestamp"])
-            w.writerows(rows)
-        paths[run] = folder / "poses.csv"
-    return paths
+            yield img, [f"{x:.3f}", f"{y:.3f}", "0.0", f"{yaw:.6f}"]
+
+    return {run: write_run(out / run, frames(run), ["x", "y", "z", "yaw"]) for run in RUNS}
