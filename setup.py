@@ -22,6 +22,9 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/rviz", glob("rviz/*.rviz")),
+        # launch_ros runs <prefix>/lib/<package>/<executable>; pip puts console scripts in <prefix>/bin
+        (f"lib/{PACKAGE}", sorted(glob("scripts/lib/*"))),
     ],
     install_requires=[
         "setuptools",
@@ -43,7 +46,8 @@ setup(
     extras_require={
         # ROS 2 (Kilted) from PyPI wheels, for machines without a system ROS 2 install.
         "ros": ["ros-rclpy", "ros-sensor-msgs", "ros-geometry-msgs", "ros-std-msgs", "ros-nav-msgs",
-                "ros-diagnostic-msgs", "ros-std-srvs", "ros-rmw-fastrtps-cpp"],
+                "ros-diagnostic-msgs", "ros-std-srvs", "ros-rmw-fastrtps-cpp", "ros-lifecycle-msgs",
+                "ros-visualization-msgs"],
         # Exported runtimes (densernet export; --backend onnxruntime | openvino).
         "deploy": ["onnxruntime>=1.17", "openvino>=2024.0"],
         "dev": ["pytest>=7", "onnxruntime>=1.17", "openvino>=2024.0", "colcon-common-extensions"],
@@ -56,6 +60,7 @@ setup(
             "densernet-localize = densernet_core.localization.cli:main",
             "densernet-demo = densernet_ros.demo:main",
             "localize_node = densernet_ros.node:main",
+            "localize_lifecycle_node = densernet_ros.lifecycle:main",
             "densernet-node = densernet_ros.node:main",
         ],
     },

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
-from densernet_core.datasets import load_csv, load_kitti, load_traverse, yaw_to_quat  # noqa: E402
+from densernet_core.datasets import load_csv, load_kitti, load_traverse  # noqa: E402
+from densernet_core.geometry import yaw_to_quat  # noqa: E402
 from densernet_core.localization.belief import BeliefConfig, Motion, PlaceBelief  # noqa: E402
 from densernet_core.localization.localizer import Localizer  # noqa: E402
 from densernet_core.localization.pose import PoseEstimatorConfig  # noqa: E402

@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .geometry import quat_to_yaw, rotation_to_quat, yaw_to_quat
+
 LOG = logging.getLogger("densernet")
 IDENTITY_QUAT = (0.0, 0.0, 0.0, 1.0)  # x, y, z, w
 
@@ -36,6 +38,7 @@ class GeoImages:
     has_orientation: bool = False
     frame_id: str = "map"
     names: list[str] = field(default_factory=list)
+    place_sources: list[str] = field(default_factory=list)  # per image: the traverse it came from
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -44,6 +47,8 @@ class GeoImages:
         self.timestamps = np.asarray(self.timestamps, dtype=np.float64).reshape(n)
         if not self.names:
             self.names = [p.name for p in self.images]
+        if not self.place_sources:
+            self.place_sources = [self.source] * n
 
     def __len__(self) -> int:
         return len(self.images)
@@ -52,42 +57,7 @@ class GeoImages:
         idx = list(idx)
         return GeoImages([self.images[i] for i in idx], self.positions[idx], self.orientations[idx],
                          self.timestamps[idx], self.source, self.has_orientation, self.frame_id,
-                         [self.names[i] for i in idx])
-
-
-# ---- geometry helpers -----------------------------------------------------------------------
-def yaw_to_quat(yaw: float) -> tuple[float, float, float, float]:
-    return (0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2))
-
-
-def quat_to_yaw(q: np.ndarray) -> np.ndarray:
-    q = np.asarray(q, dtype=np.float64)
-    x, y, z, w = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    return np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
-
-
-def fuse_heading(orientations: np.ndarray, weights: np.ndarray, ref: int) -> tuple[np.ndarray, float]:
-    """Weighted circular mean of the headings, applied as a turn about the map's vertical to
-    orientation `ref`: the result keeps the map's own axis convention (a robot body's x-forward or a
-    camera's z-forward) and `ref`'s tilt, so a fallback pose and a camera pose from PnP agree.
-    Returns (quaternion xyzw, circular variance of the headings)."""
-    from scipy.spatial.transform import Rotation
-
-    q = np.asarray(orientations, dtype=np.float64).reshape(-1, 4)
-    w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
-    d = quat_to_yaw(q) - quat_to_yaw(q[ref])
-    s, c = float((w * np.sin(d)).sum()), float((w * np.cos(d)).sum())
-    turn = Rotation.from_euler("z", math.atan2(s, c))
-    fused = (turn * Rotation.from_quat(q[ref] / np.linalg.norm(q[ref]))).as_quat()
-    return fused, -2.0 * math.log(max(math.hypot(s, c), 1e-9))
-
-
-def rotation_to_quat(r: np.ndarray) -> tuple[float, float, float, float]:
-    """3x3 rotation matrix -> quaternion (x, y, z, w)."""
-    from scipy.spatial.transform import Rotation
-
-    x, y, z, w = Rotation.from_matrix(r).as_quat()
-    return (float(x), float(y), float(z), float(w))
+                         [self.names[i] for i in idx], [self.place_sources[i] for i in idx])
 
 
 def latlon_to_utm(lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -406,3 +376,67 @@ def thin(data: GeoImages, min_distance: float, min_angle_deg: float) -> GeoImage
             keep.append(i)
     LOG.info("thinning kept %d of %d frames", len(keep), len(data))
     return data.subset(keep)
+
+
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+
+
+@dataclass(frozen=True)
+class BagRoute:
+    """What a recording offers for a map: its image, pose and camera-info topics, and the frames they are in."""
+
+    image_topic: str
+    pose_topic: str
+    camera_info_topic: str | None   # None: the bag holds no CameraInfo for the image topic
+    base_frame: str                 # the pose topic's child frame (odometry) or "" (a pose or fix)
+    camera_frame: str               # the images' header.frame_id
+
+
+def bag_route(bag: str | Path, image_topic: str | None = None, pose_topic: str | None = None) -> BagRoute:
+    """Pick the topics a map is built from, each given or the one of its kind the bag holds (images: Image or
+    CompressedImage; poses: Odometry first, else a pose or fix topic), with the frames of their first messages."""
+    from rosbags.highlevel import AnyReader
+
+    bag = Path(bag)
+    if not bag.exists():
+        raise DatasetError(f"rosbag not found: {bag}")
+    try:
+        reader_cm = AnyReader([bag])
+        reader = reader_cm.__enter__()
+    except Exception as exc:
+        raise DatasetError(f"{bag}: cannot open as a rosbag2: {exc}") from exc
+    try:
+        types = {c.topic: c.msgtype for c in reader.connections}
+        image_topic = image_topic or _only(bag, types, IMAGE_TYPES, "image", "--image-topic")
+        if pose_topic is None:
+            odometry = [t for t, k in types.items() if k == "nav_msgs/msg/Odometry"]
+            pose_topic = odometry[0] if len(odometry) == 1 else _only(bag, types, POSE_TYPES, "pose", "--pose-topic")
+        for topic, kinds, what in ((image_topic, IMAGE_TYPES, "image"), (pose_topic, POSE_TYPES, "pose")):
+            if topic not in types:
+                raise DatasetError(f"{bag}: no topic {topic!r}; topics are {sorted(types)}")
+            if types[topic] not in kinds:
+                raise DatasetError(f"{bag}: {what} topic {topic!r} has type {types[topic]}, expected one of {kinds}")
+        infos = [t for t, k in types.items() if k == CAMERA_INFO_TYPE]
+        namespace = image_topic.rsplit("/", 1)[0]
+        same = [t for t in infos if t.rsplit("/", 1)[0] == namespace]
+        info = same[0] if len(same) == 1 else (infos[0] if len(infos) == 1 else None)
+        first = {}
+        for topic in (image_topic, pose_topic):
+            conns = [c for c in reader.connections if c.topic == topic]
+            for c, _, raw in reader.messages(connections=conns):
+                first[topic] = reader.deserialize(raw, c.msgtype)
+                break
+    finally:
+        reader_cm.__exit__(None, None, None)
+    pose_msg = first.get(pose_topic)
+    base = getattr(pose_msg, "child_frame_id", "") if pose_msg is not None else ""
+    camera = first[image_topic].header.frame_id if image_topic in first else ""
+    return BagRoute(image_topic, pose_topic, info, base, camera)
+
+
+def _only(bag: Path, types: dict[str, str], kinds: tuple[str, ...], what: str, flag: str) -> str:
+    found = sorted(t for t, k in types.items() if k in kinds)
+    if len(found) != 1:
+        raise DatasetError(f"{bag}: {'no' if not found else len(found)} {what} topic(s) ({', '.join(found) or 'none'}); "
+                           f"name one with {flag}")
+    return found[0]

@@ -22,6 +22,15 @@ so the executor never blocks and no queue builds up. Publishes (all relative to 
   /tf (publish_tf only)         map -> odom, from each fix and the odometry (odom_topic,
                                 nav_msgs/Odometry) interpolated at the image stamp; re-sent at
                                 tf_rate_hz, stamped now + transform_tolerance (as AMCL does)
+  place_recognition/map_markers visualization_msgs/MarkerArray of the mapped places (latched)
+  place_recognition/belief_markers  the belief over the places, per frame (RViz: rviz/densernet.rviz)
+Subscribes to `initialpose` (geometry_msgs/PoseWithCovarianceStamped in map_frame: RViz's "2D Pose
+Estimate", as AMCL): the belief is seeded around that pose with that covariance.
+
+The pose published is always `base_frame`'s in `map_frame` (REP-105): a metric camera pose is turned
+into the base's through the camera's extrinsic (frames.py). The node's work lives in LocalizerCore,
+shared with the managed (lifecycle) node of lifecycle.py: configure loads the model and the map,
+activate subscribes and publishes, deactivate stops, cleanup frees.
 """
 from __future__ import annotations
 
@@ -37,17 +46,16 @@ from typing import Sequence
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Pose, PoseArray, PoseWithCovarianceStamped, TransformStamped
-from nav_msgs.msg import Odometry
+from geometry_msgs.msg import Pose, PoseArray, PoseWithCovarianceStamped
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
 
 from densernet_core.camera import Camera
 from densernet_core.config import ConfigError
@@ -55,11 +63,13 @@ from densernet_core.localization.belief import BeliefConfig, Motion
 from densernet_core.localization.localizer import MODES
 from densernet_core.model.runtime import BACKENDS
 from densernet_core.localization.metric import MetricConfig
-from densernet_core.localization.odometry import OdometryBuffer, compose, inverse, map_to_odom
+from densernet_core.geometry import compose, inverse
 from densernet_core.localization.pose import PoseEstimatorConfig
 
 from .frame_slot import NEXT_FRAME_MARGIN, FrameSlot
+from .frames import RobotFrames, seconds as _seconds
 from .image_conversion import FrameError, compressed_to_rgb, image_to_rgb
+from .markers import belief_markers, map_markers
 
 NODE_NAME = "densernet_localizer"
 ESTIMATOR = PoseEstimatorConfig()  # the estimator's and the filter's defaults are the node's
@@ -95,6 +105,10 @@ class NodeSettings:
     odom_history_s: float
     transform_tolerance: float
     tf_rate_hz: float
+    base_frame: str
+    camera_extrinsic: str
+    publish_markers: bool
+    autostart: bool
 
 
 # name: (default, description, read_only, range)
@@ -119,7 +133,7 @@ PARAMETERS = {
                          "alone", True, None),
     "max_speed": (BELIEF.max_speed, "filter: the robot's top speed, map units per second (no odometry)", True,
                   (1e-3, 1e4)),
-    "fix_mass": (BELIEF.fix_mass, "filter: belief near its mode needed for a fix", True, (0.01, 1.0)),
+    "fix_mass": (BELIEF.fix_mass, "filter: probability near its mode needed for a fix (the belief includes \"not in the map\")", True, (0.01, 1.0)),
     "filter_odometry": (False, "filter: predict the motion from odom_topic (nav_msgs/Odometry) between frames",
                         True, None),
     "metric": (True, "refine the place into a 6-DoF camera pose by PnP when the map has 3-D points", True, None),
@@ -130,7 +144,7 @@ PARAMETERS = {
     "min_score": (ESTIMATOR.min_score, "ignore candidates below this cosine similarity", True, (-1.0, 1.0)),
     "cluster_radius": (ESTIMATOR.cluster_radius, "candidates closer than this agree on a place (map units)", True, (1e-3, 1e6)),
     "ratio_threshold": (ESTIMATOR.ratio_threshold, "best/runner-up group weight needed for a fix", True, (1.0, 1e6)),
-    "min_confidence": (ESTIMATOR.min_confidence, "no fix below this confidence (1 - 1/ratio)", True, (0.0, 1.0)),
+    "min_confidence": (ESTIMATOR.min_confidence, "single mode: no fix below this probability of the place (against every other place and \"not in the map\")", True, (0.0, 1.0)),
     "position_floor": (ESTIMATOR.position_floor, "smallest position std-dev reported (map units)", True, (1e-6, 1e6)),
     "yaw_floor_deg": (ESTIMATOR.yaw_floor_deg, "smallest yaw std-dev reported (degrees)", True, (1e-6, 180.0)),
     "publish_tf": (False, "broadcast map -> odom (needs tf2_ros and odom_topic); only one node may own it",
@@ -140,45 +154,113 @@ PARAMETERS = {
     "odom_history_s": (10.0, "odometry kept for lookups at image stamps (s)", True, (0.1, 600.0)),
     "transform_tolerance": (0.5, "map -> odom is stamped this far in the future (s)", True, (0.0, 10.0)),
     "tf_rate_hz": (10.0, "rate at which the last map -> odom is re-broadcast", True, (0.1, 1000.0)),
+    "base_frame": ("base_link", "the robot frame whose pose is published (the camera's extrinsic is looked up "
+                                "from it: tf2, camera_extrinsic, or the map's)", True, None),
+    "camera_extrinsic": ("", "YAML file with the camera's pose on the robot (base_frame -> camera frame); empty: "
+                             "tf2 when available, else the extrinsic recorded in the map", True, None),
+    "publish_markers": (True, "RViz markers: the map's places (latched) and the belief per frame", True, None),
+    "autostart": (False, "managed node only: configure and activate at start-up (as nav2's lifecycle_manager "
+                          "would)", True, None),
 }
 
 
-class LocalizerNode(Node):
-    def __init__(self, **kwargs) -> None:
-        super().__init__(NODE_NAME, **kwargs)
-        self.settings = self._declare_parameters()
-        self._load_localizer()  # raises on start-up failure; main() turns that into exit 1
-        self.frames: FrameSlot[tuple[bytes, str]] = FrameSlot(self.settings.max_frame_wait_s)
-        self.stats = {"processed": 0, "bad_frames": 0, "fixes": 0, "no_fix": 0, "metric_poses": 0,
+class LocalizerCore:
+    """The localizer's work, for a plain and a managed node alike (a mixin over an rclpy node)."""
+
+    def configure(self) -> None:
+        """Load the model and the map, make the publishers and services (raises on a start-up failure)."""
+        self._load_localizer()
+        self.stats = {"processed": 0, "bad_frames": 0, "fixes": 0, "no_fix": 0, "metric_poses": 0, "seeds": 0,
                       "last_score": 0.0, "last_confidence": 0.0, "last_latency_ms": 0.0, "last_error": ""}
-        self._rate_marks: list[tuple[float, int, int]] = [(time.monotonic(), 0, 0)]
-        self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "place_recognition/pose", 10)
-        self.cand_pub = self.create_publisher(PoseArray, "place_recognition/candidates", 10)
-        self.place_pub = self.create_publisher(DiagnosticArray, "place_recognition/place", 10)
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.robot = RobotFrames(self, self.settings, self.localizer.map.extrinsic, self.stats)
+        self._filter_lock = threading.Lock()  # the worker steps the belief; the reset service and initialpose set it
+        self.pose_pub = self._publisher(PoseWithCovarianceStamped, "place_recognition/pose", 10)
+        self.cand_pub = self._publisher(PoseArray, "place_recognition/candidates", 10)
+        self.place_pub = self._publisher(DiagnosticArray, "place_recognition/place", 10)
+        self.diag_pub = self._publisher(DiagnosticArray, "/diagnostics", 10)
+        self.marker_pubs = None
+        if self.settings.publish_markers:
+            latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self.marker_pubs = (self._publisher(MarkerArray, "place_recognition/map_markers", latched),
+                                self._publisher(MarkerArray, "place_recognition/belief_markers", 1))
+        self.reset_srv = self.create_service(Trigger, "place_recognition/reset", self._on_reset)
+        self._subs: list = []
+        self._timers: list = []
+        self.frames = None
+        self.worker = None
+
+    def _publisher(self, msg_type, topic: str, qos):
+        return self.create_publisher(msg_type, topic, qos)
+
+    def activate(self) -> None:
+        """Subscribe, start the worker and the timers: frames in, answers out."""
+        s = self.settings
+        self.frames: FrameSlot[tuple[bytes, str]] = FrameSlot(s.max_frame_wait_s)
+        self._rate_marks: list[tuple[float, int, int]] = [(time.monotonic(), 0, self.stats["processed"])]
         qos = QoSProfile(**{**_qos_kwargs(qos_profile_sensor_data), "depth": 1})
-        topic = self.settings.image_topic
         # Users may switch reliability/depth with qos_overrides.<topic>.subscription.* parameters.
         overrides = QoSOverridingOptions.with_default_policies()
         # raw=True: the callback gets the serialized bytes; only the frame the worker picks is
         # deserialized, so a 30 Hz camera does not cost 30 Python message conversions a second.
-        if self.settings.use_compressed:
-            self.sub = self.create_subscription(CompressedImage, f"{topic}/compressed", self._on_compressed, qos,
-                                                qos_overriding_options=overrides, raw=True)
+        if s.use_compressed:
+            self.sub = self.create_subscription(CompressedImage, f"{s.image_topic}/compressed", self._on_compressed,
+                                                qos, qos_overriding_options=overrides, raw=True)
         else:
-            self.sub = self.create_subscription(Image, topic, self._on_image, qos, qos_overriding_options=overrides,
-                                                raw=True)
-        self._filter_lock = threading.Lock()  # the worker steps the belief, the reset service clears it
-        self._setup_odometry()
-        self.reset_srv = self.create_service(Trigger, "place_recognition/reset", self._on_reset)
-        if self.settings.camera_info_topic:
-            self.info_sub = self.create_subscription(CameraInfo, self.settings.camera_info_topic, self._on_camera_info, 1)
-        self.diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
+            self.sub = self.create_subscription(Image, s.image_topic, self._on_image, qos,
+                                                qos_overriding_options=overrides, raw=True)
+        self._subs = [self.sub, self.create_subscription(PoseWithCovarianceStamped, "initialpose",
+                                                         self._on_initial_pose, 1)]
+        if s.camera_info_topic:
+            self.info_sub = self.create_subscription(CameraInfo, s.camera_info_topic, self._on_camera_info, 1)
+            self._subs.append(self.info_sub)
+        self.robot.start()
+        self._timers = [self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)]
+        if self.marker_pubs is not None:
+            self.marker_pubs[0].publish(map_markers(self.localizer.map.places.positions, s.map_frame,
+                                                    self._spacing(), self.get_clock().now().to_msg()))
         self.worker = threading.Thread(target=self._work, name="densernet-inference", daemon=True)
         self.worker.start()
         self.get_logger().info(
-            f"localizing against {len(self.localizer.map)} places ({self.settings.map_dir}) on "
+            f"localizing {s.base_frame} against {len(self.localizer.map)} places ({s.map_dir}) on "
             f"{self.localizer.model.device}; listening on {self.sub.topic_name}")
+
+    def deactivate(self) -> None:
+        """Stop the worker, the subscriptions and the timers: nothing is published while inactive."""
+        if self.frames is not None:
+            self.frames.close()
+        if self.worker is not None:
+            self.worker.join(timeout=10.0)
+            self.worker = None
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        for timer in self._timers:
+            self.destroy_timer(timer)
+        self._subs, self._timers = [], []
+        self.robot.stop()
+
+    def cleanup(self) -> None:
+        """Release the model (and GPU memory), the publishers and the services."""
+        for pub in (self.pose_pub, self.cand_pub, self.place_pub, self.diag_pub, *(self.marker_pubs or ())):
+            self._destroy_publisher(pub)
+        self.destroy_service(self.reset_srv)
+        device = self.localizer.model.device
+        del self.localizer
+        gc.collect()
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _destroy_publisher(self, pub) -> None:
+        self.destroy_publisher(pub)
+
+    def _spacing(self) -> float:
+        """The map's place spacing (marker sizes), computed once."""
+        if getattr(self, "_place_spacing", None) is None:
+            from densernet_core.localization.observation import median_spacing
+
+            self._place_spacing = median_spacing(self.localizer.map.places.positions)
+        return self._place_spacing
 
     # ---- set-up ---------------------------------------------------------------------------------
     def _declare_parameters(self) -> NodeSettings:
@@ -196,6 +278,8 @@ class LocalizerNode(Node):
             raise ConfigError(f"parameter device={values['device']!r}: use auto, cpu or cuda")
         if not values["image_topic"]:
             raise ConfigError("parameter image_topic is empty")
+        if not values["base_frame"]:
+            raise ConfigError("parameter base_frame is empty: name the robot frame whose pose is published")
         size = (values["image_height"], values["image_width"])
         if (size[0] == 0) != (size[1] == 0):
             raise ConfigError(f"parameters image_height={size[0]}, image_width={size[1]}: set both or neither (0)")
@@ -215,7 +299,8 @@ class LocalizerNode(Node):
                             values["mode"], values["metric"], values["camera_info_topic"], values["filter_odometry"],
                             belief, estimator, values["publish_tf"],
                             values["odom_topic"], values["odom_max_gap_s"], values["odom_history_s"],
-                            values["transform_tolerance"], values["tf_rate_hz"])
+                            values["transform_tolerance"], values["tf_rate_hz"], values["base_frame"],
+                            values["camera_extrinsic"], values["publish_markers"], values["autostart"])
 
     def _load_localizer(self) -> None:
         from densernet_core.localization.localizer import Localizer
@@ -226,27 +311,6 @@ class LocalizerNode(Node):
                                               s.top_k, s.belief, s.mode, MetricConfig() if s.metric else None,
                                               s.backend, s.engine or None)
         self._last_stamp: float | None = None  # image stamp of the previous processed frame (filter motion)
-
-    def _setup_odometry(self) -> None:
-        """Odometry feeds map -> odom (publish_tf, which needs tf2_ros: a ROS 2 install, not on PyPI; the
-        node refuses to start without it) and the filter's motion (filter_odometry)."""
-        s = self.settings
-        self.odometry: OdometryBuffer | None = None
-        self._map_odom: TransformStamped | None = None
-        self._odom_lock = threading.Lock()  # odometry buffer and the map -> odom message
-        self.stats.update(odometry_msgs=0, tf_updates=0, tf_skipped=0, tf_reason="", motion="")
-        if s.publish_tf:
-            try:
-                from tf2_ros import TransformBroadcaster
-            except ImportError as exc:
-                raise RuntimeError(f"publish_tf is true but tf2_ros cannot be imported ({exc}); install it "
-                                   "(apt install ros-$ROS_DISTRO-tf2-ros) or set publish_tf false") from exc
-            self.tf_broadcaster = TransformBroadcaster(self)
-            self.tf_timer = self.create_timer(1.0 / s.tf_rate_hz, self._broadcast_map_odom)
-        if s.publish_tf or s.filter_odometry:
-            self.odometry = OdometryBuffer(s.odom_max_gap_s, s.odom_history_s)
-            self._odom_frame = "odom"  # replaced by the odometry's header.frame_id
-            self.odom_sub = self.create_subscription(Odometry, s.odom_topic, self._on_odometry, 50)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         """The live camera's intrinsics replace the map's for PnP (OpenCV's plumb_bob/rational models)."""
@@ -266,11 +330,34 @@ class LocalizerNode(Node):
             response.success, response.message = False, "mode is single: there is no belief to reset"
             return response
         with self._filter_lock:
-            self.localizer.filter.reset()
+            self.localizer.reset()
             self._last_stamp = None
         response.success, response.message = True, f"belief reset over {len(self.localizer.map)} places"
         self.get_logger().info(response.message)
         return response
+
+    def _on_initial_pose(self, msg: PoseWithCovarianceStamped) -> None:
+        """RViz's "2D Pose Estimate" (or a fleet manager): seed the belief around the base pose given, with
+        the covariance given, as AMCL does."""
+        frame = msg.header.frame_id or self.settings.map_frame
+        if frame != self.settings.map_frame:
+            self.get_logger().warning(f"initialpose in frame {frame!r} ignored: it must be in {self.settings.map_frame!r}")
+            return
+        if self.localizer.filter is None:
+            self.get_logger().warning("initialpose ignored: mode is single (no belief to seed)")
+            return
+        p, q = msg.pose.pose.position, msg.pose.pose.orientation
+        cov = np.asarray(msg.pose.covariance, float).reshape(6, 6)
+        try:
+            with self._filter_lock:
+                n = self.localizer.seed(np.array([p.x, p.y, p.z]), cov[:3, :3], np.array([q.x, q.y, q.z, q.w]),
+                                        float(cov[5, 5]))
+                self._last_stamp = None
+        except ValueError as exc:
+            self.get_logger().warning(f"initialpose ignored: {exc}")
+            return
+        self.stats["seeds"] += 1
+        self.get_logger().info(f"belief seeded at ({p.x:.2f}, {p.y:.2f}) over {n} places")
 
     def _motion(self, stamp_s: float) -> Motion:
         """Time since the previous processed frame, and the odometry displacement over it when asked for."""
@@ -278,9 +365,8 @@ class LocalizerNode(Node):
         if prev is None:
             return Motion()
         motion = Motion(dt=max(stamp_s - prev, 0.0))
-        if self.settings.filter_odometry and self.odometry is not None:
-            with self._odom_lock:
-                a, b = self.odometry.at(prev), self.odometry.at(stamp_s)
+        if self.settings.filter_odometry and self.robot.odometry is not None:
+            a, b = self.robot.odometry_at(prev), self.robot.odometry_at(stamp_s)
             if a.transform is not None and b.transform is not None:
                 motion.translation, motion.rotation = compose(inverse(a.transform), b.transform)
                 self.stats["motion"] = "odometry"
@@ -289,44 +375,6 @@ class LocalizerNode(Node):
         else:
             self.stats["motion"] = "speed bound"
         return motion
-
-    def _on_odometry(self, msg: Odometry) -> None:
-        p, q = msg.pose.pose.position, msg.pose.pose.orientation
-        try:
-            with self._odom_lock:
-                self.odometry.add(_seconds(msg.header.stamp), (p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
-                self._odom_frame = msg.header.frame_id or "odom"
-            self.stats["odometry_msgs"] += 1
-        except ValueError as exc:
-            self.get_logger().warning(f"odometry skipped: {exc}", throttle_duration_sec=WARN_THROTTLE_S)
-
-    def _update_map_odom(self, stamp, est) -> None:
-        """The correction from a fix: the fixed base pose times the inverse odometry pose at the image stamp."""
-        with self._odom_lock:
-            found = self.odometry.at(_seconds(stamp))
-            odom_frame = self._odom_frame
-        if found.transform is None:
-            self.stats.update(tf_skipped=self.stats["tf_skipped"] + 1, tf_reason=found.reason)
-            self.get_logger().warning(f"map -> odom not updated: {found.reason}", throttle_duration_sec=WARN_THROTTLE_S)
-            return
-        t, q = map_to_odom((est.position, est.orientation), found.transform)
-        tf = TransformStamped()
-        tf.header.frame_id, tf.child_frame_id = self.settings.map_frame, odom_frame
-        tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z = (float(v) for v in t)
-        r = tf.transform.rotation
-        r.x, r.y, r.z, r.w = (float(v) for v in q)
-        with self._odom_lock:
-            self._map_odom = tf
-        self.stats.update(tf_updates=self.stats["tf_updates"] + 1, tf_reason="ok")
-        self._broadcast_map_odom()
-
-    def _broadcast_map_odom(self) -> None:
-        with self._odom_lock:
-            tf = self._map_odom
-            if tf is None:
-                return
-            tf.header.stamp = (self.get_clock().now() + Duration(seconds=self.settings.transform_tolerance)).to_msg()
-            self.tf_broadcaster.sendTransform(tf)
 
     # ---- callbacks: keep only the newest frame ------------------------------------------------
     def _on_image(self, data: bytes) -> None:
@@ -359,6 +407,7 @@ class LocalizerNode(Node):
         msg = deserialize_message(data, CompressedImage if kind == "compressed" else Image)
         rgb = compressed_to_rgb(msg) if kind == "compressed" else image_to_rgb(msg)
         stamp = msg.header.stamp
+        self.localizer.extrinsic = self.robot.extrinsic_for(msg.header.frame_id)  # the base's pose is published
         t_describe = time.perf_counter()
         desc, features = self.localizer.describe(rgb)
         describe_s = time.perf_counter() - t_describe
@@ -383,11 +432,16 @@ class LocalizerNode(Node):
             if result.pose_source == "metric":
                 self.stats["metric_poses"] += 1
             if self.settings.publish_tf:
-                self._update_map_odom(stamp, est)
+                self.robot.update_map_odom(stamp, est.position, est.orientation)
         else:
             self.stats["no_fix"] += 1
             self.get_logger().debug(f"no fix: {est.reason}")
+        if self.marker_pubs is not None and self.localizer.filter is not None:
+            with self._filter_lock:
+                b, outside = self.localizer.filter.belief, self.localizer.filter.outside
+            self.marker_pubs[1].publish(belief_markers(places.positions, b, outside, frame, self._spacing(), stamp))
         self.stats.update(processed=self.stats["processed"] + 1, last_confidence=est.confidence,
+                          last_out_of_map=getattr(result.place, "out_of_map", 0.0),
                           last_score=float(result.scores[0]) if len(result.scores) else 0.0,
                           last_latency_ms=1000 * result.total_s, last_reason=est.reason)
 
@@ -406,9 +460,11 @@ class LocalizerNode(Node):
         elif silent is not None and silent > self.settings.input_timeout_s:
             status.level, status.message = DiagnosticStatus.WARN, f"no image for {silent:.1f} s on {self.sub.topic_name}"
         elif s.get("last_reason", "ok") != "ok":
-            status.level, status.message = DiagnosticStatus.WARN, f"no fix: {s.get('last_reason')}"
-        elif self.odometry is not None and s["odometry_msgs"] == 0:
-            status.level, status.message = DiagnosticStatus.WARN, f"no odometry on {self.odom_sub.topic_name}"
+            reason = s["last_reason"]  # "not localized: outside the map or unrecognisable" says it all
+            status.level, status.message = DiagnosticStatus.WARN, reason if reason.startswith("not localized") \
+                else f"no fix: {reason}"
+        elif self.robot.odometry is not None and s["odometry_msgs"] == 0:
+            status.level, status.message = DiagnosticStatus.WARN, f"no odometry on {self.robot.odom_topic_name}"
         elif s["bad_frames"] and s["processed"] == 0:
             status.level, status.message = DiagnosticStatus.ERROR, f"no usable frames: {s['last_error']}"
         else:
@@ -420,6 +476,7 @@ class LocalizerNode(Node):
                   "fixes": s["fixes"], "no_fix": s["no_fix"], "map_places": len(self.localizer.map),
                   "seconds_since_last_image": silent if silent is not None else -1.0,
                   "last_score": s["last_score"], "last_confidence": s["last_confidence"],
+                  "last_out_of_map": s.get("last_out_of_map", 0.0),
                   "last_error": s["last_error"]}
         values["mode"] = self.settings.mode
         values["backend"] = self.settings.backend
@@ -434,8 +491,10 @@ class LocalizerNode(Node):
             if b is not None:
                 values.update(belief_mass=b.mass, belief_effective_places=b.effective_places,
                               belief_entropy=b.entropy)
-        if self.odometry is not None:
+        if self.robot.odometry is not None:
             values.update(odometry_msgs=s["odometry_msgs"])
+        values.update(base_frame=self.settings.base_frame, extrinsic=s["extrinsic_source"] or "no frame yet",
+                      initial_poses=s["seeds"])
         if self.settings.publish_tf:
             values.update(map_odom_updates=s["tf_updates"], map_odom_skipped=s["tf_skipped"],
                           map_odom_reason=s["tf_reason"])
@@ -445,17 +504,21 @@ class LocalizerNode(Node):
         arr.status = [status]
         self.diag_pub.publish(arr)
 
+
+
+class LocalizerNode(LocalizerCore, Node):
+    """The plain node: configured and active from its start (the console script, `ros2 launch`)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.settings = self._declare_parameters()
+        self.configure()  # raises on start-up failure; main() turns that into exit 1
+        self.activate()
+
     def shutdown(self) -> None:
         """Stop the worker and release the model (and GPU memory)."""
-        self.frames.close()
-        self.worker.join(timeout=10.0)
-        device = self.localizer.model.device
-        del self.localizer
-        gc.collect()
-        if device.type == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
+        self.deactivate()
+        self.cleanup()
 
 
 def _qos_kwargs(profile) -> dict:
@@ -495,10 +558,12 @@ def _place_array(stamp, frame: str, est, result, processing_ms: float) -> Diagno
                       metric_ms=f"{1000 * result.metric_s:.1f}")
     single = result.single  # what this frame alone says, beside the filter's answer
     values.update(single_fix=str(single.fix).lower(), single_place_id=str(single.place_id),
-                  single_position=",".join(f"{v:.4f}" for v in single.position))
+                  single_position=",".join(f"{v:.4f}" for v in single.position),
+                  single_confidence=f"{single.confidence:.4f}", single_out_of_map=f"{single.out_of_map:.4f}")
     if result.filtered is not None:
         f = result.filtered
         values.update(belief_mass=f"{f.mass:.4f}", effective_places=f"{f.effective_places:.2f}",
+                      out_of_map=f"{f.out_of_map:.4f}", agreement=f"{f.contradiction:.4g}",
                       relocalized=str(f.relocalized).lower(), filtered_fix=str(f.fix).lower(),
                       position_source=f.position_source,
                       filtered_position=",".join(f"{v:.4f}" for v in f.position))
@@ -543,12 +608,18 @@ def default_params_file() -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry: `densernet-node [--params-file F] [--map-dir M] [--checkpoint C] [--ros-args ...]`."""
+    return run(LocalizerNode, argv, "densernet-node", "DenserNet localizer node (no ros2 launch needed)")
+
+
+def run(make_node, argv: Sequence[str] | None, prog: str, description: str) -> int:
+    """Parse the console arguments, start rclpy with the parameter file, make the node (a start-up failure
+    is one log line and exit 1), spin until SIGINT/SIGTERM, and release it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     ros_args: list[str] = []
     if "--ros-args" in argv:
         i = argv.index("--ros-args")
         argv, ros_args = argv[:i], argv[i:]
-    p = argparse.ArgumentParser(prog="densernet-node", description="DenserNet localizer node (no ros2 launch needed)")
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--params-file", help=f"parameter YAML (default: {default_params_file()})")
     p.add_argument("--map-dir")
     p.add_argument("--checkpoint")
@@ -561,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if params_file:
         if not Path(params_file).is_file():
             looked = "" if args.params_file else " (looked in: " + ", ".join(map(str, params_file_candidates())) + ")"
-            print(f"[densernet-node] parameter file not found: {params_file}{looked}", file=sys.stderr)
+            print(f"[{prog}] parameter file not found: {params_file}{looked}", file=sys.stderr)
             return 1
         extra += ["--params-file", params_file]
     for name in ("map_dir", "checkpoint", "image_topic"):
@@ -572,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     node = None
     try:
         try:
-            node = LocalizerNode()
+            node = make_node()
         except (ConfigError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
             if not rclpy.ok():  # SIGINT/SIGTERM while starting: a shutdown, not a failure
                 return 0

@@ -197,6 +197,7 @@ def test_map_with_points_round_trip_add_and_metric_pose(street, tiny_model, tmp_
     camera = load_camera(route / "map" / "camera.yaml")
     built = build_map(tiny_model, ckpt, checkpoint_hash(ckpt), db.subset(range(7)), tmp_path / "map", camera=camera,
                       features="sift", progress=False)
+    assert built.observation is None and "at least 8" in built.observation_error  # too few places to calibrate
     loaded = PlaceMap.load(tmp_path / "map")
     assert loaded.points is not None and len(loaded.points.xyz) == len(built.points.xyz) > 100
     np.testing.assert_allclose(loaded.points.xyz, built.points.xyz, atol=1e-5)
@@ -204,6 +205,7 @@ def test_map_with_points_round_trip_add_and_metric_pose(street, tiny_model, tmp_
     before = len(loaded.points.xyz)
     extended = add_to_map(tmp_path / "map", tiny_model, checkpoint_hash(ckpt), db.subset(range(7, 10)), progress=False)
     assert len(extended.points.xyz) > before and extended.points.per_place(10)[8] > 0
+    # Ten street places calibrate an observation model (the metric pose sits on top of the place estimate).
     loc = Localizer(tiny_model, PlaceMap.load(tmp_path / "map"))
     r = loc.localize(str(q.images[5]))
     assert r.metric is not None

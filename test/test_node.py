@@ -402,7 +402,7 @@ def test_map_to_odom_uses_odometry_at_the_image_stamp(gp_map, gardens_point, tmp
     from nav_msgs.msg import Odometry
     from scipy.spatial.transform import Rotation
 
-    from densernet_core.localization.odometry import compose, inverse
+    from densernet_core.geometry import compose, inverse
 
     real_tf2 = _has_tf2_ros()
     pythonpath: tuple[str, ...] = ()

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from densernet_core.localization.odometry import OdometryBuffer, compose, inverse, map_to_odom
+from densernet_core.geometry import compose, inverse, map_to_odom
+from densernet_core.localization.odometry import OdometryBuffer
 
 
 def _matrix(t, q) -> np.ndarray:

@@ -1,24 +1,29 @@
-"""Where the robot is over time: a discrete Bayes filter over the map's places.
+"""Where the robot is over time: a discrete Bayes filter over the map's places, and "not in the map".
 
 A frame's retrieval alone is often wrong at night (a place that merely looks alike wins), yet a
-robot that was at place 120 a second ago is not at place 40 now. The belief b (one probability
-per mapped place) is carried from frame to frame:
+robot that was at place 120 a second ago is not at place 40 now; and a robot driving where nobody
+mapped must not be told it is at the best-looking mapped place. The belief holds one probability per
+mapped place and direction/speed along the mapped route, plus one for "outside the map or
+unrecognisable", and is carried from frame to frame:
 
-- predict: b <- T b, with T from the motion since the last frame. With odometry (the robot's
-  displacement in its own frame), each place i sends its mass to where that displacement leads
-  from i's mapped pose (or, for maps without orientation, to places at the travelled distance);
-  without odometry, anywhere within a bounded speed (stopping and reversing included). A little
-  mass goes back to every place (`uniform_mix`), so no place is ever ruled out for good.
-- update: b <- b * l, with l_j = exp((s_j - s_best) / (T spread)) for the retrieved places and the
-  k-th candidate's value (at least `likelihood_floor`) for the rest, so a single wrong frame
-  cannot zero the truth.
-- relocalize: when `relocalize_after` frames in a row contradict the belief (the belief-weighted
-  likelihood falls below `contradiction_level`: the robot was carried elsewhere), the belief is
-  rebuilt from the observation alone.
+- predict: with odometry, each place sends its mass to where that displacement leads from its mapped
+  pose; without, along the mapped route at the speed the belief carries (`route_velocity`: a
+  constant-velocity model whose speed may change a little each step, up to the speed bound), or
+  anywhere within the speed bound where the map has no route order. Mass leaves the map at
+  `leave_rate` and at the route's ends, and comes back from "outside" at `enter_rate`, to any place.
+- update: each scored place is weighed by its absolute likelihood ratio against "no mapped place"
+  (observation.py, fitted from the map), the outside state by 1, and a frame that differs from the
+  previous one (the camera moved) makes standing still unlikely.
+- contradiction: a frame the belief predicts `contradiction_level` times worse than a fresh start would
+  (it shows somewhere else, strongly) publishes no fix; after `relocalize_after` such frames in a row the
+  belief is rebuilt: the robot was carried, or the belief locked on a look-alike.
 
-The pose is the belief's mean over the places within `fix_radius` of its mode, with the
-covariance of that mass, widened by the mass outside it; "no fix" only when that window holds
-less than `fix_mass`. Documented in docs/POSE_MODEL.md; benchmarks in docs/BENCHMARKS.md.
+The pose is the belief's mean over the places within `fix_radius` of its mode; the published
+confidence is that window's share of all the mass, "outside" included, and a fix needs `fix_mass` of
+it. `observation: relative`, `out_of_map: false` and `route_velocity: false` give the earlier filter
+(likelihoods relative to the frame's best place, no outside state, no route velocity), kept as the
+baseline the benchmarks compare against. Documented in docs/POSE_MODEL.md; figures in
+docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -28,9 +33,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
+from scipy.special import ndtr
 
 from ..config import ConfigError
-from ..datasets import fuse_heading
+from ..geometry import fuse_heading
+from .observation import ObservationModel, median_spacing
 
 # Places whose belief is below this multiple of the uniform share keep their (negligible) mass where
 # it is during prediction, so a step costs in proportion to where the robot may be, not the map size.
@@ -40,6 +47,11 @@ KERNEL_CUTOFF = 1e-3
 SPEED_TAIL = 0.25  # the bounded-speed kernel's soft edge, as a fraction of its reach
 FIX_RADIUS_SPACINGS = 2.0  # default window around the mode, in place spacings
 REACH_STEP = 1.05  # bounded-speed reach is rounded up to these ratios (kernel reuse)
+VELOCITY_STEPS = 3  # route speeds: 0, +-1/3, +-2/3, +-1 of the speed bound
+ROUTE_LINK_SPACINGS = 3.0  # consecutive places farther apart than this many spacings start a new route
+ROUTE_WINDOW = 8  # places either side of a route target considered when spreading mass
+OBSERVATIONS = ("calibrated", "relative")
+OUTSIDE_REASON = "not localized: outside the map or unrecognisable"
 
 
 @dataclass(frozen=True)
@@ -48,17 +60,27 @@ class BeliefConfig:
     max_step: float = 3.0            # map units per frame the robot may move (no odometry; no stamps)
     odom_noise: float = 0.2          # odometry distance error, fraction of the distance travelled
     odom_noise_floor: float = 1.0    # map units: smallest odometry position error per step
-    uniform_mix: float = 1e-3        # share of the belief returned to every place each step
-    likelihood_floor: float = 0.02   # smallest observation likelihood of any place (relative to the best)
-    likelihood_temperature: float = 0.35  # l = exp((s - s_best) / (temperature * spread)); chosen on GP frames 0-99
-    contradiction_level: float = 0.05  # belief-weighted likelihood below this: the frame contradicts the belief
+    uniform_mix: float = 1e-3        # relative model: share of the belief returned to every place each step
+    likelihood_floor: float = 0.02   # smallest likelihood ratio of a scored place (one frame cannot zero it)
+    likelihood_temperature: float = 0.35  # relative model: l = exp((s - s_best) / (temperature * spread))
+    contradiction_level: float = 0.05  # the frame agrees with the belief less than this: a contradiction
     relocalize_after: int = 3        # contradicting frames in a row before a global relocalization
     fix_radius: float = 0.0          # map units around the mode that count as "the place"; 0: 2 place spacings
-    fix_mass: float = 0.5            # belief within fix_radius needed to publish a fix
+    fix_mass: float = 0.7            # probability within fix_radius needed to publish a fix
     position_floor: float = 1.0      # smallest position standard deviation (map units)
     yaw_floor_deg: float = 10.0      # smallest yaw standard deviation
     neighbour_radius: float = 0.0    # map units of precomputed transitions; 0: from max_speed/max_step
     planar: bool = True              # yaw from the belief's weighted circular mean (else the mode's orientation)
+    observation: str = "calibrated"  # calibrated: absolute likelihood ratios (observation.py); relative: the old
+    out_of_map: bool = True          # carry a "not in the map" state (calibrated only)
+    out_prior: float = 0.5           # probability of "not in the map" before any frame
+    leave_rate: float = 0.02         # per second (per frame when unstamped): mass leaving the map
+    enter_rate: float = 0.05         # per second (per frame when unstamped): mass entering it again
+    route_velocity: bool = True      # without odometry, move along the mapped route at a carried speed
+    velocity_change: float = 0.2     # per second (per frame when unstamped): the speed moves one step
+    route_noise: float = 0.2         # position noise along the route, fraction of the displacement
+    stop_penalty: float = 0.05       # likelihood of standing still when the frame differs from the last
+    moving_similarity: float = 0.9   # consecutive frames less similar than this: the camera moved
 
     def __post_init__(self) -> None:
         checks = {"max_speed": self.max_speed > 0, "max_step": self.max_step > 0, "odom_noise": self.odom_noise >= 0,
@@ -68,10 +90,16 @@ class BeliefConfig:
                   "contradiction_level": 0 <= self.contradiction_level < 1, "relocalize_after": self.relocalize_after >= 1,
                   "fix_radius": self.fix_radius >= 0, "fix_mass": 0 < self.fix_mass <= 1,
                   "position_floor": self.position_floor > 0, "yaw_floor_deg": self.yaw_floor_deg > 0,
-                  "neighbour_radius": self.neighbour_radius >= 0}
+                  "neighbour_radius": self.neighbour_radius >= 0, "observation": self.observation in OBSERVATIONS,
+                  "out_of_map": not self.out_of_map or self.observation == "calibrated",
+                  "out_prior": 0 < self.out_prior < 1, "leave_rate": 0 <= self.leave_rate < 1,
+                  "enter_rate": 0 < self.enter_rate <= 1, "velocity_change": 0 <= self.velocity_change <= 1,
+                  "route_noise": self.route_noise >= 0, "stop_penalty": 0 < self.stop_penalty <= 1,
+                  "moving_similarity": -1 <= self.moving_similarity <= 1}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ConfigError(f"belief filter: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+            raise ConfigError(f"belief filter: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)} "
+                              f"(observation one of {OBSERVATIONS}; out_of_map needs the calibrated observation)")
 
 
 @dataclass
@@ -81,6 +109,17 @@ class Motion:
     dt: float | None = None                       # seconds; None: unknown (an unstamped sequence)
     translation: np.ndarray | None = None         # odometry displacement in the previous body frame
     rotation: np.ndarray | None = None            # odometry rotation (quaternion xyzw), for completeness
+    moved: bool | None = None                     # the view changed since the last frame (None: unknown)
+
+
+@dataclass
+class Evidence:
+    """What one frame says: similarities to the scored places and to the map at large."""
+
+    ids: np.ndarray       # scored places (the top-k, and wherever the belief holds mass)
+    scores: np.ndarray    # their similarities
+    median: float         # the frame's median similarity to the map (PlaceMap.score_background)
+    scale: float          # its robust spread (the relative model's unit)
 
 
 @dataclass
@@ -91,31 +130,66 @@ class BeliefEstimate:
     position: np.ndarray
     orientation: np.ndarray           # x, y, z, w
     covariance: np.ndarray            # 6 x 6: x y z roll pitch yaw
-    mass: float                       # belief within fix_radius of the mode
-    effective_places: float           # 1 / sum(b^2): 1 = certain, N = uniform
+    mass: float                       # probability within fix_radius of the mode (the published confidence)
+    effective_places: float           # 1 / sum(b^2) over the map's places: 1 = certain, N = uniform
     entropy: float                    # nats
-    relocalized: bool                 # this frame rebuilt the belief from the observation
-    contradiction: float              # belief-weighted likelihood of this frame (1: agrees, ~0: contradicts)
+    relocalized: bool                 # this frame rebuilt the belief
+    contradiction: float              # how well the belief predicted this frame (1: as a fresh start would)
+    out_of_map: float = 0.0           # probability of "outside the map or unrecognisable"
     group: list[int] = field(default_factory=list)  # places in the window
     position_source: str = "belief"   # "frame": interpolated by this frame inside the window (localizer.py)
 
     @property
     def confidence(self) -> float:
-        """The belief's mass at the published place (what the single-frame estimate calls confidence)."""
+        """The probability that the robot is at the published place."""
         return self.mass
 
 
+@dataclass(frozen=True)
+class Route:
+    """The order in which the places were mapped: runs of consecutive places (a drive), each laid out
+    along its own arclength; runs are placed end to end, far apart, on one coordinate."""
+
+    coord: np.ndarray   # per place: position along the route (map units), increasing with the place id
+    run: np.ndarray     # per place: which run it belongs to
+    start: np.ndarray   # per run: coord of its first place
+    end: np.ndarray     # per run: coord of its last place
+
+    @classmethod
+    def from_positions(cls, positions: np.ndarray, spacing: float, sources: list[str] | None = None) -> "Route | None":
+        """Places in id order, linked while consecutive ones are close (and of the same source); None when
+        no run holds more than one place (no route order to move along)."""
+        steps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
+        linked = steps <= ROUTE_LINK_SPACINGS * spacing
+        if sources is not None:
+            linked &= np.array([a == b for a, b in zip(sources[:-1], sources[1:])], dtype=bool)
+        if not linked.any():
+            return None
+        gap = 10.0 * (float(steps.sum()) + spacing) + 1e6 * spacing  # runs never reach one another
+        coord = np.concatenate([[0.0], np.cumsum(np.where(linked, steps, gap))])
+        run = np.concatenate([[0], np.cumsum(~linked)])
+        first = np.flatnonzero(np.r_[True, ~linked])
+        last = np.r_[first[1:] - 1, len(positions) - 1]
+        return cls(coord, run, coord[first], coord[last])
+
+
 class PlaceBelief:
-    def __init__(self, positions: np.ndarray, orientations: np.ndarray | None, config: BeliefConfig = BeliefConfig()
-                 ) -> None:
+    def __init__(self, positions: np.ndarray, orientations: np.ndarray | None, config: BeliefConfig = BeliefConfig(),
+                 observation: ObservationModel | None = None, sources: list[str] | None = None) -> None:
+        """`observation`: the map's model (required for the calibrated observation); `sources`: each place's
+        traverse, so the route does not run from the end of one into the start of another."""
         self.positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
         self.n = len(self.positions)
         if self.n == 0:
             raise ValueError("a belief needs at least one place")
+        if config.observation == "calibrated" and observation is None:
+            raise ConfigError("belief filter: the calibrated observation needs the map's observation model "
+                              "(observation.json; `densernet-map calibrate MAP` fits one)")
         self.orientations = None if orientations is None else np.asarray(orientations, float).reshape(self.n, 4)
         self.config = config
+        self.observation = observation
         self._tree = cKDTree(self.positions)
-        self.spacing = self._median_spacing()
+        self.spacing = median_spacing(self.positions) if self.n >= 2 else config.position_floor
         self.fix_radius = config.fix_radius or FIX_RADIUS_SPACINGS * self.spacing
         self._rot = None if self.orientations is None else Rotation.from_quat(self.orientations)
         # Places are discrete: mass must be able to reach the next place even when a frame's motion is shorter.
@@ -123,17 +197,13 @@ class PlaceBelief:
                                                               3 * self.spacing)
         self._pairs = self._neighbours(self.neighbour_reach)
         self._speed_cache: dict[float, np.ndarray] = {}
+        self.route = Route.from_positions(self.positions, self.spacing, sources) if config.route_velocity else None
+        self.velocities = (np.linspace(-1.0, 1.0, 2 * VELOCITY_STEPS + 1) if self.route is not None
+                           else np.zeros(1))
         self.relocalizations = 0
         self.resets = 0
         self._contradictions = 0
         self.reset()
-
-    def _median_spacing(self) -> float:
-        if self.n < 2:
-            return self.config.position_floor
-        d, _ = self._tree.query(self.positions, k=2)
-        spacing = float(np.median(d[:, 1]))
-        return spacing if spacing > 0 else self.config.position_floor
 
     def _neighbours(self, radius: float) -> "Pairs":
         """Every (i, j) with |x_j - x_i| <= radius, i == j included."""
@@ -148,46 +218,160 @@ class PlaceBelief:
         return self._pairs if reach <= self._pairs.radius else self._neighbours(reach)
 
     # ---- state ----------------------------------------------------------------------------------
+    @property
+    def belief(self) -> np.ndarray:
+        """Probability of each mapped place (summed over speeds; with "outside", these sum to 1 - outside)."""
+        return self.state.sum(axis=0)
+
+    def _prior(self) -> tuple[np.ndarray, float]:
+        out = self.config.out_prior if self.config.out_of_map else 0.0
+        layers = len(self.velocities)
+        return np.full((layers, self.n), (1.0 - out) / (self.n * layers)), out
+
     def reset(self) -> None:
         """Everywhere equally likely (start-up, or after the robot was carried: the reset service)."""
-        self.belief = np.full(self.n, 1.0 / self.n)
+        self.state, self.outside = self._prior()
         self._contradictions = 0
         self._fresh = True
         self.resets += 1
+
+    def seed(self, position: np.ndarray, covariance: np.ndarray, orientation: np.ndarray | None = None,
+             yaw_variance: float | None = None) -> int:
+        """Start from a pose someone gave (RViz's "2D Pose Estimate" on /initialpose, as AMCL takes it): the
+        places weighed by a Gaussian of `covariance` (3 x 3, map units^2; never tighter than the position
+        floor) around `position`, and by the heading when the map and the pose have one. Returns how many
+        places carry the seed."""
+        c = self.config
+        cov = np.asarray(covariance, float).reshape(3, 3)
+        cov = cov + np.eye(3) * c.position_floor ** 2
+        if not np.all(np.isfinite(cov)) or np.any(np.linalg.eigvalsh(cov) <= 0):
+            raise ValueError(f"initial pose covariance is not positive definite: {cov.tolist()}")
+        d = self.positions - np.asarray(position, float).reshape(3)
+        if np.allclose(self.positions[:, 2], self.positions[0, 2]):  # a planar map: height says nothing
+            cov[2, :] = cov[:, 2] = 0.0
+            cov[2, 2] = 1.0
+            d[:, 2] = 0.0
+        m = np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d)
+        weight = np.exp(-0.5 * (m - m.min()))
+        if orientation is not None and self._rot is not None and yaw_variance is not None and yaw_variance > 0:
+            from ..geometry import quat_to_yaw
+
+            dyaw = np.angle(np.exp(1j * (quat_to_yaw(self.orientations) - float(quat_to_yaw(np.asarray(orientation))))))
+            weight *= np.exp(-0.5 * dyaw ** 2 / (yaw_variance + math.radians(c.yaw_floor_deg) ** 2))
+        weight = np.where(weight >= KERNEL_CUTOFF * weight.max(), weight, 0.0)
+        outside = c.leave_rate if c.out_of_map else 0.0
+        layers = len(self.velocities)
+        self.state = np.tile(weight / weight.sum() * (1.0 - outside) / layers, (layers, 1))
+        self.outside = outside
+        self._contradictions = 0
+        self._fresh = False
+        return int((weight > 0).sum())
+
+    def active_places(self) -> np.ndarray:
+        """Places holding more than their uniform share many times over: where the next frame must be scored."""
+        return np.flatnonzero(self.belief > ACTIVE_SHARE / self.n)
 
     # ---- predict ----------------------------------------------------------------------------------
     def predict(self, motion: Motion) -> None:
         if self._fresh:  # nothing is known yet: motion cannot sharpen a uniform belief
             return
         c = self.config
+        steps = 1.0 if motion.dt is None else max(motion.dt, 0.0)  # rates are per second, or per unstamped frame
         if motion.translation is not None:
-            translation = np.asarray(motion.translation, float)
-            distance = float(np.linalg.norm(translation))
-            # plus the discretisation: a step shorter than the place spacing must still be able to move the mass
-            sigma = c.odom_noise_floor + c.odom_noise * distance + max(self.spacing - distance, 0.0) / 2
-            pairs = self._pairs_for(distance + 4 * sigma)
-            weights = lambda sel: self._odometry_weights(pairs, sel, translation, sigma)  # noqa: E731
+            self.state = np.stack([self._odometry_step(layer, np.asarray(motion.translation, float))
+                                   for layer in self.state])
+        elif self.route is not None:
+            reach = c.max_step if motion.dt is None else c.max_speed * steps
+            self._change_velocity(_per_step(c.velocity_change, steps))
+            self.state = np.stack([self._route_step(layer, u * reach) for u, layer in zip(self.velocities, self.state)])
         else:
-            reach = _quantised(c.max_step if motion.dt is None else c.max_speed * max(motion.dt, 0.0))
-            pairs = self._pairs_for(reach * (1 + 4 * SPEED_TAIL) + 2 * self.spacing)
-            weights = lambda sel: self._speed_weights(pairs, reach)[sel]  # noqa: E731
-        b = self.belief
-        active = b > ACTIVE_SHARE / self.n
+            reach = _quantised(c.max_step if motion.dt is None else c.max_speed * steps)
+            self.state = np.stack([self._speed_step(layer, reach) for layer in self.state])
+        if c.out_of_map:
+            leave, enter = _per_step(c.leave_rate, steps), _per_step(c.enter_rate, steps)
+            inside = float(self.state.sum())
+            entering = enter * self.outside
+            self.state = (1 - leave) * self.state + entering / self.state.size
+            self.outside = self.outside * (1 - enter) + leave * inside + self._exited
+            self._exited = 0.0
+            total = float(self.state.sum()) + self.outside
+            self.state, self.outside = self.state / total, self.outside / total
+        else:  # the relative model: a little mass back to every place, so no place is ruled out for good
+            b = self.state / self.state.sum()
+            self.state = (1 - c.uniform_mix) * b + c.uniform_mix / self.state.size
+
+    _exited = 0.0  # mass the last route step carried past a route's end (it leaves the map)
+
+    def _change_velocity(self, p: float) -> None:
+        """Each speed moves one step up or down with probability p (the ends reflect)."""
+        if p <= 0 or len(self.velocities) < 2:
+            return
+        s = self.state
+        up, down = np.vstack([s[1:], s[-1:]]), np.vstack([s[:1], s[:-1]])
+        self.state = (1 - p) * s + p / 2 * (up + down)
+
+    def _active(self, layer: np.ndarray) -> np.ndarray:
+        return layer > ACTIVE_SHARE / self.state.size
+
+    def _route_step(self, layer: np.ndarray, displacement: float) -> np.ndarray:
+        """Mass moves `displacement` along the route (linear split between the two places around its
+        target, blurred by `route_noise`); what overshoots a route's end leaves the map."""
+        if displacement == 0.0:
+            return layer
+        r = self.route
+        src = np.flatnonzero(self._active(layer))
+        if not len(src):
+            return layer
+        target = r.coord[src] + displacement
+        sigma = self.config.route_noise * abs(displacement)
+        hit = np.searchsorted(r.coord, target)
+        offsets = np.arange(-ROUTE_WINDOW, ROUTE_WINDOW + 1)
+        cand = np.clip(hit[:, None] + offsets[None, :], 0, self.n - 1)
+        d = r.coord[cand] - target[:, None]
+        spacing = self.spacing
+        width = np.sqrt(sigma ** 2 + (0.5 * spacing) ** 2)  # at least the discretisation: half a spacing
+        w = np.exp(-0.5 * (d / width) ** 2) * (r.run[cand] == r.run[src][:, None])
+        w[:, 1:] *= cand[:, 1:] != cand[:, :-1]  # clipped duplicates count once
+        w = np.where(w >= KERNEL_CUTOFF, w, 0.0)
+        sums = w.sum(axis=1)
+        run = r.run[src]
+        beyond = np.maximum(target - r.end[run], r.start[run] - target)  # > 0: past the route's end
+        leave = ndtr((beyond - 0.5 * spacing) / width) if self.config.out_of_map else np.zeros(len(src))
+        stays = sums <= 0
+        mass = layer[src]
+        moved = np.bincount(cand.ravel(), weights=(w * ((1 - leave) * mass / np.where(stays, 1.0, sums))[:, None]).ravel(),
+                            minlength=self.n)
+        out = layer.copy()
+        out[src] = 0.0
+        out += moved
+        out[src[stays]] += mass[stays] * (1 - leave[stays])
+        self._exited += float((leave * mass).sum())
+        return out
+
+    def _speed_step(self, layer: np.ndarray, reach: float) -> np.ndarray:
+        pairs = self._pairs_for(reach * (1 + 4 * SPEED_TAIL) + 2 * self.spacing)
+        return self._carry(layer, pairs, lambda sel: self._speed_weights(pairs, reach)[sel])
+
+    def _odometry_step(self, layer: np.ndarray, translation: np.ndarray) -> np.ndarray:
+        c = self.config
+        distance = float(np.linalg.norm(translation))
+        # plus the discretisation: a step shorter than the place spacing must still be able to move the mass
+        sigma = c.odom_noise_floor + c.odom_noise * distance + max(self.spacing - distance, 0.0) / 2
+        pairs = self._pairs_for(distance + 4 * sigma)
+        return self._carry(layer, pairs, lambda sel: self._odometry_weights(pairs, sel, translation, sigma))
+
+    def _carry(self, b: np.ndarray, pairs: "Pairs", weights) -> np.ndarray:
+        """Move each active place's mass along its row of weights (normalised); where nothing within reach
+        fits the motion, the mass stays put."""
+        active = self._active(b)
         sel = np.flatnonzero(active[pairs.rows])
         rows, cols = pairs.rows[sel], pairs.cols[sel]
-        moved, stuck = self._carry(b, rows, cols, weights(sel), active)
-        b = moved + stuck * b + np.where(active, 0.0, b)
-        mix = c.uniform_mix
-        self.belief = _normalised((1 - mix) * b / b.sum() + mix / self.n)
-
-    def _carry(self, b: np.ndarray, rows: np.ndarray, cols: np.ndarray, w: np.ndarray, active: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """Move each active place's mass along its row of weights (normalised). Returns the moved mass
-        and, per place, 1 where nothing within reach fits the motion (that mass stays put)."""
+        w = weights(sel)
         w = np.where(w >= KERNEL_CUTOFF, w, 0.0)
         sums = np.bincount(rows, weights=w, minlength=self.n)
         moved = np.bincount(cols, weights=w * (b / np.where(sums > 0, sums, 1.0))[rows], minlength=self.n)
-        return moved, (active & (sums <= 0)).astype(float)
+        stuck = (active & (sums <= 0)).astype(float)
+        return moved + stuck * b + np.where(active, 0.0, b)
 
     def _speed_weights(self, pairs: "Pairs", reach: float) -> np.ndarray:
         """Flat up to `reach`, a soft edge beyond (wider when a frame's motion is shorter than the place
@@ -212,48 +396,87 @@ class PlaceBelief:
         return np.exp(-0.5 * (residual / sigma) ** 2)
 
     # ---- update -------------------------------------------------------------------------------------
-    def likelihood(self, ids: np.ndarray, scores: np.ndarray, score_scale: float) -> np.ndarray:
-        """Observation likelihood of every place (best = 1), from the top-k similarities."""
-        ids = np.asarray(ids, dtype=np.int64)
-        scores = np.asarray(scores, dtype=np.float64)
+    def likelihood(self, evidence: Evidence) -> tuple[np.ndarray, float]:
+        """Likelihood ratio of every place against "no mapped place" (calibrated), or relative to the
+        frame's best place (relative); and the value given to "outside"."""
+        ids = np.asarray(evidence.ids, dtype=np.int64)
+        scores = np.asarray(evidence.scores, dtype=np.float64)
+        c = self.config
+        if c.observation == "calibrated":
+            lik = np.full(self.n, self.observation.miss_rate)
+            if len(ids):
+                lik[ids] = self.observation.ratio(scores - evidence.median, c.likelihood_floor)
+            return lik, 1.0
         if len(ids) == 0:
-            return np.ones(self.n)
-        best, unit = scores.max(), self.config.likelihood_temperature * score_scale
-        rest = max(math.exp((scores.min() - best) / unit), self.config.likelihood_floor)
+            return np.ones(self.n), 1.0
+        best, unit = scores.max(), c.likelihood_temperature * evidence.scale
+        rest = max(math.exp((scores.min() - best) / unit), c.likelihood_floor)
         lik = np.full(self.n, rest)
-        lik[ids] = np.maximum(np.exp((scores - best) / unit), self.config.likelihood_floor)
-        return lik
+        lik[ids] = np.maximum(np.exp((scores - best) / unit), c.likelihood_floor)
+        return lik, 1.0
 
-    def update(self, ids: np.ndarray, scores: np.ndarray, score_scale: float) -> BeliefEstimate:
-        lik = self.likelihood(ids, scores, score_scale)
-        agreement = float(self.belief @ lik)  # 1: the belief sits where the frame says; ~floor: elsewhere
+    def update(self, evidence: Evidence, moved: bool | None = None) -> BeliefEstimate:
+        """`moved`: the view changed since the previous frame, so standing still is unlikely."""
+        c = self.config
+        lik, lik_out = self.likelihood(evidence)
+        state = self.state * lik[None, :]
+        if moved and len(self.velocities) > 1:
+            state[self.velocities == 0.0] *= c.stop_penalty
+        outside = self.outside * lik_out
+        predicted = float(state.sum()) + outside  # how likely the belief found this frame
+        agreement = predicted / self._fresh_predictive(lik, lik_out, moved)
         relocalized = False
         if self._fresh:
-            posterior = lik
             self._fresh = False
         else:
-            self._contradictions = self._contradictions + 1 if agreement < self.config.contradiction_level else 0
-            if self._contradictions >= self.config.relocalize_after:
-                posterior, relocalized = lik, True  # kidnapped: start over from what the camera sees
+            self._contradictions = self._contradictions + 1 if agreement < c.contradiction_level else 0
+            if self._contradictions >= c.relocalize_after:  # kidnapped, or locked on a look-alike: start over
+                prior, prior_out = self._prior()
+                state = prior * lik[None, :]
+                if moved and len(self.velocities) > 1:
+                    state[self.velocities == 0.0] *= c.stop_penalty
+                outside = prior_out * lik_out
+                relocalized = True
                 self._contradictions = 0
                 self.relocalizations += 1
-            else:
-                posterior = self.belief * lik
-        self.belief = _normalised(posterior)
-        return self.estimate(relocalized, agreement)
+        total = float(state.sum()) + outside
+        if not np.isfinite(total) or total <= 0:
+            self.state, self.outside = self._prior()
+        else:
+            self.state, self.outside = state / total, outside / total
+        est = self.estimate(relocalized, agreement)
+        if est.fix and self._contradictions and c.observation == "calibrated":
+            est.fix = False  # the frame says "elsewhere": the belief's place is not published until they agree
+            est.reason = f"the frame contradicts the belief (agreement {agreement:.3f} < {c.contradiction_level})"
+        return est
 
-    def step(self, ids: np.ndarray, scores: np.ndarray, score_scale: float, motion: Motion) -> BeliefEstimate:
+    def _fresh_predictive(self, lik: np.ndarray, lik_out: float, moved: bool | None) -> float:
+        """How likely a fresh start (the prior) finds this frame: the yardstick of the belief's agreement.
+        The relative model keeps its old yardstick (the belief-weighted likelihood itself)."""
+        if self.config.observation == "relative":
+            return float(self.state.sum())
+        prior, prior_out = self._prior()
+        stand = self.config.stop_penalty if moved and len(self.velocities) > 1 else 1.0
+        share = (1 - (1 - stand) / len(self.velocities)) if len(self.velocities) > 1 else 1.0
+        return float(prior.sum() * share * lik.mean()) + prior_out * lik_out
+
+    def step(self, evidence: Evidence, motion: Motion) -> BeliefEstimate:
         self.predict(motion)
-        return self.update(ids, scores, score_scale)
+        moved = motion.moved
+        if motion.translation is not None:
+            moved = None  # odometry already says how far: the view adds nothing about standing still
+        return self.update(evidence, moved)
 
     # ---- output ---------------------------------------------------------------------------------------
     def estimate(self, relocalized: bool = False, agreement: float = 1.0) -> BeliefEstimate:
-        c, b = self.config, self.belief
+        c = self.config
+        b = self.belief
+        inside = float(b.sum())
         mode = int(np.argmax(b))
         window = np.array(self._tree.query_ball_point(self.positions[mode], self.fix_radius), dtype=np.int64)
         w = b[window]
         mass = float(w.sum())
-        w = w / mass
+        w = w / mass if mass > 0 else np.full(len(window), 1.0 / len(window))
         mean = (w[:, None] * self.positions[window]).sum(0)
         d = self.positions[window] - mean
         cov_pos = (w[:, None, None] * d[:, :, None] * d[:, None, :]).sum(0)
@@ -272,12 +495,19 @@ class PlaceBelief:
         cov = np.zeros((6, 6))
         cov[:3, :3] = cov_pos
         cov[3:, 3:] = np.eye(3) * yaw_var
-        nz = b[b > 0]
+        p = b / inside if inside > 0 else np.full(self.n, 1.0 / self.n)
+        nz = p[p > 0]
         entropy = float(-(nz * np.log(nz)).sum())
         fix = mass >= c.fix_mass
-        reason = "ok" if fix else f"belief spread: {mass:.2f} within {self.fix_radius:.3g} of the mode < {c.fix_mass}"
-        return BeliefEstimate(fix, reason, mode, mean, orientation, cov, mass, float(1.0 / (b ** 2).sum()), entropy,
-                              relocalized, agreement, window.tolist())
+        if fix:
+            reason = "ok"
+        elif self.outside >= 0.5:
+            reason = f"{OUTSIDE_REASON} (P = {self.outside:.2f})"
+        else:
+            reason = (f"belief spread: {mass:.2f} within {self.fix_radius:.3g} of the mode < {c.fix_mass}"
+                      + (f"; outside the map {self.outside:.2f}" if c.out_of_map else ""))
+        return BeliefEstimate(fix, reason, mode, mean, orientation, cov, mass, float(1.0 / (p ** 2).sum()), entropy,
+                              relocalized, agreement, float(self.outside), window.tolist())
 
 
 @dataclass(frozen=True)
@@ -291,6 +521,11 @@ class Pairs:
     dist: np.ndarray
 
 
+def _per_step(rate: float, steps: float) -> float:
+    """A per-second (or per-frame) probability over `steps` seconds (frames)."""
+    return 1.0 - (1.0 - rate) ** steps
+
+
 def _flat_top(dist: np.ndarray, reach: float, spacing: float) -> np.ndarray:
     tail = SPEED_TAIL * reach + max(spacing - reach, 0.0) / 2  # a frame's motion shorter than the spacing
     return np.where(dist <= reach, 1.0, np.exp(-0.5 * ((dist - reach) / tail) ** 2))
@@ -300,10 +535,3 @@ def _quantised(reach: float) -> float:
     """Reach rounded up to 5 % steps, so frame-to-frame jitter of the camera period reuses kernels."""
     reach = max(reach, 1e-6)
     return float(REACH_STEP ** math.ceil(math.log(reach) / math.log(REACH_STEP)))
-
-
-def _normalised(x: np.ndarray) -> np.ndarray:
-    total = x.sum()
-    if not np.isfinite(total) or total <= 0:
-        return np.full(len(x), 1.0 / len(x))
-    return x / total

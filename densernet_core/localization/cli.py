@@ -17,7 +17,7 @@ import numpy as np
 from ..cli import add_backend_args, run_cli, setup_logging
 from ..images import ImageError, list_images
 from .belief import BeliefConfig
-from .pose import PoseEstimatorConfig
+from .pose import CONFIDENCES, PoseEstimatorConfig
 from .report import error_stats, format_stats, plot_trajectory
 from .sequence import VIDEO_EXTS, Frame, MotionSource, bag_frames, bag_odometry, frames, poses_by_name
 
@@ -68,9 +68,11 @@ def _cmd(args: argparse.Namespace) -> int:
 
     est_cfg = PoseEstimatorConfig(min_score=args.min_score, cluster_radius=args.cluster_radius,
                                   ratio_threshold=args.ratio, min_confidence=args.min_confidence,
-                                  position_floor=args.position_floor)
+                                  position_floor=args.position_floor, confidence=args.confidence)
+    relative = args.confidence == "relative"  # the earlier estimator and filter, for comparison
     belief = BeliefConfig(max_step=args.max_step, max_speed=args.max_speed, fix_mass=args.fix_mass,
-                          position_floor=args.position_floor) if args.sequence else None
+                          position_floor=args.position_floor, observation=args.confidence, out_of_map=not relative,
+                          route_velocity=not relative) if args.sequence else None
     gt = read_ground_truth(args.gt) if args.gt else None
     if gt is not None and not args.bag:  # check image files before any work (video frames: as they come)
         missing = [p.name for item in args.inputs if Path(item).suffix.lower() not in VIDEO_EXTS
@@ -180,6 +182,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-radius", type=float, default=defaults.cluster_radius)
     p.add_argument("--ratio", type=float, default=defaults.ratio_threshold)
     p.add_argument("--min-confidence", type=float, default=defaults.min_confidence)
+    p.add_argument("--confidence", choices=CONFIDENCES, default=defaults.confidence,
+                   help="calibrated (default): probabilities against every place and 'not in the map', from the "
+                        "map's observation model; relative: the earlier estimator and filter (no 'not in the map' "
+                        "state), for comparison")
     p.add_argument("--position-floor", type=float, default=defaults.position_floor)
     p.add_argument("--thresholds", type=float, nargs="+", default=[5.0, 10.0, 25.0])
     p.add_argument("--unit", default="m")

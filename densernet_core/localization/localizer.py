@@ -19,10 +19,13 @@ from ..model.checkpoint import checkpoint_hash
 from ..model.runtime import load_describer
 from ..mapping.placemap import MapError, PlaceMap
 from ..camera import Camera
+from ..frames import Extrinsic
+from ..geometry import compose, inverse, pose_times_transform_covariance
 from ..images import to_rgb_uint8
 from ..local_features import LocalFeatures, describe_with_features
-from .belief import BeliefConfig, BeliefEstimate, Motion, PlaceBelief
+from .belief import BeliefConfig, BeliefEstimate, Evidence, Motion, PlaceBelief
 from .metric import MetricConfig, MetricPose, localize_metric
+from .observation import place_posterior
 from .pose import PoseEstimate, PoseEstimatorConfig, estimate_pose
 
 LOG = logging.getLogger("densernet")
@@ -37,6 +40,7 @@ class Retrieval:
     scores: np.ndarray    # their similarities
     score_median: float   # the query's typical similarity to places it is not at
     score_scale: float    # the spread of those similarities (PlaceMap.score_background)
+    weights: np.ndarray | None = None  # each candidate's evidence for the single-frame estimate (Localizer.estimate)
 
 
 @dataclass
@@ -97,9 +101,19 @@ class Localizer:
         if mode == "filtered" and belief is None:
             raise ValueError("mode 'filtered' needs a belief filter configuration")
         self.model, self.map, self.estimator, self.top_k, self.mode = model, place_map, estimator, top_k, mode
+        calibrated = estimator.confidence == "calibrated" or (belief is not None and belief.observation == "calibrated")
+        if calibrated and place_map.observation is None:
+            raise MapError(f"the map holds no observation model ({place_map.observation_error}); the calibrated "
+                           "confidence needs one: `densernet-map calibrate MAP` fits it, or use the relative estimator")
         places = place_map.places
         self.filter = None if belief is None else PlaceBelief(
-            places.positions, places.orientations if places.has_orientation else None, belief)
+            places.positions, places.orientations if places.has_orientation else None, belief, place_map.observation,
+            places.place_sources)
+        self._previous: np.ndarray | None = None  # the last frame's descriptor: did the view change?
+        # base -> camera: a metric (camera) pose is published as the base's. The map's by default; the node
+        # replaces it with the live robot's (tf2, or its camera_extrinsic parameter). None: the map holds
+        # camera poses (made before extrinsics) and the camera's pose is what is published.
+        self.extrinsic: Extrinsic | None = place_map.extrinsic
         self.metric = metric if place_map.points is not None else None
         if metric is not None and place_map.points is None:
             LOG.info("the map has no 3-D points (built without --camera): retrieval-only, no metric pose")
@@ -133,9 +147,53 @@ class Localizer:
         return Retrieval(ids[0][valid], scores[0][valid], float(median[0]), float(scale[0]))
 
     def estimate(self, retrieval: Retrieval) -> PoseEstimate:
+        """This frame alone: the candidates fused by exp((s - s_best) / spread); calibrated, the confidence is
+        the group's probability against every place and "no mapped place"; relative (the earlier estimator),
+        a ratio test against the runner-up group."""
         places = self.map.places
-        return estimate_pose(retrieval.ids, retrieval.scores, places.positions[retrieval.ids],
-                             places.orientations[retrieval.ids], self.estimator, retrieval.score_scale)
+        probabilities, out = None, 0.0
+        if self.estimator.confidence == "calibrated":
+            obs = self.map.observation
+            probabilities, _, out = place_posterior(obs.ratio(retrieval.scores - retrieval.score_median),
+                                                    len(self.map), self.estimator.out_prior, obs.miss_rate)
+        best = retrieval.scores.max() if len(retrieval.scores) else 0.0
+        retrieval.weights = np.exp((retrieval.scores - best) / retrieval.score_scale)
+        return estimate_pose(retrieval.ids, retrieval.scores, retrieval.weights, places.positions[retrieval.ids],
+                             places.orientations[retrieval.ids], self.estimator, probabilities, out)
+
+    def evidence(self, descriptor: np.ndarray, retrieval: Retrieval) -> Evidence:
+        """What the filter weighs: the top-k and, for the calibrated observation, every place where the belief
+        holds mass, scored exactly (a place not retrieved is not thereby ruled out)."""
+        ids, scores = retrieval.ids, retrieval.scores
+        if self.filter.config.observation == "calibrated":
+            extra = np.setdiff1d(self.filter.active_places(), ids)
+            if len(extra):
+                ids = np.concatenate([ids, extra])
+                scores = np.concatenate([scores, self.map.similarities(descriptor, extra)])
+        return Evidence(ids, scores, retrieval.score_median, retrieval.score_scale)
+
+    def moved(self, descriptor: np.ndarray) -> bool | None:
+        """Whether the view changed since the previous frame (None for the first): a camera that moved
+        cannot be standing still at a mapped place."""
+        d = np.asarray(descriptor, dtype=np.float32).reshape(-1)
+        previous, self._previous = self._previous, d
+        if previous is None or self.filter is None:
+            return None
+        return bool(float(previous @ d) < self.filter.config.moving_similarity)
+
+    def seed(self, position: np.ndarray, covariance: np.ndarray, orientation: np.ndarray | None = None,
+             yaw_variance: float | None = None) -> int:
+        """Start the belief from a given pose (`/initialpose`); returns the number of places it covers."""
+        if self.filter is None:
+            raise ValueError("mode single has no belief to seed")
+        self._previous = None
+        return self.filter.seed(position, covariance, orientation, yaw_variance)
+
+    def reset(self) -> None:
+        """Forget the belief and the previous frame (the robot was carried elsewhere)."""
+        if self.filter is not None:
+            self.filter.reset()
+        self._previous = None
 
     def localize(self, image, color: str = "rgb", motion: Motion | None = None) -> Localization:
         """One frame; `motion` (time and/or odometry since the previous frame) feeds the filter."""
@@ -160,7 +218,11 @@ class Localizer:
         retrieval = self.retrieve(descriptor)
         single, filtered = self.estimate(retrieval), None
         if self.filter is not None:
-            filtered = self.filter.step(retrieval.ids, retrieval.scores, retrieval.score_scale, motion or Motion())
+            motion = motion or Motion()
+            moved = self.moved(descriptor)
+            if motion.moved is None:
+                motion.moved = moved
+            filtered = self.filter.step(self.evidence(descriptor, retrieval), motion)
             interpolate_in_window(filtered, retrieval, self.map.places.positions)
         result = Localization(single, filtered, self.mode, retrieval, describe_s, 0.0)
         if self.metric is not None and features is not None:
@@ -178,6 +240,10 @@ class Localizer:
                                          *result.retrieval.ids[:self.metric.candidates].tolist()]))
         camera = (self.camera or self.map.points.camera).scaled(image_hw[1], image_hw[0])
         pose = localize_metric(features, camera, self.map.points, candidates, self.metric)
+        if pose.ok and self.extrinsic is not None:  # the camera's pose -> the base's (camera * extrinsic^-1)
+            to_base = inverse(self.extrinsic.transform)
+            pose.covariance = pose_times_transform_covariance(pose.orientation, pose.covariance, to_base)
+            pose.position, pose.orientation = compose((pose.position, pose.orientation), to_base)
         if pose.ok and place.fix:
             sigma = np.sqrt(np.diag(place.covariance)[:3].sum())
             jump = float(np.linalg.norm(pose.position - place.position))
@@ -191,15 +257,14 @@ class Localizer:
 def interpolate_in_window(filtered: BeliefEstimate, retrieval: Retrieval, positions: np.ndarray) -> None:
     """The belief moves in whole places, so its window mean cannot fall between two mapped places; this
     frame's similarities can. Where the frame retrieved places inside the belief's window, the published
-    position is their mean weighted as the single-frame estimate weighs them, exp((s - s_best) / spread)
+    position is their mean weighted as the single-frame estimate weighs them (`Retrieval.weights`)
     (KITTI, a frame between two mapped ones: 0.85 m median from the window mean, 0.26 m from the frame).
     The belief's covariance stays, so the pose is never more certain than the belief."""
     if not filtered.fix:
         return
-    inside = np.isin(retrieval.ids, filtered.group)
+    inside = np.isin(retrieval.ids, filtered.group) & (retrieval.weights > 0)
     if not inside.any():
         return
-    s = retrieval.scores[inside]
-    w = np.exp((s - s.max()) / retrieval.score_scale)
+    w = retrieval.weights[inside]
     filtered.position = (w[:, None] * positions[retrieval.ids[inside]]).sum(0) / w.sum()
     filtered.position_source = "frame"

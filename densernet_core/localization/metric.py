@@ -47,8 +47,10 @@ class MetricConfig:
 class MetricPose:
     ok: bool
     reason: str
-    position: np.ndarray = field(default_factory=lambda: np.zeros(3))       # camera centre, map frame
-    orientation: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 0.0, 1.0]))  # camera-to-map xyzw
+    # the camera's centre and orientation (camera-to-map, xyzw) in the map frame; the Localizer turns them
+    # into the robot base's when the map or the node knows the extrinsic (frames.py)
+    position: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    orientation: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 0.0, 1.0]))
     covariance: np.ndarray = field(default_factory=lambda: np.eye(6))       # x y z, rotation vector (map frame)
     matches: int = 0
     inliers: int = 0

@@ -1,4 +1,4 @@
-"""Odometry at an image's stamp, and the map -> odom correction a localizer publishes.
+"""Odometry at an image's stamp, for the map -> odom correction a localizer publishes (geometry.map_to_odom).
 
 A place fix says where the robot was (map frame) when the image was taken; odometry says where
 it was in the odom frame at that same instant. Their difference, map -> odom, is what the
@@ -16,28 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-Transform = tuple[np.ndarray, np.ndarray]  # (translation xyz, quaternion xyzw): parent -> child
-
-
-def compose(a: Transform, b: Transform) -> Transform:
-    """a * b: the child of `b` expressed in the parent of `a`."""
-    from scipy.spatial.transform import Rotation
-
-    ra = Rotation.from_quat(a[1])
-    return np.asarray(a[0], float) + ra.apply(b[0]), (ra * Rotation.from_quat(b[1])).as_quat()
-
-
-def inverse(a: Transform) -> Transform:
-    from scipy.spatial.transform import Rotation
-
-    r_inv = Rotation.from_quat(a[1]).inv()
-    return -r_inv.apply(a[0]), r_inv.as_quat()
-
-
-def map_to_odom(map_base: Transform, odom_base: Transform) -> Transform:
-    """map -> odom from the robot's pose in both frames at the same instant."""
-    return compose(map_base, inverse(odom_base))
-
+from ..geometry import Transform
 
 @dataclass
 class Lookup:

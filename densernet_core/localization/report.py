@@ -92,3 +92,94 @@ def _along_track(ax, true_x: np.ndarray, est_x: np.ndarray, fix: np.ndarray, map
     ax.plot(true_x[~fix], np.full(int((~fix).sum()), lo), "x", color="tab:red", ms=4, label="no fix")
     ax.set_xlabel("true position along the route")
     ax.set_ylabel("estimated position")
+
+
+# ---- open-set metrics: does the confidence know when the answer is right? ------------------------------
+def precision_recall(confidence: np.ndarray, correct: np.ndarray, positives: int) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall as the confidence threshold falls, one point per distinct confidence (VPR-Bench's
+    open-set curve). `correct`: the frame's answer is right; `positives`: frames whose place is in the map
+    (a frame from outside the map can only be a false positive). Ties enter the curve together."""
+    confidence, correct = np.asarray(confidence, float), np.asarray(correct, bool)
+    if positives <= 0 or not len(confidence):
+        return np.zeros(0), np.zeros(0)
+    order = np.argsort(-confidence, kind="stable")
+    c, ok = confidence[order], correct[order]
+    tp, n = np.cumsum(ok), np.arange(1, len(ok) + 1)
+    last = np.r_[c[1:] != c[:-1], True]  # the end of each group of equal confidences
+    return tp[last] / n[last], tp[last] / positives
+
+
+def open_set_summary(confidence: np.ndarray, correct: np.ndarray, positives: int) -> dict:
+    """Area under the precision-recall curve (step-wise, recall from 0), and the recall reachable at 100 %
+    and at 99 % precision: the share of in-map frames a robot could localize without (or with 1 %) wrong fixes."""
+    precision, recall = precision_recall(confidence, correct, positives)
+    if not len(precision):
+        return {"auc": None, "recall_at_100p": None, "recall_at_99p": None, "positives": int(positives)}
+    # Interpolated precision (the best precision at this recall or beyond), as VPR-Bench plots it.
+    interp = np.maximum.accumulate(precision[::-1])[::-1]
+    auc = float(np.sum(np.diff(np.r_[0.0, recall]) * interp))
+
+    def recall_at(p: float) -> float:
+        ok = precision >= p - 1e-12
+        return float(recall[ok].max()) if ok.any() else 0.0
+
+    return {"auc": auc, "recall_at_100p": recall_at(1.0), "recall_at_99p": recall_at(0.99), "positives": int(positives)}
+
+
+RELIABILITY_BINS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0 + 1e-9)
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, bins: Sequence[float] = RELIABILITY_BINS) -> list[dict]:
+    """Published fixes grouped by confidence: per bin, how many, their mean confidence, and how many were right.
+    A calibrated estimator has accuracy == confidence in every bin."""
+    confidence, correct = np.asarray(confidence, float), np.asarray(correct, bool)
+    out = []
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        sel = (confidence >= lo) & (confidence < hi)
+        n = int(sel.sum())
+        out.append({"low": float(lo), "high": float(min(hi, 1.0)), "fixes": n,
+                    "confidence": float(confidence[sel].mean()) if n else None,
+                    "accuracy": float(correct[sel].mean()) if n else None})
+    return out
+
+
+def plot_open_set(path: str | Path, curves: Sequence[tuple[str, np.ndarray, np.ndarray]],
+                  diagrams: Sequence[tuple[str, list[dict]]], title: str = "", min_fixes: int = 10) -> Path:
+    """Precision-recall curves (left) and reliability diagrams (right: accuracy against confidence per bin,
+    bins with fewer than `min_fixes` fixes drawn hollow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (pr, rel) = plt.subplots(1, 2, figsize=(12, 5))
+    for label, precision, recall in curves:
+        pr.step(np.r_[0.0, recall], np.r_[precision[:1] if len(precision) else [1.0], precision], where="post",
+                label=label)
+    pr.set_xlabel("recall (share of in-map frames fixed right)")
+    pr.set_ylabel("precision (share of fixes that are right)")
+    pr.set_xlim(0, 1)
+    pr.set_ylim(0, 1.02)
+    pr.legend(loc="lower left", fontsize=7)
+    pr.set_title("precision-recall")
+    rel.plot([0.5, 1.0], [0.5, 1.0], "--", color="0.6", label="calibrated")
+    for k, (label, bins) in enumerate(diagrams):
+        x = np.array([b["confidence"] if b["confidence"] is not None else np.nan for b in bins])
+        y = np.array([b["accuracy"] if b["accuracy"] is not None else np.nan for b in bins])
+        n = np.array([b["fixes"] for b in bins])
+        line, = rel.plot(x, y, "-", lw=1, alpha=0.6, label=label)
+        full = n >= min_fixes
+        rel.plot(x[full], y[full], "o", color=line.get_color())
+        rel.plot(x[~full], y[~full], "o", mfc="none", color=line.get_color())
+    rel.set_xlabel("published confidence (bin mean)")
+    rel.set_ylabel("share of those fixes that are right")
+    rel.set_xlim(0.45, 1.02)
+    rel.set_ylim(-0.02, 1.02)
+    rel.legend(loc="upper left", fontsize=7)
+    rel.set_title(f"reliability (filled: >= {min_fixes} fixes)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -17,7 +17,8 @@ import numpy as np
 
 from ..images import ImageError, list_images, read_image
 from .belief import Motion
-from .odometry import OdometryBuffer, Transform, compose, inverse
+from ..geometry import Transform, compose, inverse
+from .odometry import OdometryBuffer
 
 VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm"}
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..cli import add_backend_args, run_cli, setup_logging
-from ..datasets import GeoImages, load_csv, load_kitti, load_rosbag, load_traverse, thin
+from ..datasets import GeoImages, bag_route, load_csv, load_kitti, load_rosbag, load_traverse, thin
 from ..local_features import DEFAULT_FEATURES, FEATURE_TYPES
 from .extraction import DEFAULT_BATCH, DEFAULT_WORKERS, ExtractionOptions
 from .index import INDEX_TYPES
@@ -30,9 +30,12 @@ def load_route(args: argparse.Namespace, out_dir: Path) -> GeoImages:
     if args.poses:
         data = load_csv(args.poses, args.images, skip_bad=args.skip_bad, frame_id=args.frame_id)
     elif args.bag:
-        if not (args.image_topic and args.pose_topic):
-            raise ValueError("--bag needs --image-topic and --pose-topic")
-        data = load_rosbag(args.bag, args.image_topic, args.pose_topic, out_dir / "images", args.max_dt)
+        args.bag_route = bag_route(args.bag, args.image_topic, args.pose_topic)
+        LOG.info("bag %s: images %s (%s), poses %s (%s), camera info %s", args.bag, args.bag_route.image_topic,
+                 args.bag_route.camera_frame or "no frame", args.bag_route.pose_topic,
+                 args.bag_route.base_frame or "no child frame", args.bag_route.camera_info_topic or "none")
+        data = load_rosbag(args.bag, args.bag_route.image_topic, args.bag_route.pose_topic, out_dir / "images",
+                           args.max_dt)
     elif args.traverse:
         data = load_traverse(args.traverse, spacing=args.spacing)
     else:
@@ -56,16 +59,40 @@ def _extraction(args: argparse.Namespace) -> ExtractionOptions:
 
 
 def _camera(args: argparse.Namespace, data: GeoImages):
-    """The mapped images' intrinsics (--camera), or None: a retrieval-only map."""
-    if not args.camera:
-        return None
+    """The mapped images' intrinsics (--camera; a bag's CameraInfo for its image topic when not given), or
+    None: a retrieval-only map."""
     from ..camera import camera_from_bag, load_camera
     from ..images import read_image
 
+    route = getattr(args, "bag_route", None)
+    if not args.camera:
+        if route is not None and route.camera_info_topic and not getattr(args, "no_camera", False):
+            LOG.info("intrinsics from the bag's %s: a metric map (--no-camera: retrieval only)", route.camera_info_topic)
+            return camera_from_bag(args.bag, route.camera_info_topic)
+        return None
     if args.bag and args.camera.startswith("/") and not Path(args.camera).is_file():
         return camera_from_bag(args.bag, args.camera)  # a CameraInfo topic of the bag
     h, w = read_image(data.images[0]).shape[:2]
     return load_camera(args.camera, image_size=(w, h))
+
+
+def _extrinsic(args: argparse.Namespace):
+    """base -> camera: --extrinsic FILE, else the bag's /tf_static from the odometry's child frame to the
+    images' frame; None: the route's poses are taken as they are (camera poses for a metric map)."""
+    from ..frames import extrinsic_from_bag, load_extrinsic
+
+    if args.extrinsic:
+        return load_extrinsic(args.extrinsic)
+    route = getattr(args, "bag_route", None)
+    if route is None or not (route.base_frame and route.camera_frame):
+        return None
+    extrinsic = extrinsic_from_bag(args.bag, route.base_frame, route.camera_frame)
+    if extrinsic is None:
+        LOG.warning("%s: no /tf_static from %s to %s: the map's poses are the odometry's (%s), not the camera's",
+                    args.bag, route.base_frame, route.camera_frame, route.base_frame)
+    else:
+        LOG.info("camera extrinsic %s", extrinsic.describe())
+    return extrinsic
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -78,7 +105,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         model, sha = _model(args, str(ctx.device))
         pmap = build_map(model, Path(args.checkpoint).resolve(), sha, data, out, args.index, args.dtype,
                          camera=_camera(args, data), features=args.local_features, extraction=_extraction(args),
-                         ctx=ctx, progress=not args.no_progress)
+                         ctx=ctx, progress=not args.no_progress, extrinsic=_extrinsic(args))
     finally:
         ctx.close()
     if pmap is None:
@@ -103,14 +130,25 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from ..localization.observation import ObservationConfig
+    from .placemap import calibrate_map
+
+    pmap = calibrate_map(args.map, ObservationConfig(recognition_margin=args.recognition_margin))
+    print(pmap.observation.describe())
+    return 0
+
+
 def _route_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--poses", help="CSV: image,x,y[,z][,yaw|qx,qy,qz,qw][,timestamp] or image,lat,lon,...")
     p.add_argument("--images", help="folder the CSV's image paths are relative to (default: the CSV's folder)")
     p.add_argument("--skip-bad", action="store_true", help="skip bad CSV rows with a warning instead of failing")
-    p.add_argument("--bag", help="rosbag2 recording")
-    p.add_argument("--image-topic")
-    p.add_argument("--pose-topic", help="nav_msgs/Odometry, PoseStamped, PoseWithCovarianceStamped or NavSatFix")
+    p.add_argument("--bag", help="rosbag2 recording (its image and odometry topics, CameraInfo and /tf_static are "
+                                 "found by type when there is one of each)")
+    p.add_argument("--image-topic", help="--bag: the Image/CompressedImage topic (default: the bag's only one)")
+    p.add_argument("--pose-topic", help="--bag: nav_msgs/Odometry, PoseStamped, PoseWithCovarianceStamped or NavSatFix "
+                                        "(default: the bag's only Odometry topic, else its only pose topic)")
     p.add_argument("--max-dt", type=float, default=0.1, help="max image/pose time difference (s)")
     p.add_argument("--traverse", help="index-aligned image folder (frame index as position)")
     p.add_argument("--spacing", type=float, default=1.0, help="distance between traverse frames")
@@ -133,6 +171,8 @@ def _route_args(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from ..localization.observation import ObservationConfig
+
     p = argparse.ArgumentParser(prog="densernet-map", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
@@ -143,6 +183,11 @@ def parser() -> argparse.ArgumentParser:
                                     "a ROS camera_info YAML; a KITTI calib.txt; or, with --bag, the bag's CameraInfo topic): "
                                     "also triangulate 3-D points for "
                                     "metric localization (the route must give orientations)")
+    b.add_argument("--no-camera", action="store_true",
+                   help="with --bag: a retrieval-only map even though the bag has the camera's CameraInfo")
+    b.add_argument("--extrinsic", help="YAML: the camera's pose on the robot (base_frame, camera_frame, translation, "
+                                       "rotation or rpy_deg); the route's poses are then the base's (with --bag the "
+                                       "bag's /tf_static gives it, docs/POSE_MODEL.md)")
     b.add_argument("--local-features", choices=FEATURE_TYPES, default=DEFAULT_FEATURES,
                    help="local features for the 3-D points (sift, the default: OpenCV, the more precise in "
                         "docs/BENCHMARKS.md; densernet: the network's own dense map)")
@@ -157,6 +202,13 @@ def parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="what is in a map")
     i.add_argument("map")
     i.set_defaults(func=_cmd_info)
+    c = sub.add_parser("calibrate", help="fit the map's observation model (how likely a frame shows a mapped place "
+                                         "against none) anew and store it; maps made before it need this once")
+    c.add_argument("map")
+    c.add_argument("--recognition-margin", type=float, default=ObservationConfig().recognition_margin,
+                   help="a place counts as evidence above this fraction of the map's own neighbour similarity gap "
+                        "(lower: recognises stronger appearance change, and more look-alikes; docs/POSE_MODEL.md)")
+    c.set_defaults(func=_cmd_calibrate)
     return p
 
 

@@ -7,6 +7,9 @@
     coarse.npy        hnsw/ivfpq maps only: the D x 256 projection that index works in
     points*.npy/json  maps built with a camera only: triangulated 3-D points for metric localization
                       (mapping/points.py); without them the map is retrieval-only
+    observation.json  how likely a frame shows a mapped place against no mapped place, fitted from the
+                      map's own descriptors (localization/observation.py); maps made before it get one
+                      fitted when loaded (`densernet-map calibrate` stores it)
 
 Format 1 maps (float32, a FAISS index for every type) still load: a flat map's index.faiss is
 ignored (the exact search is derived from the descriptors), an approximate one is used as is.
@@ -25,9 +28,13 @@ import numpy as np
 
 from ..datasets import GeoImages
 from ..camera import Camera
+from ..frames import Extrinsic, extrinsic_from_mapping
+from ..geometry import compose_poses
 from ..images import read_image
 from ..distributed import DistContext
 from ..local_features import DEFAULT_FEATURES, FEATURE_TYPES, LocalFeatures, extract_features
+from ..localization.observation import (OBSERVATION_FILE, ObservationConfig, ObservationError, ObservationModel,
+                                        fit_observation_model)
 from .extraction import ExtractionOptions, describe_images
 from .index import INDEX_TYPES, ExactIndex, ShortlistIndex, build_index, load_coarse, save_index
 from .points import POINTS_META, FILES as POINT_FILES, MapPoints, TriangulationConfig, build_points
@@ -60,18 +67,58 @@ class Manifest:
     index_type: str
     dtype: str
     has_orientation: bool = True  # False: the route gave positions only (orientations are placeholders)
+    # base -> camera (frames.Extrinsic.to_dict): the places are base poses; None (maps made before): the
+    # places are whatever the route gave, camera poses for a map built with a camera
+    extrinsic: dict | None = None
+
+
+def camera_poses(places: GeoImages, extrinsic: Extrinsic | None, ids: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Camera poses of (some of) the places: base poses times the extrinsic (the poses themselves without one)."""
+    ids = np.arange(len(places)) if ids is None else np.asarray(ids)
+    pos, ori = places.positions[ids], places.orientations[ids]
+    return (pos, ori) if extrinsic is None else compose_poses(pos, ori, extrinsic.transform)
+
+
+def background_rows(n: int) -> np.ndarray:
+    """The fixed sample of places a query's similarity to "anywhere" is measured against."""
+    return np.sort(np.random.default_rng(0).choice(n, min(n, BACKGROUND_PLACES), replace=False))
 
 
 class PlaceMap:
     def __init__(self, manifest: Manifest, descriptors: np.ndarray, places: GeoImages,
-                 index: ExactIndex | ShortlistIndex | None = None, points: MapPoints | None = None) -> None:
+                 index: ExactIndex | ShortlistIndex | None = None, points: MapPoints | None = None,
+                 observation: ObservationModel | None = None) -> None:
         self.manifest = manifest
         self.points = points
         self.descriptors = descriptors  # as stored (float16 by default); a memory map for approximate maps
         self.places = places
         self.index = index if index is not None else build_index(descriptors, manifest.index_type)
-        rows = np.random.default_rng(0).choice(len(places), min(len(places), BACKGROUND_PLACES), replace=False)
-        self._background = np.asarray(descriptors[np.sort(rows)], dtype=np.float32)
+        self._background = np.asarray(descriptors[background_rows(len(places))], dtype=np.float32)
+        self.observation = observation
+        self.observation_error = ""  # why there is no observation model, when there is none
+
+    @property
+    def extrinsic(self) -> Extrinsic | None:
+        """base -> camera of the robot that made the map (its places are base poses), or None."""
+        e = self.manifest.extrinsic
+        return None if e is None else extrinsic_from_mapping(e, "manifest.json extrinsic")
+
+    def camera_poses(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The mapped camera poses (places * extrinsic): what the 3-D points were triangulated from."""
+        return camera_poses(self.places, self.extrinsic, ids)
+
+    def fit_observation(self, config: ObservationConfig = ObservationConfig()) -> ObservationModel | None:
+        """Fit the observation model from the map's own descriptors (None, with the reason in
+        `observation_error`, when the map is too small or its descriptor says nothing about place)."""
+        try:
+            self.observation = fit_observation_model(self.descriptors, self.places.positions,
+                                                     background_rows(len(self.places)), config)
+            self.observation_error = ""
+        except ObservationError as exc:
+            self.observation, self.observation_error = None, str(exc)
+            LOG.warning("no observation model: %s", exc)
+        return self.observation
 
     def __len__(self) -> int:
         return len(self.places)
@@ -80,10 +127,12 @@ class PlaceMap:
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        for stale in (INDEX, COARSE, POINTS_META, *POINT_FILES.values()):  # written anew below if the map has them
+        for stale in (INDEX, COARSE, POINTS_META, *POINT_FILES.values(), OBSERVATION_FILE):  # written anew below
             (folder / stale).unlink(missing_ok=True)
         if self.points is not None:
             self.points.save(folder)
+        if self.observation is not None:
+            self.observation.save(folder)
         np.save(folder / DESCRIPTORS, np.asarray(self.descriptors, dtype=self.manifest.dtype), allow_pickle=False)
         save_index(self.index, folder, INDEX, COARSE)
         self.manifest.format_version = FORMAT_VERSION
@@ -97,7 +146,7 @@ class PlaceMap:
                 except ValueError:
                     pass
                 w.writerow([i, str(img), *self.places.positions[i], *self.places.orientations[i],
-                            f"{self.places.timestamps[i]:.9f}", self.places.source])
+                            f"{self.places.timestamps[i]:.9f}", self.places.place_sources[i]])
         (folder / MANIFEST).write_text(json.dumps(asdict(self.manifest), indent=2))  # last: marks the map complete
         return folder
 
@@ -131,9 +180,17 @@ class PlaceMap:
             raise MapError(f"{folder / PLACES}: {len(places)} places, manifest says {manifest.num_places}")
         try:
             points = MapPoints.load(folder)
+            observation = ObservationModel.load(folder)
         except ValueError as exc:
             raise MapError(str(exc)) from exc
-        return cls(manifest, desc, places, _load_shortlist(folder, manifest, desc) if approximate else None, points)
+        pmap = cls(manifest, desc, places, _load_shortlist(folder, manifest, desc) if approximate else None, points,
+                   observation)
+        if observation is None:
+            t0 = time.perf_counter()
+            if pmap.fit_observation() is not None:
+                LOG.warning("map %s predates the observation model: fitted one now (%.1f s); `densernet-map calibrate "
+                            "%s` stores it", folder, time.perf_counter() - t0, folder)
+        return pmap
 
     # ---- use ------------------------------------------------------------------------------------
     def check_model(self, descriptor_dim: int, checkpoint_sha256: str | None = None) -> None:
@@ -152,6 +209,17 @@ class PlaceMap:
         if q.shape[1] != self.manifest.descriptor_dim:
             raise MapError(f"query descriptors have dimension {q.shape[1]}, the map {self.manifest.descriptor_dim}")
         return self.index.search(q, min(k, len(self)))
+
+    def similarities(self, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Exact similarities of one query to the given places (read from the stored descriptors)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self.manifest.descriptor_dim:
+            raise MapError(f"query descriptor has dimension {q.shape[0]}, the map {self.manifest.descriptor_dim}")
+        order = np.argsort(ids, kind="stable")  # sorted reads from a memory-mapped file
+        out = np.empty(len(ids), np.float32)
+        out[order] = np.asarray(self.descriptors[ids[order]], dtype=np.float32) @ q
+        return out
 
     def score_background(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per query: median and robust spread (MAD as a standard deviation) of its similarity to a fixed
@@ -181,6 +249,10 @@ class PlaceMap:
             f"checkpoint: {m.checkpoint} (sha256 {m.checkpoint_sha256[:16]}…)",
             f"created: {m.created}   sources: {sorted(set(self.places.source.split(';')))}",
             self._points_info(),
+            f"poses: of {self.extrinsic.base_frame}, camera {self.extrinsic.describe()}" if self.extrinsic else
+            "poses: as given by the route (no extrinsic: a map with 3-D points holds camera poses)",
+            self.observation.describe() if self.observation is not None else
+            f"observation model: none ({self.observation_error})",
         ])
 
     def _points_info(self) -> str:
@@ -213,15 +285,19 @@ def read_places(path: Path, folder: Path, frame_id: str, has_orientation: bool =
             sources.append(row["source"])
     source = ";".join(dict.fromkeys(sources))
     return GeoImages(images, np.array(pos).reshape(-1, 3), np.array(ori).reshape(-1, 4), np.array(stamps),
-                     source, has_orientation, frame_id)
+                     source, has_orientation, frame_id, place_sources=sources)
 
 
 def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoImages, out: str | Path,
               index_type: str = "flat", dtype: str = "float16", progress: bool = True, camera: Camera | None = None,
               features: str = DEFAULT_FEATURES, triangulation: TriangulationConfig = TriangulationConfig(),
-              extraction: ExtractionOptions = ExtractionOptions(), ctx: DistContext = DistContext()) -> PlaceMap | None:
-    """Descriptors of every mapped image, indexed; with `camera` (the mapped images' intrinsics) also
-    their local features, triangulated into 3-D points between neighbouring places.
+              extraction: ExtractionOptions = ExtractionOptions(), ctx: DistContext = DistContext(),
+              observation: ObservationConfig = ObservationConfig(), extrinsic: Extrinsic | None = None
+              ) -> PlaceMap | None:
+    """Descriptors of every mapped image, indexed, with the observation model fitted from them; with
+    `camera` (the mapped images' intrinsics) also their local features, triangulated into 3-D points
+    between neighbouring places. `extrinsic` (base -> camera): the route's poses are the robot base's,
+    the points are triangulated from the camera poses they imply (frames.py).
 
     Under torchrun (`ctx`) each rank describes its share of the images and rank 0 writes the map
     (the other ranks return None)."""
@@ -241,12 +317,13 @@ def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoIm
         _finish_shard(out / PARTIAL, ctx)
         return None
     desc, feats = described
-    points = None if camera is None else build_points(camera, data.positions, data.orientations, feats, triangulation,
+    points = None if camera is None else build_points(camera, *camera_poses(data, extrinsic), feats, triangulation,
                                                       progress)
     manifest = Manifest(FORMAT_VERSION, model.config.to_dict(), checkpoint_sha256, str(checkpoint),
                         int(desc.shape[1]), len(data), data.frame_id, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                        index_type, dtype, data.has_orientation)
+                        index_type, dtype, data.has_orientation, None if extrinsic is None else extrinsic.to_dict())
     pmap = PlaceMap(manifest, desc.astype(dtype), data, points=points)
+    pmap.fit_observation(observation)
     pmap.save(out)
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
     ctx.barrier()  # the other ranks may now drop their partial results
@@ -276,17 +353,35 @@ def add_to_map(folder: str | Path, model, checkpoint_sha256: str, data: GeoImage
                        np.vstack([pmap.places.orientations, data.orientations]),
                        np.concatenate([pmap.places.timestamps, data.timestamps]),
                        ";".join(dict.fromkeys(pmap.places.source.split(";") + [data.source])),
-                       pmap.places.has_orientation and data.has_orientation, pmap.manifest.frame_id)
+                       pmap.places.has_orientation and data.has_orientation, pmap.manifest.frame_id,
+                       place_sources=pmap.places.place_sources + data.place_sources)
     pmap.manifest.has_orientation = merged.has_orientation
     descriptors = np.vstack([np.asarray(pmap.descriptors), new])  # approximate indexes are retrained on the whole
     pmap.manifest.num_places = len(merged)
     points = pmap.points
     if points is not None:
-        points = _extend_points(points, model, merged, len(pmap.places), new_feats, progress)
+        points = _extend_points(points, model, merged, pmap.extrinsic, len(pmap.places), new_feats, progress)
     out = PlaceMap(pmap.manifest, descriptors, merged, points=points)
+    out.fit_observation(_observation_config(pmap.observation))  # refitted on the whole map, as first fitted
     out.save(folder)
     shutil.rmtree(folder / PARTIAL, ignore_errors=True)
     return out
+
+
+def _observation_config(model: ObservationModel | None) -> ObservationConfig:
+    """The fitting settings a map's model was made with (defaults for a map without one)."""
+    if model is None:
+        return ObservationConfig()
+    return ObservationConfig(recognition_margin=model.recognition_margin, miss_rate=model.miss_rate)
+
+
+def calibrate_map(folder: str | Path, config: ObservationConfig = ObservationConfig()) -> PlaceMap:
+    """Fit the map's observation model anew and store it (maps made before it, or other settings)."""
+    pmap = PlaceMap.load(folder)
+    if pmap.fit_observation(config) is None:
+        raise MapError(f"map {folder}: {pmap.observation_error}")
+    pmap.observation.save(folder)
+    return pmap
 
 
 def _camera_for_images(camera: Camera, data: GeoImages, features: str) -> Camera:
@@ -302,8 +397,8 @@ def _camera_for_images(camera: Camera, data: GeoImages, features: str) -> Camera
     return camera
 
 
-def _extend_points(points: MapPoints, model, places: GeoImages, first_new: int, new_feats: list[LocalFeatures],
-                   progress: bool) -> MapPoints:
+def _extend_points(points: MapPoints, model, places: GeoImages, extrinsic: Extrinsic | None, first_new: int,
+                   new_feats: list[LocalFeatures], progress: bool) -> MapPoints:
     """Triangulate the appended places with each other and with their mapped neighbours (whose local
     features are extracted again: a map keeps only the features that became points)."""
     from .points import merged as merged_points, place_pairs
@@ -312,7 +407,7 @@ def _extend_points(points: MapPoints, model, places: GeoImages, first_new: int, 
     feats: dict[int, LocalFeatures] = {first_new + k: f for k, f in enumerate(new_feats)}
     old = sorted({i for pair in place_pairs(places.positions, points.config) if new & set(pair) for i in pair} - new)
     feats.update(zip(old, extract_features(model, [read_image(places.images[i]) for i in old], points.kind)))
-    added = build_points(points.camera, places.positions, places.orientations, feats, points.config, progress,
+    added = build_points(points.camera, *camera_poses(places, extrinsic), feats, points.config, progress,
                          only_with=new, first_id=len(points.xyz))
     return merged_points(points, added)
 
