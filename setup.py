@@ -4,11 +4,17 @@
 package.xml, the launch file and the config under share/, so `ros2 launch` and
 `ament_index_python` find the package either way.
 """
-from glob import glob
+import runpy
+import sys
 
 from setuptools import find_packages, setup
 
 PACKAGE = "densernet_ros"
+# share/ and lib/ files ROS finds the package by (densernet_ros/ament_layout.py, shared with the
+# densernet-ros-layout command for editable installs). colcon runs `setup.py install`/`develop`, which
+# put the console scripts into lib/densernet_ros themselves (setup.cfg): no launchers there.
+LAYOUT = runpy.run_path("densernet_ros/ament_layout.py")
+COLCON_STYLE = any(cmd in sys.argv for cmd in ("install", "develop"))
 
 setup(
     name=PACKAGE,
@@ -17,15 +23,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["densernet_core", "densernet_core.*", "densernet_ros", "densernet_ros.*"]),
-    data_files=[
-        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
-        (f"share/{PACKAGE}", ["package.xml"]),
-        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
-        (f"share/{PACKAGE}/rviz", glob("rviz/*.rviz")),
-        # launch_ros runs <prefix>/lib/<package>/<executable>; pip puts console scripts in <prefix>/bin
-        (f"lib/{PACKAGE}", sorted(glob("scripts/lib/*"))),
-    ],
+    data_files=LAYOUT["data_files"](launchers=not COLCON_STYLE),
     install_requires=[
         "setuptools",
         "torch==2.14.1",
@@ -62,6 +60,7 @@ setup(
             "localize_node = densernet_ros.node:main",
             "localize_lifecycle_node = densernet_ros.lifecycle:main",
             "densernet-node = densernet_ros.node:main",
+            "densernet-ros-layout = densernet_ros.ament_layout:main",
         ],
     },
 )

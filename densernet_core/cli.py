@@ -35,7 +35,10 @@ def make_checkpoint(images: Sequence[str | Path], out: str | Path, preset: str =
     from .model.network import build
     from .model.pca import check_pca_fit_size
 
+    import torch
+
     check_pca_fit_size(len(images), pca_dim)
+    torch.manual_seed(seed)  # the same checkpoint from the same images and seed, random trunks (weights none) too
     model = build(preset, weights=weights, device=device, image_size=tuple(image_size),
                   num_clusters=num_clusters, pca_dim=pca_dim)
     if branch_init == "pca":

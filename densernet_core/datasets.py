@@ -328,7 +328,9 @@ def load_rosbag(bag: str | Path, image_topic: str, pose_topic: str, out_dir: str
             east, north, _ = latlon_to_utm(pose_p[:, 0], pose_p[:, 1])
             pose_p = np.stack([east, north, pose_p[:, 2]], axis=1)
         images, pos, ori, stamps, unmatched = [], [], [], [], 0
-        from rosbags.image import compressed_image_to_cvimage, message_to_cvimage
+        from rosbags.image import compressed_image_to_cvimage
+
+        from .images import message_to_rgb
 
         for k, (conn, _, raw) in enumerate(reader.messages(connections=[img_conn])):
             if k % every:
@@ -343,7 +345,7 @@ def load_rosbag(bag: str | Path, image_topic: str, pose_topic: str, out_dir: str
                 continue
             try:
                 img = compressed_image_to_cvimage(msg, "bgr8") if conn.msgtype.endswith("CompressedImage") \
-                    else message_to_cvimage(msg, "bgr8")
+                    else cv2.cvtColor(message_to_rgb(msg), cv2.COLOR_RGB2BGR)
             except Exception as exc:
                 raise DatasetError(f"{bag}: image {k} on {image_topic} cannot be decoded: {exc}") from exc
             path = out_dir / f"{k:06d}.png"

@@ -81,3 +81,10 @@ def pose_times_transform_covariance(orientation: np.ndarray, covariance: np.ndar
     j = np.eye(6)
     j[:3, 3:] = -skew(lever)
     return j @ np.asarray(covariance, float) @ j.T
+
+
+def planar(t: Transform) -> Transform:
+    """The transform flattened to the ground plane: x, y and the heading kept, z, roll and pitch dropped
+    (a ground robot's map -> odom, as AMCL publishes it: a tilt error of a fix must not tip the odom frame)."""
+    yaw = float(quat_to_yaw(np.asarray(t[1], float)))
+    return np.array([float(t[0][0]), float(t[0][1]), 0.0]), np.array(yaw_to_quat(yaw))

@@ -130,3 +130,57 @@ def list_images(items: Iterable[str | Path]) -> list[Path]:
         else:
             raise ImageError(f"no such image or folder: {p}")
     return out
+
+
+# ---- raw camera messages (sensor_msgs/Image fields, from rclpy or rosbags alike) -------------------------------
+# encoding -> (channels, bytes per channel)
+RAW_ENCODINGS = {"rgb8": (3, 1), "bgr8": (3, 1), "mono8": (1, 1), "rgba8": (4, 1), "bgra8": (4, 1),
+                 "mono16": (1, 2), "16UC1": (1, 2), "8UC1": (1, 1), "8UC3": (3, 1)}
+
+
+def check_raw_image(msg) -> None:
+    """Refuse, by name, an Image whose encoding, size, step or data cannot be read."""
+    if msg.encoding not in RAW_ENCODINGS:
+        raise ImageError(f"unsupported encoding {msg.encoding!r}; supported: {sorted(RAW_ENCODINGS)}")
+    if msg.width == 0 or msg.height == 0:
+        raise ImageError(f"empty image ({msg.width}x{msg.height})")
+    channels, size = RAW_ENCODINGS[msg.encoding]
+    if msg.step < msg.width * channels * size:
+        raise ImageError(f"step {msg.step} too small for {msg.width} px of {msg.encoding}")
+    if len(msg.data) < msg.step * msg.height:
+        raise ImageError(f"truncated image data: {len(msg.data)} bytes, {msg.step * msg.height} expected "
+                         f"for {msg.width}x{msg.height} {msg.encoding}")
+
+
+def raw_image_array(msg) -> np.ndarray:
+    """The pixels as H x W (x C) uint8/uint16: rows `step` bytes apart (drivers pad rows for alignment),
+    16-bit samples in the message's byte order (`is_bigendian`)."""
+    check_raw_image(msg)
+    channels, size = RAW_ENCODINGS[msg.encoding]
+    row = msg.width * channels * size
+    data = msg.data if isinstance(msg.data, np.ndarray) else np.frombuffer(memoryview(msg.data), dtype=np.uint8)
+    buf = np.asarray(data, dtype=np.uint8).reshape(-1)[:msg.step * msg.height]
+    rows = np.ascontiguousarray(buf.reshape(msg.height, msg.step)[:, :row])
+    if size == 2:
+        rows = rows.view(np.dtype(">u2" if msg.is_bigendian else "<u2")).astype(np.uint16)
+    return rows.reshape((msg.height, msg.width) if channels == 1 else (msg.height, msg.width, channels))
+
+
+def raw_to_rgb(img: np.ndarray, encoding: str) -> np.ndarray:
+    """A decoded raw image as RGB uint8 (16-bit: the high byte; grey: replicated)."""
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+        return cv2.cvtColor(img.reshape(img.shape[0], img.shape[1]), cv2.COLOR_GRAY2RGB)
+    if encoding in ("bgr8", "8UC3"):
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if encoding == "bgra8":
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    if encoding == "rgba8":
+        return cv2.cvtColor(img, cv2.COLOR_RGBA2RGB)
+    return np.ascontiguousarray(img)
+
+
+def message_to_rgb(msg) -> np.ndarray:
+    """A raw Image message (any library's) as RGB uint8."""
+    return raw_to_rgb(raw_image_array(msg), msg.encoding)

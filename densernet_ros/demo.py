@@ -29,7 +29,7 @@ from densernet_core.datasets import GeoImages, load_csv, load_traverse
 from densernet_core.demo.routes import generated_route
 from densernet_core.demo.synth import RouteConfig, generate
 from densernet_core.images import read_image, resize
-from densernet_core.localization.report import error_stats, plot_trajectory
+from densernet_core.localization.report import error_stats, open_set_summary, plot_trajectory
 
 GP_TRAVERSES = ("day_left", "day_right", "night_right")
 GP_TRAIN_FRAMES = (0, 100)  # [start, stop): what the demo's checkpoint is trained on
@@ -166,15 +166,21 @@ def replay(bag: Path, proc: subprocess.Popen, rate: float, timeout: float, log: 
     return poses, latency, places, frames
 
 
-def _answers(places: dict, stamps: list[int], mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per frame, the node's answer in `mode` (filtered or single) from its place status: position, fix."""
-    xy, fix = np.full((len(stamps), 2), np.nan), np.zeros(len(stamps), bool)
+def _answers(places: dict, stamps: list[int], mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per frame, the node's answer in `mode` (filtered or single) from its place status: position, fix,
+    confidence (the probability of the place it names, fix or not)."""
+    xy, fix, conf = np.full((len(stamps), 2), np.nan), np.zeros(len(stamps), bool), np.zeros(len(stamps))
+    confidence_key = {"filtered": "belief_mass", "single": "single_confidence"}[mode]
     for k, key in enumerate(stamps):
         values = places.get(key)
-        if values is not None and values.get(f"{mode}_fix") == "true":
-            xy[k] = [float(v) for v in values[f"{mode}_position"].split(",")[:2]]
-            fix[k] = True
-    return xy, fix
+        if values is None:
+            continue
+        conf[k] = float(values.get(confidence_key, 0.0))
+        position = values.get(f"{mode}_position")
+        if position:
+            xy[k] = [float(v) for v in position.split(",")[:2]]
+        fix[k] = values.get(f"{mode}_fix") == "true"
+    return xy, fix, conf
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -243,9 +249,12 @@ def _run(args: argparse.Namespace) -> int:
     thresholds = (bound / 2, bound) if unit == "m" else (2.0, 5.0)
     modes = {}
     for mode in ("filtered", "single"):  # the node publishes the filtered answer; the single-frame one rides along
-        est_xy, fix = _answers(places, stamps, mode)
+        est_xy, fix, conf = _answers(places, stamps, mode)
         err = np.linalg.norm((est_xy - true_xy)[:, :1] if unit == "frames" else est_xy - true_xy, axis=1)
-        modes[mode] = {"est_xy": est_xy, "fix": fix, "stats": error_stats(err[fix], thresholds)}
+        right = np.nan_to_num(err, nan=np.inf) <= thresholds[0]
+        modes[mode] = {"est_xy": np.where(fix[:, None], est_xy, np.nan), "fix": fix,
+                       "stats": error_stats(err[fix], thresholds),
+                       "open_set": open_set_summary(conf, right, len(stamps))}
     published = np.array([k in poses for k in stamps])
     fix, stats = modes["filtered"]["fix"], modes["filtered"]["stats"]
     if not np.array_equal(published, fix):
@@ -253,7 +262,9 @@ def _run(args: argparse.Namespace) -> int:
     lat = np.array(list(latency.values())) * 1000
     report = {"data": args.data, "frames_sent": frames, "poses_received": len(poses), "fixes": int(sum(fix)),
               "no_fix": int(len(fix) - sum(fix)), "error": stats, "unit": unit,
-              "single_frame": {"fixes": int(sum(modes["single"]["fix"])), "error": modes["single"]["stats"]},
+              "open_set": modes["filtered"]["open_set"],
+              "single_frame": {"fixes": int(sum(modes["single"]["fix"])), "error": modes["single"]["stats"],
+                               "open_set": modes["single"]["open_set"]},
               "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
               "latency_ms_p95": float(np.percentile(lat, 95)) if lat.size else None,
               "median_error_bound": bound, "wall_s": time.monotonic() - t_start}
@@ -281,8 +292,10 @@ def _run(args: argparse.Namespace) -> int:
     for mode, label in (("filtered", "filtered (published)"), ("single", "single-frame")):
         s = modes[mode]["stats"]
         within = ", ".join(f"{100 * v:.0f}% within {k[7:]} {unit}" for k, v in s.items() if k.startswith("within_"))
+        o = modes[mode]["open_set"]
         print(f"{label}: {int(sum(modes[mode]['fix']))} fixes" + (f"; position error: median {s['median']:.2f} {unit}, "
-                                                                   f"p90 {s['p90']:.2f} {unit}; {within}" if s.get("n") else ""))
+                                                                   f"p90 {s['p90']:.2f} {unit}; {within}" if s.get("n") else "")
+              + f"; confidence as a score: PR AUC {o['auc']:.2f}, recall at 100 % precision {100 * o['recall_at_100p']:.0f} %")
     if lat.size:
         print(f"end-to-end latency (publish -> pose received): p50 {report['latency_ms_p50']:.0f} ms, "
               f"p95 {report['latency_ms_p95']:.0f} ms")

@@ -3,7 +3,9 @@
 - Odometry (`odom_topic`, nav_msgs/Odometry: odom -> base) is kept for lookups at image stamps: the
   filter's motion between frames (`filter_odometry`) and the map -> odom correction (`publish_tf`).
 - map -> odom = fix(base in map) * odom(stamp)^-1, broadcast on /tf and re-sent at `tf_rate_hz`, stamped
-  now + `transform_tolerance`, as AMCL does. It needs tf2_ros (a ROS 2 install; not on PyPI).
+  now + `transform_tolerance`, as AMCL does; with `map_odom_2d` (default) both are flattened to x, y and
+  heading first, so a fix's small roll/pitch error does not tip the odom frame (0.5 degree of pitch is
+  0.25 m of height 30 m from odom's origin). It needs tf2_ros (a ROS 2 install; not on PyPI).
 - The extrinsic base_frame -> camera frame (the image header's frame_id), in this order: tf2 (when
   tf2_ros imports and the robot publishes it, looked up once per camera frame and cached), the
   `camera_extrinsic` parameter (a YAML file), the one recorded in the map (densernet_core/frames.py).
@@ -13,13 +15,15 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
+import numpy as np
+
 from geometry_msgs.msg import TransformStamped
 from nav_msgs.msg import Odometry
 from rclpy.duration import Duration
 from rclpy.time import Time
 
 from densernet_core.frames import Extrinsic, load_extrinsic
-from densernet_core.geometry import map_to_odom
+from densernet_core.geometry import map_to_odom, planar
 from densernet_core.localization.odometry import Lookup, OdometryBuffer
 
 TF_LOOKUP_TIMEOUT_S = 0.05
@@ -149,7 +153,10 @@ class RobotFrames:
             self.node.get_logger().warning(f"map -> odom not updated: {found.reason}",
                                            throttle_duration_sec=WARN_THROTTLE_S)
             return
-        t, q = map_to_odom((position, orientation), found.transform)
+        fix, odom = (np.asarray(position, float), np.asarray(orientation, float)), found.transform
+        if self.settings.map_odom_2d:  # a ground robot: a fix's small roll/pitch error would tip the whole odom frame
+            fix, odom = planar(fix), planar(odom)
+        t, q = map_to_odom(fix, odom)
         tf = TransformStamped()
         tf.header.frame_id, tf.child_frame_id = self.settings.map_frame, odom_frame
         tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z = (float(v) for v in t)

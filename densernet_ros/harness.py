@@ -122,3 +122,27 @@ class SpinningNode:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def to_rclpy(msg, msgtype: str):
+    """A message read by rosbags (its dataclasses, numpy arrays) as the rclpy message of the same type
+    (`pkg/msg/Name` or `pkg/Name`), field by field: the tools that replay a bag to the node publish what
+    the bag holds."""
+    import importlib
+
+    package, _, name = msgtype.replace("/msg/", "/").partition("/")
+    cls = getattr(importlib.import_module(f"{package}.msg"), name)
+    out = cls()
+    for field, kind in cls.get_fields_and_field_types().items():
+        value = getattr(msg, field)
+        inner = kind[len("sequence<"):].split(",")[0].rstrip(">") if kind.startswith("sequence<") else kind
+        inner = inner.split("[")[0]
+        if "/" in inner:  # a message, or a sequence / array of them
+            setattr(out, field, [to_rclpy(v, inner) for v in value] if inner != kind else to_rclpy(value, inner))
+        elif hasattr(value, "tobytes") and inner in ("uint8", "octet"):
+            setattr(out, field, value.tobytes())
+        elif hasattr(value, "tolist"):
+            setattr(out, field, value.tolist())
+        else:
+            setattr(out, field, value)
+    return out

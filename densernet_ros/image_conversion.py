@@ -1,14 +1,18 @@
 """sensor_msgs Image/CompressedImage -> RGB numpy, with errors that name the problem (and back,
 for the tools and tests that play the camera).
 
-The real cv_bridge is used when it imports (a ROS 2 install); otherwise rosbags-image, which
-reads rclpy messages too. Sizes and encodings are checked first, so a truncated or oddly
-encoded frame is rejected by name instead of crashing the converter.
+The real cv_bridge is used when it imports (a ROS 2 install); otherwise the raw bytes are read by
+densernet_core.images.raw_image_array: rows `step` bytes apart (drivers pad rows for alignment),
+16-bit samples in the message's byte order (`is_bigendian`). (rosbags-image, the fallback before,
+ignored both: padded rows came out sheared.) Sizes and encodings are checked first, so a truncated
+or oddly encoded frame is rejected by name instead of crashing the converter.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from densernet_core.images import ImageError, check_raw_image, raw_image_array, raw_to_rgb
 
 try:  # a system ROS 2 install
     from cv_bridge import CvBridge
@@ -17,37 +21,18 @@ try:  # a system ROS 2 install
 except Exception:  # noqa: BLE001 - PyPI's cv-bridge fails at import with numpy 2; fall back
     _BRIDGE = None
 
-# encoding -> (channels, bytes per channel)
-ENCODINGS = {"rgb8": (3, 1), "bgr8": (3, 1), "mono8": (1, 1), "rgba8": (4, 1), "bgra8": (4, 1),
-             "mono16": (1, 2), "16UC1": (1, 2), "8UC1": (1, 1), "8UC3": (3, 1)}
-
-
 class FrameError(ValueError):
     """A frame cannot be used (unsupported encoding, truncated data, undecodable JPEG, empty)."""
 
 
-def _check_raw(msg) -> None:
-    if msg.encoding not in ENCODINGS:
-        raise FrameError(f"unsupported encoding {msg.encoding!r}; supported: {sorted(ENCODINGS)}")
-    if msg.width == 0 or msg.height == 0:
-        raise FrameError(f"empty image ({msg.width}x{msg.height})")
-    channels, size = ENCODINGS[msg.encoding]
-    if msg.step < msg.width * channels * size:
-        raise FrameError(f"step {msg.step} too small for {msg.width} px of {msg.encoding}")
-    if len(msg.data) < msg.step * msg.height:
-        raise FrameError(f"truncated image data: {len(msg.data)} bytes, {msg.step * msg.height} expected "
-                         f"for {msg.width}x{msg.height} {msg.encoding}")
-
-
 def image_to_rgb(msg) -> np.ndarray:
-    _check_raw(msg)
-    if _BRIDGE is not None:
-        img = _BRIDGE.imgmsg_to_cv2(msg, desired_encoding="passthrough")
-    else:
-        from rosbags.image import message_to_cvimage
-
-        img = message_to_cvimage(msg)
-    return _to_rgb(np.asarray(img), msg.encoding)
+    try:
+        check_raw_image(msg)
+        img = _BRIDGE.imgmsg_to_cv2(msg, desired_encoding="passthrough") if _BRIDGE is not None \
+            else raw_image_array(msg)
+    except ImageError as exc:
+        raise FrameError(str(exc)) from exc
+    return raw_to_rgb(np.asarray(img), msg.encoding)
 
 
 def compressed_to_rgb(msg) -> np.ndarray:
@@ -73,17 +58,3 @@ def rgb_to_image(rgb: np.ndarray, stamp_ns: int = 0, encoding: str = "rgb8", fra
     msg.header.frame_id = frame_id
     msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10 ** 9)
     return msg
-
-
-def _to_rgb(img: np.ndarray, encoding: str) -> np.ndarray:
-    if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
-    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
-        return cv2.cvtColor(img.reshape(img.shape[0], img.shape[1]), cv2.COLOR_GRAY2RGB)
-    if encoding in ("bgr8", "8UC3"):
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    if encoding == "bgra8":
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    if encoding == "rgba8":
-        return cv2.cvtColor(img, cv2.COLOR_RGBA2RGB)
-    return np.ascontiguousarray(img)

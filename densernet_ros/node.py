@@ -107,6 +107,7 @@ class NodeSettings:
     tf_rate_hz: float
     base_frame: str
     camera_extrinsic: str
+    map_odom_2d: bool
     publish_markers: bool
     autostart: bool
 
@@ -158,6 +159,8 @@ PARAMETERS = {
                                 "from it: tf2, camera_extrinsic, or the map's)", True, None),
     "camera_extrinsic": ("", "YAML file with the camera's pose on the robot (base_frame -> camera frame); empty: "
                              "tf2 when available, else the extrinsic recorded in the map", True, None),
+    "map_odom_2d": (True, "map -> odom from the fix's x, y and heading only (a ground robot, as AMCL); false: full 6-DoF",
+                    True, None),
     "publish_markers": (True, "RViz markers: the map's places (latched) and the belief per frame", True, None),
     "autostart": (False, "managed node only: configure and activate at start-up (as nav2's lifecycle_manager "
                           "would)", True, None),
@@ -300,7 +303,8 @@ class LocalizerCore:
                             belief, estimator, values["publish_tf"],
                             values["odom_topic"], values["odom_max_gap_s"], values["odom_history_s"],
                             values["transform_tolerance"], values["tf_rate_hz"], values["base_frame"],
-                            values["camera_extrinsic"], values["publish_markers"], values["autostart"])
+                            values["camera_extrinsic"], values["map_odom_2d"], values["publish_markers"],
+                            values["autostart"])
 
     def _load_localizer(self) -> None:
         from densernet_core.localization.localizer import Localizer

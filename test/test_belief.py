@@ -21,7 +21,7 @@ SCALE = 0.02  # the query's similarity spread over the map
 K = 10
 LINE = np.c_[np.arange(N, dtype=float), np.zeros((N, 2))]  # place i at x = i (a walked route, 1 unit apart)
 # What the map's own neighbours score above the background here is the 0.06 bump: the margin is a quarter of it.
-OBS = ObservationModel(slope=150.0, margin_gap=0.015, positive_gap_median=0.06, recognition_margin=0.25,
+OBS = ObservationModel(slope=150.0, margin_gap=0.015, positive_gap_median=0.06, recognition_margin=0.25, neighbour_similarity=0.8,
                        miss_rate=0.05)
 RELATIVE = BeliefConfig(observation="relative", out_of_map=False, route_velocity=False, fix_mass=0.5)
 
@@ -186,10 +186,11 @@ def test_leaving_the_map_drops_the_fix_and_coming_back_restores_it():
 
 
 def test_a_map_edge_lets_the_mass_leave():
-    """Driving past the last mapped place: the belief follows the route off its end, out of the map."""
+    """Driving past the last mapped place: the belief follows the route off its end, out of the map on the
+    first frame past it (measured 0.96; without the route's exit the unmatched frame alone gives 0.13)."""
     rng = np.random.default_rng(13)
     out = run(belief(), list(range(80, 100)) + [None] * 8, rng)
-    assert out[19].fix and not out[-1].fix and out[-1].out_of_map > 0.5
+    assert out[19].fix and out[20].out_of_map > 0.9 and not out[-1].fix
 
 
 def test_odometry_moves_the_belief_along_the_mapped_heading():
@@ -227,7 +228,7 @@ def test_reset_returns_to_the_prior_and_covariance_is_honest():
     assert all(np.all(np.linalg.eigvalsh(e.covariance) > 0) for e in out)
     b.reset()
     np.testing.assert_allclose(b.belief, (1 - b.config.out_prior) / N)
-    assert b.outside == b.config.out_prior
+    assert b.outside == pytest.approx(b.config.out_prior)
     assert not b.estimate().fix and b.resets == 2
 
 
@@ -259,3 +260,18 @@ def test_invalid_config_named():
         PlaceBelief(np.zeros((0, 3)), None, BeliefConfig(), OBS)
     with pytest.raises(ConfigError, match="observation model"):
         PlaceBelief(LINE, None, BeliefConfig())
+
+
+def test_a_given_pose_seeds_the_belief_and_resolves_a_look_alike():
+    """/initialpose (as AMCL takes it): seeded at place 75 with a 2-unit sigma, a frame that shows places 45
+    and 75 alike (a revisit) is fixed at 75 at once; unseeded, the same frame is split and gives no fix."""
+    rng = np.random.default_rng(14)
+    alias = {**{j: j + 30 for j in range(40, 60)}, **{j + 30: j for j in range(40, 60)}}
+    seeded = belief()
+    assert seeded.seed(np.array([75.0, 0, 0]), np.eye(3) * 4.0) > 0
+    est = seeded.step(frame_scores(75, rng, alias=alias), Motion(moved=True))
+    assert within(est, 75)
+    fresh = belief().step(frame_scores(75, np.random.default_rng(14), alias=alias), Motion(moved=True))
+    assert not fresh.fix
+    with pytest.raises(ValueError, match="positive definite"):
+        seeded.seed(np.zeros(3), np.full((3, 3), np.nan))

@@ -39,6 +39,9 @@ class RobotConfig:
     places: int = 60                 # camera frames per drive
     spacing: float = 1.0             # metres driven between frames
     frame_period_s: float = 0.5      # a 2 Hz camera (2 m/s)
+    width: int = 640                 # the robot's camera: 640x480, 520 px focal (a 63 degree lens)
+    height: int = 480
+    focal: float = 520.0
     odom_rate_hz: float = 20.0
     mount_forward: float = 0.25      # camera origin in base_link, metres
     mount_up: float = 0.9
@@ -46,8 +49,8 @@ class RobotConfig:
     later_lateral: float = 0.4       # the later drive, towards the facades
     later_along: float = 0.3
     later_weave_deg: float = 4.0     # heading weave amplitude
-    odom_scale_error: float = 0.025  # wheel odometry reads 2.5 % long
-    odom_yaw_bias_deg_per_m: float = 0.1
+    odom_scale_error: float = 0.03   # wheel odometry reads 3 % long
+    odom_yaw_bias_deg_per_m: float = 0.2
     darkening: float = 0.75          # the later drive at dusk
     noise_std: float = 3.0
     seed: int = 5
@@ -59,7 +62,8 @@ class RobotConfig:
                          tuple(float(v) for v in look.as_quat()), "robot_street")
 
     def street(self) -> StreetConfig:
-        return StreetConfig(places=self.places, spacing=self.spacing, camera_height=self.mount_up)
+        return StreetConfig(places=self.places, spacing=self.spacing, camera_height=self.mount_up, width=self.width,
+                            height=self.height, focal=self.focal, px_per_metre=self.focal / 3.25)
 
 
 def base_pose(drive: str, t: float, cfg: RobotConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,10 @@ unrecognisable", and is carried from frame to frame:
   pose; without, along the mapped route at the speed the belief carries (`route_velocity`: a
   constant-velocity model whose speed may change a little each step, up to the speed bound), or
   anywhere within the speed bound where the map has no route order. Mass leaves the map at
-  `leave_rate` and at the route's ends, and comes back from "outside" at `enter_rate`, to any place.
+  `leave_rate` and at the route's ends; outside, it is kept by the mapped place it left from and
+  spreads at the speed bound, and comes back at `enter_rate` where it has spread to: a robot that
+  drove off the map at its end re-enters near there, not at a look-alike across town (after long
+  enough outside, anywhere).
 - update: each scored place is weighed by its absolute likelihood ratio against "no mapped place"
   (observation.py, fitted from the map), the outside state by 1, and a frame that differs from the
   previous one (the camera moved) makes standing still unlikely.
@@ -42,12 +45,15 @@ from .observation import ObservationModel, median_spacing
 # Places whose belief is below this multiple of the uniform share keep their (negligible) mass where
 # it is during prediction, so a step costs in proportion to where the robot may be, not the map size.
 ACTIVE_SHARE = 10.0
+# Mass outside the map spreads from where it left down to a much smaller share: it is what a return is made of.
+AWAY_ACTIVE_SHARE = 1e-2
 # Transition weights below this are cut (the kernel's tail, beyond ~3.7 standard deviations).
 KERNEL_CUTOFF = 1e-3
 SPEED_TAIL = 0.25  # the bounded-speed kernel's soft edge, as a fraction of its reach
 FIX_RADIUS_SPACINGS = 2.0  # default window around the mode, in place spacings
 REACH_STEP = 1.05  # bounded-speed reach is rounded up to these ratios (kernel reuse)
 VELOCITY_STEPS = 3  # route speeds: 0, +-1/3, +-2/3, +-1 of the speed bound
+SLOW_SPACINGS = 0.5  # a step shorter than this (place spacings) keeps most of the mass in place
 ROUTE_LINK_SPACINGS = 3.0  # consecutive places farther apart than this many spacings start a new route
 ROUTE_WINDOW = 8  # places either side of a route target considered when spreading mass
 OBSERVATIONS = ("calibrated", "relative")
@@ -60,7 +66,7 @@ class BeliefConfig:
     max_step: float = 3.0            # map units per frame the robot may move (no odometry; no stamps)
     odom_noise: float = 0.2          # odometry distance error, fraction of the distance travelled
     odom_noise_floor: float = 1.0    # map units: smallest odometry position error per step
-    uniform_mix: float = 1e-3        # relative model: share of the belief returned to every place each step
+    uniform_mix: float = 1e-3        # share returned to every place each step (calibrated: of the mass outside)
     likelihood_floor: float = 0.02   # smallest likelihood ratio of a scored place (one frame cannot zero it)
     likelihood_temperature: float = 0.35  # relative model: l = exp((s - s_best) / (temperature * spread))
     contradiction_level: float = 0.05  # the frame agrees with the belief less than this: a contradiction
@@ -81,6 +87,7 @@ class BeliefConfig:
     route_noise: float = 0.2         # position noise along the route, fraction of the displacement
     stop_penalty: float = 0.05       # likelihood of standing still when the frame differs from the last
     moving_similarity: float = 0.9   # consecutive frames less similar than this: the camera moved
+    least_evidence: float = 0.05     # the smallest share of a frame's evidence a repeated view still adds
 
     def __post_init__(self) -> None:
         checks = {"max_speed": self.max_speed > 0, "max_step": self.max_step > 0, "odom_noise": self.odom_noise >= 0,
@@ -95,7 +102,8 @@ class BeliefConfig:
                   "out_prior": 0 < self.out_prior < 1, "leave_rate": 0 <= self.leave_rate < 1,
                   "enter_rate": 0 < self.enter_rate <= 1, "velocity_change": 0 <= self.velocity_change <= 1,
                   "route_noise": self.route_noise >= 0, "stop_penalty": 0 < self.stop_penalty <= 1,
-                  "moving_similarity": -1 <= self.moving_similarity <= 1}
+                  "moving_similarity": -1 <= self.moving_similarity <= 1,
+                  "least_evidence": 0 < self.least_evidence <= 1}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"belief filter: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)} "
@@ -110,6 +118,7 @@ class Motion:
     translation: np.ndarray | None = None         # odometry displacement in the previous body frame
     rotation: np.ndarray | None = None            # odometry rotation (quaternion xyzw), for completeness
     moved: bool | None = None                     # the view changed since the last frame (None: unknown)
+    moved_far: bool | None = None                 # ...as much as one place spacing changes it (or more)
 
 
 @dataclass
@@ -120,6 +129,8 @@ class Evidence:
     scores: np.ndarray    # their similarities
     median: float         # the frame's median similarity to the map (PlaceMap.score_background)
     scale: float          # its robust spread (the relative model's unit)
+    weight: float = 1.0   # how much of a full frame's evidence this one adds (a repeated view: less)
+    rest: float | None = None  # likelihood ratio of a place not scored (None: the model's miss rate)
 
 
 @dataclass
@@ -223,14 +234,20 @@ class PlaceBelief:
         """Probability of each mapped place (summed over speeds; with "outside", these sum to 1 - outside)."""
         return self.state.sum(axis=0)
 
-    def _prior(self) -> tuple[np.ndarray, float]:
+    @property
+    def outside(self) -> float:
+        """Probability of "outside the map or unrecognisable"."""
+        return float(self.away.sum())
+
+    def _prior(self) -> tuple[np.ndarray, np.ndarray]:
+        """(in the map: per speed and place; outside: per place it is nearest to), everywhere alike."""
         out = self.config.out_prior if self.config.out_of_map else 0.0
         layers = len(self.velocities)
-        return np.full((layers, self.n), (1.0 - out) / (self.n * layers)), out
+        return np.full((layers, self.n), (1.0 - out) / (self.n * layers)), np.full(self.n, out / self.n)
 
     def reset(self) -> None:
         """Everywhere equally likely (start-up, or after the robot was carried: the reset service)."""
-        self.state, self.outside = self._prior()
+        self.state, self.away = self._prior()
         self._contradictions = 0
         self._fresh = True
         self.resets += 1
@@ -261,8 +278,9 @@ class PlaceBelief:
         weight = np.where(weight >= KERNEL_CUTOFF * weight.max(), weight, 0.0)
         outside = c.leave_rate if c.out_of_map else 0.0
         layers = len(self.velocities)
-        self.state = np.tile(weight / weight.sum() * (1.0 - outside) / layers, (layers, 1))
-        self.outside = outside
+        weight = weight / weight.sum()
+        self.state = np.tile(weight * (1.0 - outside) / layers, (layers, 1))
+        self.away = weight * outside
         self._contradictions = 0
         self._fresh = False
         return int((weight > 0).sum())
@@ -282,6 +300,7 @@ class PlaceBelief:
                                    for layer in self.state])
         elif self.route is not None:
             reach = c.max_step if motion.dt is None else c.max_speed * steps
+            self._slow = np.abs(self.velocities) * reach < SLOW_SPACINGS * self.spacing
             self._change_velocity(_per_step(c.velocity_change, steps))
             self.state = np.stack([self._route_step(layer, u * reach) for u, layer in zip(self.velocities, self.state)])
         else:
@@ -289,18 +308,23 @@ class PlaceBelief:
             self.state = np.stack([self._speed_step(layer, reach) for layer in self.state])
         if c.out_of_map:
             leave, enter = _per_step(c.leave_rate, steps), _per_step(c.enter_rate, steps)
-            inside = float(self.state.sum())
-            entering = enter * self.outside
-            self.state = (1 - leave) * self.state + entering / self.state.size
-            self.outside = self.outside * (1 - enter) + leave * inside + self._exited
-            self._exited = 0.0
-            total = float(self.state.sum()) + self.outside
-            self.state, self.outside = self.state / total, self.outside / total
+            # outside, the robot may have gone anywhere within the speed bound of where it left
+            reach = _quantised(c.max_step if motion.dt is None else c.max_speed * steps)
+            away = self._speed_step(self.away + self._exited, reach, AWAY_ACTIVE_SHARE / self.n)
+            away = (1 - c.uniform_mix) * away + c.uniform_mix * float(away.sum()) / self.n  # or back anywhere
+            self._exited = np.zeros(self.n)
+            layers = len(self.velocities)
+            inside = self.state.sum(axis=0)
+            self.state = (1 - leave) * self.state + enter * away[None, :] / layers
+            self.away = (1 - enter) * away + leave * inside
+            total = float(self.state.sum()) + float(self.away.sum())
+            self.state, self.away = self.state / total, self.away / total
         else:  # the relative model: a little mass back to every place, so no place is ruled out for good
             b = self.state / self.state.sum()
             self.state = (1 - c.uniform_mix) * b + c.uniform_mix / self.state.size
 
-    _exited = 0.0  # mass the last route step carried past a route's end (it leaves the map)
+    _exited = 0.0  # per place: mass the last route step carried past a route's end there (it leaves the map)
+    _slow: np.ndarray | None = None  # per speed: the last step moved it less than SLOW_SPACINGS of a spacing
 
     def _change_velocity(self, p: float) -> None:
         """Each speed moves one step up or down with probability p (the ends reflect)."""
@@ -345,12 +369,12 @@ class PlaceBelief:
         out[src] = 0.0
         out += moved
         out[src[stays]] += mass[stays] * (1 - leave[stays])
-        self._exited += float((leave * mass).sum())
+        self._exited = self._exited + np.bincount(src, weights=leave * mass, minlength=self.n)
         return out
 
-    def _speed_step(self, layer: np.ndarray, reach: float) -> np.ndarray:
+    def _speed_step(self, layer: np.ndarray, reach: float, active_level: float | None = None) -> np.ndarray:
         pairs = self._pairs_for(reach * (1 + 4 * SPEED_TAIL) + 2 * self.spacing)
-        return self._carry(layer, pairs, lambda sel: self._speed_weights(pairs, reach)[sel])
+        return self._carry(layer, pairs, lambda sel: self._speed_weights(pairs, reach)[sel], active_level)
 
     def _odometry_step(self, layer: np.ndarray, translation: np.ndarray) -> np.ndarray:
         c = self.config
@@ -360,10 +384,10 @@ class PlaceBelief:
         pairs = self._pairs_for(distance + 4 * sigma)
         return self._carry(layer, pairs, lambda sel: self._odometry_weights(pairs, sel, translation, sigma))
 
-    def _carry(self, b: np.ndarray, pairs: "Pairs", weights) -> np.ndarray:
+    def _carry(self, b: np.ndarray, pairs: "Pairs", weights, active_level: float | None = None) -> np.ndarray:
         """Move each active place's mass along its row of weights (normalised); where nothing within reach
         fits the motion, the mass stays put."""
-        active = self._active(b)
+        active = self._active(b) if active_level is None else b > active_level
         sel = np.flatnonzero(active[pairs.rows])
         rows, cols = pairs.rows[sel], pairs.cols[sel]
         w = weights(sel)
@@ -403,10 +427,10 @@ class PlaceBelief:
         scores = np.asarray(evidence.scores, dtype=np.float64)
         c = self.config
         if c.observation == "calibrated":
-            lik = np.full(self.n, self.observation.miss_rate)
+            lik = np.full(self.n, self.observation.miss_rate if evidence.rest is None else evidence.rest)
             if len(ids):
                 lik[ids] = self.observation.ratio(scores - evidence.median, c.likelihood_floor)
-            return lik, 1.0
+            return lik ** evidence.weight, 1.0
         if len(ids) == 0:
             return np.ones(self.n), 1.0
         best, unit = scores.max(), c.likelihood_temperature * evidence.scale
@@ -415,57 +439,67 @@ class PlaceBelief:
         lik[ids] = np.maximum(np.exp((scores - best) / unit), c.likelihood_floor)
         return lik, 1.0
 
-    def update(self, evidence: Evidence, moved: bool | None = None) -> BeliefEstimate:
-        """`moved`: the view changed since the previous frame, so standing still is unlikely."""
+    def _standing(self, moved: bool | None, moved_far: bool | None) -> np.ndarray | None:
+        """The speeds the view's change speaks against: standing still when it changed; also those that moved
+        less than half a spacing when it changed as much as a spacing does. None: nothing to weigh."""
+        if len(self.velocities) < 2 or not (moved or moved_far):
+            return None
+        if moved_far and self._slow is not None:
+            return self._slow
+        return self.velocities == 0.0
+
+    def update(self, evidence: Evidence, moved: bool | None = None, moved_far: bool | None = None) -> BeliefEstimate:
+        """`moved`: the view changed since the previous frame, so standing still is unlikely; `moved_far`: it
+        changed as much as moving one place spacing does, so creeping is unlikely too."""
         c = self.config
         lik, lik_out = self.likelihood(evidence)
         state = self.state * lik[None, :]
-        if moved and len(self.velocities) > 1:
-            state[self.velocities == 0.0] *= c.stop_penalty
-        outside = self.outside * lik_out
-        predicted = float(state.sum()) + outside  # how likely the belief found this frame
-        agreement = predicted / self._fresh_predictive(lik, lik_out, moved)
+        standing = self._standing(moved, moved_far)
+        if standing is not None:
+            state[standing] *= c.stop_penalty
+        away = self.away * lik_out
+        predicted = float(state.sum()) + float(away.sum())  # how likely the belief found this frame
+        agreement = predicted / self._fresh_predictive(lik, lik_out, standing)
         relocalized = False
         if self._fresh:
             self._fresh = False
         else:
             self._contradictions = self._contradictions + 1 if agreement < c.contradiction_level else 0
             if self._contradictions >= c.relocalize_after:  # kidnapped, or locked on a look-alike: start over
-                prior, prior_out = self._prior()
+                prior, prior_away = self._prior()
                 state = prior * lik[None, :]
-                if moved and len(self.velocities) > 1:
-                    state[self.velocities == 0.0] *= c.stop_penalty
-                outside = prior_out * lik_out
+                if standing is not None:
+                    state[standing] *= c.stop_penalty
+                away = prior_away * lik_out
                 relocalized = True
                 self._contradictions = 0
                 self.relocalizations += 1
-        total = float(state.sum()) + outside
+        total = float(state.sum()) + float(away.sum())
         if not np.isfinite(total) or total <= 0:
-            self.state, self.outside = self._prior()
+            self.state, self.away = self._prior()
         else:
-            self.state, self.outside = state / total, outside / total
+            self.state, self.away = state / total, away / total
         est = self.estimate(relocalized, agreement)
         if est.fix and self._contradictions and c.observation == "calibrated":
             est.fix = False  # the frame says "elsewhere": the belief's place is not published until they agree
             est.reason = f"the frame contradicts the belief (agreement {agreement:.3f} < {c.contradiction_level})"
         return est
 
-    def _fresh_predictive(self, lik: np.ndarray, lik_out: float, moved: bool | None) -> float:
+    def _fresh_predictive(self, lik: np.ndarray, lik_out: float, standing: np.ndarray | None) -> float:
         """How likely a fresh start (the prior) finds this frame: the yardstick of the belief's agreement.
         The relative model keeps its old yardstick (the belief-weighted likelihood itself)."""
         if self.config.observation == "relative":
             return float(self.state.sum())
-        prior, prior_out = self._prior()
-        stand = self.config.stop_penalty if moved and len(self.velocities) > 1 else 1.0
-        share = (1 - (1 - stand) / len(self.velocities)) if len(self.velocities) > 1 else 1.0
-        return float(prior.sum() * share * lik.mean()) + prior_out * lik_out
+        prior, prior_away = self._prior()
+        penalised = 0.0 if standing is None else float(np.mean(standing))
+        share = 1 - penalised * (1 - self.config.stop_penalty)
+        return float(prior.sum() * share * lik.mean()) + float(prior_away.sum()) * lik_out
 
     def step(self, evidence: Evidence, motion: Motion) -> BeliefEstimate:
+        """Predict, then update. The localizer does the two apart: it scores the places the prediction
+        carried the belief to (`active_places` after `predict`)."""
         self.predict(motion)
-        moved = motion.moved
-        if motion.translation is not None:
-            moved = None  # odometry already says how far: the view adds nothing about standing still
-        return self.update(evidence, moved)
+        return self.update(evidence, *standing_evidence(motion))
 
     # ---- output ---------------------------------------------------------------------------------------
     def estimate(self, relocalized: bool = False, agreement: float = 1.0) -> BeliefEstimate:
@@ -519,6 +553,12 @@ class Pairs:
     cols: np.ndarray
     offsets: np.ndarray
     dist: np.ndarray
+
+
+def standing_evidence(motion: Motion) -> tuple[bool | None, bool | None]:
+    """(moved, moved_far): what the view's change says against standing still; nothing when odometry
+    already says how far the robot went."""
+    return (None, None) if motion.translation is not None else (motion.moved, motion.moved_far)
 
 
 def _per_step(rate: float, steps: float) -> float:

@@ -23,7 +23,7 @@ from ..frames import Extrinsic
 from ..geometry import compose, inverse, pose_times_transform_covariance
 from ..images import to_rgb_uint8
 from ..local_features import LocalFeatures, describe_with_features
-from .belief import BeliefConfig, BeliefEstimate, Evidence, Motion, PlaceBelief
+from .belief import BeliefConfig, BeliefEstimate, Evidence, Motion, PlaceBelief, standing_evidence
 from .metric import MetricConfig, MetricPose, localize_metric
 from .observation import place_posterior
 from .pose import PoseEstimate, PoseEstimatorConfig, estimate_pose
@@ -40,6 +40,7 @@ class Retrieval:
     scores: np.ndarray    # their similarities
     score_median: float   # the query's typical similarity to places it is not at
     score_scale: float    # the spread of those similarities (PlaceMap.score_background)
+    background: np.ndarray | None = None  # its similarities to the map's background sample
     weights: np.ndarray | None = None  # each candidate's evidence for the single-frame estimate (Localizer.estimate)
 
 
@@ -144,7 +145,20 @@ class Localizer:
         scores, ids = self.map.search(descriptor, self.top_k)
         median, scale = self.map.score_background(descriptor)
         valid = ids[0] >= 0
-        return Retrieval(ids[0][valid], scores[0][valid], float(median[0]), float(scale[0]))
+        return Retrieval(ids[0][valid], scores[0][valid], float(median[0]), float(scale[0]),
+                         self.map.background_scores(descriptor)[0])
+
+    def unscored_ratio(self, retrieval: Retrieval) -> float:
+        """The likelihood ratio a place not scored for this frame is given: the mean over the map's background
+        sample below the last retrieved score (what a place the search passed over scores), never below the
+        observation model's miss rate."""
+        obs = self.map.observation
+        below = retrieval.background
+        if below is not None and len(retrieval.scores):
+            below = below[below < retrieval.scores.min()]
+        if below is None or not len(below):
+            return obs.miss_rate
+        return max(float(obs.ratio(below - retrieval.score_median).mean()), obs.miss_rate)
 
     def estimate(self, retrieval: Retrieval) -> PoseEstimate:
         """This frame alone: the candidates fused by exp((s - s_best) / spread); calibrated, the confidence is
@@ -155,7 +169,8 @@ class Localizer:
         if self.estimator.confidence == "calibrated":
             obs = self.map.observation
             probabilities, _, out = place_posterior(obs.ratio(retrieval.scores - retrieval.score_median),
-                                                    len(self.map), self.estimator.out_prior, obs.miss_rate)
+                                                    len(self.map), self.estimator.out_prior,
+                                                    self.unscored_ratio(retrieval))
         best = retrieval.scores.max() if len(retrieval.scores) else 0.0
         retrieval.weights = np.exp((retrieval.scores - best) / retrieval.score_scale)
         return estimate_pose(retrieval.ids, retrieval.scores, retrieval.weights, places.positions[retrieval.ids],
@@ -164,22 +179,20 @@ class Localizer:
     def evidence(self, descriptor: np.ndarray, retrieval: Retrieval) -> Evidence:
         """What the filter weighs: the top-k and, for the calibrated observation, every place where the belief
         holds mass, scored exactly (a place not retrieved is not thereby ruled out)."""
-        ids, scores = retrieval.ids, retrieval.scores
+        ids, scores, rest = retrieval.ids, retrieval.scores, None
         if self.filter.config.observation == "calibrated":
             extra = np.setdiff1d(self.filter.active_places(), ids)
             if len(extra):
                 ids = np.concatenate([ids, extra])
                 scores = np.concatenate([scores, self.map.similarities(descriptor, extra)])
-        return Evidence(ids, scores, retrieval.score_median, retrieval.score_scale)
+            rest = self.unscored_ratio(retrieval)
+        return Evidence(ids, scores, retrieval.score_median, retrieval.score_scale, rest=rest)
 
-    def moved(self, descriptor: np.ndarray) -> bool | None:
-        """Whether the view changed since the previous frame (None for the first): a camera that moved
-        cannot be standing still at a mapped place."""
+    def similarity_to_previous(self, descriptor: np.ndarray) -> float | None:
+        """The frame's similarity to the previous one (None for the first): did the view change?"""
         d = np.asarray(descriptor, dtype=np.float32).reshape(-1)
         previous, self._previous = self._previous, d
-        if previous is None or self.filter is None:
-            return None
-        return bool(float(previous @ d) < self.filter.config.moving_similarity)
+        return None if previous is None else float(previous @ d)
 
     def seed(self, position: np.ndarray, covariance: np.ndarray, orientation: np.ndarray | None = None,
              yaw_variance: float | None = None) -> int:
@@ -219,10 +232,16 @@ class Localizer:
         single, filtered = self.estimate(retrieval), None
         if self.filter is not None:
             motion = motion or Motion()
-            moved = self.moved(descriptor)
-            if motion.moved is None:
-                motion.moved = moved
-            filtered = self.filter.step(self.evidence(descriptor, retrieval), motion)
+            similarity = self.similarity_to_previous(descriptor)
+            if motion.moved is None and similarity is not None:  # a camera that moved cannot be standing still
+                motion.moved = similarity < self.filter.config.moving_similarity
+                if self.map.observation is not None:  # ...nor creep, if the view changed as much as a place's does
+                    motion.moved_far = similarity < self.map.observation.neighbour_similarity
+            self.filter.predict(motion)
+            evidence = self.evidence(descriptor, retrieval)  # where the prediction carried the belief
+            if self.filter.config.observation == "calibrated":  # a repeated view is not new evidence
+                evidence.weight = self.map.observation.evidence_weight(similarity, self.filter.config.least_evidence)
+            filtered = self.filter.update(evidence, *standing_evidence(motion))
             interpolate_in_window(filtered, retrieval, self.map.places.positions)
         result = Localization(single, filtered, self.mode, retrieval, describe_s, 0.0)
         if self.metric is not None and features is not None:

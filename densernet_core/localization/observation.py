@@ -63,7 +63,7 @@ class ObservationConfig:
     exclusion_spacings: float = 5.0       # negatives lie farther than this many spacings
     max_queries: int = 1000               # sampled places used as queries (the fit's cost)
     regularization: float = 1e-3          # L2 on the standardised slope (keeps it finite when classes separate)
-    miss_rate: float = 0.05               # P(the true place is not among the scored places)
+    miss_rate: float = 0.05               # the least likelihood ratio an unscored place is given
 
     def __post_init__(self) -> None:
         checks = {"recognition_margin": 0 < self.recognition_margin <= 1,
@@ -83,7 +83,18 @@ class ObservationModel:
     positive_gap_median: float    # the map's own neighbour gap (what a same-condition view scores)
     recognition_margin: float
     miss_rate: float              # likelihood ratio of a place that was not scored (not among the candidates)
+    neighbour_similarity: float   # median similarity of neighbouring places: what one spacing of motion changes
     fit: dict = field(default_factory=dict)  # provenance and held-out figures
+
+    def evidence_weight(self, similarity_to_previous: float | None, least: float) -> float:
+        """How much of a full frame's evidence a frame adds, given its similarity to the frame before: a frame
+        that changed as much as one place spacing does (or more), all of it; a repeat of the last view
+        (a robot standing still, a fast camera), that share of it, down to `least`. Repeated views are not
+        independent evidence."""
+        if similarity_to_previous is None:
+            return 1.0
+        change = (1.0 - similarity_to_previous) / max(1.0 - self.neighbour_similarity, 1e-6)
+        return float(min(max(change, least), 1.0))
 
     def log_ratio(self, gaps: np.ndarray) -> np.ndarray:
         return self.slope * (np.asarray(gaps, dtype=np.float64) - self.margin_gap)
@@ -149,7 +160,8 @@ def fit_observation_model(descriptors: np.ndarray, positions: np.ndarray, backgr
     spacing = median_spacing(positions)
     tree = cKDTree(positions)
     queries = np.sort(np.random.default_rng(seed).choice(n, min(n, config.max_queries), replace=False))
-    pos_gap, neg_gap, pos_query, neg_query = _samples(descriptors, positions, tree, background, queries, spacing, config)
+    pos_gap, neg_gap, pos_query, neg_query, pos_sim = _samples(descriptors, positions, tree, background, queries,
+                                                               spacing, config)
     if len(pos_gap) < MIN_PLACES // 2:
         raise ObservationError(f"only {len(pos_gap)} places have a mapped neighbour within "
                                f"{config.positive_spacings:g} spacings ({spacing:.3g} map units): too sparse a map "
@@ -164,13 +176,13 @@ def fit_observation_model(descriptors: np.ndarray, positions: np.ndarray, backgr
     neg_fit = np.isin(neg_query, list(fit_half))
     held_out = {}
     if pos_fit.sum() >= 5 and (~pos_fit).sum() >= 5 and neg_fit.any() and (~neg_fit).any():
-        part = _model(pos_gap[pos_fit], neg_gap[neg_fit], config, {})
+        part = _model(pos_gap[pos_fit], neg_gap[neg_fit], config, {}, float(np.median(pos_sim)))
         held_out = _scores(part, pos_gap[~pos_fit], neg_gap[~neg_fit])
     fit = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "places": n, "queries": int(len(queries)),
            "positives": int(len(pos_gap)), "negatives": int(len(neg_gap)), "spacing": spacing,
            "positive_radius": config.positive_spacings * spacing, "exclusion_radius": config.exclusion_spacings * spacing,
            "background_places": int(len(background)), "held_out": held_out}
-    model = _model(pos_gap, neg_gap, config, fit)
+    model = _model(pos_gap, neg_gap, config, fit, float(np.median(pos_sim)))
     model.fit["in_sample"] = _scores(model, pos_gap, neg_gap)
     return model
 
@@ -180,7 +192,7 @@ def _samples(descriptors, positions, tree, background, queries, spacing, config)
     background places), with the query each came from."""
     pos_r, excl_r = config.positive_spacings * spacing, config.exclusion_spacings * spacing
     bg = np.asarray(descriptors[background], dtype=np.float32)
-    pos_gap, neg_gap, pos_query, neg_query = [], [], [], []
+    pos_gap, neg_gap, pos_query, neg_query, pos_sim = [], [], [], [], []
     for start in range(0, len(queries), 256):
         chunk = queries[start:start + 256]
         q = np.asarray(descriptors[chunk], dtype=np.float32)
@@ -193,24 +205,27 @@ def _samples(descriptors, positions, tree, background, queries, spacing, config)
             dist, j = tree.query(positions[i], k=2)
             j = int(j[1]) if dist[1] <= pos_r else -1
             if j >= 0:
-                pos_gap.append(float(q[r] @ np.asarray(descriptors[j], dtype=np.float32)) - median)
+                sim = float(q[r] @ np.asarray(descriptors[j], dtype=np.float32))
+                pos_gap.append(sim - median)
+                pos_sim.append(sim)
                 pos_query.append(i)
             neg = s[r, far[r]] - median
             neg_gap.append(neg)
             neg_query.append(np.full(len(neg), i))
     neg = np.concatenate(neg_gap) if neg_gap else np.zeros(0)
     negq = np.concatenate(neg_query) if neg_query else np.zeros(0, np.int64)
-    return np.array(pos_gap), neg, np.array(pos_query, dtype=np.int64), negq
+    return np.array(pos_gap), neg, np.array(pos_query, dtype=np.int64), negq, np.array(pos_sim)
 
 
-def _model(pos_gap: np.ndarray, neg_gap: np.ndarray, config: ObservationConfig, fit: dict) -> ObservationModel:
+def _model(pos_gap: np.ndarray, neg_gap: np.ndarray, config: ObservationConfig, fit: dict,
+           neighbour_similarity: float) -> ObservationModel:
     slope = logistic_slope(pos_gap, neg_gap, config.regularization)
     median_pos = float(np.median(pos_gap))
     if not median_pos > 0:
         raise ObservationError(f"the map's places resemble their neighbours no more than distant places "
                                f"(median neighbour gap {median_pos:.4f}): the descriptor carries no place information")
     return ObservationModel(slope, config.recognition_margin * median_pos, median_pos, config.recognition_margin,
-                            config.miss_rate, dict(fit))
+                            config.miss_rate, neighbour_similarity, dict(fit))
 
 
 def logistic_slope(pos: np.ndarray, neg: np.ndarray, regularization: float) -> float:

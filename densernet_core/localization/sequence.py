@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..images import ImageError, list_images, read_image
+from ..images import ImageError, list_images, message_to_rgb, read_image
 from .belief import Motion
 from ..geometry import Transform, compose, inverse
 from .odometry import OdometryBuffer
@@ -61,7 +61,7 @@ def frames(inputs: Sequence[str], fps: float | None = None) -> Iterator[Frame]:
 
 def bag_frames(bag: str | Path, image_topic: str) -> Iterator[Frame]:
     """The image topic of a rosbag2, decoded frame by frame, with header stamps."""
-    from rosbags.image import compressed_image_to_cvimage, message_to_cvimage
+    from rosbags.image import compressed_image_to_cvimage
 
     with _open_bag(bag) as reader:
         conn = _connection(reader, bag, image_topic, IMAGE_TYPES, "image")
@@ -69,7 +69,7 @@ def bag_frames(bag: str | Path, image_topic: str) -> Iterator[Frame]:
             msg = reader.deserialize(raw, c.msgtype)
             try:
                 rgb = compressed_image_to_cvimage(msg, "rgb8") if c.msgtype.endswith("CompressedImage") \
-                    else message_to_cvimage(msg, "rgb8")
+                    else message_to_rgb(msg)
             except Exception as exc:  # rosbags-image raises its own error types
                 raise ImageError(f"{bag}: image {k} on {image_topic} cannot be decoded: {exc}") from exc
             yield Frame(f"{image_topic}#{k:06d}", np.ascontiguousarray(rgb), _stamp(msg))

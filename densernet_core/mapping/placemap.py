@@ -151,7 +151,8 @@ class PlaceMap:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "PlaceMap":
+    def load(cls, folder: str | Path, observation: bool = True) -> "PlaceMap":
+        """`observation` False: the stored observation model is neither read nor fitted (calibrate replaces it)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise MapError(f"map folder not found: {folder}")
@@ -178,14 +179,16 @@ class PlaceMap:
         places = read_places(folder / PLACES, folder, manifest.frame_id, manifest.has_orientation)
         if len(places) != manifest.num_places:
             raise MapError(f"{folder / PLACES}: {len(places)} places, manifest says {manifest.num_places}")
+        want = observation
         try:
             points = MapPoints.load(folder)
-            observation = ObservationModel.load(folder)
+            observation = ObservationModel.load(folder) if want else None
         except ValueError as exc:
-            raise MapError(str(exc)) from exc
+            raise MapError(f"{exc}; `densernet-map calibrate {folder}` fits it anew" if OBSERVATION_FILE in str(exc)
+                           else str(exc)) from exc
         pmap = cls(manifest, desc, places, _load_shortlist(folder, manifest, desc) if approximate else None, points,
                    observation)
-        if observation is None:
+        if want and observation is None:
             t0 = time.perf_counter()
             if pmap.fit_observation() is not None:
                 LOG.warning("map %s predates the observation model: fitted one now (%.1f s); `densernet-map calibrate "
@@ -221,11 +224,15 @@ class PlaceMap:
         out[order] = np.asarray(self.descriptors[ids[order]], dtype=np.float32) @ q
         return out
 
+    def background_scores(self, queries: np.ndarray) -> np.ndarray:
+        """Per query, its similarities to the map's fixed sample of places (Q x min(N, 512))."""
+        return np.atleast_2d(queries).astype(np.float32) @ self._background.T
+
     def score_background(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per query: median and robust spread (MAD as a standard deviation) of its similarity to a fixed
         sample of places, i.e. how similar it looks to places it is not at. Similarities are compared
         in units of this spread, which differs tenfold between a raw VLAD and a whitened descriptor."""
-        s = np.atleast_2d(queries).astype(np.float32) @ self._background.T
+        s = self.background_scores(queries)
         median = np.median(s, axis=1)
         scale = MAD_TO_STD * np.median(np.abs(s - median[:, None]), axis=1)
         return median, np.maximum(scale, 1e-6)
@@ -376,8 +383,8 @@ def _observation_config(model: ObservationModel | None) -> ObservationConfig:
 
 
 def calibrate_map(folder: str | Path, config: ObservationConfig = ObservationConfig()) -> PlaceMap:
-    """Fit the map's observation model anew and store it (maps made before it, or other settings)."""
-    pmap = PlaceMap.load(folder)
+    """Fit the map's observation model anew and store it (maps made before it, a damaged one, other settings)."""
+    pmap = PlaceMap.load(folder, observation=False)
     if pmap.fit_observation(config) is None:
         raise MapError(f"map {folder}: {pmap.observation_error}")
     pmap.observation.save(folder)

@@ -1,0 +1,95 @@
+"""Raw camera frames as drivers send them: padded rows (step > width x bytes per pixel), every listed
+encoding, 16-bit samples in either byte order; the node's converter and the bag readers share one decoder."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from densernet_core.images import ImageError, RAW_ENCODINGS, message_to_rgb, raw_image_array
+
+H, W, PAD = 3, 5, 7  # 5 px wide rows padded by 7 bytes
+
+
+def message(pixels: np.ndarray, encoding: str, pad: int = PAD, bigendian: bool = False) -> SimpleNamespace:
+    """A sensor_msgs/Image (duck-typed) holding `pixels` (H x W [x C], uint8 or uint16) with padded rows."""
+    h, w = pixels.shape[:2]
+    data = pixels.astype(">u2" if bigendian else "<u2") if pixels.dtype == np.uint16 else pixels
+    rows = data.reshape(h, -1).view(np.uint8).reshape(h, -1)
+    padded = np.concatenate([rows, np.full((h, pad), 0xEE, np.uint8)], axis=1)  # the padding is junk
+    return SimpleNamespace(encoding=encoding, width=w, height=h, step=padded.shape[1], is_bigendian=int(bigendian),
+                           data=padded.tobytes())
+
+
+RGB = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
+GREY = np.random.default_rng(1).integers(0, 256, (H, W), dtype=np.uint8)
+DEEP = np.random.default_rng(2).integers(0, 65536, (H, W), dtype=np.uint16)
+
+
+@pytest.mark.parametrize("encoding,pixels,want", [
+    ("rgb8", RGB, RGB), ("bgr8", RGB[:, :, ::-1], RGB), ("8UC3", RGB[:, :, ::-1], RGB),
+    ("rgba8", np.dstack([RGB, np.full((H, W), 9, np.uint8)]), RGB),
+    ("bgra8", np.dstack([RGB[:, :, ::-1], np.full((H, W), 9, np.uint8)]), RGB),
+    ("mono8", GREY, np.dstack([GREY] * 3)), ("8UC1", GREY, np.dstack([GREY] * 3)),
+    ("mono16", DEEP, np.dstack([(DEEP >> 8).astype(np.uint8)] * 3)),
+    ("16UC1", DEEP, np.dstack([(DEEP >> 8).astype(np.uint8)] * 3)),
+])
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_every_encoding_with_padded_rows_and_either_byte_order(encoding, pixels, want, bigendian):
+    np.testing.assert_array_equal(message_to_rgb(message(pixels, encoding, bigendian=bigendian)), want)
+    np.testing.assert_array_equal(message_to_rgb(message(pixels, encoding, pad=0, bigendian=bigendian)), want)
+
+
+def test_the_issue_example_row_two_starts_where_the_step_says():
+    """rgb8, 5 px wide, step 20: the second row's first pixel is its own, not the first row's padding."""
+    pixels = np.zeros((2, 5, 3), np.uint8)
+    pixels[1, 0] = [69, 184, 232]
+    msg = message(pixels, "rgb8", pad=5)
+    assert msg.step == 20
+    np.testing.assert_array_equal(raw_image_array(msg)[1, 0], [69, 184, 232])
+
+
+def test_node_converter_honours_step_and_byte_order():
+    pytest.importorskip("rclpy", reason="rclpy not installed")
+    from densernet_ros.image_conversion import FrameError, image_to_rgb
+
+    np.testing.assert_array_equal(image_to_rgb(message(RGB, "rgb8")), RGB)
+    np.testing.assert_array_equal(image_to_rgb(message(DEEP, "mono16", bigendian=True))[:, :, 0],
+                                  (DEEP >> 8).astype(np.uint8))
+    with pytest.raises(FrameError, match="unsupported encoding 'yuv422'"):
+        image_to_rgb(SimpleNamespace(encoding="yuv422", width=2, height=2, step=4, is_bigendian=0, data=b"0" * 8))
+
+
+@pytest.mark.parametrize("field,value,match", [("encoding", "bayer_rggb8", "unsupported encoding"),
+                                               ("step", 4, "step 4 too small"), ("width", 0, "empty image"),
+                                               ("data", b"\0" * 10, "truncated image data")])
+def test_unreadable_frames_are_refused_by_name(field, value, match):
+    msg = message(RGB, "rgb8")
+    setattr(msg, field, value)
+    with pytest.raises(ImageError, match=match):
+        message_to_rgb(msg)
+
+
+def test_bag_frames_with_padded_rows_read_right(tmp_path):
+    """The offline readers (densernet-localize --bag, densernet-map build --bag) share the decoder."""
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from densernet_core.localization.sequence import bag_frames
+
+    ts = get_typestore(Stores.ROS2_HUMBLE)
+    T = ts.types  # noqa: N806
+    raw = message(RGB[:, :, ::-1], "bgr8")
+    img = T["sensor_msgs/msg/Image"](
+        header=T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=5, nanosec=0), frame_id="cam"),
+        height=H, width=W, encoding="bgr8", is_bigendian=0, step=raw.step, data=np.frombuffer(raw.data, np.uint8))
+    with Writer(tmp_path / "bag", version=8) as w:
+        c = w.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=ts)
+        w.write(c, 5 * 10 ** 9, ts.serialize_cdr(img, "sensor_msgs/msg/Image"))
+    frames = list(bag_frames(tmp_path / "bag", "/camera/image_raw"))
+    np.testing.assert_array_equal(frames[0].rgb, RGB)
+
+
+def test_encodings_listed_once():
+    assert set(RAW_ENCODINGS) >= {"rgb8", "bgr8", "mono8", "rgba8", "bgra8", "mono16"}
