@@ -467,6 +467,11 @@ class LocalizerCore:
             reason = s["last_reason"]  # "not localized: outside the map or unrecognisable" says it all
             status.level, status.message = DiagnosticStatus.WARN, reason if reason.startswith("not localized") \
                 else f"no fix: {reason}"
+        elif (focal := self.localizer.intrinsics_disagree()) is not None:
+            source = self.info_sub.topic_name if self.settings.camera_info_topic else "the map's camera"
+            status.level, status.message = DiagnosticStatus.WARN, (
+                f"camera intrinsics disagree with the images: they fit a focal length {focal:.2f} times the one "
+                f"from {source}; metric poses are refused until it is corrected")
         elif self.robot.odometry is not None and s["odometry_msgs"] == 0:
             status.level, status.message = DiagnosticStatus.WARN, f"no odometry on {self.robot.odom_topic_name}"
         elif s["bad_frames"] and s["processed"] == 0:
@@ -486,6 +491,9 @@ class LocalizerCore:
         values["backend"] = self.settings.backend
         if self.localizer.metric is not None:
             values.update(metric_poses=s["metric_poses"], place_poses=s["fixes"] - s["metric_poses"])
+            checks = list(self.localizer.focal_checks)
+            if checks:
+                values.update(focal_scale_median=float(np.median(checks)))
         belief = self.localizer.filter
         if belief is not None:
             with self._filter_lock:
@@ -559,6 +567,7 @@ def _place_array(stamp, frame: str, est, result, processing_ms: float) -> Diagno
         m = result.metric
         values.update(metric_ok=str(m.ok).lower(), metric_reason=m.reason, metric_matches=str(m.matches),
                       metric_inliers=str(m.inliers), metric_reproj_px=f"{m.reproj_px:.2f}",
+                      metric_focal_scale=f"{m.focal_scale:.4f}",
                       metric_ms=f"{1000 * result.metric_s:.1f}")
     single = result.single  # what this frame alone says, beside the filter's answer
     values.update(single_fix=str(single.fix).lower(), single_place_id=str(single.place_id),

@@ -208,16 +208,29 @@ def test_compressed_images_and_corrupt_jpeg(gp_map, gardens_point):
         client.wait_for(lambda: "cannot decode compressed image" in _diag_value(client, "last_error", ""), 10.0,
                         "diagnostics to report the corrupt JPEG")
         assert _diag_value(client, "bad_frames") == "1"
-        for i in (42, 72, 152):  # night frames the model is confident on (0.36-0.42) as raw Images
-            client.send_and_wait(client.make_msg(frame(gardens_point, "night_right", i),
-                                                 _stamp(3001 + i)))
-        assert len(client.poses) >= 2
+        answers = {}
+        for i in (42, 72, 152):  # night frames the model is confident on, as JPEGs
+            msg = client.make_msg(frame(gardens_point, "night_right", i), _stamp(3001 + i))
+            answers[i] = (msg, client.send_and_wait(msg)[0])
         assert proc.poll() is None
     finally:
         client.close()
         code, out = stop(proc)
     assert code == 0, out
     assert "cannot decode compressed image" in out
+    # The node decoded each JPEG as the test does (cv2, BGR -> RGB): the same top place and score as this
+    # process's localizer on the same bytes (a colour swap or a wrong decode changes both).
+    import cv2
+
+    from densernet_core.localization.localizer import Localizer
+    from densernet_core.localization.pose import PoseEstimatorConfig
+
+    local = Localizer.from_paths(gp_map / "map", estimator=PoseEstimatorConfig(cluster_radius=6.0, min_confidence=0.1))
+    for i, (msg, values) in answers.items():
+        rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        r = local.localize(rgb)
+        assert int(values["top_k_ids"].split(",")[0]) == int(r.ids[0]), (i, values["top_k_ids"], r.ids[:3])
+        assert abs(float(values["score"]) - float(r.scores[0])) < 2e-3, (i, values["score"], r.scores[0])
 
 
 def test_startup_errors_exit_nonzero_with_message(gp_map, tmp_path, tiny_model):
@@ -634,10 +647,23 @@ def test_node_on_the_onnxruntime_backend(gp_map, gardens_point, tmp_path, tiny_m
                  for p in client.poses]
         assert len(right) >= 4 and sum(right) >= 4, right  # day frames against a day map
         client.wait_for(lambda: _diag_value(client, "backend") == "onnxruntime", 10, "diagnostics naming the backend")
+        places = {(m.header.stamp.sec, m.header.stamp.nanosec): {kv.key: kv.value for kv in m.status[0].values}
+                  for m in client.places}
     finally:
         client.close()
         code, out = stop(proc)
     assert code == 0, out
+    # It answers like torch: this process's torch localizer on the same frames, the same top places and scores.
+    from densernet_core.localization.localizer import Localizer
+    from densernet_core.localization.pose import PoseEstimatorConfig
+    from densernet_ros.image_conversion import image_to_rgb
+
+    torch_loc = Localizer.from_paths(gp_map / "map", estimator=PoseEstimatorConfig(cluster_radius=6.0))
+    for key, i in sent.items():
+        r = torch_loc.localize(image_to_rgb(client.make_msg(frame(gardens_point, "day_right", i), 0)))
+        node_ids = [int(v) for v in places[key]["top_k_ids"].split(",")]
+        assert node_ids[:3] == [int(v) for v in r.ids[:3]], (i, node_ids[:3], r.ids[:3])
+        assert abs(float(places[key]["score"]) - float(r.scores[0])) < 5e-3
     foreign = export_onnx(save_checkpoint(tiny_model, tmp_path / "other.safetensors"), tmp_path / "other.onnx")
     proc = start_node(gp_map / "map", *PARAMS, "backend:=onnxruntime", f"engine:={foreign}")
     out = proc.communicate(timeout=120)[0]

@@ -269,6 +269,7 @@ def test_robot_in_the_loop_base_pose_map_to_odom_and_initial_pose(robot, tmp_pat
             values, pose = client.send_and_wait(img)
             time.sleep(0.1)
             results.append((k, values, pose, tfs[-1] if tfs else None))
+        client.wait_for(lambda: _diag(client, "motion_model") == "odometry", 5, "the filter's motion from odometry")
     finally:
         client.close()
         code, out = stop(proc)
@@ -404,3 +405,83 @@ def test_managed_node_follows_the_lifecycle_services_and_publishes_nothing_inact
         client.close()
         code, out = stop(proc)
     assert code == 0, out
+
+
+def test_localize_a_bag_in_sequence_with_its_odometry_from_the_shell(robot, capsys):
+    """densernet-localize --sequence --bag --odom-topic on the later drive: the bag's drifting wheel odometry
+    moves the filter between frames, and the filtered answers are checked against base_link's truth."""
+    import re
+
+    from densernet_core.localization.cli import main as localize
+
+    work, paths, cfg = robot
+    capsys.readouterr()
+    assert localize(["--sequence", "--bag", str(paths["later"] / "bag"), "--image-topic", "/camera/image_raw",
+                     "--odom-topic", "/odom", "--map", str(work / "map"), "--gt", str(paths["later"] / "truth.csv"),
+                     "--thresholds", "0.1", "1.0", "--plot", str(work / "seq.png")]) == 0
+    out = capsys.readouterr().out
+    used = re.search(r"motion between frames from: (.*?);", out).group(1)
+    assert used.startswith(f"odometry {ROBOT_PLACES - 1}"), used  # every step from the bag's odometry
+    fixes = int(re.search(r"filtered: fixes (\d+)/", out).group(1))
+    median = float(re.search(r"filtered: fixes \d+/\d+; \d+ fixes: median ([\d.]+) m", out).group(1))
+    published = float(re.search(r"published: fixes \d+/\d+; \d+ fixes: median ([\d.]+) m", out).group(1))
+    assert fixes >= 0.9 * ROBOT_PLACES and median < 1.0 and published < 0.1, out[-1500:]
+
+
+def test_a_wrong_camera_info_is_refused_and_reported_and_the_rate_capped(robot):
+    """The live camera_info says the focal length is 25 % longer than it is: once five frames have fitted
+    it, no metric pose (the images disagree), the place estimate is published instead, and the diagnostics
+    name the problem. max_rate_hz: frames sent at 10 Hz are processed at most at 2 Hz."""
+    from rosbags.highlevel import AnyReader
+    from sensor_msgs.msg import CameraInfo
+
+    from densernet_ros.harness import to_rclpy
+    from ros_helpers import Client, start_node, stop
+
+    work, paths, cfg = robot
+    with AnyReader([paths["later"] / "bag"]) as reader:
+        conns = [c for c in reader.connections if c.topic in ("/camera/image_raw", "/camera/camera_info")]
+        msgs = [(c.topic, to_rclpy(reader.deserialize(raw, c.msgtype), c.msgtype))
+                for c, _, raw in reader.messages(connections=conns)]
+    images = [m for t, m in msgs if t == "/camera/image_raw"][:14]
+    info = next(m for t, m in msgs if t == "/camera/camera_info")
+    info.k = [info.k[0] * 1.25, 0.0, info.k[2], 0.0, info.k[4] * 1.25, info.k[5], 0.0, 0.0, 1.0]
+    proc = start_node(work / "map", "camera_info_topic:=camera_info", "max_rate_hz:=2.0", "max_speed:=4.0",
+                      namespace="badinfo")
+    client = Client(namespace="badinfo")
+    info_pub = client.node.create_publisher(CameraInfo, "camera_info", 10)
+    try:
+        client.wait_matched(proc)
+        client.wait_for(lambda: info_pub.get_subscription_count() > 0, 30, "the camera_info subscription")
+        info_pub.publish(info)
+        time.sleep(0.5)
+        reasons, sources = [], []
+        for img in images[:8]:
+            values, _ = client.send_and_wait(img)
+            reasons.append(values.get("metric_reason", ""))
+            sources.append(values.get("pose_source"))
+        assert all("camera intrinsics disagree" in r for r in reasons[5:]), reasons
+        assert all(s != "metric" for s in sources[5:]), sources
+        assert sum("camera intrinsics disagree" in r for r in reasons) >= 4, reasons
+        client.wait_for(lambda: "camera intrinsics disagree" in _diag_message(client), 10,
+                        "diagnostics naming the camera intrinsics")
+        before = len(client.places)
+        start = time.monotonic()
+        for img in images[8:14]:  # 10 Hz
+            client.pub.publish(img)
+            time.sleep(0.1)
+        time.sleep(1.5)
+        elapsed = time.monotonic() - start
+        assert len(client.places) - before <= 2.0 * elapsed + 1, (len(client.places) - before, elapsed)
+    finally:
+        client.close()
+        code, out = stop(proc)
+    assert code == 0, out
+
+
+def _place_values(client) -> list[dict]:
+    return [{kv.key: kv.value for kv in m.status[0].values} for m in list(client.places)]
+
+
+def _diag_message(client) -> str:
+    return client.diagnostics[-1].status[0].message if client.diagnostics else ""

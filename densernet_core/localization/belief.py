@@ -296,8 +296,10 @@ class PlaceBelief:
         c = self.config
         steps = 1.0 if motion.dt is None else max(motion.dt, 0.0)  # rates are per second, or per unstamped frame
         if motion.translation is not None:
-            self.state = np.stack([self._odometry_step(layer, np.asarray(motion.translation, float))
-                                   for layer in self.state])
+            translation = np.asarray(motion.translation, float)
+            # the displacement in the map frame from each place's heading: the same for every layer
+            step = None if self._rot is None else self._rot.apply(translation)
+            self.state = np.stack([self._odometry_step(layer, translation, step) for layer in self.state])
         elif self.route is not None:
             reach = c.max_step if motion.dt is None else c.max_speed * steps
             self._slow = np.abs(self.velocities) * reach < SLOW_SPACINGS * self.spacing
@@ -376,13 +378,13 @@ class PlaceBelief:
         pairs = self._pairs_for(reach * (1 + 4 * SPEED_TAIL) + 2 * self.spacing)
         return self._carry(layer, pairs, lambda sel: self._speed_weights(pairs, reach)[sel], active_level)
 
-    def _odometry_step(self, layer: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    def _odometry_step(self, layer: np.ndarray, translation: np.ndarray, step: np.ndarray | None) -> np.ndarray:
         c = self.config
         distance = float(np.linalg.norm(translation))
         # plus the discretisation: a step shorter than the place spacing must still be able to move the mass
         sigma = c.odom_noise_floor + c.odom_noise * distance + max(self.spacing - distance, 0.0) / 2
         pairs = self._pairs_for(distance + 4 * sigma)
-        return self._carry(layer, pairs, lambda sel: self._odometry_weights(pairs, sel, translation, sigma))
+        return self._carry(layer, pairs, lambda sel: self._odometry_weights(pairs, sel, distance, step, sigma))
 
     def _carry(self, b: np.ndarray, pairs: "Pairs", weights, active_level: float | None = None) -> np.ndarray:
         """Move each active place's mass along its row of weights (normalised); where nothing within reach
@@ -408,15 +410,15 @@ class PlaceBelief:
             self._speed_cache[reach] = _flat_top(pairs.dist, reach, self.spacing)
         return self._speed_cache[reach]
 
-    def _odometry_weights(self, pairs: "Pairs", sel: np.ndarray, translation: np.ndarray, sigma: float) -> np.ndarray:
-        """Around where the displacement leads from each place's mapped pose (or, without mapped
-        orientations, at the travelled distance in any direction)."""
-        rows = pairs.rows[sel]
-        if self._rot is not None:
-            step = self._rot.apply(translation)  # the displacement in the map frame, from each place's heading
-            residual = np.linalg.norm(pairs.offsets[sel] - step[rows], axis=1)
+    def _odometry_weights(self, pairs: "Pairs", sel: np.ndarray, distance: float, step: np.ndarray | None,
+                          sigma: float) -> np.ndarray:
+        """Around where the displacement leads from each place's mapped pose (`step`: it in the map frame
+        from each place's heading), or, without mapped orientations, at the travelled distance in any
+        direction."""
+        if step is not None:
+            residual = np.linalg.norm(pairs.offsets[sel] - step[pairs.rows[sel]], axis=1)
         else:
-            residual = np.abs(pairs.dist[sel] - float(np.linalg.norm(translation)))
+            residual = np.abs(pairs.dist[sel] - distance)
         return np.exp(-0.5 * (residual / sigma) ** 2)
 
     # ---- update -------------------------------------------------------------------------------------

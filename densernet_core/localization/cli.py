@@ -92,9 +92,10 @@ def _cmd(args: argparse.Namespace) -> int:
         r = loc.localize(frame.rgb, motion=motion(frame))
         truth = None
         if gt is not None:
-            if frame.name not in gt:
-                raise ValueError(f"{args.gt}: no ground truth for {frame.name} (rows are matched by file name)")
-            truth = gt[frame.name]
+            key = Path(frame.name).name  # a bag's frame "/camera/image_raw#000012" is matched as "image_raw#000012"
+            if key not in gt:
+                raise ValueError(f"{args.gt}: no ground truth for {frame.name} (rows are matched by file name: {key})")
+            truth = gt[key]
             true_xy.append(truth[:2])
         row, parts = [frame.name, "" if frame.stamp is None else f"{frame.stamp:.6f}",
                       f"{r.scores[0]:.4f}" if len(r.scores) else ""], []
@@ -171,7 +172,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="default: the checkpoint recorded in the map")
     p.add_argument("--gt", help="ground-truth CSV (image,x,y,...; lat,lon also): a row belongs to the query frame "
                                 "whose file name equals the last component of its image column, wherever the CSV "
-                                "and the images are (a video's frames are named <video file name>#<frame, 6 digits>)")
+                                "and the images are (a video's frames are named <video file name>#<frame, 6 digits>, a bag's "
+                                "<last part of the topic>#<message index, 6 digits>)")
     p.add_argument("--out", help="per-frame CSV")
     p.add_argument("--plot", help="trajectory PNG (with --gt)")
     p.add_argument("--device", default="auto")

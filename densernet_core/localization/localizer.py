@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +25,13 @@ from ..geometry import compose, inverse, pose_times_transform_covariance
 from ..images import to_rgb_uint8
 from ..local_features import LocalFeatures, describe_with_features
 from .belief import BeliefConfig, BeliefEstimate, Evidence, Motion, PlaceBelief, standing_evidence
-from .metric import MetricConfig, MetricPose, localize_metric
+from .metric import MetricConfig, MetricPose, judge_intrinsics, localize_metric
 from .observation import place_posterior
 from .pose import PoseEstimate, PoseEstimatorConfig, estimate_pose
 
 LOG = logging.getLogger("densernet")
 MODES = ("filtered", "single")
+FOCAL_CHECKS = 20  # recent metric frames whose fitted focal length judges the camera's intrinsics
 
 
 @dataclass
@@ -118,7 +120,8 @@ class Localizer:
         self.metric = metric if place_map.points is not None else None
         if metric is not None and place_map.points is None:
             LOG.info("the map has no 3-D points (built without --camera): retrieval-only, no metric pose")
-        self.camera: Camera | None = None  # the query camera; None: the map's, scaled to the query image
+        self._camera: Camera | None = None  # the query camera; None: the map's, scaled to the query image
+        self.focal_checks: deque[float] = deque(maxlen=FOCAL_CHECKS)  # focal scales the recent PnP inliers fit
 
     @classmethod
     def from_paths(cls, map_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
@@ -194,6 +197,24 @@ class Localizer:
         previous, self._previous = self._previous, d
         return None if previous is None else float(previous @ d)
 
+    @property
+    def camera(self) -> Camera | None:
+        return self._camera
+
+    @camera.setter
+    def camera(self, camera: Camera | None) -> None:
+        """A new camera (camera_info) is judged afresh: the focal scales fitted under the old one are dropped."""
+        if camera != self._camera:
+            self.focal_checks.clear()
+        self._camera = camera
+
+    def intrinsics_disagree(self) -> float | None:
+        """The median focal scale the recent metric frames fit, when it says the camera's intrinsics are
+        wrong (`judge_intrinsics`); None otherwise."""
+        if self.metric is None:
+            return None
+        return judge_intrinsics(list(self.focal_checks), self.metric)  # one C-level copy: the worker appends
+
     def seed(self, position: np.ndarray, covariance: np.ndarray, orientation: np.ndarray | None = None,
              yaw_variance: float | None = None) -> int:
         """Start the belief from a given pose (`/initialpose`); returns the number of places it covers."""
@@ -259,6 +280,13 @@ class Localizer:
                                          *result.retrieval.ids[:self.metric.candidates].tolist()]))
         camera = (self.camera or self.map.points.camera).scaled(image_hw[1], image_hw[0])
         pose = localize_metric(features, camera, self.map.points, candidates, self.metric)
+        if np.isfinite(pose.focal_scale):
+            self.focal_checks.append(pose.focal_scale)
+        if pose.ok and (focal := self.intrinsics_disagree()) is not None:
+            pose.ok, pose.reason = False, (
+                f"camera intrinsics disagree with the images: the last {len(self.focal_checks)} metric frames fit "
+                f"a focal length {focal:.3f} times the given one (median); no metric pose until the camera's "
+                f"intrinsics are corrected")
         if pose.ok and self.extrinsic is not None:  # the camera's pose -> the base's (camera * extrinsic^-1)
             to_base = inverse(self.extrinsic.transform)
             pose.covariance = pose_times_transform_covariance(pose.orientation, pose.covariance, to_base)
