@@ -459,6 +459,11 @@ class LocalizerCore:
         dt = max(now - t0, 1e-6)
         status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: localization", hardware_id=str(self.localizer.model.device))
         silent = now - self.frames.last_arrival if self.frames.last_arrival is not None else None
+        focal = self.localizer.intrinsics_disagree()
+        intrinsics = None if focal is None else (
+            f"camera intrinsics disagree with the images: they fit a focal length {focal:.2f} times the one from "
+            f"{self.info_sub.topic_name if self.settings.camera_info_topic else 'the map camera'}; metric poses "
+            f"are refused until it is corrected")
         if s["processed"] == 0 and s["bad_frames"] == 0:
             status.level, status.message = DiagnosticStatus.WARN, "waiting for images"
         elif silent is not None and silent > self.settings.input_timeout_s:
@@ -467,11 +472,10 @@ class LocalizerCore:
             reason = s["last_reason"]  # "not localized: outside the map or unrecognisable" says it all
             status.level, status.message = DiagnosticStatus.WARN, reason if reason.startswith("not localized") \
                 else f"no fix: {reason}"
-        elif (focal := self.localizer.intrinsics_disagree()) is not None:
-            source = self.info_sub.topic_name if self.settings.camera_info_topic else "the map's camera"
-            status.level, status.message = DiagnosticStatus.WARN, (
-                f"camera intrinsics disagree with the images: they fit a focal length {focal:.2f} times the one "
-                f"from {source}; metric poses are refused until it is corrected")
+            if intrinsics:  # a configuration fault outlasts any one frame's answer: name it too
+                status.message += f"; {intrinsics}"
+        elif intrinsics:
+            status.level, status.message = DiagnosticStatus.WARN, intrinsics
         elif self.robot.odometry is not None and s["odometry_msgs"] == 0:
             status.level, status.message = DiagnosticStatus.WARN, f"no odometry on {self.robot.odom_topic_name}"
         elif s["bad_frames"] and s["processed"] == 0:

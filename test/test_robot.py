@@ -431,7 +431,7 @@ def test_localize_a_bag_in_sequence_with_its_odometry_from_the_shell(robot, caps
 def test_a_wrong_camera_info_is_refused_and_reported_and_the_rate_capped(robot):
     """The live camera_info says the focal length is 25 % longer than it is: once five frames have fitted
     it, no metric pose (the images disagree), the place estimate is published instead, and the diagnostics
-    name the problem. max_rate_hz: frames sent at 10 Hz are processed at most at 2 Hz."""
+    name the problem. max_rate_hz: frames sent at 10 Hz are processed at most at 1 Hz."""
     from rosbags.highlevel import AnyReader
     from sensor_msgs.msg import CameraInfo
 
@@ -446,7 +446,7 @@ def test_a_wrong_camera_info_is_refused_and_reported_and_the_rate_capped(robot):
     images = [m for t, m in msgs if t == "/camera/image_raw"][:14]
     info = next(m for t, m in msgs if t == "/camera/camera_info")
     info.k = [info.k[0] * 1.25, 0.0, info.k[2], 0.0, info.k[4] * 1.25, info.k[5], 0.0, 0.0, 1.0]
-    proc = start_node(work / "map", "camera_info_topic:=camera_info", "max_rate_hz:=2.0", "max_speed:=4.0",
+    proc = start_node(work / "map", "camera_info_topic:=camera_info", "max_rate_hz:=1.0", "max_speed:=4.0",
                       namespace="badinfo")
     client = Client(namespace="badinfo")
     info_pub = client.node.create_publisher(CameraInfo, "camera_info", 10)
@@ -467,12 +467,12 @@ def test_a_wrong_camera_info_is_refused_and_reported_and_the_rate_capped(robot):
                         "diagnostics naming the camera intrinsics")
         before = len(client.places)
         start = time.monotonic()
-        for img in images[8:14]:  # 10 Hz
+        for img in images[:14] + images[:14]:  # 28 frames at 10 Hz: uncapped, the node answers 3-4 a second
             client.pub.publish(img)
             time.sleep(0.1)
-        time.sleep(1.5)
+        time.sleep(1.0)
         elapsed = time.monotonic() - start
-        assert len(client.places) - before <= 2.0 * elapsed + 1, (len(client.places) - before, elapsed)
+        assert len(client.places) - before <= 1.0 * elapsed + 1, (len(client.places) - before, elapsed)
     finally:
         client.close()
         code, out = stop(proc)
