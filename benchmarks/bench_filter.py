@@ -39,7 +39,7 @@ from densernet_core.localization.report import plot_trajectory  # noqa: E402
 from densernet_core.localization.sequence import Frame, MotionSource, poses_by_name  # noqa: E402
 from densernet_core.mapping.placemap import build_map  # noqa: E402
 from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
-from benchmarks.report import save_report  # noqa: E402
+from benchmarks.report import fmt_num, save_report  # noqa: E402
 
 GP_FRAMES = (100, 200)
 GP_MAX_STEP = 3.0  # frames per frame: room for twice the walking pace
@@ -135,7 +135,9 @@ def train_gp(gp: Path, run_dir: Path) -> Path:
     return run_training(cfg, run_dir, progress=True)
 
 
-def kitti(args, out: Path) -> dict:
+def kitti_map(args, out: Path) -> tuple:
+    """The KITTI snippet's even frames as the map (off-the-shelf checkpoint), its odd frames as the camera
+    with their poses as odometry: model, map, queries, motions."""
     kit = Path(args.data) / "kitti_vo_seq1"
     db, q = load_kitti(kit, list(range(0, 51, 2))), load_kitti(kit, list(range(1, 51, 2)))
     ckpt = out / "kitti_off_the_shelf.safetensors"
@@ -143,10 +145,14 @@ def kitti(args, out: Path) -> dict:
         make_checkpoint(db.images, ckpt, image_size=KITTI_SIZE, progress=False)
     model = load_model(ckpt)
     pmap = build_map(model, ckpt.resolve(), checkpoint_hash(ckpt), db, out / "kitti_map", progress=False)
-    desc = dict(enumerate(model.describe(q.images)))
     frames = [Frame(q.names[k], np.zeros((1, 1, 3), np.uint8), float(q.timestamps[k])) for k in range(len(q))]
     source = MotionSource(poses=poses_by_name(q))
-    motions = [source(f) for f in frames]
+    return model, pmap, q, [source(f) for f in frames]
+
+
+def kitti(args, out: Path) -> dict:
+    model, pmap, q, motions = kitti_map(args, out)
+    desc = dict(enumerate(model.describe(q.images)))
     loc = Localizer(model, pmap, PoseEstimatorConfig(), belief=BeliefConfig(), mode="filtered")
     run = scenario(loc, desc, list(range(len(q))), lambda k: q.positions[k].tolist(), motions)
     return summarise(run, "m", 1.0, 3)
@@ -206,12 +212,8 @@ def table(results: dict) -> str:
                 within = "-" if m["within"] is None else f"{100 * m['within']:.0f} % <= {m['within_tol']:g} {m['unit']}"
                 coverage = "-" if m["coverage_2sigma"] is None else f"{100 * m['coverage_2sigma']:.0f} %"
                 lines.append(f"| {data} | {name} | {mode} | {m['frames']} | {m['fixes']} | {within} | "
-                             f"{_num(m['median'])} | {_num(m['p95'])} | {coverage} |")
+                             f"{fmt_num(m['median'])} | {fmt_num(m['p95'])} | {coverage} |")
     return "\n".join(lines)
-
-
-def _num(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:

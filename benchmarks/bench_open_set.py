@@ -46,13 +46,12 @@ from densernet_core.datasets import GeoImages, load_csv, load_kitti, load_traver
 from densernet_core.localization.belief import BeliefConfig, Motion  # noqa: E402
 from densernet_core.localization.localizer import Localizer  # noqa: E402
 from densernet_core.localization.pose import PoseEstimatorConfig  # noqa: E402
-from densernet_core.localization.report import (RELIABILITY_BINS, open_set_summary, plot_open_set,  # noqa: E402
+from densernet_core.localization.report import (open_set_summary, plot_open_set,  # noqa: E402
                                                 precision_recall, reliability)
-from densernet_core.localization.sequence import Frame, MotionSource, poses_by_name  # noqa: E402
 from densernet_core.mapping.placemap import PlaceMap, build_map  # noqa: E402
 from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
-from benchmarks.bench_filter import CHI2_95, KITTI_SIZE, SYNTH_MAX_SPEED, kidnap_recovery, train_gp  # noqa: E402
-from benchmarks.report import save_report  # noqa: E402
+from benchmarks.bench_filter import CHI2_95, SYNTH_MAX_SPEED, kidnap_recovery, kitti_map, train_gp  # noqa: E402
+from benchmarks.report import fmt_num, fmt_pct, save_report  # noqa: E402
 
 GP_FRAMES = (100, 200)
 GP_GAP = (140, 160)
@@ -260,20 +259,11 @@ def street(args, out: Path, results: dict, runs: dict) -> None:
 
 
 def kitti(args, out: Path, results: dict, runs: dict) -> None:
-    kit = Path(args.data) / "kitti_vo_seq1"
-    db, q = load_kitti(kit, list(range(0, 51, 2))), load_kitti(kit, list(range(1, 51, 2)))
-    ckpt = out / "kitti_off_the_shelf.safetensors"
-    if not ckpt.is_file():
-        make_checkpoint(db.images, ckpt, image_size=KITTI_SIZE, progress=False)
-    model = load_model(ckpt)
-    pmap = build_map(model, ckpt.resolve(), checkpoint_hash(ckpt), db, out / "kitti_map", progress=False)
+    model, pmap, q, motions = kitti_map(args, out)
     results["maps"]["kitti"] = pmap.observation.describe() if pmap.observation else pmap.observation_error
     if pmap.observation is None:
         return
     desc = model.describe(q.images)
-    frames = [Frame(q.names[k], np.zeros((1, 1, 3), np.uint8), float(q.timestamps[k])) for k in range(len(q))]
-    source = MotionSource(poses=poses_by_name(q))
-    motions = [source(f) for f in frames]
     for est in ESTIMATORS:
         key = ("KITTI", "odd frames, poses as odometry", est)
         runs[key] = run_sequence(pmap, model, desc, [p.tolist() for p in q.positions], est, 5.0, BeliefConfig(),
@@ -328,9 +318,9 @@ def table(results: dict, calib: dict) -> str:
         for mode in ("single", "filtered"):
             m = s[mode]
             worst = calib.get(f"{key} | {mode}", {}).get("worst_gap")
-            lines.append(f"| {key} | {mode} | {m['frames']} | {m['fixes']} | {m['right']} | {_pct(m['precision'])} | "
-                         f"{_pct(m['coverage_2sigma'])} | {_num(m['auc'])} | {_pct(m['recall_at_100p'])} | "
-                         f"{_pct(m['recall_at_99p'])} | {_pct(worst)} |")
+            lines.append(f"| {key} | {mode} | {m['frames']} | {m['fixes']} | {m['right']} | {fmt_pct(m['precision'])} | "
+                         f"{fmt_pct(m['coverage_2sigma'])} | {fmt_num(m['auc'])} | {fmt_pct(m['recall_at_100p'])} | "
+                         f"{fmt_pct(m['recall_at_99p'])} | {fmt_pct(worst)} |")
     text = "\n".join(lines)
     gaps = {k: v["gap"] for k, v in results.items() if isinstance(v, dict) and "gap" in v}
     if gaps:
@@ -340,20 +330,12 @@ def table(results: dict, calib: dict) -> str:
     if kid:
         text += "\n\nKidnap recovery (filtered):\n" + "\n".join(f"- {k}: {v}" for k, v in kid.items())
     text += "\n\nPooled over every sequence (open set):\n" + "\n".join(
-        f"- {k}: PR AUC {_num(v['open_set']['auc'])}, R@100P {_pct(v['open_set']['recall_at_100p'])}, "
-        f"R@99P {_pct(v['open_set']['recall_at_99p'])}; reliability " + ", ".join(
-            f"[{b['low']:.1f}, {b['high']:.1f}): {b['fixes']} fixes, conf {_num(b['confidence'])} acc {_num(b['accuracy'])}"
+        f"- {k}: PR AUC {fmt_num(v['open_set']['auc'])}, R@100P {fmt_pct(v['open_set']['recall_at_100p'])}, "
+        f"R@99P {fmt_pct(v['open_set']['recall_at_99p'])}; reliability " + ", ".join(
+            f"[{b['low']:.1f}, {b['high']:.1f}): {b['fixes']} fixes, conf {fmt_num(b['confidence'])} acc {fmt_num(b['accuracy'])}"
             for b in v["reliability"] if b["fixes"]) for k, v in results["pooled"].items())
     text += "\n\nObservation models:\n" + "\n".join(f"- {k}: {v}" for k, v in results["maps"].items())
     return text
-
-
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.0f} %"
-
-
-def _num(v) -> str:
-    return "-" if v is None else f"{v:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     results["pooled"] = pooled(runs)
     calib = calibration_check(results, runs)
     results["calibration"] = calib
-    curves = [(f"{k} (AUC {_num(v['open_set']['auc'])})", np.array(v["curve"][0]), np.array(v["curve"][1]))
+    curves = [(f"{k} (AUC {fmt_num(v['open_set']['auc'])})", np.array(v["curve"][0]), np.array(v["curve"][1]))
               for k, v in results["pooled"].items()]
     diagrams = [(k, v["reliability"]) for k, v in results["pooled"].items()]
     png = plot_open_set(out / "open_set.png", curves, diagrams,

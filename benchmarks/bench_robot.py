@@ -119,7 +119,7 @@ def live(out: Path, paths: dict[str, Path]) -> dict:
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-    from densernet_ros.harness import SpinningNode, node_env, stop_node, to_rclpy
+    from densernet_ros.harness import SpinningNode, initial_pose, node_env, stop_node, to_rclpy
 
     real_tf2 = importlib.util.find_spec("tf2_ros") is not None
     env = node_env()
@@ -168,15 +168,7 @@ def live(out: Path, paths: dict[str, Path]) -> dict:
                        and info_pub.get_subscription_count()) and time.monotonic() < end:
                 time.sleep(0.1)
             time.sleep(1.0)
-            seed = PoseWithCovarianceStamped()
-            seed.header.frame_id = "map"
-            seed.pose.pose.position.x, seed.pose.pose.position.y = float(truth[0][0]), float(truth[0][1])
-            seed.pose.pose.orientation.w = 1.0
-            cov = np.zeros((6, 6))
-            cov[0, 0] = cov[1, 1] = 1.0
-            cov[5, 5] = 0.1
-            seed.pose.covariance = cov.reshape(-1).tolist()
-            init_pub.publish(seed)
+            init_pub.publish(initial_pose(truth[0][0], truth[0][1], var_xy=1.0, var_yaw=0.1))
             time.sleep(1.0)
             sent = 0
             for k, img in enumerate(images):

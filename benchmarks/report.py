@@ -13,3 +13,13 @@ def save_report(out: Path, results: object, table: str, plot: Path | None = None
     print(table)
     if plot is not None:
         print(f"plot: {plot}")
+
+
+def fmt_num(v: float | None) -> str:
+    """Two decimals, or '-' where the figure does not exist (no fixes, no curve)."""
+    return "-" if v is None else f"{v:.2f}"
+
+
+def fmt_pct(v: float | None) -> str:
+    """A share as a whole percentage, or '-' where it does not exist."""
+    return "-" if v is None else f"{100 * v:.0f} %"

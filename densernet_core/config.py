@@ -137,11 +137,11 @@ def model_config_from_json(text: str) -> ModelConfig:
     return dataclass_from_mapping(ModelConfig, data, "model config")
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with errors that name the file."""
+def load_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file (`what` it is)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import csv
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -278,6 +279,32 @@ def _stamp(msg) -> float:
     return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
 
 
+@contextmanager
+def _open_bag(bag: Path) -> Iterator:
+    """A rosbags reader, with a missing or unreadable bag named as a DatasetError."""
+    from rosbags.highlevel import AnyReader
+
+    if not bag.exists():
+        raise DatasetError(f"rosbag not found: {bag}")
+    try:
+        reader_cm = AnyReader([bag])
+        reader = reader_cm.__enter__()
+    except Exception as exc:
+        raise DatasetError(f"{bag}: cannot open as a rosbag2: {exc}") from exc
+    try:
+        yield reader
+    finally:
+        reader_cm.__exit__(None, None, None)
+
+
+def _check_topics(bag: Path, types: dict[str, str], image_topic: str, pose_topic: str) -> None:
+    for topic, kinds, what in ((image_topic, IMAGE_TYPES, "image"), (pose_topic, POSE_TYPES, "pose")):
+        if topic not in types:
+            raise DatasetError(f"{bag}: no topic {topic!r}; topics are {sorted(types)}")
+        if types[topic] not in kinds:
+            raise DatasetError(f"{bag}: {what} topic {topic!r} has type {types[topic]}, expected one of {kinds}")
+
+
 def _pose_of(msg, msgtype: str) -> tuple[tuple[float, float, float], tuple[float, float, float, float] | None, str]:
     if msgtype == "sensor_msgs/msg/NavSatFix":
         return (msg.latitude, msg.longitude, msg.altitude), None, msg.header.frame_id
@@ -293,24 +320,11 @@ def load_rosbag(bag: str | Path, image_topic: str, pose_topic: str, out_dir: str
     Frames are written to `out_dir` as JPEG/PNG so the map keeps what it was built from.
     """
     import cv2
-    from rosbags.highlevel import AnyReader
-
     bag, out_dir = Path(bag), Path(out_dir)
-    if not bag.exists():
-        raise DatasetError(f"rosbag not found: {bag}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        reader_cm = AnyReader([bag])
-        reader = reader_cm.__enter__()
-    except Exception as exc:
-        raise DatasetError(f"{bag}: cannot open as a rosbag2: {exc}") from exc
-    try:
+    with _open_bag(bag) as reader:
         by_topic = {c.topic: c for c in reader.connections}
-        for topic, kinds, what in ((image_topic, IMAGE_TYPES, "image"), (pose_topic, POSE_TYPES, "pose")):
-            if topic not in by_topic:
-                raise DatasetError(f"{bag}: no topic {topic!r}; topics are {sorted(by_topic)}")
-            if by_topic[topic].msgtype not in kinds:
-                raise DatasetError(f"{bag}: {what} topic {topic!r} has type {by_topic[topic].msgtype}, expected one of {kinds}")
+        _check_topics(bag, {t: c.msgtype for t, c in by_topic.items()}, image_topic, pose_topic)
+        out_dir.mkdir(parents=True, exist_ok=True)
         pose_conn, img_conn = by_topic[pose_topic], by_topic[image_topic]
         pose_t, pose_p, pose_q, frame = [], [], [], "map"
         for conn, _, raw in reader.messages(connections=[pose_conn]):
@@ -354,8 +368,6 @@ def load_rosbag(bag: str | Path, image_topic: str, pose_topic: str, out_dir: str
             pos.append(pose_p[j])
             ori.append(pose_q[j])
             stamps.append(t)
-    finally:
-        reader_cm.__exit__(None, None, None)
     if unmatched:
         LOG.warning("%s: %d image(s) had no pose within %.3f s and were not used", bag, unmatched, max_dt)
     if not images:
@@ -397,27 +409,14 @@ class BagRoute:
 def bag_route(bag: str | Path, image_topic: str | None = None, pose_topic: str | None = None) -> BagRoute:
     """Pick the topics a map is built from, each given or the one of its kind the bag holds (images: Image or
     CompressedImage; poses: Odometry first, else a pose or fix topic), with the frames of their first messages."""
-    from rosbags.highlevel import AnyReader
-
     bag = Path(bag)
-    if not bag.exists():
-        raise DatasetError(f"rosbag not found: {bag}")
-    try:
-        reader_cm = AnyReader([bag])
-        reader = reader_cm.__enter__()
-    except Exception as exc:
-        raise DatasetError(f"{bag}: cannot open as a rosbag2: {exc}") from exc
-    try:
+    with _open_bag(bag) as reader:
         types = {c.topic: c.msgtype for c in reader.connections}
         image_topic = image_topic or _only(bag, types, IMAGE_TYPES, "image", "--image-topic")
         if pose_topic is None:
             odometry = [t for t, k in types.items() if k == "nav_msgs/msg/Odometry"]
             pose_topic = odometry[0] if len(odometry) == 1 else _only(bag, types, POSE_TYPES, "pose", "--pose-topic")
-        for topic, kinds, what in ((image_topic, IMAGE_TYPES, "image"), (pose_topic, POSE_TYPES, "pose")):
-            if topic not in types:
-                raise DatasetError(f"{bag}: no topic {topic!r}; topics are {sorted(types)}")
-            if types[topic] not in kinds:
-                raise DatasetError(f"{bag}: {what} topic {topic!r} has type {types[topic]}, expected one of {kinds}")
+        _check_topics(bag, types, image_topic, pose_topic)
         infos = [t for t, k in types.items() if k == CAMERA_INFO_TYPE]
         namespace = image_topic.rsplit("/", 1)[0]
         same = [t for t in infos if t.rsplit("/", 1)[0] == namespace]
@@ -428,8 +427,6 @@ def bag_route(bag: str | Path, image_topic: str | None = None, pose_topic: str |
             for c, _, raw in reader.messages(connections=conns):
                 first[topic] = reader.deserialize(raw, c.msgtype)
                 break
-    finally:
-        reader_cm.__exit__(None, None, None)
     pose_msg = first.get(pose_topic)
     base = getattr(pose_msg, "child_frame_id", "") if pose_msg is not None else ""
     camera = first[image_topic].header.frame_id if image_topic in first else ""

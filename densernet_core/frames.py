@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from .config import ConfigError
+from .config import ConfigError, load_yaml
 from .geometry import Transform, compose, inverse
 
 TF_TOPICS = ("/tf_static", "/tf")
@@ -96,16 +96,7 @@ def extrinsic_from_mapping(data: Mapping[str, Any], where: str) -> Extrinsic:
 
 
 def load_extrinsic(path: str | Path) -> Extrinsic:
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"extrinsic file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not YAML ({exc})") from exc
-    return extrinsic_from_mapping(data, str(path))
+    return extrinsic_from_mapping(load_yaml(path, "extrinsic file"), str(path))
 
 
 def extrinsic_from_bag(bag: str | Path, base_frame: str, camera_frame: str) -> Extrinsic | None:

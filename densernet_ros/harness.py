@@ -124,6 +124,22 @@ class SpinningNode:
         self.close()
 
 
+def initial_pose(x: float, y: float, var_xy: float, var_yaw: float, frame: str = "map"):
+    """What RViz's "2D Pose Estimate" sends on /initialpose: a planar position, heading 0, with these
+    variances (m², rad²)."""
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+
+    seed = PoseWithCovarianceStamped()
+    seed.header.frame_id = frame
+    seed.pose.pose.position.x, seed.pose.pose.position.y = float(x), float(y)
+    seed.pose.pose.orientation.w = 1.0
+    cov = [0.0] * 36
+    cov[0] = cov[7] = float(var_xy)
+    cov[35] = float(var_yaw)
+    seed.pose.covariance = cov
+    return seed
+
+
 def to_rclpy(msg, msgtype: str):
     """A message read by rosbags (its dataclasses, numpy arrays) as the rclpy message of the same type
     (`pkg/msg/Name` or `pkg/Name`), field by field: the tools that replay a bag to the node publish what

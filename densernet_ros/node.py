@@ -542,10 +542,6 @@ def _qos_kwargs(profile) -> dict:
             "durability": profile.durability}
 
 
-def _seconds(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
 def _pose(position, orientation) -> Pose:
     p = Pose()
     p.position.x, p.position.y, p.position.z = (float(v) for v in position)

@@ -13,7 +13,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from densernet_core.config import ConfigError
-from densernet_core.frames import Extrinsic, extrinsic_from_bag, extrinsic_from_mapping, load_extrinsic
+from densernet_core.frames import extrinsic_from_bag, extrinsic_from_mapping, load_extrinsic
 from densernet_core.geometry import compose, inverse, pose_times_transform_covariance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +37,9 @@ def test_extrinsic_yaml_rotation_or_rpy_and_errors_named(tmp_path):
                                 "rotation": [0, 0, 0, 1], "yaw": 3}, "x.yaml")
     with pytest.raises(FileNotFoundError, match="extrinsic file not found"):
         load_extrinsic(tmp_path / "missing.yaml")
+    (tmp_path / "broken.yaml").write_text("translation: [0.25, 0\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_extrinsic(tmp_path / "broken.yaml")
 
 
 def test_covariance_through_the_extrinsic_matches_sampling():
@@ -217,7 +220,7 @@ def test_robot_in_the_loop_base_pose_map_to_odom_and_initial_pose(robot, tmp_pat
     from sensor_msgs.msg import CameraInfo
 
     from densernet_core.demo.robot_street import read_truth
-    from densernet_ros.harness import to_rclpy
+    from densernet_ros.harness import initial_pose, to_rclpy
     from ros_helpers import Client, start_node, stop
     from test_node import FAKE_TF2_ROS, _has_tf2_ros
 
@@ -245,15 +248,7 @@ def test_robot_in_the_loop_base_pose_map_to_odom_and_initial_pose(robot, tmp_pat
         client.wait_for(lambda: odom_pub.get_subscription_count() > 0 and init_pub.get_subscription_count() > 0
                         and info_pub.get_subscription_count() > 0, 30, "the odometry, camera info and initialpose "
                         "subscriptions")
-        seed = PoseWithCovarianceStamped()
-        seed.header.frame_id = "map"
-        seed.pose.pose.position.x, seed.pose.pose.position.y = float(truth[0][0]), float(truth[0][1])
-        seed.pose.pose.orientation.w = 1.0
-        cov = np.zeros((6, 6))
-        cov[0, 0] = cov[1, 1] = 1.0
-        cov[5, 5] = 0.1
-        seed.pose.covariance = cov.reshape(-1).tolist()
-        init_pub.publish(seed)
+        init_pub.publish(initial_pose(truth[0][0], truth[0][1], var_xy=1.0, var_yaw=0.1))
         client.wait_for(lambda: _diag(client, "initial_poses") == "1", 10, "the initial pose to be taken")
         odom = [m for t, m in messages if t == "/odom"]
         infos = [m for t, m in messages if t == "/camera/camera_info"]
