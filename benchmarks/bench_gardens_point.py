@@ -10,6 +10,12 @@ init, training): a model must find those at least as well. One extra row keeps t
 (a 256-D PCA whitening fitted on the 300 training images) for comparison.
 Every row runs in this process at the same resolution. Writes <out>/results.json, table.md,
 recall.png and each training run's folder (resumable: rerunning skips finished work).
+
+`--seeds N` trains every preset with N seeds (the config's seed, +1, ...: k-means, branch init, tuple
+mining and batch order all follow it) and adds a row of mean +- sd (sample sd, n-1) per preset: a
+recipe change has to move the mean by more than that sd to count. Off-the-shelf rows run once (seed 0).
+
+    .venv/bin/python benchmarks/bench_gardens_point.py --presets small --seeds 5
 """
 from __future__ import annotations
 
@@ -69,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data/gardens_point"))
     parser.add_argument("--out", default="bench_out/gardens_point")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--seeds", type=int, default=1, help="train each preset with this many seeds")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
     setup_logging()
     data_dir, out = Path(args.data), Path(args.out)
     if not all((data_dir / t).is_dir() for t in ("day_left", "day_right", "night_right")):
@@ -80,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
 
-    def record(method: str, results: dict[str, list[EvalResult]], seconds: float, note: str = "") -> None:
-        rows.append({"method": method, "note": note, "seconds": round(seconds, 1),
+    def record(method: str, results: dict[str, list[EvalResult]], seconds: float, note: str = "",
+               seed: int | None = None) -> None:
+        rows.append({"method": method, "note": note, "seconds": round(seconds, 1), "seed": seed,
                      "protocols": {r.name: {str(k): v for k, v in r.recalls.items()} for r in results["held_out"]},
                      "fit_set": {r.name: {str(k): v for k, v in r.recalls.items()} for r in results["fit_set"]}})
         (out / "results.json").write_text(json.dumps({"image_size": list(size), "tolerance_frames": TOLERANCE,
@@ -101,18 +111,32 @@ def main(argv: list[str] | None = None) -> int:
             off = trainer.whiten(trainer.cluster(), out / "runs" / preset / "off_the_shelf.safetensors")
             record(f"DenserNet {preset}, off the shelf (PCA-initialised branches, k-means NetVLAD, no training)",
                    evaluate(f"{preset} off-the-shelf", checkpoint_describer(off, args.device), data_dir), time.time() - t0)
-        t0 = time.time()
-        trained = trainer.train()
-        train_s = time.time() - t0
         label = "NetVLAD on conv5 only (pool5 branch), trained" if preset == "conv5" else f"DenserNet {preset}, trained"
-        record(label, evaluate(f"{preset} trained", checkpoint_describer(trained, args.device), data_dir), train_s,
-               f"{cfg.optim.epochs} epochs, {cfg.optim.loss}")
+        trained_rows = []
+        for k in range(args.seeds):
+            seeded = dataclasses.replace(cfg, seed=cfg.seed + k)
+            run = Trainer(seeded, out / "runs" / (preset if k == 0 else f"{preset}_seed{seeded.seed}"), out / "cache") \
+                if k else trainer
+            t0 = time.time()
+            trained = run.train()
+            train_s = time.time() - t0
+            record(label + (f", seed {seeded.seed}" if args.seeds > 1 else ""),
+                   evaluate(f"{preset} trained seed {seeded.seed}", checkpoint_describer(trained, args.device), data_dir),
+                   train_s, f"{cfg.optim.epochs} epochs, {cfg.optim.loss}", seed=seeded.seed)
+            trained_rows.append(rows[-1])
+            if k == 0:
+                seed0 = trained
+        if args.seeds > 1:
+            rows.append(seed_summary(f"{label}: mean ± sd over {args.seeds} seeds", trained_rows))
+        trained = seed0
         if preset == "small":
             t0 = time.time()
             old = old_final_stage(trainer, trained, out / "runs" / preset / "with_old_pca.safetensors")
             record(f"DenserNet small, trained + {OLD_PCA_DIM}-D PCA whitening (the old final stage)",
                    evaluate("small trained+PCA", checkpoint_describer(old, args.device), data_dir), time.time() - t0,
                    "fitted on the 300 training images: below the 10-per-dimension rule")
+    (out / "results.json").write_text(json.dumps({"image_size": list(size), "tolerance_frames": TOLERANCE,
+                                                  "eval_frames": list(EVAL_FRAMES), "rows": rows}, indent=2))
     table = format_rows(rows, size)
     (out / "table.md").write_text(table + "\n")
     plot_rows(rows, out / "recall.png")
@@ -137,6 +161,26 @@ def old_final_stage(trainer: Trainer, source: Path, out: Path) -> Path:
     return save_checkpoint(model, out, {"stage": "old-final-stage"})
 
 
+def seed_summary(method: str, rows: list[dict]) -> dict:
+    """Mean and sample sd (n-1) of every recall over the seeds' rows."""
+    import numpy as np
+
+    def stats(key: str) -> tuple[dict, dict]:
+        mean, sd = {}, {}
+        for name in rows[0][key]:
+            mean[name], sd[name] = {}, {}
+            for k in rows[0][key][name]:
+                v = np.array([r[key][name][k] for r in rows], dtype=float)
+                mean[name][k], sd[name][k] = float(v.mean()), float(v.std(ddof=1))
+        return mean, sd
+
+    held, held_sd = stats("protocols")
+    fit, fit_sd = stats("fit_set")
+    return {"method": method, "note": f"seeds {[r['seed'] for r in rows]}", "seeds": len(rows),
+            "seconds": round(float(np.mean([r["seconds"] for r in rows])), 1), "seed": None,
+            "protocols": held, "protocols_sd": held_sd, "fit_set": fit, "fit_set_sd": fit_sd}
+
+
 def format_rows(rows: list[dict], size: tuple[int, int]) -> str:
     names = [f"{q}->{db}" for q, db in PROTOCOLS]
     head = ("| method | " + " | ".join(f"{n} R@1 / R@5" for n in names)
@@ -146,6 +190,13 @@ def format_rows(rows: list[dict], size: tuple[int, int]) -> str:
              f"{FIT_FRAMES[0]}-{FIT_FRAMES[1] - 1}), correct when |i-j| <= 2.", "",
              head, "|---|" + "---|" * len(names) + "---|---|"]
     for r in rows:
+        if "protocols_sd" in r:  # a seed summary: mean ± sd
+            sd, fsd = r["protocols_sd"], r["fit_set_sd"]
+            cells = [f"**{r['protocols'][n]['1']:.3f} ± {sd[n]['1']:.3f}** / {r['protocols'][n]['5']:.3f} ± "
+                     f"{sd[n]['5']:.3f}" for n in names]
+            fit = " / ".join(f"{r['fit_set'][n]['1']:.2f} ± {fsd[n]['1']:.2f}" for n in names)
+            lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {fit} | {r['seconds']} (mean) |")
+            continue
         cells = [f"{r['protocols'][n]['1']:.3f} / {r['protocols'][n]['5']:.3f}" for n in names]
         fit = " / ".join(f"{r['fit_set'][n]['1']:.2f}" for n in names)
         lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {fit} | {r['seconds']} |")
@@ -161,10 +212,13 @@ def plot_rows(rows: list[dict], png: Path) -> None:
 
     names = [f"{q}->{db}" for q, db in PROTOCOLS]
     fig, ax = plt.subplots(figsize=(9, 4.5))
+    if any("protocols_sd" in r for r in rows):  # one bar per method: the seeds' mean, not each seed
+        rows = [r for r in rows if r.get("seed") is None]
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
-        ax.bar(np.arange(len(names)) + i * width, [r["protocols"][n]["1"] for n in names], width,
-               label=r["method"][:48])
+        sd = [r["protocols_sd"][n]["1"] for n in names] if "protocols_sd" in r else None
+        ax.bar(np.arange(len(names)) + i * width, [r["protocols"][n]["1"] for n in names], width, yerr=sd,
+               capsize=2, label=r["method"][:60])
     ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
     ax.set_xticklabels(names)
     ax.set_ylabel("Recall@1")

@@ -9,6 +9,10 @@ Checkpoint: `--checkpoint` if given; else on the synthetic route an off-the-shel
 (`densernet init` on the map run); on Gardens Point one trained with the recipe of
 `--train-config` on frames 0-99 of all three traversals, while the demo maps day_left and
 replays night_right over frames 100-199 (places the training never saw).
+
+`--seeds N` (Gardens Point): the whole demo once per training seed (the recipe's seed, +1, ...), each
+in <out>/seed<k>, then each seed's figures and their mean +- sd (seeds.json): what one training run
+gives is luck within that spread.
 """
 from __future__ import annotations
 
@@ -78,6 +82,7 @@ def _checkpoint(args: argparse.Namespace, out: Path, map_run: GeoImages) -> Path
         raise FileNotFoundError(f"training recipe not found: {recipe} (run from the repository root, "
                                 "or pass --train-config or --checkpoint)")
     cfg = load_train_config(recipe)
+    cfg = dataclasses.replace(cfg, seed=cfg.seed + args.seed)
     gp = Path(args.shared) / "gardens_point"
     sources = tuple(SourceSpec("traverse", str(gp / t), frames=GP_TRAIN_FRAMES) for t in GP_TRAVERSES)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, database=sources, queries=sources), val=None)
@@ -196,9 +201,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--train-config", default=GP_TRAIN_CONFIG,
                    help=f"Gardens Point training recipe (default {GP_TRAIN_CONFIG}, from the repository root)")
     p.add_argument("--figure", help="also copy the PNG here (the README's picture)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="Gardens Point: train with this many seeds and run the demo for each; per seed and mean +- sd")
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
+    if args.seeds > 1 and (args.data != "gardens_point" or args.checkpoint):
+        p.error("--seeds trains the Gardens Point checkpoint once per seed: it needs --data gardens_point "
+                "and no --checkpoint")
+    args.seed = 0
     setup_logging()
-    return run_cli(_run, args)
+    return run_cli(_run_seeds if args.seeds > 1 else _run, args)
+
+
+SEED_FIGURES = (("fixes", "filtered fixes"), ("within_2", "filtered fixes within 2 frames"),
+                ("median", "filtered median error (frames)"), ("single_fixes", "single-frame fixes"),
+                ("auc", "filtered PR AUC"))
+
+
+def _seed_figures(report: dict) -> dict:
+    return {"fixes": report["fixes"], "within_2": report["error"].get("within_2"),
+            "median": report["error"].get("median"), "single_fixes": report["single_frame"]["fixes"],
+            "auc": report["open_set"]["auc"], "checkpoint_sha256": report.get("checkpoint_sha256")}
+
+
+def _run_seeds(args: argparse.Namespace) -> int:
+    """The demo once per seed, then the spread: mean and sample sd (n-1) of every figure."""
+    import copy
+
+    out = Path(args.out)
+    per_seed, codes = [], []
+    for k in range(args.seeds):
+        sub = copy.copy(args)
+        sub.out, sub.seed, sub.figure = str(out / f"seed{k}"), k, None
+        print(f"--- seed {k} of {args.seeds} ---", flush=True)
+        codes.append(_run(sub))
+        per_seed.append(_seed_figures(json.loads((out / f"seed{k}" / "report.json").read_text())))
+    summary = {}
+    for key, label in SEED_FIGURES:
+        values = np.array([np.nan if r[key] is None else r[key] for r in per_seed], float)
+        summary[key] = {"label": label, "values": values.tolist(), "mean": float(np.nanmean(values)),
+                        "sd": float(np.nanstd(values, ddof=1))}
+    (out / "seeds.json").write_text(json.dumps({"seeds": per_seed, "summary": summary}, indent=2))
+    print(f"over {args.seeds} seeds (mean ± sd; each seed):")
+    for key, label in SEED_FIGURES:
+        v = summary[key]
+        print(f"  {label}: {v['mean']:.2f} ± {v['sd']:.2f}  [" + ", ".join(f"{x:.2f}" for x in v["values"]) + "]")
+    print(f"seeds: {out / 'seeds.json'}")
+    return max(codes)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -260,7 +310,9 @@ def _run(args: argparse.Namespace) -> int:
     if not np.array_equal(published, fix):
         raise RuntimeError("the poses published differ from the node's filtered answers in place_recognition/place")
     lat = np.array(list(latency.values())) * 1000
-    report = {"data": args.data, "frames_sent": frames, "poses_received": len(poses), "fixes": int(sum(fix)),
+    from densernet_core.model.checkpoint import checkpoint_hash
+
+    report = {"data": args.data, "checkpoint_sha256": checkpoint_hash(ckpt), "frames_sent": frames, "poses_received": len(poses), "fixes": int(sum(fix)),
               "no_fix": int(len(fix) - sum(fix)), "error": stats, "unit": unit,
               "open_set": modes["filtered"]["open_set"],
               "single_frame": {"fixes": int(sum(modes["single"]["fix"])), "error": modes["single"]["stats"],

@@ -144,6 +144,21 @@ def test_kidnapped_robot_relocalizes_with_no_wrong_fix_meanwhile():
     assert all(within(e, t) for e, t in zip(out[first_right:], truths[first_right:]))
 
 
+def test_contradicting_frames_restart_the_belief_once_and_it_is_counted():
+    """The same kidnap with the calibrated filter's outside state doing the work (no restart needed), with
+    `relocalize_after` 1 (the jump frame itself restarts it) and with the relative observation, which has
+    no outside state: its third contradicting frame in a row restarts the belief. Each restart is reported
+    on its frame and counted once, and the place is right from the restart on."""
+    truths = list(range(10, 40)) + list(range(75, 95))
+    for cfg, restarts in ((BeliefConfig(), []), (BeliefConfig(relocalize_after=1), [30]),
+                          (BeliefConfig(observation="relative", out_of_map=False), [32])):
+        b = belief(cfg)
+        out = run(b, truths, np.random.default_rng(6))
+        assert [k for k, e in enumerate(out) if e.relocalized] == restarts, cfg
+        assert b.relocalizations == len(restarts)
+        assert all(within(e, t) for e, t in zip(out[36:], truths[36:]))
+
+
 def test_frames_without_information_are_unrecognisable_then_the_place_returns():
     """Six frames of pure noise (a covered lens): "not localized: ... unrecognisable", never a wrong fix;
     standing still or driving on, the place is found again within three frames of the signal's return."""
@@ -269,9 +284,26 @@ def test_a_given_pose_seeds_the_belief_and_resolves_a_look_alike():
     alias = {**{j: j + 30 for j in range(40, 60)}, **{j + 30: j for j in range(40, 60)}}
     seeded = belief()
     assert seeded.seed(np.array([75.0, 0, 0]), np.eye(3) * 4.0) > 0
+    c = seeded.config  # all the mass is given out: the map's share around the pose, leave_rate outside it
+    assert abs(seeded.state.sum() + seeded.away.sum() - 1) < 1e-12 and abs(seeded.away.sum() - c.leave_rate) < 1e-12
+    assert np.argmax(seeded.state.sum(axis=0)) == 75
     est = seeded.step(frame_scores(75, rng, alias=alias), Motion(moved=True))
     assert within(est, 75)
     fresh = belief().step(frame_scores(75, np.random.default_rng(14), alias=alias), Motion(moved=True))
     assert not fresh.fix
     with pytest.raises(ValueError, match="positive definite"):
         seeded.seed(np.zeros(3), np.full((3, 3), np.nan))
+
+
+def test_route_runs_break_where_places_are_far_apart_in_map_units():
+    """Places 2 m apart, then a 24 m jump, then another source: three runs, in metres as in frames."""
+    from densernet_core.localization.belief import Route
+
+    pos = np.array([[0, 0, 0], [2, 0, 0], [4, 0, 0], [6, 0, 0], [30, 0, 0], [32, 0, 0], [34, 0, 0], [36, 0, 0]], float)
+    route = Route.from_positions(pos, 2.0)
+    assert route.run.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    np.testing.assert_allclose(route.coord[:4], [0, 2, 4, 6])
+    np.testing.assert_allclose(np.diff(route.coord[4:]), [2, 2, 2])
+    split = Route.from_positions(pos, 2.0, sources=["a"] * 6 + ["b"] * 2)
+    assert split.run.tolist() == [0, 0, 0, 0, 1, 1, 2, 2]
+    assert Route.from_positions(pos[::4] * 10, 2.0) is None  # no two places close enough to make a run

@@ -3,6 +3,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,39 @@ def test_gardens_point_demo_needs_its_training_recipe(tmp_path, gardens_point):
     res = _demo("--data", "gardens_point", "--out", str(tmp_path / "gp"), "--shared", str(gardens_point.parent),
                 "--train-config", str(tmp_path / "no_recipe.yaml"))
     assert res.returncode == 1 and "training recipe not found" in res.stderr
+
+
+def test_seeds_need_the_gardens_point_training(tmp_path):
+    for args in (["--seeds", "3"], ["--data", "gardens_point", "--seeds", "3", "--checkpoint", "x.safetensors"],
+                 ["--data", "gardens_point", "--seeds", "0"]):
+        res = _demo("--out", str(tmp_path / "s"), *args)
+        assert res.returncode == 2 and "--seeds" in res.stderr, (args, res.stderr)
+
+
+def test_seed_runs_are_kept_apart_and_summarised(tmp_path, monkeypatch):
+    """--seeds N runs the demo once per seed, each in its own folder with its own training seed, and
+    reports each seed and the mean and sample sd of its figures."""
+    import argparse
+
+    from densernet_ros import demo
+
+    fixes, within, median = [80, 86, 74], [0.9, 0.95, 0.85], [0.7, 0.6, 0.9]
+    seen = []
+
+    def fake_run(a: argparse.Namespace) -> int:
+        seen.append((a.seed, a.out))
+        k = a.seed
+        Path(a.out).mkdir(parents=True)
+        Path(a.out, "report.json").write_text(json.dumps({
+            "fixes": fixes[k], "error": {"within_2": within[k], "median": median[k]}, "checkpoint_sha256": str(k),
+            "single_frame": {"fixes": 10 + k}, "open_set": {"auc": 0.8}}))
+        return 0
+
+    monkeypatch.setattr(demo, "_run", fake_run)
+    args = argparse.Namespace(out=str(tmp_path), seeds=3, seed=0, figure=None)
+    assert demo._run_seeds(args) == 0
+    assert seen == [(k, str(tmp_path / f"seed{k}")) for k in range(3)]
+    summary = json.loads((tmp_path / "seeds.json").read_text())["summary"]
+    assert summary["fixes"]["values"] == fixes
+    assert summary["fixes"]["mean"] == np.mean(fixes) and abs(summary["fixes"]["sd"] - np.std(fixes, ddof=1)) < 1e-12
+    assert abs(summary["median"]["mean"] - np.mean(median)) < 1e-12

@@ -93,3 +93,25 @@ def test_bag_frames_with_padded_rows_read_right(tmp_path):
 
 def test_encodings_listed_once():
     assert set(RAW_ENCODINGS) >= {"rgb8", "bgr8", "mono8", "rgba8", "bgra8", "mono16"}
+
+
+def test_arrays_of_every_kind_become_hxwx3_rgb():
+    """What the Python API takes (numpy in any of its forms, PIL) comes out HxWx3 uint8 RGB: alpha dropped,
+    grey repeated, 16 bits to their high byte, floats in [0, 1] scaled, BGR reversed on request."""
+    from PIL import Image
+
+    from densernet_core.images import to_rgb_uint8
+
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 7
+    rgba = np.concatenate([rgb, np.full((2, 3, 1), 255, np.uint8)], axis=2)
+    assert np.array_equal(to_rgb_uint8(rgba), rgb)
+    assert np.array_equal(to_rgb_uint8(rgba[:, :, [2, 1, 0, 3]], color="bgr"), rgb)
+    assert np.array_equal(to_rgb_uint8(rgb[:, :, 0]), np.repeat(rgb[:, :, :1], 3, axis=2))
+    assert np.array_equal(to_rgb_uint8(rgb[:, :, :1]), np.repeat(rgb[:, :, :1], 3, axis=2))
+    assert np.array_equal(to_rgb_uint8(rgb.astype(np.uint16) << 8 | 0xFF), rgb)
+    assert np.array_equal(to_rgb_uint8(rgb / 255.0), rgb)
+    assert np.array_equal(to_rgb_uint8(Image.fromarray(rgba, "RGBA")), rgb)
+    for bad, match in ((np.zeros((0, 3, 3), np.uint8), "empty"), (np.zeros((2, 3, 2), np.uint8), "shape"),
+                       (np.zeros((2, 3, 3), np.int32), "dtype"), ("x", "not found|cannot")):
+        with pytest.raises((ImageError, FileNotFoundError), match=match):
+            to_rgb_uint8(bad)

@@ -324,6 +324,17 @@ def test_localize_sequence_reports_single_and_filtered_with_odometry(tiny_model,
     out = capsys.readouterr().out
     assert "filtered: fixes" in out and "single: fixes" in out and "motion between frames from: odometry 9" in out
     rows = list(csv_module.DictReader(open(tmp_path / "seq.csv")))
-    assert len(rows) == 10 and {"single_fix", "filtered_fix", "filtered_sigma_x", "filtered_error"} <= set(rows[0])
+    fields = ("fix", "place", "x", "y", "z", "qx", "qy", "qz", "qw", "sigma_x", "confidence", "reason", "error")
+    assert len(rows) == 10 and list(rows[0]) == ["frame", "stamp", "top_score"] + [
+        f"{m}_{c}" for m in ("single", "filtered") for c in fields] + ["latency_ms"]
+    truth = {Path(p).name: pos for p, pos in zip(load_csv(route / "poses.csv").images, load_csv(route / "poses.csv").positions)}
+    fixed = [r for r in rows if r["filtered_fix"] == "True"]
+    assert fixed, rows
+    for r in fixed:  # the file's pose, its error column and the truth agree
+        q = np.array([float(r[f"filtered_q{a}"]) for a in "xyzw"])
+        assert abs(np.linalg.norm(q) - 1) < 1e-3
+        err = np.linalg.norm(np.array([float(r["filtered_x"]), float(r["filtered_y"])]) - truth[r["frame"]][:2])
+        assert abs(err - float(r["filtered_error"])) < 1e-3, (r, err)
+    assert "% <= " in out.split("filtered: fixes", 1)[1]  # the within-tolerance shares are printed
     assert (tmp_path / "seq.png").stat().st_size > 1000
     assert localize([str(route), "--map", str(tmp_path / "map"), "--odom-topic", "/odom"]) == 1  # needs --bag

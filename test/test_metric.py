@@ -145,6 +145,12 @@ def test_degenerate_cases_fail_the_gate_with_a_reason():
     luv, lvis = project(line, truth, noise=0.3)
     on_line = solve_pnp(line[lvis], luv[lvis], CAM)
     assert not on_line.ok and ("line" in on_line.reason or "degenerate" in on_line.reason or "inliers" in on_line.reason)
+    dense = scene(4000)  # hundreds of right matches, all in a 40-px band across the image: width, no height
+    duv, dvis = project(dense, truth, noise=0.3)
+    band = dvis & (np.abs(duv[:, 1] - 240) < 20)
+    strip = solve_pnp(dense[band], duv[band], CAM)
+    assert band.sum() > 300 and not strip.ok and strip.reason.startswith("inliers on a line or a spot (spread 1"), \
+        strip.reason
 
 
 
@@ -256,6 +262,12 @@ def test_map_with_points_round_trip_add_and_metric_pose(street, tiny_model, tmp_
     assert r.metric.ok, r.metric.reason
     assert np.linalg.norm(r.metric.position - q.positions[5]) < 0.2
     assert r.pose_source == "metric" and r.estimate.fix
+    assert r.mode == "single" and r.place is r.single and r.filtered is None
+    from densernet_core.localization.belief import BeliefConfig
+
+    filtered = Localizer(tiny_model, PlaceMap.load(tmp_path / "map"), belief=BeliefConfig(), mode="filtered")
+    f = filtered.localize(str(q.images[5]))
+    assert f.mode == "filtered" and f.place_mode == "filtered" and f.place is f.filtered and f.single is not None
     retrieval_only = Localizer(tiny_model, PlaceMap.load(tmp_path / "map"), metric=None).localize(str(q.images[5]))
     assert retrieval_only.metric is None and retrieval_only.pose_source == "single"
     # densernet-localize does the same offline, and says which frames got a metric pose

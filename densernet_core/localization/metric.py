@@ -46,10 +46,16 @@ class MetricConfig:
     focal_prior: float = 0.1       # the given focal length's relative uncertainty (where the image cannot tell)
 
     def __post_init__(self) -> None:
-        if self.candidates < 1 or self.min_inliers < 4 or not 0 < self.ratio <= 1 or self.ransac_px <= 0 \
-                or self.max_reproj_px <= 0 or self.ransac_iterations < 1 \
-                or self.max_jump_sigmas <= 0 or not 0 < self.focal_tolerance < 1 or not self.focal_prior > 0:
-            raise ConfigError(f"metric localization: invalid {self}")
+        checks = {"candidates": self.candidates >= 1, "ratio": 0 < self.ratio <= 1, "ransac_px": self.ransac_px > 0,
+                  "ransac_iterations": self.ransac_iterations >= 1,
+                  "min_inliers": self.min_inliers >= 4,  # PnP needs four points
+                  "max_reproj_px": self.max_reproj_px > 0, "min_spread_px": self.min_spread_px >= 0,
+                  "max_condition": self.max_condition > 1, "min_pixel_sigma": self.min_pixel_sigma > 0,
+                  "max_jump_sigmas": self.max_jump_sigmas > 0, "focal_tolerance": 0 < self.focal_tolerance < 1,
+                  "focal_prior": self.focal_prior > 0}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"metric localization: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
 
 
 @dataclass

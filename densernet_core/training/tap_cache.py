@@ -56,9 +56,10 @@ class TapCache:
         self.images = [Path(p) for p in images]
         self.copies = copies if augment is not None and augment.enabled else 0
         self.taps = stored_taps(model)
+        # The seed only draws the augmented copies: without them, every seed of a recipe shares one cache.
         key = {"images": [str(p.resolve()) for p in self.images], "size": list(model.config.image_size),
                "weights": model.config.weights, "preprocessing": model.config.preprocessing,
-               "taps": list(self.taps), "copies": self.copies, "seed": seed,
+               "taps": list(self.taps), "copies": self.copies, "seed": seed if self.copies else None,
                "augment": augment.__dict__ if self.copies else None,
                "trunk": _trunk_fingerprint(model)}
         self.key = hashlib.sha256(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()[:16]
