@@ -120,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.time()
             trained = run.train()
             train_s = time.time() - t0
-            record(label + (f", seed {seeded.seed}" if args.seeds > 1 else ""),
-                   evaluate(f"{preset} trained seed {seeded.seed}", checkpoint_describer(trained, args.device), data_dir),
-                   train_s, f"{cfg.optim.epochs} epochs, {cfg.optim.loss}", seed=seeded.seed)
+            results = evaluate(f"{preset} trained seed {seeded.seed}", checkpoint_describer(trained, args.device),
+                               data_dir)
+            record(label + (f", seed {seeded.seed}" if args.seeds > 1 else ""), results, train_s,
+                   f"{cfg.optim.epochs} epochs, {cfg.optim.loss}", seed=seeded.seed)
             trained_rows.append(rows[-1])
             if k == 0:
                 seed0 = trained

@@ -312,7 +312,8 @@ def _run(args: argparse.Namespace) -> int:
     lat = np.array(list(latency.values())) * 1000
     from densernet_core.model.checkpoint import checkpoint_hash
 
-    report = {"data": args.data, "checkpoint_sha256": checkpoint_hash(ckpt), "frames_sent": frames, "poses_received": len(poses), "fixes": int(sum(fix)),
+    report = {"data": args.data, "checkpoint_sha256": checkpoint_hash(ckpt),
+              "frames_sent": frames, "poses_received": len(poses), "fixes": int(sum(fix)),
               "no_fix": int(len(fix) - sum(fix)), "error": stats, "unit": unit,
               "open_set": modes["filtered"]["open_set"],
               "single_frame": {"fixes": int(sum(modes["single"]["fix"])), "error": modes["single"]["stats"],

@@ -11,20 +11,23 @@ from densernet_core.localization.metric import MetricConfig
 from densernet_core.localization.observation import ObservationConfig
 from densernet_core.localization.pose import PoseEstimatorConfig
 
+# Two-sided ranges are tried past either end.
 INVALID = {
     BeliefConfig: {"max_speed": 0.0, "max_step": 0.0, "odom_noise": -0.1, "likelihood_temperature": 0.0,
-                   "odom_noise_floor": 0.0, "uniform_mix": 1.0, "likelihood_floor": 0.0, "contradiction_level": 1.0,
-                   "relocalize_after": 0, "fix_radius": -1.0, "fix_mass": 0.0, "position_floor": 0.0,
-                   "yaw_floor_deg": 0.0, "neighbour_radius": -1.0, "observation": "absolute", "out_prior": 1.0,
-                   "leave_rate": 1.0, "enter_rate": 0.0, "velocity_change": 1.5, "route_noise": -0.1,
-                   "stop_penalty": 0.0, "moving_similarity": 1.5, "least_evidence": 0.0},
-    PoseEstimatorConfig: {"cluster_radius": 0.0, "ratio_threshold": 0.99, "min_confidence": 1.1, "position_floor": 0.0,
-                          "yaw_floor_deg": 0.0, "min_score": 1.1, "confidence": "certain", "out_prior": 1.0},
-    MetricConfig: {"candidates": 0, "ratio": 0.0, "ransac_px": 0.0, "ransac_iterations": 0, "min_inliers": 3,
+                   "odom_noise_floor": 0.0, "uniform_mix": (0.0, 1.0), "likelihood_floor": (0.0, 1.5),
+                   "contradiction_level": (-0.1, 1.0), "relocalize_after": 0, "fix_radius": -1.0,
+                   "fix_mass": (0.0, 1.5), "position_floor": 0.0, "yaw_floor_deg": 0.0, "neighbour_radius": -1.0,
+                   "observation": "absolute", "out_prior": (0.0, 1.0), "leave_rate": (-0.1, 1.0),
+                   "enter_rate": (0.0, 1.5), "velocity_change": (-0.1, 1.5), "route_noise": -0.1,
+                   "stop_penalty": (0.0, 1.5), "moving_similarity": (-1.5, 1.5), "least_evidence": (0.0, 1.5)},
+    PoseEstimatorConfig: {"cluster_radius": 0.0, "ratio_threshold": 0.99, "min_confidence": (-0.1, 1.1),
+                          "position_floor": 0.0, "yaw_floor_deg": 0.0, "min_score": (-1.1, 1.1),
+                          "confidence": "certain", "out_prior": (0.0, 1.0)},
+    MetricConfig: {"candidates": 0, "ratio": (0.0, 1.5), "ransac_px": 0.0, "ransac_iterations": 0, "min_inliers": 3,
                    "max_reproj_px": 0.0, "min_spread_px": -1.0, "max_condition": 1.0, "min_pixel_sigma": 0.0,
-                   "max_jump_sigmas": 0.0, "focal_tolerance": 1.0, "focal_prior": 0.0},
-    ObservationConfig: {"recognition_margin": 0.0, "positive_spacings": 0.0, "max_queries": 19,
-                        "regularization": -1.0, "miss_rate": 1.0},
+                   "max_jump_sigmas": 0.0, "focal_tolerance": (0.0, 1.0), "focal_prior": 0.0},
+    ObservationConfig: {"recognition_margin": (0.0, 1.1), "positive_spacings": 0.0, "max_queries": 19,
+                        "regularization": -1.0, "miss_rate": (0.0, 1.0)},
 }
 # out_of_map needs the calibrated observation: set apart so an unknown observation is the only fault
 ALSO = {(BeliefConfig, "observation"): {"out_of_map": False}}
@@ -39,7 +42,8 @@ EDGES = {
 }
 
 
-@pytest.mark.parametrize("cls,field,value", [(c, f, v) for c, bad in INVALID.items() for f, v in bad.items()],
+@pytest.mark.parametrize("cls,field,value", [(c, f, v) for c, bad in INVALID.items() for f, vs in bad.items()
+                                             for v in (vs if isinstance(vs, tuple) else (vs,))],
                          ids=lambda x: getattr(x, "__name__", str(x)))
 def test_a_bad_setting_is_refused_by_name(cls, field, value):
     with pytest.raises(ConfigError) as err:

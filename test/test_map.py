@@ -327,7 +327,8 @@ def test_localize_sequence_reports_single_and_filtered_with_odometry(tiny_model,
     fields = ("fix", "place", "x", "y", "z", "qx", "qy", "qz", "qw", "sigma_x", "confidence", "reason", "error")
     assert len(rows) == 10 and list(rows[0]) == ["frame", "stamp", "top_score"] + [
         f"{m}_{c}" for m in ("single", "filtered") for c in fields] + ["latency_ms"]
-    truth = {Path(p).name: pos for p, pos in zip(load_csv(route / "poses.csv").images, load_csv(route / "poses.csv").positions)}
+    gt = load_csv(route / "poses.csv")
+    truth = {Path(p).name: pos for p, pos in zip(gt.images, gt.positions)}
     fixed = [r for r in rows if r["filtered_fix"] == "True"]
     assert fixed, rows
     for r in fixed:  # the file's pose, its error column and the truth agree
