@@ -319,7 +319,7 @@ def test_localize_sequence_reports_single_and_filtered_with_odometry(tiny_model,
     path, sha = ckpt
     build_map(tiny_model, path, sha, load_csv(route / "poses.csv"), tmp_path / "map", progress=False)
     args = [str(route), "--map", str(tmp_path / "map"), "--gt", str(route / "poses.csv"), "--sequence",
-            "--odometry", str(route / "poses.csv"), "--out", str(tmp_path / "seq.csv")]
+            "--odometry", str(route / "poses.csv"), "--out", str(tmp_path / "seq.csv"), "--thresholds", "1", "2.5"]
     assert localize(args) == 0
     out = capsys.readouterr().out
     assert "filtered: fixes" in out and "single: fixes" in out and "motion between frames from: odometry 9" in out
@@ -336,6 +336,6 @@ def test_localize_sequence_reports_single_and_filtered_with_odometry(tiny_model,
         assert abs(np.linalg.norm(q) - 1) < 1e-3
         err = np.linalg.norm(np.array([float(r["filtered_x"]), float(r["filtered_y"])]) - truth[r["frame"]][:2])
         assert abs(err - float(r["filtered_error"])) < 1e-3, (r, err)
-    assert "% <= " in out.split("filtered: fixes", 1)[1]  # the within-tolerance shares are printed
+    assert "% <= 1 m, " in out.split("filtered: fixes", 1)[1] and "% <= 2.5 m" in out  # each tolerance given
     assert (tmp_path / "seq.png").stat().st_size > 1000
     assert localize([str(route), "--map", str(tmp_path / "map"), "--odom-topic", "/odom"]) == 1  # needs --bag
