@@ -4,6 +4,8 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.densernet-deps
 DATA    ?= synthetic
+# Training seeds for bench-train and the Gardens Point demo (each seed, then mean and sd, when > 1).
+SEEDS   ?= 1
 # With a system ROS 2 sourced, use its rclpy (venv sees system site-packages); else the PyPI wheels.
 ifdef ROS_DISTRO
 VENV_FLAGS := --system-site-packages
@@ -38,14 +40,15 @@ test: weights
 DEMO_OUT := $(if $(filter synthetic,$(DATA)),demo_out,demo_out_$(DATA))
 
 demo: weights
-	$(VENV)/bin/densernet-demo --data $(DATA) --out $(DEMO_OUT)
+	$(VENV)/bin/densernet-demo --data $(DATA) --out $(DEMO_OUT) $(if $(filter-out 1,$(SEEDS)),--seeds $(SEEDS))
 
 bench: weights
 	$(PY) benchmarks/bench_describe.py
 
-# The headline training benchmark on ../shared/data/gardens_point (about 35 min on a 2-core CPU).
+# The headline training benchmark on ../shared/data/gardens_point (about 35 min on a 2-core CPU; SEEDS=5
+# trains every preset five times, about 3 h: the seed figures came from --presets small --seeds 5).
 bench-train: weights
-	$(PY) benchmarks/bench_gardens_point.py --out bench_out/gardens_point
+	$(PY) benchmarks/bench_gardens_point.py --out bench_out/gardens_point --seeds $(SEEDS)
 
 bench-index: install
 	$(PY) benchmarks/bench_index.py --out bench_out/index
