@@ -112,24 +112,22 @@ def main(argv: list[str] | None = None) -> int:
             record(f"DenserNet {preset}, off the shelf (PCA-initialised branches, k-means NetVLAD, no training)",
                    evaluate(f"{preset} off-the-shelf", checkpoint_describer(off, args.device), data_dir), time.time() - t0)
         label = "NetVLAD on conv5 only (pool5 branch), trained" if preset == "conv5" else f"DenserNet {preset}, trained"
-        trained_rows = []
-        for k in range(args.seeds):
+        trained_rows, checkpoints = [], []
+        for k in range(args.seeds):  # seed k > 0 trains in runs/<preset>_seed<seed>, sharing the tap cache
             seeded = dataclasses.replace(cfg, seed=cfg.seed + k)
-            run = Trainer(seeded, out / "runs" / (preset if k == 0 else f"{preset}_seed{seeded.seed}"), out / "cache") \
-                if k else trainer
+            run = trainer if k == 0 else Trainer(seeded, out / "runs" / f"{preset}_seed{seeded.seed}",
+                                                 out / "cache")
             t0 = time.time()
-            trained = run.train()
+            checkpoints.append(run.train())
             train_s = time.time() - t0
-            results = evaluate(f"{preset} trained seed {seeded.seed}", checkpoint_describer(trained, args.device),
-                               data_dir)
+            describe = checkpoint_describer(checkpoints[-1], args.device)
+            results = evaluate(f"{preset} trained seed {seeded.seed}", describe, data_dir)
             record(label + (f", seed {seeded.seed}" if args.seeds > 1 else ""), results, train_s,
                    f"{cfg.optim.epochs} epochs, {cfg.optim.loss}", seed=seeded.seed)
             trained_rows.append(rows[-1])
-            if k == 0:
-                seed0 = trained
         if args.seeds > 1:
             rows.append(seed_summary(f"{label}: mean ± sd over {args.seeds} seeds", trained_rows))
-        trained = seed0
+        trained = checkpoints[0]  # the old-stage row is built on the recipe's own seed
         if preset == "small":
             t0 = time.time()
             old = old_final_stage(trainer, trained, out / "runs" / preset / "with_old_pca.safetensors")
