@@ -472,16 +472,17 @@ class LocalizerCore:
             reason = s["last_reason"]  # "not localized: outside the map or unrecognisable" says it all
             status.level, status.message = DiagnosticStatus.WARN, reason if reason.startswith("not localized") \
                 else f"no fix: {reason}"
-            if intrinsics:  # a configuration fault outlasts any one frame's answer: name it too
-                status.message += f"; {intrinsics}"
-        elif intrinsics:
-            status.level, status.message = DiagnosticStatus.WARN, intrinsics
         elif self.robot.odometry is not None and s["odometry_msgs"] == 0:
             status.level, status.message = DiagnosticStatus.WARN, f"no odometry on {self.robot.odom_topic_name}"
         elif s["bad_frames"] and s["processed"] == 0:
             status.level, status.message = DiagnosticStatus.ERROR, f"no usable frames: {s['last_error']}"
         else:
             status.level, status.message = DiagnosticStatus.OK, "localized"
+        if intrinsics:  # a configuration fault outlasts any frame's answer and any stall: always named
+            if status.level == DiagnosticStatus.OK:
+                status.level, status.message = DiagnosticStatus.WARN, intrinsics
+            else:
+                status.message += f"; {intrinsics}"
         values = {"input_rate_hz": (received - r0) / dt, "output_rate_hz": (s["processed"] - p0) / dt,
                   "inference_latency_ms": s["last_latency_ms"], "frames_received": received,
                   "frames_processed": s["processed"], "frames_dropped": self.frames.dropped,

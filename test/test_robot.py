@@ -458,8 +458,10 @@ def test_a_wrong_camera_info_is_refused_and_reported_and_the_rate_capped(robot):
         assert all("camera intrinsics disagree" in r for r in reasons[5:]), reasons
         assert all(s != "metric" for s in sources[5:]), sources
         assert sum("camera intrinsics disagree" in r for r in reasons) >= 4, reasons
-        client.wait_for(lambda: "camera intrinsics disagree" in _diag_message(client), 10,
-                        "diagnostics naming the camera intrinsics")
+        time.sleep(2.5)  # past input_timeout_s: a stalled camera must not hide the configuration fault
+        client.wait_for(lambda: "camera intrinsics disagree" in _diag_message(client)
+                        and "no image for" in _diag_message(client), 10,
+                        "diagnostics naming the camera intrinsics beside the stalled camera")
         before = len(client.places)
         start = time.monotonic()
         for img in images[:14] + images[:14]:  # 28 frames at 10 Hz: uncapped, the node answers 3-4 a second
