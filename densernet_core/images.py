@@ -166,19 +166,12 @@ def raw_image_array(msg) -> np.ndarray:
     return rows.reshape((msg.height, msg.width) if channels == 1 else (msg.height, msg.width, channels))
 
 
+BGR_ENCODINGS = ("bgr8", "bgra8", "8UC3")  # OpenCV's channel order
+
+
 def raw_to_rgb(img: np.ndarray, encoding: str) -> np.ndarray:
-    """A decoded raw image as RGB uint8 (16-bit: the high byte; grey: replicated)."""
-    if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
-    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
-        return cv2.cvtColor(img.reshape(img.shape[0], img.shape[1]), cv2.COLOR_GRAY2RGB)
-    if encoding in ("bgr8", "8UC3"):
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    if encoding == "bgra8":
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    if encoding == "rgba8":
-        return cv2.cvtColor(img, cv2.COLOR_RGBA2RGB)
-    return np.ascontiguousarray(img)
+    """A decoded raw image as RGB uint8 (16-bit: the high byte; grey: replicated; alpha dropped)."""
+    return to_rgb_uint8(img, "bgr" if encoding in BGR_ENCODINGS else "rgb")
 
 
 def message_to_rgb(msg) -> np.ndarray:

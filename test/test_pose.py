@@ -9,7 +9,7 @@ from densernet_core.localization.pose import PoseEstimatorConfig, estimate_pose
 
 CFG = PoseEstimatorConfig(cluster_radius=5.0, ratio_threshold=1.2, min_confidence=0.2, position_floor=1.0,
                           confidence="relative")
-SCALE = 0.05  # the query's spread of similarity over the map (PlaceMap.score_background)
+SCALE = 0.05  # the query's spread of similarity over the map (placemap.background_statistics)
 
 
 def relative(ids, scores, pos, ori, cfg, scale):

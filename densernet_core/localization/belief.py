@@ -127,7 +127,7 @@ class Evidence:
 
     ids: np.ndarray       # scored places (the top-k, and wherever the belief holds mass)
     scores: np.ndarray    # their similarities
-    median: float         # the frame's median similarity to the map (PlaceMap.score_background)
+    median: float         # the frame's median similarity to the map (placemap.background_statistics)
     scale: float          # its robust spread (the relative model's unit)
     weight: float = 1.0   # how much of a full frame's evidence this one adds (a repeated view: less)
     rest: float | None = None  # likelihood ratio of a place not scored (None: the model's miss rate)

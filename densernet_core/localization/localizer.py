@@ -18,7 +18,7 @@ import numpy as np
 
 from ..model.checkpoint import checkpoint_hash
 from ..model.runtime import load_describer
-from ..mapping.placemap import MapError, PlaceMap
+from ..mapping.placemap import MapError, PlaceMap, background_statistics
 from ..camera import Camera
 from ..frames import Extrinsic
 from ..geometry import compose, inverse, pose_times_transform_covariance
@@ -41,7 +41,7 @@ class Retrieval:
     ids: np.ndarray       # top-k place ids, best first
     scores: np.ndarray    # their similarities
     score_median: float   # the query's typical similarity to places it is not at
-    score_scale: float    # the spread of those similarities (PlaceMap.score_background)
+    score_scale: float    # the spread of those similarities (placemap.background_statistics)
     background: np.ndarray | None = None  # its similarities to the map's background sample
     weights: np.ndarray | None = None  # each candidate's evidence for the single-frame estimate (Localizer.estimate)
 
@@ -146,10 +146,10 @@ class Localizer:
 
     def retrieve(self, descriptor: np.ndarray) -> Retrieval:
         scores, ids = self.map.search(descriptor, self.top_k)
-        median, scale = self.map.score_background(descriptor)
+        background = self.map.background_scores(descriptor)  # once per frame: 512 x D multiply-adds
+        median, scale = background_statistics(background)
         valid = ids[0] >= 0
-        return Retrieval(ids[0][valid], scores[0][valid], float(median[0]), float(scale[0]),
-                         self.map.background_scores(descriptor)[0])
+        return Retrieval(ids[0][valid], scores[0][valid], float(median[0]), float(scale[0]), background[0])
 
     def unscored_ratio(self, retrieval: Retrieval) -> float:
         """The likelihood ratio a place not scored for this frame is given: the mean over the map's background

@@ -120,9 +120,9 @@ def solve_pnp(points3d: np.ndarray, pixels: np.ndarray, camera: Camera, config: 
                            f"(+- {sigma:.3f}) times the given fx {k[0, 0]:.1f}")
         else:
             g = _pose_jacobian(rvec, tvec)
-            shift = np.r_[_camera_to_map(x[:3], x[3:6])[0] - position,
-                          (Rotation.from_quat(_camera_to_map(x[:3], x[3:6])[1])
-                           * Rotation.from_quat(orientation).inv()).as_rotvec()]
+            refit_position, refit_orientation = _camera_to_map(x[:3], x[3:6])
+            shift = np.r_[refit_position - position,
+                          (Rotation.from_quat(refit_orientation) * Rotation.from_quat(orientation).inv()).as_rotvec()]
             pose.covariance = g @ cov7[:6, :6] @ g.T + np.outer(shift, shift)
             pose.ok, pose.reason = True, "ok"
     return pose

@@ -9,7 +9,7 @@ measured in units of the query's own spread that best match always looks decisiv
 
 where g_j = s(q, j) - median_k s(q, k) is the *similarity gap*: how much more the frame resembles place
 j than it resembles the map's places at large (the median over the map's fixed background sample,
-`PlaceMap.score_background`). The gap is kept in the descriptor's own units, not divided by the query's
+`placemap.background_statistics`). The gap is kept in the descriptor's own units, not divided by the query's
 spread: a frame taken inside the mapped area spreads its similarities over the map more than one from
 elsewhere, and dividing by that spread threw the difference away (Gardens Point: in-map night frames
 against out-of-map ones, AUC 0.51 with the spread-normalised score, 0.85 with the gap).

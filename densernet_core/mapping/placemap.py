@@ -179,16 +179,15 @@ class PlaceMap:
         places = read_places(folder / PLACES, folder, manifest.frame_id, manifest.has_orientation)
         if len(places) != manifest.num_places:
             raise MapError(f"{folder / PLACES}: {len(places)} places, manifest says {manifest.num_places}")
-        want = observation
         try:
             points = MapPoints.load(folder)
-            observation = ObservationModel.load(folder) if want else None
+            model = ObservationModel.load(folder) if observation else None
         except ValueError as exc:
             raise MapError(f"{exc}; `densernet-map calibrate {folder}` fits it anew" if OBSERVATION_FILE in str(exc)
                            else str(exc)) from exc
         pmap = cls(manifest, desc, places, _load_shortlist(folder, manifest, desc) if approximate else None, points,
-                   observation)
-        if want and observation is None:
+                   model)
+        if observation and model is None:
             t0 = time.perf_counter()
             if pmap.fit_observation() is not None:
                 LOG.warning("map %s predates the observation model: fitted one now (%.1f s); `densernet-map calibrate "
@@ -227,15 +226,6 @@ class PlaceMap:
     def background_scores(self, queries: np.ndarray) -> np.ndarray:
         """Per query, its similarities to the map's fixed sample of places (Q x min(N, 512))."""
         return np.atleast_2d(queries).astype(np.float32) @ self._background.T
-
-    def score_background(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per query: median and robust spread (MAD as a standard deviation) of its similarity to a fixed
-        sample of places, i.e. how similar it looks to places it is not at. Similarities are compared
-        in units of this spread, which differs tenfold between a raw VLAD and a whitened descriptor."""
-        s = self.background_scores(queries)
-        median = np.median(s, axis=1)
-        scale = MAD_TO_STD * np.median(np.abs(s - median[:, None]), axis=1)
-        return median, np.maximum(scale, 1e-6)
 
     def bytes_per_place(self, folder: str | Path) -> float:
         """What the map costs on disk per place (descriptors, index and places together)."""
@@ -380,6 +370,15 @@ def _observation_config(model: ObservationModel | None) -> ObservationConfig:
     if model is None:
         return ObservationConfig()
     return ObservationConfig(recognition_margin=model.recognition_margin, miss_rate=model.miss_rate)
+
+
+def background_statistics(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of background similarities (PlaceMap.background_scores): their median and robust spread
+    (MAD as a standard deviation), i.e. how similar a query looks to places it is not at. Similarities are
+    compared in units of this spread, which differs tenfold between a raw VLAD and a whitened descriptor."""
+    median = np.median(scores, axis=1)
+    scale = MAD_TO_STD * np.median(np.abs(scores - median[:, None]), axis=1)
+    return median, np.maximum(scale, 1e-6)
 
 
 def calibrate_map(folder: str | Path, config: ObservationConfig = ObservationConfig()) -> PlaceMap:
