@@ -5,13 +5,17 @@
 Descriptors shaped like a route (consecutive places alike: a smoothed random walk, normalised),
 stored as float16 like a map's descriptors.npy (12,288-D: DenserNet `small`'s raw VLAD). Each query
 is a mapped place plus noise, as a revisit. One query per call, as the node searches; p50/p95 over
-the queries. `flat` is the exact search maps use by default (int8 pre-scan + exact re-scoring);
-`hnsw`/`ivfpq` propose a shortlist in a 256-D projection and re-rank it exactly against the
-float16 descriptors, memory-mapped from disk as a map loads them. Agreement = share of queries
-whose top-1 equals the exact top-1 (a float32 brute force over the stored float16 rows).
-"bytes / place" counts what the map keeps on disk for search: descriptors + index (+ projection).
-Sizes above --flat-max skip `flat` (its int8 codes alone would not fit in memory). Writes
-<out>.json/.png; the generated descriptors stay in <out>_data/ for reruns.
+the queries. `flat` is the exact search (int8 pre-scan + exact re-scoring; `auto` maps use it up to
+20k places); `compact` (what `auto` builds above that) proposes 32 places from an inverted file of
+8-bit codes over a 512-D projection fitted on the map and re-scores them exactly against the float16
+descriptors; `hnsw`/`ivfpq` (maps made before compact) propose 1000 in a 256-D projection. The
+approximate indexes are saved and loaded back as a map loads them (compact: its lists memory-mapped),
+their descriptors memory-mapped from disk. Agreement = share of queries whose top-1 equals the exact
+top-1 (a float32 brute force over the stored float16 rows). "disk B / place": descriptors + index
+(+ projection); "RAM B / place": what searching holds in memory (`memory_bytes`; the approximate
+indexes read their shortlist from the descriptors on disk). Sizes above --flat-max skip `flat` (its
+int8 codes alone would not fit in memory). Writes <out>.json/.png; the generated descriptors stay in
+<out>_data/ for reruns.
 """
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from densernet_core.mapping.index import ExactIndex, ShortlistIndex, build_index, save_index  # noqa: E402
+from densernet_core.mapping.index import (ExactIndex, ShortlistIndex, build_index, load_coarse,  # noqa: E402
+                                          save_index)
 
 WALK_SMOOTHING = 0.9  # each place keeps this much of the previous one's direction
 QUERY_NOISE = 0.5  # noise norm relative to the unit descriptor
@@ -41,7 +46,8 @@ def route_descriptors(path: Path, n: int, dim: int, seed: int = 0) -> np.ndarray
         if data.shape == (n, dim) and data.dtype == np.float16:
             return data
     path.parent.mkdir(parents=True, exist_ok=True)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, dim))
+    partial = path.with_suffix(".partial.npy")  # renamed when complete: an interrupted run leaves no full-shaped file
+    out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(n, dim))
     rng = np.random.default_rng(seed)
     prev = np.zeros(dim, np.float32)  # the walk carries on from one chunk into the next
     for s in range(0, n, CHUNK):
@@ -53,15 +59,26 @@ def route_descriptors(path: Path, n: int, dim: int, seed: int = 0) -> np.ndarray
         out[s:s + len(y)] = (y / np.linalg.norm(y, axis=1, keepdims=True)).astype(np.float16)
     out.flush()
     del out
+    partial.replace(path)
     return np.load(path, mmap_mode="r")
 
 
-def queries_from(db: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+def queries_from(db: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Queries (revisits: mapped places plus noise) and the places they revisit."""
     idx = np.sort(rng.choice(len(db), size=count, replace=False))
     noise = rng.standard_normal((count, db.shape[1])).astype(np.float32)
     noise *= QUERY_NOISE / np.linalg.norm(noise, axis=1, keepdims=True)
     q = np.asarray(db[idx], dtype=np.float32) + noise
-    return q / np.linalg.norm(q, axis=1, keepdims=True)
+    return q / np.linalg.norm(q, axis=1, keepdims=True), idx
+
+
+def check_truth(db: np.ndarray, q: np.ndarray, truth: np.ndarray, revisited: np.ndarray) -> None:
+    """The exact top-1 scores at least as high as the place each query revisits: a cached brute force that
+    belongs to other data fails here."""
+    best = np.einsum("ij,ij->i", q, np.asarray(db[np.sort(truth)], np.float32)[np.argsort(np.argsort(truth))])
+    source = np.einsum("ij,ij->i", q, np.asarray(db[revisited], np.float32))
+    if np.any(best < source - 1e-5):
+        raise RuntimeError(f"exact top-1 below the revisited place for {int((best < source - 1e-5).sum())} queries")
 
 
 def exact_top1(db: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -89,6 +106,12 @@ def measure(db: np.ndarray, q: np.ndarray, kind: str, truth: np.ndarray, work: P
         f.unlink()
     save_index(index, work, "index.faiss", "coarse.npy")
     extra = sum(f.stat().st_size for f in work.iterdir())
+    if isinstance(index, ShortlistIndex):  # searched as a loaded map searches it
+        compact = index.provenance is not None
+        coarse = load_coarse(work / "index.faiss", mmap=compact)
+        projection = np.load(work / "coarse.npy", mmap_mode="r") if index.projection is not None else None
+        index = ShortlistIndex(coarse, projection, db, index.shortlist, index.provenance)
+    ram = index.memory_bytes()
     index.search(q[:1], 10)  # warm-up
     times, top1 = [], []
     for row in q:
@@ -101,40 +124,50 @@ def measure(db: np.ndarray, q: np.ndarray, kind: str, truth: np.ndarray, work: P
             "query_ms_p50": round(1000 * float(np.median(times)), 3),
             "query_ms_p95": round(1000 * float(np.percentile(times, 95)), 3),
             "bytes_per_place": round(desc_bytes + extra / len(db), 1),
+            "ram_bytes_per_place": round(ram / len(db), 1),
             "top1_agreement": float(np.mean(np.array(top1) == truth)),
             "search": "exact (int8 pre-scan + exact re-score)" if isinstance(index, ExactIndex)
-            else f"{kind} shortlist of {index.shortlist} + exact re-rank" if isinstance(index, ShortlistIndex) else kind}
+            else f"{kind}: shortlist of {index.shortlist} + exact re-rank" if isinstance(index, ShortlistIndex) else kind}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000, 1000000])
     parser.add_argument("--dim", type=int, default=12288)
-    parser.add_argument("--kinds", nargs="+", default=["flat", "hnsw", "ivfpq"])
+    parser.add_argument("--kinds", nargs="+", default=["flat", "compact", "ivfpq"])
     parser.add_argument("--flat-max", type=int, default=100000, help="largest size searched with flat")
-    parser.add_argument("--approx-min", type=int, default=100000, help="smallest size for hnsw/ivfpq")
+    parser.add_argument("--approx-min", type=int, default=100000, help="smallest size for compact/hnsw/ivfpq")
     parser.add_argument("--out", default="bench_out/index")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = []
+    done = json.loads(Path(f"{out}.json").read_text()) if Path(f"{out}.json").is_file() else []
+    rows = [r for r in done if r["places"] not in args.sizes or r["index"] not in args.kinds]  # the rest stays
     for n in args.sizes:
         db = route_descriptors(Path(f"{out}_data") / f"route_{n}_{args.dim}.npy", n, args.dim)
-        q = queries_from(db, QUERIES, np.random.default_rng(1))
-        truth = exact_top1(db, q)
+        q, revisited = queries_from(db, QUERIES, np.random.default_rng(1))
+        truth_file = Path(f"{out}_data") / f"truth_{n}_{args.dim}.npy"  # a brute force over 1M places: minutes
+        if truth_file.is_file():
+            truth = np.load(truth_file, allow_pickle=False)
+        else:
+            truth = exact_top1(db, q)
+            np.save(truth_file, truth, allow_pickle=False)
+        check_truth(db, q, truth, revisited)
         for kind in args.kinds:
             if (kind == "flat" and n > args.flat_max) or (kind != "flat" and n < args.approx_min):
                 continue
             r = measure(db, q, kind, truth, Path(f"{out}_data") / f"index_{n}_{kind}")
             print(json.dumps(r), flush=True)
             rows.append(r)
+            rows.sort(key=lambda x: (x["places"], args.kinds.index(x["index"]) if x["index"] in args.kinds else 99))
             Path(f"{out}.json").write_text(json.dumps(rows, indent=2))
     plot(rows, Path(f"{out}.png"))
-    print("| places | search | build s | query p50 ms | query p95 ms | bytes / place | top-1 agreement with exact |")
-    print("|---|---|---|---|---|---|---|")
+    print("| places | search | build s | query p50 ms | query p95 ms | RAM B / place | disk B / place | "
+          "top-1 agreement with exact |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['places']} | {r['search']} | {r['build_s']} | {r['query_ms_p50']} | {r['query_ms_p95']} | "
-              f"{r['bytes_per_place']:.0f} | {r['top1_agreement']:.3f} |")
+              f"{r['ram_bytes_per_place']:.0f} | {r['bytes_per_place']:.0f} | {r['top1_agreement']:.3f} |")
     return 0
 
 

@@ -82,8 +82,10 @@ def test_poses_arrive_with_frame_stamp_covariance_and_right_place(raw_node, gard
     assert len(client.candidates) >= len(sent) and client.candidates[-1].header.frame_id == "map"
     place = client.places[-1].status[0]
     values = {kv.key: kv.value for kv in place.values}
-    assert {"place_id", "score", "confidence", "top_k_ids", "top_k_scores", "processing_ms", "describe_ms"} <= set(values)
+    assert {"place_id", "score", "confidence", "top_k_ids", "top_k_scores", "processing_ms", "describe_ms",
+            "search_ms"} <= set(values)
     assert 0 < float(values["describe_ms"]) <= float(values["processing_ms"])
+    assert 0 < float(values["search_ms"]) < float(values["processing_ms"]) - float(values["describe_ms"])
 
 
 def test_bad_frames_are_counted_and_node_keeps_answering(raw_node, gardens_point):

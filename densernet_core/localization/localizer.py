@@ -44,6 +44,7 @@ class Retrieval:
     score_scale: float    # the spread of those similarities (placemap.background_statistics)
     background: np.ndarray | None = None  # its similarities to the map's background sample
     weights: np.ndarray | None = None  # each candidate's evidence for the single-frame estimate (Localizer.estimate)
+    search_s: float = 0.0  # the map search's share of it (the top-k; the background sample is scored apart)
 
 
 @dataclass
@@ -145,11 +146,14 @@ class Localizer:
         return cls(model, place_map, estimator, top_k, belief, mode, metric)
 
     def retrieve(self, descriptor: np.ndarray) -> Retrieval:
+        t0 = time.perf_counter()
         scores, ids = self.map.search(descriptor, self.top_k)
+        search_s = time.perf_counter() - t0
         background = self.map.background_scores(descriptor)  # once per frame: 512 x D multiply-adds
         median, scale = background_statistics(background)
         valid = ids[0] >= 0
-        return Retrieval(ids[0][valid], scores[0][valid], float(median[0]), float(scale[0]), background[0])
+        return Retrieval(ids[0][valid], scores[0][valid], float(median[0]), float(scale[0]), background[0],
+                         search_s=search_s)
 
     def unscored_ratio(self, retrieval: Retrieval) -> float:
         """The likelihood ratio a place not scored for this frame is given: the mean over the map's background

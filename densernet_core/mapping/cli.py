@@ -16,10 +16,13 @@ from ..cli import add_backend_args, run_cli, setup_logging
 from ..datasets import GeoImages, bag_route, load_csv, load_kitti, load_rosbag, load_traverse, thin
 from ..local_features import DEFAULT_FEATURES, FEATURE_TYPES
 from .extraction import DEFAULT_BATCH, DEFAULT_WORKERS, ExtractionOptions
-from .index import INDEX_TYPES
-from .placemap import DTYPES, PlaceMap, add_to_map, build_map
+from .index import BUILD_TYPES, EXACT_MAX_PLACES
+from .placemap import DTYPES, PlaceMap, add_to_map, build_map, reindex_map
 
 LOG = logging.getLogger("densernet")
+INDEX_HELP = (f"map search: flat (exact), compact (a projection fitted on the map, an inverted file of 8-bit codes in "
+              f"RAM, the best 32 re-scored exactly; for maps of tens of thousands of places and more), or auto "
+              f"(the default: flat up to {EXACT_MAX_PLACES} places, compact above, chosen again by `add`)")
 
 
 def load_route(args: argparse.Namespace, out_dir: Path) -> GeoImages:
@@ -112,7 +115,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         print(f"rank {ctx.rank} of {ctx.world_size}: its share of {len(data)} images went to rank 0, "
               f"which wrote the map to {out}")
     else:
-        print(pmap.info())
+        print(pmap.info(out))
     return 0
 
 
@@ -121,12 +124,18 @@ def _cmd_add(args: argparse.Namespace) -> int:
         raise ValueError("densernet-map add runs in one process; start it without torchrun")
     data = load_route(args, Path(args.map))
     model, sha = _model(args)
-    print(add_to_map(args.map, model, sha, data, progress=not args.no_progress, extraction=_extraction(args)).info())
+    print(add_to_map(args.map, model, sha, data, progress=not args.no_progress, extraction=_extraction(args))
+          .info(args.map))
     return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    print(PlaceMap.load(args.map).info())
+    print(PlaceMap.load(args.map).info(args.map))
+    return 0
+
+
+def _cmd_reindex(args: argparse.Namespace) -> int:
+    print(reindex_map(args.map, args.index).info(args.map))
     return 0
 
 
@@ -178,7 +187,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build a map (resumes an interrupted build)")
     b.add_argument("--out", required=True)
-    b.add_argument("--index", choices=INDEX_TYPES, default="flat")
+    b.add_argument("--index", choices=BUILD_TYPES, default="auto", help=INDEX_HELP)
     b.add_argument("--camera", help="intrinsics of the mapped images (YAML: width, height, fx, fy, cx, cy, distortion; "
                                     "a ROS camera_info YAML; a KITTI calib.txt; or, with --bag, the bag's CameraInfo topic): "
                                     "also triangulate 3-D points for "
@@ -199,7 +208,12 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("map")
     _route_args(a)
     a.set_defaults(func=_cmd_add)
-    i = sub.add_parser("info", help="what is in a map")
+    r = sub.add_parser("reindex", help="build a map's search anew from its stored descriptors (another --index; "
+                                       "a compact projection refitted on the map as it is now)")
+    r.add_argument("map")
+    r.add_argument("--index", choices=BUILD_TYPES, help="default: what the map was built with")
+    r.set_defaults(func=_cmd_reindex)
+    i = sub.add_parser("info", help="what is in a map and what searching it costs (bytes per place, query time)")
     i.add_argument("map")
     i.set_defaults(func=_cmd_info)
     c = sub.add_parser("calibrate", help="fit the map's observation model (how likely a frame shows a mapped place "

@@ -1,27 +1,48 @@
 """Search over a map's descriptors (unit norm, so inner product = cosine similarity).
 
-`flat` (the default) is exact: every place is scored against the stored descriptors. A 12,288-D
+`flat` is exact (what `auto`, the default, picks up to `EXACT_MAX_PLACES`): every place is scored
+against the stored descriptors. A 12,288-D
 float16 map of 10k places is 246 MB, more than one scan per frame can read from memory in 10 ms
 on a small CPU, so the scan runs first over int8 codes (one scale per place; torch's int8 weight
 kernel) and then re-scores exactly every place whose int8 score, widened by a proven error bound,
 could still reach the top k. The answer is the exact top k of the stored descriptors, not an
 approximation of it.
 
-`hnsw` and `ivfpq` are for maps too large for a scan (hundreds of thousands of places and up):
-a FAISS index over a 256-D projection of the descriptors (their top singular directions, from a
-sample of the map) proposes a shortlist, and the shortlist is re-scored exactly against the
-stored descriptors, which may stay memory-mapped on disk. Figures in docs/BENCHMARKS.md.
+`compact` is for maps too large for a scan (tens of thousands of places and up; `auto` picks it above
+`EXACT_MAX_PLACES`): the descriptors are projected onto the top 512 singular
+directions of the map's own descriptors (fitted on >= 10 places per kept dimension; a random
+orthogonal projection, recorded as such, for a map too small for that), an inverted file over the
+projections with 8-bit codes (512 B per place, in RAM, memory-mapped from index.faiss so that
+nodes on one machine share its pages) proposes the best `COMPACT_RERANK` places, and those are
+re-scored exactly against the stored float16 descriptors (memory-mapped; a few dozen rows read per
+query). The projection's provenance is kept in the map's manifest (`Projection`). On real night
+queries among look-alike distractors the projection loses exact search's top-1 (docs/BENCHMARKS.md,
+*Real queries in a haystack*).
+
+`hnsw` and `ivfpq` (a 256-D projection, a shortlist of 1000 re-read from disk) are what large maps
+used before `compact`; such maps still load and search as they were built. Figures in
+docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
 import logging
+import os
+import time
+import warnings
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 LOG = logging.getLogger("densernet")
-INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+INDEX_TYPES = ("auto", "flat", "compact", "hnsw", "ivfpq")  # what a manifest may name
+BUILD_TYPES = ("auto", "flat", "compact")  # what `densernet-map build --index` offers
+# auto: exact search up to this many places (20k: p50 7.7 ms, p95 9.2 ms on 2 cores, docs/BENCHMARKS.md),
+# the compact index above it.
+EXACT_MAX_PLACES = 20000
 # int8 pre-scan only where a plain fp32 scan costs more than this many multiply-adds per query.
 INT8_MIN_ELEMENTS = 1 << 22
 INT8_MAX = 127
@@ -44,6 +65,20 @@ IVF_MAX_LISTS = 4096
 IVF_NPROBE = 64
 PQ_BITS = 8
 IVF_TRAIN_SAMPLES = 200000
+# Compact index: projection, inverted file with 8-bit codes, exact re-ranking of its best places.
+COMPACT_DIM = 512
+SAMPLES_PER_DIM = 10  # fit a projection only on >= this many places per kept dimension (docs/TRAINING.md)
+COMPACT_FIT_SAMPLES = 50000  # places the singular directions are fitted on (at most)
+ENERGY_SAMPLES = 4096  # places the kept share of the descriptors' energy is measured on (for the provenance)
+COMPACT_RERANK = 32  # places re-scored exactly per query (read from the stored descriptors)
+COMPACT_LISTS_PER_SQRT = 4  # inverted lists = this * sqrt(places), at least 1, at most IVF_MAX_LISTS
+COMPACT_NPROBE = 64
+REFIT_GROWTH = 2.0  # `add` refits the projection once the map has grown this much beyond what it was fitted on
+PROJECT_ROWS = 16384  # descriptors projected at a time while building
+# Fewer queries than this are searched on one FAISS thread: a single query gains nothing from more, and
+# FAISS's OpenMP threads spin for the cores torch's threads need (on 2 cores with another process busy:
+# 8 ms per search instead of 1.3 ms).
+FAISS_PARALLEL_QUERIES = 8
 
 
 class ExactIndex:
@@ -123,21 +158,69 @@ class ExactIndex:
                 scores[s + r], ids[s + r] = top.values.numpy(), cand[top.indices].numpy()
         return scores, ids
 
+    def memory_bytes(self) -> int:
+        """What searching holds in RAM: the descriptors, and their int8 codes with 3 floats and a bf16 one per place."""
+        codes = 0 if self.codes is None else self.codes.numel() + self.ntotal * (3 * 4 + 2)
+        return self.ref.numel() * self.ref.element_size() + codes
+
     def _scan(self, q: torch.Tensor) -> torch.Tensor:
         """Exact scores of M queries against every place (M x N), converting stored rows piecewise."""
         return torch.cat([q @ self.ref[s:s + SCAN_ROWS].float().T for s in range(0, self.ntotal, SCAN_ROWS)], dim=1)
+
+
+@dataclass
+class Projection:
+    """Where a compact index's projection came from, kept in the map's manifest: what its search was
+    fitted on, and when `densernet-map add` fits it anew."""
+    method: str  # "pca": the top singular directions of the map's descriptors; "random-orthogonal"; "none"
+    dim: int
+    fitted_places: int  # places in the map when the projection was fitted
+    sample_rows: int  # descriptors the directions were computed from
+    seed: int
+    energy_kept: float  # share of the descriptors' squared norm the projection keeps (on ENERGY_SAMPLES places)
+    created: str
+    lists: int  # inverted lists
+    nprobe: int  # lists searched per query
+    rerank: int  # places re-scored exactly per query
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "Projection":
+        try:
+            return cls(**raw)
+        except TypeError as exc:
+            raise ValueError(f"projection record {raw!r} is not one this densernet writes ({exc})") from exc
+
+    def refit_at(self) -> int:
+        """The map size at which `add` fits the projection anew: when the map first has enough places for
+        a fitted one, or has grown REFIT_GROWTH times beyond the places it was fitted on."""
+        if self.method == "random-orthogonal":
+            return SAMPLES_PER_DIM * self.dim
+        return int(np.ceil(REFIT_GROWTH * self.fitted_places))
+
+    def describe(self) -> str:
+        how = {"pca": f"top {self.dim} singular directions of {self.sample_rows} of the map's {self.fitted_places} "
+                      f"places ({100 * self.energy_kept:.1f} % of their energy)",
+               "random-orthogonal": f"random orthogonal to {self.dim}-D (seed {self.seed}; the map had "
+                                    f"{self.fitted_places} places, a fit needs {SAMPLES_PER_DIM * self.dim})",
+               "none": f"none (the descriptors are {self.dim}-D)"}[self.method]
+        return (f"projection: {how}, {self.created}; refitted by `add` at {self.refit_at()} places\n"
+                f"compact index: {self.lists} lists, {self.nprobe} searched, 8-bit codes; best {self.rerank} "
+                f"re-scored exactly")
 
 
 class ShortlistIndex:
     """A FAISS index over projected descriptors proposes places; the stored descriptors decide."""
 
     def __init__(self, coarse, projection: np.ndarray | None, descriptors: np.ndarray,
-                 shortlist: int = SHORTLIST) -> None:
+                 shortlist: int = SHORTLIST, provenance: Projection | None = None) -> None:
         self.coarse = coarse  # on the CPU (saved as is); searched through a GPU copy when there is one
         self._coarse_search, self._gpu_resources = to_gpu_if_available(coarse)
         self.projection = projection  # D x d float32, or None for a coarse index over the descriptors
+        self._projection: torch.Tensor | None = None  # the same memory, as torch sees it
         self.ref = descriptors  # N x D, may be a read-only memory map
+        self._prefetch = RowPrefetch.of(descriptors)
         self.shortlist = shortlist
+        self.provenance = provenance  # compact indexes: how the projection was made
 
     @property
     def ntotal(self) -> int:
@@ -148,31 +231,107 @@ class ShortlistIndex:
         return self.ref.shape[1]
 
     def project(self, x: np.ndarray) -> np.ndarray:
+        """Through torch, whose threads the search's other steps share: numpy's BLAS pool beside them made
+        the projection 7 ms instead of 1.2 ms per query (2 cores, another process busy on one)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return x if self.projection is None else np.ascontiguousarray(x @ self.projection)
+        if self.projection is None:
+            return x
+        if self._projection is None:
+            with warnings.catch_warnings():  # a read-only memory map: torch only reads it
+                warnings.simplefilter("ignore", UserWarning)
+                self._projection = torch.from_numpy(np.asarray(self.projection))
+        return (torch.from_numpy(x) @ self._projection).numpy()
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = min(k, self.ntotal)
-        _, cand = self._coarse_search.search(self.project(q), min(max(self.shortlist, k), self.ntotal))
+        with faiss_threads(1 if len(q) < FAISS_PARALLEL_QUERIES else None):
+            _, cand = self._coarse_search.search(self.project(q), min(max(self.shortlist, k), self.ntotal))
         scores = np.full((len(q), k), -np.inf, np.float32)
         ids = np.full((len(q), k), -1, np.int64)
         for r, row in enumerate(cand):
             row = np.unique(row[row >= 0])  # sorted: memory-mapped rows are read in file order
-            exact = np.asarray(self.ref[row], dtype=np.float32) @ q[r]
-            order = np.argsort(-exact, kind="stable")[:k]
-            scores[r, :len(order)], ids[r, :len(order)] = exact[order], row[order]
+            exact = torch.from_numpy(read_rows(self.ref, row, self._prefetch)).float() @ torch.from_numpy(q[r])
+            order = np.argsort(-exact.numpy(), kind="stable")[:k]
+            scores[r, :len(order)], ids[r, :len(order)] = exact.numpy()[order], row[order]
         return scores, ids
 
+    def add(self, descriptors: np.ndarray, all_descriptors: np.ndarray) -> None:
+        """Index appended places with the projection and lists as they are; `all_descriptors` (the old
+        places and these) is what the exact re-ranking reads from now on."""
+        for s in range(0, len(descriptors), PROJECT_ROWS):
+            self.coarse.add(self.project(np.asarray(descriptors[s:s + PROJECT_ROWS], dtype=np.float32)))
+        self._coarse_search, self._gpu_resources = to_gpu_if_available(self.coarse)
+        self.ref = all_descriptors
+        self._prefetch = RowPrefetch.of(all_descriptors)
 
-def coarse_projection(descriptors: np.ndarray, dim: int = COARSE_DIM, seed: int = 0) -> np.ndarray | None:
+    def memory_bytes(self) -> int:
+        """What searching holds in RAM (the projection and the FAISS index; not the stored descriptors,
+        which stay on disk and are read a shortlist at a time)."""
+        import faiss
+
+        projection = 0 if self.projection is None else self.projection.nbytes
+        try:
+            ivf = faiss.extract_index_ivf(self.coarse)
+        except RuntimeError:  # HNSW: float vectors and a graph of 2 * M links per node on its lowest layer
+            return projection + self.coarse.ntotal * (4 * self.coarse.d + 2 * HNSW_M * 4)
+        return projection + ivf.ntotal * (ivf.code_size + 8) + ivf.nlist * ivf.d * 4
+
+
+@contextmanager
+def faiss_threads(count: int | None):
+    """FAISS's OpenMP threads for this thread's searches inside the block (None: as they are)."""
+    import faiss
+
+    if count is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+class RowPrefetch:
+    """Asks the kernel for a shortlist's rows of a memory-mapped descriptor file all at once. Touched one
+    by one, a cold 1M-place file costs a synchronous read per row with readahead around it (32 rows:
+    ~200 ms here); announced together, the reads overlap (~2 ms)."""
+
+    def __init__(self, path: str, offset: int, row_bytes: int) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        self.offset, self.row_bytes = offset, row_bytes
+        weakref.finalize(self, os.close, self.fd)
+
+    @classmethod
+    def of(cls, descriptors: np.ndarray) -> "RowPrefetch | None":
+        if not (isinstance(descriptors, np.memmap) and descriptors.filename and hasattr(os, "posix_fadvise")):
+            return None
+        return cls(descriptors.filename, descriptors.offset, descriptors.shape[1] * descriptors.dtype.itemsize)
+
+    def __call__(self, rows: np.ndarray) -> None:
+        for r in rows.tolist():
+            os.posix_fadvise(self.fd, self.offset + r * self.row_bytes, self.row_bytes, os.POSIX_FADV_WILLNEED)
+
+
+def read_rows(descriptors: np.ndarray, rows: np.ndarray, prefetch: RowPrefetch | None) -> np.ndarray:
+    """The stored rows (sorted ids) as a writable array in their stored dtype; a memory map's asked of the
+    kernel all at once first."""
+    if prefetch is not None:
+        prefetch(rows)
+    return np.array(descriptors[rows])
+
+
+def coarse_projection(descriptors: np.ndarray, dim: int = COARSE_DIM, seed: int = 0,
+                      samples: int = COARSE_FIT_SAMPLES) -> np.ndarray | None:
     """Top right-singular directions of a sample of the map (randomised SVD); None if D <= dim."""
     n, d = descriptors.shape
     if d <= dim:
         return None
     rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(n, min(n, COARSE_FIT_SAMPLES), replace=False))
-    x = torch.from_numpy(np.asarray(descriptors[rows], dtype=np.float32))
+    rows = np.sort(rng.choice(n, min(n, samples), replace=False))
+    x = torch.from_numpy(read_rows(descriptors, rows, RowPrefetch.of(descriptors)).astype(np.float32))
     omega = torch.from_numpy(rng.standard_normal((d, dim + COARSE_OVERSAMPLE)).astype(np.float32))
     y = x @ omega
     for _ in range(COARSE_POWER_ITERATIONS):
@@ -187,7 +346,14 @@ def build_coarse(projected: np.ndarray, kind: str):
 
     x = np.ascontiguousarray(projected, dtype=np.float32)
     n, d = x.shape
-    if kind == "hnsw":
+    if kind == "compact":
+        nlist = int(max(1, min(IVF_MAX_LISTS, n // IVF_POINTS_PER_LIST, COMPACT_LISTS_PER_SQRT * np.sqrt(n))))
+        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                              faiss.METRIC_INNER_PRODUCT)
+        index.cp.min_points_per_centroid = 1  # small maps: fewer than 39 points per list, accepted
+        index.train(_training_sample(x))
+        index.nprobe = min(COMPACT_NPROBE, nlist)
+    elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = HNSW_EF_SEARCH
     elif kind == "ivfpq":
@@ -199,8 +365,7 @@ def build_coarse(projected: np.ndarray, kind: str):
         # Small maps give each sub-quantizer fewer than FAISS's preferred 39 points per code;
         # accepted (the exact re-ranking decides) rather than warned 64 times.
         index.pq.cp.min_points_per_centroid = 1
-        train = x if n <= IVF_TRAIN_SAMPLES else x[np.sort(np.random.default_rng(0).choice(n, IVF_TRAIN_SAMPLES, replace=False))]
-        index.train(train)
+        index.train(_training_sample(x))
         index.nprobe = min(IVF_NPROBE, nlist)
     else:
         raise ValueError(f"no coarse index of type {kind!r}")
@@ -208,16 +373,69 @@ def build_coarse(projected: np.ndarray, kind: str):
     return index
 
 
-def build_index(descriptors: np.ndarray, kind: str = "flat") -> ExactIndex | ShortlistIndex:
+def _training_sample(x: np.ndarray) -> np.ndarray:
+    n = len(x)
+    return x if n <= IVF_TRAIN_SAMPLES else x[np.sort(np.random.default_rng(0).choice(n, IVF_TRAIN_SAMPLES, replace=False))]
+
+
+def resolve_index_type(kind: str, places: int) -> str:
+    """The search a map of this many places gets: `auto` is exact up to EXACT_MAX_PLACES, compact above."""
     if kind not in INDEX_TYPES:
         raise ValueError(f"index type {kind!r} unknown; choose one of {INDEX_TYPES}")
+    if kind == "auto":
+        return "flat" if places <= EXACT_MAX_PLACES else "compact"
+    return kind
+
+
+def project_all(descriptors: np.ndarray, projection: np.ndarray | None) -> np.ndarray:
+    """N x d float32 projections, computed a block of rows at a time (the descriptors may be a memory map)."""
+    out = np.empty((len(descriptors), descriptors.shape[1] if projection is None else projection.shape[1]), np.float32)
+    for s in range(0, len(descriptors), PROJECT_ROWS):
+        block = np.asarray(descriptors[s:s + PROJECT_ROWS], dtype=np.float32)
+        out[s:s + len(block)] = block if projection is None else block @ projection
+    return out
+
+
+def random_orthogonal(d: int, dim: int, seed: int) -> np.ndarray:
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, dim)).astype(np.float32))
+    return np.ascontiguousarray(q, dtype=np.float32)
+
+
+def build_compact(descriptors: np.ndarray, seed: int = 0) -> ShortlistIndex:
+    """The projection (fitted on the map when it has SAMPLES_PER_DIM places per kept dimension, random
+    orthogonal otherwise), the inverted file over the projections, and its provenance."""
+    n, d = descriptors.shape
+    dim = min(COMPACT_DIM, d)
+    if dim == d:
+        projection, method = None, "none"
+    elif n >= SAMPLES_PER_DIM * dim:
+        projection, method = coarse_projection(descriptors, dim, seed, COMPACT_FIT_SAMPLES), "pca"
+    else:
+        projection, method = random_orthogonal(d, dim, seed), "random-orthogonal"
+    projected = project_all(descriptors, projection)
+    check = np.sort(np.random.default_rng(seed).choice(n, min(n, ENERGY_SAMPLES), replace=False))
+    rows = np.asarray(descriptors[check], dtype=np.float32)
+    energy = float((projected[check] ** 2).sum() / max((rows ** 2).sum(), 1e-12))
+    coarse = build_coarse(projected, "compact")
+    provenance = Projection(method, dim, n, min(n, COMPACT_FIT_SAMPLES) if method == "pca" else 0, seed, energy,
+                            time.strftime("%Y-%m-%dT%H:%M:%S%z"), faiss_lists(coarse), coarse.nprobe, COMPACT_RERANK)
+    return ShortlistIndex(coarse, projection, descriptors, COMPACT_RERANK, provenance)
+
+
+def faiss_lists(index) -> int:
+    import faiss
+
+    return int(faiss.extract_index_ivf(index).nlist)
+
+
+def build_index(descriptors: np.ndarray, kind: str = "auto") -> ExactIndex | ShortlistIndex:
+    kind = resolve_index_type(kind, len(descriptors))
     if kind == "flat":
         return ExactIndex(descriptors)
+    if kind == "compact":
+        return build_compact(descriptors)
     projection = coarse_projection(descriptors)
-    projected = np.concatenate([np.asarray(descriptors[s:s + 65536], dtype=np.float32) @ projection
-                                if projection is not None else np.asarray(descriptors[s:s + 65536], dtype=np.float32)
-                                for s in range(0, len(descriptors), 65536)])
-    return ShortlistIndex(build_coarse(projected, kind), projection, descriptors)
+    return ShortlistIndex(build_coarse(project_all(descriptors, projection), kind), projection, descriptors)
 
 
 def to_gpu_if_available(index):
@@ -249,12 +467,20 @@ def save_index(index: ExactIndex | ShortlistIndex, folder: Path, index_file: str
             np.save(folder / projection_file, index.projection, allow_pickle=False)
 
 
-def load_coarse(path: Path):
+def load_coarse(path: Path, mmap: bool = False):
+    """`mmap`: the inverted lists stay in the file, mapped read-only (processes on one machine share them)."""
     import faiss
 
     if not path.is_file():
         raise FileNotFoundError(f"index file not found: {path}")
     try:
-        return faiss.read_index(str(path))
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
     except RuntimeError as exc:
         raise ValueError(f"{path}: corrupt FAISS index ({str(exc).splitlines()[0]})") from exc
+    if mmap and isinstance(index, faiss.IndexIVF):
+        lists = faiss.downcast_InvertedLists(index.invlists)
+        if isinstance(lists, faiss.OnDiskInvertedLists):
+            # Its default starts 32 threads per search to prefetch the probed lists: 3.9 ms of a 0.15 ms
+            # search on 2 cores. The page cache serves them as well.
+            lists.prefetch_nthread = 0
+    return index

@@ -3,8 +3,9 @@
     manifest.json     format version, model config, checkpoint sha256, descriptor dim, places, frame, ...
     descriptors.npy   N x D float16 (default) or float32 (no pickle); searched exactly
     places.csv        id,image,x,y,z,qx,qy,qz,qw,timestamp,source
-    index.faiss       hnsw/ivfpq maps only: the coarse FAISS index that proposes a shortlist
-    coarse.npy        hnsw/ivfpq maps only: the D x 256 projection that index works in
+    index.faiss       compact (and hnsw/ivfpq) maps only: the FAISS index that proposes a shortlist
+    coarse.npy        compact (and hnsw/ivfpq) maps only: the D x d projection that index works in (its
+                      provenance in manifest.json's `projection`)
     points*.npy/json  maps built with a camera only: triangulated 3-D points for metric localization
                       (mapping/points.py); without them the map is retrieval-only
     observation.json  how likely a frame shows a mapped place against no mapped place, fitted from the
@@ -19,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -36,7 +38,8 @@ from ..local_features import DEFAULT_FEATURES, FEATURE_TYPES, LocalFeatures, ext
 from ..localization.observation import (OBSERVATION_FILE, ObservationConfig, ObservationError, ObservationModel,
                                         fit_observation_model)
 from .extraction import ExtractionOptions, describe_images
-from .index import INDEX_TYPES, ExactIndex, ShortlistIndex, build_index, load_coarse, save_index
+from .index import (INDEX_TYPES, SHORTLIST, ExactIndex, Projection, RowPrefetch, ShortlistIndex, build_index,
+                    load_coarse, read_rows, resolve_index_type, save_index)
 from .points import POINTS_META, FILES as POINT_FILES, MapPoints, TriangulationConfig, build_points
 
 LOG = logging.getLogger("densernet")
@@ -44,8 +47,11 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 MANIFEST, DESCRIPTORS, INDEX, PLACES, PARTIAL = "manifest.json", "descriptors.npy", "index.faiss", "places.csv", ".partial"
 COARSE = "coarse.npy"
+DESCRIPTORS_BEING_WRITTEN = "descriptors.npy.tmp"  # renamed to descriptors.npy when the map is saved
 PLACE_FIELDS = ["id", "image", "x", "y", "z", "qx", "qy", "qz", "qw", "timestamp", "source"]
 DTYPES = ("float16", "float32")
+COPY_ROWS = 16384  # descriptors copied at a time when a map's descriptors are rewritten
+TIMING_QUERIES = 20  # searches `info` times to report the expected query time
 BACKGROUND_PLACES = 512  # fixed random places against which a query's similarity to "anywhere" is measured
 MAD_TO_STD = 1.4826  # median absolute deviation -> standard deviation of a normal distribution
 
@@ -64,12 +70,17 @@ class Manifest:
     num_places: int
     frame_id: str
     created: str
-    index_type: str
+    index_type: str  # the search built: flat (exact), compact, or hnsw/ivfpq (maps made before compact)
     dtype: str
     has_orientation: bool = True  # False: the route gave positions only (orientations are placeholders)
     # base -> camera (frames.Extrinsic.to_dict): the places are base poses; None (maps made before): the
     # places are whatever the route gave, camera poses for a map built with a camera
     extrinsic: dict | None = None
+    index_request: str = ""  # what was asked for (auto: chosen by size, again at every `add`); "": index_type
+    projection: dict | None = None  # a compact index's Projection (provenance, when to refit)
+
+    def requested_index(self) -> str:
+        return self.index_request or self.index_type
 
 
 def camera_poses(places: GeoImages, extrinsic: Extrinsic | None, ids: np.ndarray | None = None
@@ -93,8 +104,14 @@ class PlaceMap:
         self.points = points
         self.descriptors = descriptors  # as stored (float16 by default); a memory map for approximate maps
         self.places = places
-        self.index = index if index is not None else build_index(descriptors, manifest.index_type)
-        self._background = np.asarray(descriptors[background_rows(len(places))], dtype=np.float32)
+        if index is None:
+            manifest.index_type = resolve_index_type(manifest.requested_index(), len(places))
+            index = build_index(descriptors, manifest.index_type)
+        self.index = index
+        manifest.projection = (asdict(index.provenance) if isinstance(index, ShortlistIndex)
+                               and index.provenance is not None else None)
+        self._prefetch = RowPrefetch.of(descriptors)
+        self._background = read_rows(descriptors, background_rows(len(places)), self._prefetch).astype(np.float32)
         self.observation = observation
         self.observation_error = ""  # why there is no observation model, when there is none
 
@@ -133,7 +150,7 @@ class PlaceMap:
             self.points.save(folder)
         if self.observation is not None:
             self.observation.save(folder)
-        np.save(folder / DESCRIPTORS, np.asarray(self.descriptors, dtype=self.manifest.dtype), allow_pickle=False)
+        write_descriptors(folder / DESCRIPTORS, self.descriptors, self.manifest.dtype)
         save_index(self.index, folder, INDEX, COARSE)
         self.manifest.format_version = FORMAT_VERSION
         with open(folder / PLACES, "w", newline="") as f:
@@ -151,8 +168,10 @@ class PlaceMap:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, observation: bool = True) -> "PlaceMap":
-        """`observation` False: the stored observation model is neither read nor fitted (calibrate replaces it)."""
+    def load(cls, folder: str | Path, observation: bool = True, rebuild_index: str | None = None) -> "PlaceMap":
+        """`observation` False: the stored observation model is neither read nor fitted (calibrate replaces it).
+        `rebuild_index`: the stored search is not read (it may be damaged); this kind ("": the one the map
+        asked for) is built from the descriptors instead (`reindex`)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise MapError(f"map folder not found: {folder}")
@@ -166,8 +185,18 @@ class PlaceMap:
             raise MapError(f"{folder / MANIFEST}: corrupt manifest ({exc})") from exc
         if manifest.format_version not in READABLE_VERSIONS:
             raise MapError(f"{folder}: map format {manifest.format_version}, this densernet reads {READABLE_VERSIONS}")
-        if manifest.index_type not in INDEX_TYPES:
-            raise MapError(f"{folder / MANIFEST}: index type {manifest.index_type!r} unknown; expected one of {INDEX_TYPES}")
+        if manifest.index_type not in INDEX_TYPES or manifest.index_type == "auto":
+            raise MapError(f"{folder / MANIFEST}: index type {manifest.index_type!r} unknown; expected one of "
+                           f"{tuple(k for k in INDEX_TYPES if k != 'auto')}")
+        if manifest.index_request and manifest.index_request not in INDEX_TYPES:
+            raise MapError(f"{folder / MANIFEST}: index request {manifest.index_request!r} unknown; expected one of "
+                           f"{INDEX_TYPES}")
+        if rebuild_index is not None:
+            manifest.index_request = rebuild_index or manifest.requested_index()
+            try:
+                manifest.index_type = resolve_index_type(manifest.index_request, manifest.num_places)
+            except ValueError as exc:
+                raise MapError(str(exc)) from exc
         approximate = manifest.index_type != "flat"
         try:  # an approximate map may be larger than memory: its descriptors are read on demand
             desc = np.load(folder / DESCRIPTORS, allow_pickle=False, mmap_mode="r" if approximate else None)
@@ -185,8 +214,8 @@ class PlaceMap:
         except ValueError as exc:
             raise MapError(f"{exc}; `densernet-map calibrate {folder}` fits it anew" if OBSERVATION_FILE in str(exc)
                            else str(exc)) from exc
-        pmap = cls(manifest, desc, places, _load_shortlist(folder, manifest, desc) if approximate else None, points,
-                   model)
+        stored = approximate and rebuild_index is None
+        pmap = cls(manifest, desc, places, _load_shortlist(folder, manifest, desc) if stored else None, points, model)
         if observation and model is None:
             t0 = time.perf_counter()
             if pmap.fit_observation() is not None:
@@ -220,7 +249,7 @@ class PlaceMap:
             raise MapError(f"query descriptor has dimension {q.shape[0]}, the map {self.manifest.descriptor_dim}")
         order = np.argsort(ids, kind="stable")  # sorted reads from a memory-mapped file
         out = np.empty(len(ids), np.float32)
-        out[order] = np.asarray(self.descriptors[ids[order]], dtype=np.float32) @ q
+        out[order] = read_rows(self.descriptors, ids[order], self._prefetch).astype(np.float32) @ q
         return out
 
     def background_scores(self, queries: np.ndarray) -> np.ndarray:
@@ -232,14 +261,20 @@ class PlaceMap:
         total = sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
         return total / max(1, len(self))
 
-    def info(self) -> str:
+    def info(self, folder: str | Path | None = None) -> str:
+        """What is in the map; with its `folder`, also what its search costs (bytes per place, query time)."""
         m = self.manifest
         pos = self.places.positions
         extent = pos.max(0) - pos.min(0)
         search = "exact" if m.index_type == "flat" else f"{m.index_type} shortlist + exact re-ranking"
-        return "\n".join([
-            f"places: {m.num_places}   descriptor: {m.descriptor_dim}-D {m.dtype} "
-            f"({m.descriptor_dim * np.dtype(m.dtype).itemsize} B/place)   search: {search}",
+        lines = [f"places: {m.num_places}   descriptor: {m.descriptor_dim}-D {m.dtype} "
+                 f"({m.descriptor_dim * np.dtype(m.dtype).itemsize} B/place)   search: {search}"
+                 + (f" (chosen by size: {m.requested_index()})" if m.requested_index() == "auto" else "")]
+        if folder is not None:
+            lines.append(self._search_cost(folder))
+        if isinstance(self.index, ShortlistIndex) and self.index.provenance is not None:
+            lines.append(self.index.provenance.describe())
+        return "\n".join(lines + [
             f"frame: {m.frame_id}   extent: {extent[0]:.1f} x {extent[1]:.1f} x {extent[2]:.1f}",
             f"model: preset {m.model_config.get('preset')}, image {m.model_config.get('image_size')}, "
             f"weights {m.model_config.get('weights')}",
@@ -251,6 +286,27 @@ class PlaceMap:
             self.observation.describe() if self.observation is not None else
             f"observation model: none ({self.observation_error})",
         ])
+
+    def query_time_ms(self, queries: int = TIMING_QUERIES) -> float:
+        """Median time of one search for the top 10 here, now (stored places as queries, after one warm-up)."""
+        rows = np.sort(np.random.default_rng(1).choice(len(self), min(len(self), queries), replace=False))
+        q = np.asarray(self.descriptors[rows], dtype=np.float32)
+        self.search(q[:1], 10)
+        times = []
+        for row in q:
+            t0 = time.perf_counter()
+            self.search(row[None], 10)
+            times.append(time.perf_counter() - t0)
+        return 1000 * float(np.median(times))
+
+    def _search_cost(self, folder: str | Path) -> str:
+        n = max(1, len(self))
+        ram = self.index.memory_bytes() / n
+        reads = ("" if isinstance(self.index, ExactIndex)
+                 else f"; {self.index.shortlist} stored descriptors read from disk per query")
+        return (f"bytes per place: {ram:.0f} in RAM for search, {self.bytes_per_place(folder):.0f} on disk{reads}; "
+                f"expected query time: {self.query_time_ms():.2f} ms (p50 of {min(n, TIMING_QUERIES)} searches "
+                f"timed now)")
 
     def _points_info(self) -> str:
         if self.points is None:
@@ -286,7 +342,7 @@ def read_places(path: Path, folder: Path, frame_id: str, has_orientation: bool =
 
 
 def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoImages, out: str | Path,
-              index_type: str = "flat", dtype: str = "float16", progress: bool = True, camera: Camera | None = None,
+              index_type: str = "auto", dtype: str = "float16", progress: bool = True, camera: Camera | None = None,
               features: str = DEFAULT_FEATURES, triangulation: TriangulationConfig = TriangulationConfig(),
               extraction: ExtractionOptions = ExtractionOptions(), ctx: DistContext = DistContext(),
               observation: ObservationConfig = ObservationConfig(), extrinsic: Extrinsic | None = None
@@ -318,7 +374,8 @@ def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoIm
                                                       progress)
     manifest = Manifest(FORMAT_VERSION, model.config.to_dict(), checkpoint_sha256, str(checkpoint),
                         int(desc.shape[1]), len(data), data.frame_id, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                        index_type, dtype, data.has_orientation, None if extrinsic is None else extrinsic.to_dict())
+                        resolve_index_type(index_type, len(data)), dtype, data.has_orientation,
+                        None if extrinsic is None else extrinsic.to_dict(), index_type)
     pmap = PlaceMap(manifest, desc.astype(dtype), data, points=points)
     pmap.fit_observation(observation)
     pmap.save(out)
@@ -353,16 +410,83 @@ def add_to_map(folder: str | Path, model, checkpoint_sha256: str, data: GeoImage
                        pmap.places.has_orientation and data.has_orientation, pmap.manifest.frame_id,
                        place_sources=pmap.places.place_sources + data.place_sources)
     pmap.manifest.has_orientation = merged.has_orientation
-    descriptors = np.vstack([np.asarray(pmap.descriptors), new])  # approximate indexes are retrained on the whole
+    descriptors = _appended(folder, pmap.descriptors, new)
     pmap.manifest.num_places = len(merged)
     points = pmap.points
     if points is not None:
         points = _extend_points(points, model, merged, pmap.extrinsic, len(pmap.places), new_feats, progress)
-    out = PlaceMap(pmap.manifest, descriptors, merged, points=points)
+    out = PlaceMap(pmap.manifest, descriptors, merged, _extended_index(folder, pmap, new, descriptors), points)
     out.fit_observation(_observation_config(pmap.observation))  # refitted on the whole map, as first fitted
     out.save(folder)
     shutil.rmtree(folder / PARTIAL, ignore_errors=True)
     return out
+
+
+def _appended(folder: Path, old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """The map's descriptors with the new ones after them: in memory for a map searched exactly, else
+    written a block at a time to a file beside the map's (a large map's are never all in memory)."""
+    if not isinstance(old, np.memmap):
+        return np.vstack([old, new])
+    out = np.lib.format.open_memmap(folder / DESCRIPTORS_BEING_WRITTEN, mode="w+", dtype=old.dtype,
+                                    shape=(len(old) + len(new), old.shape[1]))
+    for s in range(0, len(old), COPY_ROWS):
+        block = old[s:s + COPY_ROWS]
+        out[s:s + len(block)] = block
+    out[len(old):] = new
+    out.flush()
+    return out
+
+
+def _extended_index(folder: Path, pmap: PlaceMap, new: np.ndarray, descriptors: np.ndarray
+                    ) -> ShortlistIndex | None:
+    """A compact index with the new places added under the projection it has, while the map stays below
+    the size its projection is refitted at; None: the search is built anew for the grown map (an exact
+    one, a refit, a map outgrowing exact search under `auto`, or an index made before compact)."""
+    m = pmap.manifest
+    grown = len(pmap) + len(new)
+    index = pmap.index
+    if resolve_index_type(m.requested_index(), grown) != "compact" or not isinstance(index, ShortlistIndex) \
+            or index.provenance is None:
+        return None
+    if grown >= index.provenance.refit_at():
+        LOG.info("%d places: the compact index's projection (%s, fitted on %d) is fitted anew", grown,
+                 index.provenance.method, index.provenance.fitted_places)
+        return None
+    coarse = load_coarse(folder / INDEX)  # in memory: the mapped copy is read-only
+    extended = ShortlistIndex(coarse, index.projection, descriptors, index.shortlist, index.provenance)
+    extended.add(new, descriptors)
+    LOG.info("%d places added to the compact index under its projection (fitted on %d places; refitted at %d)",
+             len(new), index.provenance.fitted_places, index.provenance.refit_at())
+    return extended
+
+
+def reindex_map(folder: str | Path, index_type: str | None = None) -> PlaceMap:
+    """Build a map's search anew from its stored descriptors (another index type; a compact projection
+    refitted on the map as it is now); nothing is described again."""
+    pmap = PlaceMap.load(folder, rebuild_index=index_type or "")
+    pmap.save(folder)
+    return pmap
+
+
+def write_descriptors(path: Path, descriptors: np.ndarray, dtype: str) -> None:
+    """Store N x D descriptors as .npy (no pickle). Descriptors being written beside the map (`add` to a
+    large one) are renamed into place; the map's own, memory-mapped, are left as they are; others are
+    written a block at a time, so a memory-mapped map's are never all in memory."""
+    source = Path(descriptors.filename).resolve() if isinstance(descriptors, np.memmap) else None
+    if source is not None and descriptors.dtype == np.dtype(dtype):
+        if source == path.resolve():
+            return
+        if source == (path.parent / DESCRIPTORS_BEING_WRITTEN).resolve():
+            descriptors.flush()
+            os.replace(source, path)
+            return
+    tmp = path.parent / DESCRIPTORS_BEING_WRITTEN
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=descriptors.shape)
+    for s in range(0, len(descriptors), COPY_ROWS):
+        out[s:s + COPY_ROWS] = descriptors[s:s + COPY_ROWS]
+    out.flush()
+    del out
+    os.replace(tmp, path)
 
 
 def _observation_config(model: ObservationModel | None) -> ObservationConfig:
@@ -419,21 +543,34 @@ def _extend_points(points: MapPoints, model, places: GeoImages, extrinsic: Extri
 
 
 def _load_shortlist(folder: Path, manifest: Manifest, descriptors: np.ndarray) -> ShortlistIndex:
-    """The coarse index of an approximate map (format 1: over the descriptors themselves)."""
+    """The coarse index of an approximate map (format 1: over the descriptors themselves); a compact one's
+    lists memory-mapped from the file."""
+    compact = manifest.index_type == "compact"
+    provenance = None
+    if compact:
+        if manifest.projection is None:
+            raise MapError(f"{folder / MANIFEST}: a compact map without its projection record; "
+                           f"`densernet-map reindex {folder}` rebuilds it")
+        try:
+            provenance = Projection.from_dict(manifest.projection)
+        except ValueError as exc:
+            raise MapError(f"{folder / MANIFEST}: {exc}") from exc
     try:
-        coarse = load_coarse(folder / INDEX)
+        coarse = load_coarse(folder / INDEX, mmap=compact)
     except (FileNotFoundError, ValueError) as exc:
         raise MapError(f"map {folder}: {exc}") from exc
     projection = None
     if (folder / COARSE).is_file():
         try:
-            projection = np.load(folder / COARSE, allow_pickle=False)
+            projection = np.load(folder / COARSE, allow_pickle=False, mmap_mode="r" if compact else None)
         except (ValueError, OSError, EOFError) as exc:
             raise MapError(f"{folder / COARSE}: corrupt projection ({exc})") from exc
-        if projection.shape != (manifest.descriptor_dim, coarse.d):
+        if projection.ndim != 2 or projection.shape != (manifest.descriptor_dim, coarse.d):
             raise MapError(f"{folder / COARSE}: shape {projection.shape}, expected ({manifest.descriptor_dim}, {coarse.d})")
     elif coarse.d != manifest.descriptor_dim:
         raise MapError(f"map {folder}: {COARSE} missing for a {coarse.d}-D index over {manifest.descriptor_dim}-D descriptors")
     if coarse.ntotal != manifest.num_places:
         raise MapError(f"{folder / INDEX}: {coarse.ntotal} vectors, manifest says {manifest.num_places} places")
-    return ShortlistIndex(coarse, projection, descriptors)
+    if provenance is None:
+        return ShortlistIndex(coarse, projection, descriptors, SHORTLIST)
+    return ShortlistIndex(coarse, projection, descriptors, provenance.rerank, provenance)

@@ -1,0 +1,328 @@
+"""Real queries in a haystack: real maps padded with distractor places, searched exactly and compactly.
+
+    .venv/bin/python benchmarks/bench_haystack.py [--checkpoint C] [--sizes 100000 1000000]
+        [--datasets gardens_point kitti] [--out bench_out/haystack]
+
+Maps and queries (the trained `small` of the Gardens Point demo, `--checkpoint`; trained here when absent):
+- Gardens Point: map day_left 0-199, queries night_right 100-199, right within 2 frames;
+- KITTI: map the even frames, queries the odd ones (at 128x416), right within 2 frames.
+
+Each map is padded with distractors up to `--sizes` places. A distractor is derived from two real
+descriptors of a pool that holds none of the evaluated places (Gardens Point: frames 0-99 of its three
+traversals and the KITTI frames; KITTI: all Gardens Point frames): each of the raw VLAD's cluster blocks
+is taken from one of the two at random, then the whole is normalised. Its blocks are real ones, and it
+resembles a query as much as the real images it mixes do. Distractor places lie on a line far from
+the real route, so a query that retrieves one is wrong.
+
+Every map is searched three ways on the same queries: exact over the unpadded map, exact over the
+padded map (a float32 brute force over the stored float16 rows), and with the compact index a map of
+that size gets (`auto`), built over the padded map, saved and loaded back as a map folder (its lists and
+descriptors memory-mapped). Reported: R@1; the single-frame estimator's fixes, right fixes and median
+error (calibrated confidence; the observation model fitted on the unpadded map, used for all three);
+top-1 agreement of the compact search with the exact one at re-rank depths 16, 32 (the default) and
+64; query time. The padded Gardens Point map of the largest size stays in <out>/ as a map folder (the
+node benchmark runs on it). Writes <out>/results.json and <out>/haystack.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from densernet_core.datasets import GeoImages, load_kitti, load_traverse  # noqa: E402
+from densernet_core.localization.localizer import Localizer  # noqa: E402
+from densernet_core.localization.pose import PoseEstimatorConfig  # noqa: E402
+from densernet_core.mapping import placemap as pm  # noqa: E402
+from densernet_core.mapping.index import build_index, resolve_index_type  # noqa: E402
+from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
+
+GP_TOL = 2.0  # frames
+KITTI_PLACE_TOL = 1.0  # an odd frame's two even neighbours (2 frames)
+KITTI_TOL = 1.0  # metres (bench_pose's threshold)
+KITTI_SIZE = (128, 416)
+GP_RADIUS = 5.0  # the single-frame estimator's cluster radius (frames), as bench_pose
+KITTI_RADIUS = 5.0  # metres
+DISTRACTOR_OFFSET = 1.0e6  # distractor places lie on a line this far from the real route
+CHUNK = 16384
+TOP_K = 10
+RERANK_DEPTHS = (16, 32, 64)
+
+
+@dataclass
+class Case:
+    name: str
+    places: GeoImages
+    map_desc: np.ndarray  # M x D float32, real
+    query_desc: np.ndarray  # Q x D float32
+    query_place: np.ndarray  # Q: where each query is, in map place ids (KITTI's odd frames: halfway, k + 0.5)
+    place_tol: float  # a retrieved place is right this close to it (in place ids)
+    truth: np.ndarray  # Q x 3: each query's true position (map units)
+    pos_tol: float  # a fix is right this close to it (map units)
+    pool: np.ndarray  # P x D float32: real descriptors of no evaluated place
+    radius: float
+    unit: str
+
+
+def describe(model, images: list, cache: Path) -> np.ndarray:
+    """Descriptors of the images, kept in `cache` (keyed by the caller: checkpoint and image size)."""
+    if cache.is_file():
+        return np.load(cache, allow_pickle=False)
+    desc = model.describe(images, progress=True).astype(np.float32)
+    np.save(cache, desc, allow_pickle=False)
+    return desc
+
+
+def cases(args, out: Path) -> list[Case]:
+    ckpt = Path(args.checkpoint)
+    sha = checkpoint_hash(ckpt)[:12]
+    gp, kit = Path(args.data) / "gardens_point", Path(args.data) / "kitti_vo_seq1"
+    model = load_model(ckpt)
+    gp_desc = {t: describe(model, load_traverse(gp / t).images, out / f"desc_{sha}_gp_{t}.npy")
+               for t in ("day_left", "day_right", "night_right")}
+    kitti_model = load_model(ckpt, image_size=KITTI_SIZE)
+    kitti = load_kitti(kit)
+    kitti_desc = describe(kitti_model, kitti.images, out / f"desc_{sha}_kitti.npy")
+    found = []
+    if "gardens_point" in args.datasets:
+        pool = np.concatenate([gp_desc[t][:100] for t in gp_desc] + [kitti_desc])
+        places = load_traverse(gp / "day_left")
+        found.append(Case("gardens_point", places, gp_desc["day_left"], gp_desc["night_right"][100:],
+                          np.arange(100, 200, dtype=float), GP_TOL, places.positions[100:], GP_TOL, pool, GP_RADIUS,
+                          "frames"))
+    if "kitti" in args.datasets:
+        even, odd = list(range(0, len(kitti), 2)), list(range(1, len(kitti), 2))
+        found.append(Case("kitti", kitti.subset(even), kitti_desc[even], kitti_desc[odd], np.arange(len(odd)) + 0.5,
+                          KITTI_PLACE_TOL, kitti.positions[odd], KITTI_TOL, np.concatenate(list(gp_desc.values())),
+                          KITTI_RADIUS, "m"))
+    return found
+
+
+def padded_map(case: Case, size: int, folder: Path, num_clusters: int, seed: int = 0) -> tuple[np.ndarray, GeoImages]:
+    """The map's descriptors then distractors up to `size` places, float16 in folder/descriptors.npy
+    (reused when it is there with that shape), and the places with the distractors' positions."""
+    n_real, d = case.map_desc.shape
+    path = folder / pm.DESCRIPTORS
+    folder.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        existing = np.load(path, mmap_mode="r")
+        if existing.shape == (size, d):
+            return existing, padded_places(case.places, size)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(size, d))
+    out[:n_real] = case.map_desc
+    rng = np.random.default_rng(seed)
+    blocks = case.pool.reshape(len(case.pool), num_clusters, d // num_clusters)
+    for s in range(n_real, size, CHUNK):
+        m = min(CHUNK, size - s)
+        a, b = rng.integers(len(blocks), size=m), rng.integers(len(blocks), size=m)
+        pick = rng.random((m, num_clusters, 1)) < 0.5
+        x = np.where(pick, blocks[a], blocks[b]).reshape(m, d)
+        out[s:s + m] = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+    out.flush()
+    del out
+    return np.load(path, mmap_mode="r"), padded_places(case.places, size)
+
+
+def padded_places(places: GeoImages, size: int) -> GeoImages:
+    n = size - len(places)
+    line = np.c_[DISTRACTOR_OFFSET + np.arange(n, dtype=float), np.zeros((n, 2))]
+    return GeoImages(list(places.images) + [Path(f"distractor/{i:07d}.png") for i in range(n)],
+                     np.vstack([places.positions, line]), np.vstack([places.orientations, np.tile([0, 0, 0, 1.0], (n, 1))]),
+                     np.r_[places.timestamps, np.zeros(n)], "haystack", places.has_orientation, places.frame_id,
+                     place_sources=[places.source] * len(places) + ["distractor"] * n)
+
+
+def exact_topk(db: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force in float32 over the stored rows, a block at a time (works on a memory map)."""
+    qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
+    best_s = torch.full((len(q), 0), -np.inf)
+    best_i = torch.zeros((len(q), 0), dtype=torch.int64)
+    for s in range(0, len(db), CHUNK):
+        scores = qt @ torch.from_numpy(np.asarray(db[s:s + CHUNK], dtype=np.float32)).T
+        cat_s = torch.cat([best_s, scores], dim=1)
+        cat_i = torch.cat([best_i, torch.arange(s, s + scores.shape[1]).expand(len(q), -1)], dim=1)
+        top = torch.topk(cat_s, min(k, cat_s.shape[1]), dim=1)
+        best_s, best_i = top.values, torch.gather(cat_i, 1, top.indices)
+    return best_s.numpy(), best_i.numpy()
+
+
+class Precomputed:
+    """A map index answering with results computed beforehand (the padded maps' brute force)."""
+
+    def __init__(self, queries: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> None:
+        self.answers = {q.tobytes(): (s, i) for q, s, i in zip(np.asarray(queries, np.float32), scores, ids)}
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        s, i = self.answers[np.asarray(q, np.float32).reshape(-1).tobytes()]
+        return s[None, :k], i[None, :k]
+
+
+def make_map(descriptors: np.ndarray, places: GeoImages, index, observation, ckpt: Path, sha: str, cfg: dict,
+             kind: str) -> pm.PlaceMap:
+    manifest = pm.Manifest(pm.FORMAT_VERSION, cfg, sha, str(ckpt.resolve()), descriptors.shape[1], len(places), "map",
+                           time.strftime("%Y-%m-%dT%H:%M:%S%z"), kind, "float16", places.has_orientation,
+                           None, "auto")
+    return pm.PlaceMap(manifest, descriptors, places, index=index, observation=observation)
+
+
+def evaluate(case: Case, pmap: pm.PlaceMap, times: bool = False) -> dict:
+    """R@1 and the single-frame estimator's fixes, right fixes and median error."""
+    loc = Localizer(None, pmap, PoseEstimatorConfig(cluster_radius=case.radius), metric=None)
+    n_real = len(case.map_desc)
+    right1, fixes, right_fixes, errors, top1, spent = 0, 0, 0, [], [], []
+    for k, d in enumerate(case.query_desc):
+        t0 = time.perf_counter()
+        _, ids = pmap.search(d[None], TOP_K)
+        spent.append(time.perf_counter() - t0)
+        j = int(ids[0, 0])
+        top1.append(j)
+        right1 += j < n_real and abs(j - case.query_place[k]) <= case.place_tol
+        est = loc.localize_descriptor(d[None]).single
+        if est.fix:
+            fixes += 1
+            e = float(np.linalg.norm(np.asarray(est.position) - case.truth[k]))
+            errors.append(e)
+            right_fixes += e <= case.pos_tol
+    out = {"recall_at_1": right1 / len(case.query_desc), "fixes": fixes, "right_fixes": right_fixes,
+           "median_error": float(np.median(errors)) if errors else None, "unit": case.unit, "top1": top1}
+    if times:
+        out["query_ms_p50"] = 1000 * float(np.median(spent[1:]))
+        out["query_ms_p95"] = 1000 * float(np.percentile(spent[1:], 95))
+    return out
+
+
+def rerank_agreement(pmap: pm.PlaceMap, queries: np.ndarray, exact_top1: list[int]) -> dict:
+    """Top-1 agreement with exact search had the compact index re-scored its best 16/32/64 places."""
+    index = pmap.index
+    _, cand = index.coarse.search(index.project(queries), max(RERANK_DEPTHS))
+    agree = {}
+    for depth in RERANK_DEPTHS:
+        hits = 0
+        for r, row in enumerate(cand):
+            row = row[:depth][row[:depth] >= 0]
+            exact = np.asarray(pmap.descriptors[np.sort(row)], np.float32) @ queries[r]
+            hits += int(np.sort(row)[np.argmax(exact)] == exact_top1[r])
+        agree[str(depth)] = hits / len(queries)
+    return agree
+
+
+def run(args) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = Path(args.checkpoint)
+    model = load_model(ckpt)
+    cfg, sha, clusters = model.config.to_dict(), checkpoint_hash(ckpt), model.config.num_clusters
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    if previous.get("sha256") != sha:
+        previous = {}
+    results = {"checkpoint": str(ckpt), "sha256": sha, "cases": previous.get("cases", {})}  # runs add sizes
+    for case in cases(args, out):
+        real = make_map(case.map_desc.astype(np.float16), case.places, None, None, ckpt, sha, cfg, "flat")
+        observation = real.fit_observation()
+        rows = {"unpadded, exact": {"places": len(case.places), **evaluate(case, real)}}
+        print(case.name, "unpadded", json.dumps({k: v for k, v in rows["unpadded, exact"].items() if k != "top1"}),
+              flush=True)
+        for size in args.sizes:
+            folder = out / f"{case.name}_{size}"
+            desc, places = padded_map(case, size, folder, clusters)
+            t0 = time.perf_counter()
+            s, i = exact_topk(desc, case.query_desc, TOP_K)
+            exact_s = time.perf_counter() - t0
+            exact = evaluate(case, make_map(desc, places, Precomputed(case.query_desc, s, i), observation, ckpt, sha,
+                                            cfg, "flat"))
+            kind = resolve_index_type("auto", size)
+            t0 = time.perf_counter()
+            built = make_map(desc, places, build_index(desc, kind), observation, ckpt, sha, cfg, kind)
+            build_s = time.perf_counter() - t0
+            built.save(folder)
+            del built
+            t0 = time.perf_counter()
+            loaded = pm.PlaceMap.load(folder)
+            load_s = time.perf_counter() - t0
+            compact = evaluate(case, loaded, times=True)
+            agree = float(np.mean(np.array(compact["top1"]) == np.array(exact["top1"])))
+            rows[f"{size}, exact"] = {"places": size, **exact, "search_s_all_queries": exact_s}
+            rows[f"{size}, {kind}"] = {"places": size, **compact, "build_s": build_s, "load_s": load_s,
+                                       "top1_agreement": agree,
+                                       "agreement_by_rerank": rerank_agreement(loaded, case.query_desc, exact["top1"])
+                                       if kind == "compact" else None,
+                                       "ram_bytes_per_place": loaded.index.memory_bytes() / size}
+            for key in (f"{size}, exact", f"{size}, {kind}"):
+                print(case.name, key, json.dumps({k: v for k, v in rows[key].items() if k != "top1"}), flush=True)
+            del loaded
+            if not (case.name == "gardens_point" and size == max(args.sizes)) and not args.keep_maps:
+                for f in folder.iterdir():
+                    f.unlink()
+                folder.rmdir()
+        results["cases"][case.name] = {**results["cases"].get(case.name, {}), **rows}
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+    table(results)
+    plot(results, out / "haystack.png")
+    return results
+
+
+def table(results: dict) -> None:
+    print(f"| data | map | search | R@1 | fixes (right) | median error | top-1 = exact | agreement at re-rank "
+          f"{'/'.join(map(str, RERANK_DEPTHS))} | query p50 ms | RAM B / place |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, rows in results["cases"].items():
+        for key, r in rows.items():
+            places, search = key.split(", ")
+            med = "—" if r["median_error"] is None else f"{r['median_error']:.2f} {r['unit']}"
+            by = r.get("agreement_by_rerank")
+            print(f"| {name} | {r['places']} places | {search} | {r['recall_at_1']:.2f} | {r['fixes']} ({r['right_fixes']}) "
+                  f"| {med} | {r.get('top1_agreement', 1.0) if 'top1_agreement' in r else '—'} | "
+                  f"{'/'.join(f'{by[str(k)]:.2f}' for k in RERANK_DEPTHS) if by else '—'} | "
+                  f"{r['query_ms_p50']:.2f} | {r['ram_bytes_per_place']:.0f} |" if "query_ms_p50" in r else
+                  f"| {name} | {r['places']} places | {search} | {r['recall_at_1']:.2f} | {r['fixes']} ({r['right_fixes']}) "
+                  f"| {med} | — | — | — | — |")
+
+
+def plot(results: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results["cases"]), figsize=(5 * len(results["cases"]), 3.6), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], results["cases"].items()):
+        labels = list(rows)
+        ax.bar(range(len(labels)), [rows[k]["recall_at_1"] for k in labels],
+               color=["0.6" if "exact" in k else "tab:blue" for k in labels])
+        ax.set_xticks(range(len(labels)), [k.replace(", ", "\n") for k in labels], fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("R@1")
+        ax.set_title(name)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=str(ROOT / "demo_out_gardens_point" / "train" / "model.safetensors"),
+                   help="the trained small (default: the Gardens Point demo's; `make demo DATA=gardens_point`)")
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--sizes", type=int, nargs="+", default=[100000, 1000000])
+    p.add_argument("--datasets", nargs="+", choices=("gardens_point", "kitti"), default=["gardens_point", "kitti"])
+    p.add_argument("--keep-maps", action="store_true", help="keep every padded map folder (1M places: 25 GB each)")
+    p.add_argument("--out", default="bench_out/haystack")
+    args = p.parse_args(argv)
+    if not Path(args.checkpoint).is_file():
+        raise SystemExit(f"checkpoint not found: {args.checkpoint} (`make demo DATA=gardens_point` trains it)")
+    if not (Path(args.data) / "gardens_point").is_dir():
+        raise SystemExit(f"no data at {args.data} (see ../shared/data/README.md)")
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
