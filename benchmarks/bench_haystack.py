@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,8 +41,9 @@ from densernet_core.datasets import GeoImages, load_kitti, load_traverse  # noqa
 from densernet_core.localization.localizer import Localizer  # noqa: E402
 from densernet_core.localization.pose import PoseEstimatorConfig  # noqa: E402
 from densernet_core.mapping import placemap as pm  # noqa: E402
-from densernet_core.mapping.index import build_index, resolve_index_type  # noqa: E402
+from densernet_core.mapping.index import ShortlistIndex, build_index, resolve_index_type  # noqa: E402
 from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
+from benchmarks.bench_index import exact_topk  # noqa: E402
 
 GP_TOL = 2.0  # frames
 KITTI_PLACE_TOL = 1.0  # an odd frame's two even neighbours (2 frames)
@@ -140,20 +140,6 @@ def padded_places(places: GeoImages, size: int) -> GeoImages:
                      place_sources=[places.source] * len(places) + ["distractor"] * n)
 
 
-def exact_topk(db: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute force in float32 over the stored rows, a block at a time (works on a memory map)."""
-    qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
-    best_s = torch.full((len(q), 0), -np.inf)
-    best_i = torch.zeros((len(q), 0), dtype=torch.int64)
-    for s in range(0, len(db), CHUNK):
-        scores = qt @ torch.from_numpy(np.asarray(db[s:s + CHUNK], dtype=np.float32)).T
-        cat_s = torch.cat([best_s, scores], dim=1)
-        cat_i = torch.cat([best_i, torch.arange(s, s + scores.shape[1]).expand(len(q), -1)], dim=1)
-        top = torch.topk(cat_s, min(k, cat_s.shape[1]), dim=1)
-        best_s, best_i = top.values, torch.gather(cat_i, 1, top.indices)
-    return best_s.numpy(), best_i.numpy()
-
-
 class Precomputed:
     """A map index answering with results computed beforehand (the padded maps' brute force)."""
 
@@ -179,13 +165,12 @@ def evaluate(case: Case, pmap: pm.PlaceMap, times: bool = False) -> dict:
     n_real = len(case.map_desc)
     right1, fixes, right_fixes, errors, top1, spent = 0, 0, 0, [], [], []
     for k, d in enumerate(case.query_desc):
-        t0 = time.perf_counter()
-        _, ids = pmap.search(d[None], TOP_K)
-        spent.append(time.perf_counter() - t0)
-        j = int(ids[0, 0])
+        result = loc.localize_descriptor(d[None])  # its retrieval is the map's search, timed alone
+        spent.append(result.retrieval.search_s)
+        j = int(result.retrieval.ids[0])
         top1.append(j)
         right1 += j < n_real and abs(j - case.query_place[k]) <= case.place_tol
-        est = loc.localize_descriptor(d[None]).single
+        est = result.single
         if est.fix:
             fixes += 1
             e = float(np.linalg.norm(np.asarray(est.position) - case.truth[k]))
@@ -201,16 +186,11 @@ def evaluate(case: Case, pmap: pm.PlaceMap, times: bool = False) -> dict:
 
 def rerank_agreement(pmap: pm.PlaceMap, queries: np.ndarray, exact_top1: list[int]) -> dict:
     """Top-1 agreement with exact search had the compact index re-scored its best 16/32/64 places."""
-    index = pmap.index
-    _, cand = index.coarse.search(index.project(queries), max(RERANK_DEPTHS))
+    i = pmap.index
     agree = {}
     for depth in RERANK_DEPTHS:
-        hits = 0
-        for r, row in enumerate(cand):
-            row = row[:depth][row[:depth] >= 0]
-            exact = np.asarray(pmap.descriptors[np.sort(row)], np.float32) @ queries[r]
-            hits += int(np.sort(row)[np.argmax(exact)] == exact_top1[r])
-        agree[str(depth)] = hits / len(queries)
+        _, ids = ShortlistIndex(i.coarse, i.projection, pmap.descriptors, depth, i.provenance).search(queries, 1)
+        agree[str(depth)] = float(np.mean(ids[:, 0] == np.asarray(exact_top1)))
     return agree
 
 

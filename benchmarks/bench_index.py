@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -75,26 +76,24 @@ def queries_from(db: np.ndarray, count: int, rng: np.random.Generator) -> tuple[
 def check_truth(db: np.ndarray, q: np.ndarray, truth: np.ndarray, revisited: np.ndarray) -> None:
     """The exact top-1 scores at least as high as the place each query revisits: a cached brute force that
     belongs to other data fails here."""
-    best = np.einsum("ij,ij->i", q, np.asarray(db[np.sort(truth)], np.float32)[np.argsort(np.argsort(truth))])
+    best = np.einsum("ij,ij->i", q, np.asarray(db[truth], np.float32))
     source = np.einsum("ij,ij->i", q, np.asarray(db[revisited], np.float32))
     if np.any(best < source - 1e-5):
         raise RuntimeError(f"exact top-1 below the revisited place for {int((best < source - 1e-5).sum())} queries")
 
 
-def exact_top1(db: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Brute force in float32 over the stored float16 rows, chunk by chunk (works on a memory map)."""
-    import torch
-
-    best = np.full(len(q), -np.inf)
-    arg = np.zeros(len(q), np.int64)
-    qt = torch.from_numpy(q)
+def exact_topk(db: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force in float32 over the stored rows, a block at a time (works on a memory map)."""
+    qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
+    best_s = torch.full((len(q), 0), -np.inf)
+    best_i = torch.zeros((len(q), 0), dtype=torch.int64)
     for s in range(0, len(db), CHUNK):
-        scores = (torch.from_numpy(np.asarray(db[s:s + CHUNK], dtype=np.float32)) @ qt.T).numpy()
-        j = scores.argmax(0)
-        v = scores[j, np.arange(len(q))]
-        better = v > best
-        best[better], arg[better] = v[better], s + j[better]
-    return arg
+        scores = qt @ torch.from_numpy(np.asarray(db[s:s + CHUNK], dtype=np.float32)).T
+        cat_s = torch.cat([best_s, scores], dim=1)
+        cat_i = torch.cat([best_i, torch.arange(s, s + scores.shape[1]).expand(len(q), -1)], dim=1)
+        top = torch.topk(cat_s, min(k, cat_s.shape[1]), dim=1)
+        best_s, best_i = top.values, torch.gather(cat_i, 1, top.indices)
+    return best_s.numpy(), best_i.numpy()
 
 
 def measure(db: np.ndarray, q: np.ndarray, kind: str, truth: np.ndarray, work: Path) -> dict:
@@ -150,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         if truth_file.is_file():
             truth = np.load(truth_file, allow_pickle=False)
         else:
-            truth = exact_top1(db, q)
+            truth = exact_topk(db, q, 1)[1][:, 0]
             np.save(truth_file, truth, allow_pickle=False)
         check_truth(db, q, truth, revisited)
         for kind in args.kinds:

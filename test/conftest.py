@@ -1,4 +1,4 @@
-"""Shared fixtures: the real data folder (skipped when absent) and small generated images."""
+"""Shared fixtures: the real data folder (skipped when absent), small generated images and route-like descriptors."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DENSERNET_SHARED_DATA", ROOT.parent / "shared" / "data"))
 sys.path.insert(0, str(ROOT))
+
+
+def route_like(n: int, d: int, seed: int) -> np.ndarray:
+    """Unit descriptors that drift along a route, so neighbouring places look alike (near-ties)."""
+    rng = np.random.default_rng(seed)
+    x = np.cumsum(rng.standard_normal((n, d)).astype(np.float32) * 0.15, axis=0) + rng.standard_normal(d)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 @pytest.fixture(scope="session")

@@ -6,17 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import random_images
+from conftest import random_images, route_like
 from densernet_core.datasets import GeoImages, load_csv
 from densernet_core.mapping import index as idx
 from densernet_core.mapping.placemap import FORMAT_VERSION, Manifest, MapError, PlaceMap, add_to_map, build_map, reindex_map
-
-
-def _route_like(n: int, d: int, seed: int) -> np.ndarray:
-    """Unit descriptors that drift along a route, so neighbouring places look alike (near-ties)."""
-    rng = np.random.default_rng(seed)
-    x = np.cumsum(rng.standard_normal((n, d)).astype(np.float32) * 0.15, axis=0) + rng.standard_normal(d)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def _places(n: int) -> GeoImages:
@@ -43,7 +36,7 @@ def test_compact_map_answers_as_exact_search_and_round_trips(tiny_model, ckpt, t
     telling what search costs."""
     path, sha = ckpt
     n, d = 6000, 1024  # >= 10 places per kept dimension (512)
-    desc = _route_like(n, d, 5).astype(np.float16)
+    desc = route_like(n, d, 5).astype(np.float16)
     manifest = Manifest(FORMAT_VERSION, tiny_model.config.to_dict(), sha, str(path), d, n, "map", "now", "compact",
                         "float16")
     built = PlaceMap(manifest, desc, _places(n))
@@ -72,7 +65,7 @@ def test_compact_map_answers_as_exact_search_and_round_trips(tiny_model, ckpt, t
 def test_small_compact_map_projects_at_random_and_says_when_it_will_fit(tiny_model, ckpt, tmp_path):
     path, sha = ckpt
     n, d = 700, 1024
-    desc = _route_like(n, d, 7).astype(np.float16)
+    desc = route_like(n, d, 7).astype(np.float16)
     manifest = Manifest(FORMAT_VERSION, tiny_model.config.to_dict(), sha, str(path), d, n, "map", "now", "compact",
                         "float16")
     pmap = PlaceMap(manifest, desc, _places(n))
@@ -164,7 +157,7 @@ def test_shortlist_reads_of_a_memory_mapped_map_are_announced(tmp_path, monkeypa
     """The shortlist's rows are asked of the kernel together (posix_fadvise) before they are read."""
     import os
 
-    desc = _route_like(300, 64, 2).astype(np.float16)
+    desc = route_like(300, 64, 2).astype(np.float16)
     np.save(tmp_path / "d.npy", desc)
     mapped = np.load(tmp_path / "d.npy", mmap_mode="r")
     calls = []

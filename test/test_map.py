@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import random_images
+from conftest import random_images, route_like
 from densernet_core.datasets import DatasetError, load_csv, load_rosbag, thin
 from densernet_core.mapping.placemap import MapError, PlaceMap, add_to_map, build_map
 
@@ -39,13 +39,6 @@ def test_add_traverse_float16_by_default(tiny_model, route, ckpt, tmp_path):
     assert ids[0, 0] == 8
 
 
-def _route_like(n: int, d: int, seed: int) -> np.ndarray:
-    """Unit descriptors that drift along a route, so neighbouring places look alike (near-ties)."""
-    rng = np.random.default_rng(seed)
-    x = np.cumsum(rng.standard_normal((n, d)).astype(np.float32) * 0.15, axis=0) + rng.standard_normal(d)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 @pytest.mark.parametrize("kind", ["route", "random"])
 def test_exact_index_returns_the_exact_top_k(kind):
     """The int8 pre-scan must never change the answer: same ids and scores as a float32 brute force over
@@ -53,7 +46,7 @@ def test_exact_index_returns_the_exact_top_k(kind):
     from densernet_core.mapping.index import ExactIndex
 
     if kind == "route":
-        db = _route_like(700, 8192, 1)
+        db = route_like(700, 8192, 1)
     else:
         db = np.random.default_rng(3).standard_normal((700, 8192)).astype(np.float32)
         db /= np.linalg.norm(db, axis=1, keepdims=True)
@@ -80,7 +73,7 @@ def test_approximate_map_reranks_exactly_and_round_trips(tiny_model, ckpt, tmp_p
 
     path, sha = ckpt
     n = 600
-    desc = _route_like(n, tiny_model.descriptor_dim, 5)
+    desc = route_like(n, tiny_model.descriptor_dim, 5)
     places = GeoImages([Path(f"p{i}.png") for i in range(n)], np.c_[np.arange(n), np.zeros((n, 2))],
                        np.tile([0, 0, 0, 1.0], (n, 1)), np.arange(n, dtype=float))
     from densernet_core.mapping.placemap import FORMAT_VERSION, Manifest

@@ -62,6 +62,7 @@ HNSW_M = 32
 HNSW_EF_SEARCH = 1024
 IVF_POINTS_PER_LIST = 39   # FAISS wants >= 39 training points per list
 IVF_MAX_LISTS = 4096
+IVF_LISTS_PER_SQRT = 4  # inverted lists = this * floor(sqrt(places)), within [1, IVF_MAX_LISTS]
 IVF_NPROBE = 64
 PQ_BITS = 8
 IVF_TRAIN_SAMPLES = 200000
@@ -71,7 +72,6 @@ SAMPLES_PER_DIM = 10  # fit a projection only on >= this many places per kept di
 COMPACT_FIT_SAMPLES = 50000  # places the singular directions are fitted on (at most)
 ENERGY_SAMPLES = 4096  # places the kept share of the descriptors' energy is measured on (for the provenance)
 COMPACT_RERANK = 32  # places re-scored exactly per query (read from the stored descriptors)
-COMPACT_LISTS_PER_SQRT = 4  # inverted lists = this * sqrt(places), at least 1, at most IVF_MAX_LISTS
 COMPACT_NPROBE = 64
 REFIT_GROWTH = 2.0  # `add` refits the projection once the map has grown this much beyond what it was fitted on
 PROJECT_ROWS = 16384  # descriptors projected at a time while building
@@ -251,16 +251,15 @@ class ShortlistIndex:
         ids = np.full((len(q), k), -1, np.int64)
         for r, row in enumerate(cand):
             row = np.unique(row[row >= 0])  # sorted: memory-mapped rows are read in file order
-            exact = torch.from_numpy(read_rows(self.ref, row, self._prefetch)).float() @ torch.from_numpy(q[r])
-            order = np.argsort(-exact.numpy(), kind="stable")[:k]
-            scores[r, :len(order)], ids[r, :len(order)] = exact.numpy()[order], row[order]
+            exact = (torch.from_numpy(read_rows(self.ref, row, self._prefetch)).float() @ torch.from_numpy(q[r])).numpy()
+            order = np.argsort(-exact, kind="stable")[:k]
+            scores[r, :len(order)], ids[r, :len(order)] = exact[order], row[order]
         return scores, ids
 
     def add(self, descriptors: np.ndarray, all_descriptors: np.ndarray) -> None:
         """Index appended places with the projection and lists as they are; `all_descriptors` (the old
         places and these) is what the exact re-ranking reads from now on."""
-        for s in range(0, len(descriptors), PROJECT_ROWS):
-            self.coarse.add(self.project(np.asarray(descriptors[s:s + PROJECT_ROWS], dtype=np.float32)))
+        self.coarse.add(project_all(descriptors, self.projection))  # as the build projected the others
         self._coarse_search, self._gpu_resources = to_gpu_if_available(self.coarse)
         self.ref = all_descriptors
         self._prefetch = RowPrefetch.of(all_descriptors)
@@ -347,7 +346,7 @@ def build_coarse(projected: np.ndarray, kind: str):
     x = np.ascontiguousarray(projected, dtype=np.float32)
     n, d = x.shape
     if kind == "compact":
-        nlist = int(max(1, min(IVF_MAX_LISTS, n // IVF_POINTS_PER_LIST, COMPACT_LISTS_PER_SQRT * np.sqrt(n))))
+        nlist = _list_count(n)
         index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist, faiss.ScalarQuantizer.QT_8bit,
                                               faiss.METRIC_INNER_PRODUCT)
         index.cp.min_points_per_centroid = 1  # small maps: fewer than 39 points per list, accepted
@@ -359,7 +358,7 @@ def build_coarse(projected: np.ndarray, kind: str):
     elif kind == "ivfpq":
         if n < 2 ** PQ_BITS:
             raise ValueError(f"ivfpq needs at least {2 ** PQ_BITS} places to train, got {n}; use 'flat'")
-        nlist = int(max(1, min(IVF_MAX_LISTS, n // IVF_POINTS_PER_LIST, 4 * int(np.sqrt(n)))))
+        nlist = _list_count(n)
         m = next(m for m in (64, 32, 16, 8, 4, 2, 1) if d % m == 0 and m <= d)
         index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, PQ_BITS, faiss.METRIC_INNER_PRODUCT)
         # Small maps give each sub-quantizer fewer than FAISS's preferred 39 points per code;
@@ -371,6 +370,10 @@ def build_coarse(projected: np.ndarray, kind: str):
         raise ValueError(f"no coarse index of type {kind!r}")
     index.add(x)
     return index
+
+
+def _list_count(n: int) -> int:
+    return int(max(1, min(IVF_MAX_LISTS, n // IVF_POINTS_PER_LIST, IVF_LISTS_PER_SQRT * int(np.sqrt(n)))))
 
 
 def _training_sample(x: np.ndarray) -> np.ndarray:
@@ -414,18 +417,12 @@ def build_compact(descriptors: np.ndarray, seed: int = 0) -> ShortlistIndex:
         projection, method = random_orthogonal(d, dim, seed), "random-orthogonal"
     projected = project_all(descriptors, projection)
     check = np.sort(np.random.default_rng(seed).choice(n, min(n, ENERGY_SAMPLES), replace=False))
-    rows = np.asarray(descriptors[check], dtype=np.float32)
+    rows = read_rows(descriptors, check, RowPrefetch.of(descriptors)).astype(np.float32)
     energy = float((projected[check] ** 2).sum() / max((rows ** 2).sum(), 1e-12))
     coarse = build_coarse(projected, "compact")
     provenance = Projection(method, dim, n, min(n, COMPACT_FIT_SAMPLES) if method == "pca" else 0, seed, energy,
-                            time.strftime("%Y-%m-%dT%H:%M:%S%z"), faiss_lists(coarse), coarse.nprobe, COMPACT_RERANK)
+                            time.strftime("%Y-%m-%dT%H:%M:%S%z"), coarse.nlist, coarse.nprobe, COMPACT_RERANK)
     return ShortlistIndex(coarse, projection, descriptors, COMPACT_RERANK, provenance)
-
-
-def faiss_lists(index) -> int:
-    import faiss
-
-    return int(faiss.extract_index_ivf(index).nlist)
 
 
 def build_index(descriptors: np.ndarray, kind: str = "auto") -> ExactIndex | ShortlistIndex:

@@ -290,7 +290,7 @@ class PlaceMap:
     def query_time_ms(self, queries: int = TIMING_QUERIES) -> float:
         """Median time of one search for the top 10 here, now (stored places as queries, after one warm-up)."""
         rows = np.sort(np.random.default_rng(1).choice(len(self), min(len(self), queries), replace=False))
-        q = np.asarray(self.descriptors[rows], dtype=np.float32)
+        q = read_rows(self.descriptors, rows, self._prefetch).astype(np.float32)
         self.search(q[:1], 10)
         times = []
         for row in q:
@@ -374,7 +374,7 @@ def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoIm
                                                       progress)
     manifest = Manifest(FORMAT_VERSION, model.config.to_dict(), checkpoint_sha256, str(checkpoint),
                         int(desc.shape[1]), len(data), data.frame_id, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                        resolve_index_type(index_type, len(data)), dtype, data.has_orientation,
+                        index_type, dtype, data.has_orientation,  # the search is chosen by PlaceMap
                         None if extrinsic is None else extrinsic.to_dict(), index_type)
     pmap = PlaceMap(manifest, desc.astype(dtype), data, points=points)
     pmap.fit_observation(observation)
@@ -429,9 +429,7 @@ def _appended(folder: Path, old: np.ndarray, new: np.ndarray) -> np.ndarray:
         return np.vstack([old, new])
     out = np.lib.format.open_memmap(folder / DESCRIPTORS_BEING_WRITTEN, mode="w+", dtype=old.dtype,
                                     shape=(len(old) + len(new), old.shape[1]))
-    for s in range(0, len(old), COPY_ROWS):
-        block = old[s:s + COPY_ROWS]
-        out[s:s + len(block)] = block
+    _copy_rows(old, out)
     out[len(old):] = new
     out.flush()
     return out
@@ -482,11 +480,17 @@ def write_descriptors(path: Path, descriptors: np.ndarray, dtype: str) -> None:
             return
     tmp = path.parent / DESCRIPTORS_BEING_WRITTEN
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=descriptors.shape)
-    for s in range(0, len(descriptors), COPY_ROWS):
-        out[s:s + COPY_ROWS] = descriptors[s:s + COPY_ROWS]
+    _copy_rows(descriptors, out)
     out.flush()
     del out
     os.replace(tmp, path)
+
+
+def _copy_rows(src: np.ndarray, out: np.ndarray) -> None:
+    """src into the first rows of out, a block at a time (a memory-mapped map's never all in memory)."""
+    for s in range(0, len(src), COPY_ROWS):
+        block = src[s:s + COPY_ROWS]
+        out[s:s + len(block)] = block
 
 
 def _observation_config(model: ObservationModel | None) -> ObservationConfig:
