@@ -9,7 +9,8 @@ The map: Gardens Point day_left padded with distractors to 1M places by benchmar
 subscription and its answer topic being seen. Memory, from /proc: RSS (anonymous + file-backed) and PSS
 (shared pages split between the processes mapping them). A second node on the same map (its own ROS
 domain, idle) is then started and both are measured again: the map's files are mapped once for both.
-Per frame: `search_ms` (the map search), `processing_ms` and `describe_ms` from place_recognition/place.
+Per frame: `search_ms` (the map search), `processing_ms` and `describe_ms` from place_recognition/place;
+fixes published, and right ones (the published place within 2 frames of the camera frame's).
 Writes <out>/big_map_node.json.
 """
 from __future__ import annotations
@@ -35,6 +36,12 @@ CAMERA_SIZE = (180, 320)
 STARTUP_TIMEOUT_S = 300
 SECOND_DOMAIN_OFFSET = 50  # the idle second node's ROS domain, away from the first's
 FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
+FIRST_FRAME = 100  # camera: night_right 100-199; the map's places 0-199 are day_left 0-199, then distractors
+TOLERANCE = 2  # frames: a published place this close to the camera frame's is right (as bench_haystack)
+
+
+def right(place_id: int, truth: int | None) -> bool:
+    return truth is not None and place_id < 200 and abs(place_id - truth) <= TOLERANCE
 
 
 def memory(pid: int) -> dict[str, float]:
@@ -82,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     manifest = json.loads((map_dir / "manifest.json").read_text())
     frames = [resize(read_image(f), CAMERA_SIZE)
-              for f in load_traverse(Path(args.data) / "night_right", list(range(100, 200))).images]
+              for f in load_traverse(Path(args.data) / "night_right", list(range(FIRST_FRAME, 200))).images]
     msgs = [rgb_to_image(rgb) for rgb in frames]
     answers: list[dict] = []
     env = node_env()
@@ -93,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     from sensor_msgs.msg import Image
 
     def on_answer(m: DiagnosticArray) -> None:
-        answers.append({kv.key: kv.value for kv in m.status[0].values})
+        answers.append({kv.key: kv.value for kv in m.status[0].values}
+                       | {"stamp": (m.header.stamp.sec, m.header.stamp.nanosec)})
 
     t0 = time.monotonic()
     proc = start_node(map_dir, env, log, params)
@@ -106,10 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             startup_s = time.monotonic() - t0
             mem_idle = memory(proc.pid)
             time.sleep(2.0)
+            truth = {}  # stamp -> the camera frame's true place (day_left frame index = map place id)
             for k in range(args.frames):
                 m = msgs[k % len(msgs)]
                 now = time.time()
                 m.header.stamp.sec, m.header.stamp.nanosec = int(now), int((now % 1) * 1e9)
+                truth[(m.header.stamp.sec, m.header.stamp.nanosec)] = FIRST_FRAME + k % len(msgs)
                 pub.publish(m)
                 time.sleep(1.0 / args.rate)
             time.sleep(3.0)
@@ -129,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {"map": str(map_dir), "places": manifest["num_places"], "index": manifest["index_type"],
               "node_params": args.node_param, "startup_s": startup_s, "memory_idle_mb": mem_idle,
               "memory_after_frames_mb": mem_run, "two_nodes_mb": two, "frames_sent": args.frames,
-              "answered": len(answers), "fixes": sum(a.get("fix") == "true" for a in answers)}
+              "answered": len(answers), "fixes": sum(a.get("fix") == "true" for a in answers),
+              "right_fixes": sum(a.get("fix") == "true" and right(int(a["place_id"]), truth.get(a["stamp"]))
+                                 for a in answers)}
     for key in ("search_ms", "processing_ms", "describe_ms"):
         v = ms(key)
         result[key] = {"p50": float(np.median(v)), "p95": float(np.percentile(v, 95)), "max": float(max(v))} if v else None

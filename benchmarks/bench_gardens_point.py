@@ -16,6 +16,11 @@ mining and batch order all follow it) and adds a row of mean +- sd (sample sd, n
 recipe change has to move the mean by more than that sd to count. Off-the-shelf rows run once (seed 0).
 
     .venv/bin/python benchmarks/bench_gardens_point.py --presets small --seeds 5
+
+A recipe trial changes keys of the recipe on the command line, e.g. (docs/TRAINING.md, *Recipe trials*):
+
+    .venv/bin/python benchmarks/bench_gardens_point.py --presets small --seeds 5 --set optim.average_from=2 \
+        --out bench_out/gp_trial_average
 """
 from __future__ import annotations
 
@@ -76,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench_out/gardens_point")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seeds", type=int, default=1, help="train each preset with this many seeds")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key (dotted, YAML value), e.g. optim.average_from=2: a recipe trial")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if not all((data_dir / t).is_dir() for t in ("day_left", "day_right", "night_right")):
         print(f"Gardens Point not found at {data_dir} (see ../shared/data/README.md); nothing to benchmark")
         return 2
-    base = load_train_config(args.config)
+    base = load_train_config(args.config, args.set)
     size = base.model.image_size
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []

@@ -116,7 +116,8 @@ def padded_map(case: Case, size: int, folder: Path, num_clusters: int, seed: int
         existing = np.load(path, mmap_mode="r")
         if existing.shape == (size, d):
             return existing, padded_places(case.places, size)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(size, d))
+    partial = path.with_suffix(".partial.npy")  # renamed when complete: an interrupted run leaves no full-shaped file
+    out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(size, d))
     out[:n_real] = case.map_desc
     rng = np.random.default_rng(seed)
     blocks = case.pool.reshape(len(case.pool), num_clusters, d // num_clusters)
@@ -128,6 +129,7 @@ def padded_map(case: Case, size: int, folder: Path, num_clusters: int, seed: int
         out[s:s + m] = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
     out.flush()
     del out
+    partial.replace(path)
     return np.load(path, mmap_mode="r"), padded_places(case.places, size)
 
 

@@ -113,6 +113,15 @@ def dataclass_from_mapping(cls: type, data: Mapping[str, Any], where: str) -> An
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(names)}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if types[key] in ("float", float) and isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: {key} must be a number, got {value!r}") from None
+        elif types[key] in ("int", int) and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
     try:
         return cls(**values)
     except TypeError as exc:

@@ -307,3 +307,26 @@ def test_route_runs_break_where_places_are_far_apart_in_map_units():
     split = Route.from_positions(pos, 2.0, sources=["a"] * 6 + ["b"] * 2)
     assert split.run.tolist() == [0, 0, 0, 0, 1, 1, 2, 2]
     assert Route.from_positions(pos[::4] * 10, 2.0) is None  # no two places close enough to make a run
+
+
+@pytest.mark.parametrize("motion", ["route", "speed", "odometry"])
+def test_a_step_costs_what_the_belief_covers_not_the_map(monkeypatch, motion):
+    """200k places, the robot's belief on a few of them and "outside" spread evenly over the map (the prior's
+    half): each step looks up neighbours for the places holding mass only, never for the whole map (which
+    cost gigabytes and a second per frame at 10^6 places)."""
+    n = 200_000
+    cfg = BeliefConfig(route_velocity=motion == "route")
+    b = belief(cfg, positions=np.c_[np.arange(n, dtype=float), np.zeros((n, 2))])
+    looked_up = []
+    lookup = PlaceBelief._neighbours
+    monkeypatch.setattr(PlaceBelief, "_neighbours", lambda self, sources, radius: (
+        looked_up.append(len(sources)), lookup(self, sources, radius))[1])
+    rng = np.random.default_rng(14)
+    for t in range(50_000, 50_012):
+        ids = np.r_[t - 2:t + 3, rng.integers(n, size=5), b.active_places()]
+        bump = 0.06 * np.exp(-0.5 * ((ids - t) / 1.2) ** 2)
+        ev = Evidence(ids, BASE + bump + 0.004 * rng.standard_normal(len(ids)), BASE, SCALE)
+        step = np.array([1.0, 0.0, 0.0]) if motion == "odometry" else None
+        est = b.step(ev, Motion(dt=1.0, translation=step, moved=True))
+    assert est.fix and abs(est.position[0] - t) <= 2
+    assert looked_up and max(looked_up) < 1000, looked_up

@@ -16,7 +16,7 @@ INVALID = {
     BeliefConfig: {"max_speed": 0.0, "max_step": 0.0, "odom_noise": -0.1, "likelihood_temperature": 0.0,
                    "odom_noise_floor": 0.0, "uniform_mix": (0.0, 1.0), "likelihood_floor": (0.0, 1.5),
                    "contradiction_level": (-0.1, 1.0), "relocalize_after": 0, "fix_radius": -1.0,
-                   "fix_mass": (0.0, 1.5), "position_floor": 0.0, "yaw_floor_deg": 0.0, "neighbour_radius": -1.0,
+                   "fix_mass": (0.0, 1.5), "position_floor": 0.0, "yaw_floor_deg": 0.0,
                    "observation": "absolute", "out_prior": (0.0, 1.0), "leave_rate": (-0.1, 1.0),
                    "enter_rate": (0.0, 1.5), "velocity_change": (-0.1, 1.5), "route_noise": -0.1,
                    "stop_penalty": (0.0, 1.5), "moving_similarity": (-1.5, 1.5), "least_evidence": (0.0, 1.5)},
@@ -33,7 +33,7 @@ INVALID = {
 ALSO = {(BeliefConfig, "observation"): {"out_of_map": False}}
 EDGES = {
     BeliefConfig: {"odom_noise": 0.0, "likelihood_floor": 1.0, "contradiction_level": 0.0, "relocalize_after": 1,
-                   "fix_radius": 0.0, "fix_mass": 1.0, "neighbour_radius": 0.0, "leave_rate": 0.0, "enter_rate": 1.0,
+                   "fix_radius": 0.0, "fix_mass": 1.0, "leave_rate": 0.0, "enter_rate": 1.0,
                    "velocity_change": 1.0, "route_noise": 0.0, "stop_penalty": 1.0, "moving_similarity": -1.0,
                    "least_evidence": 1.0},
     PoseEstimatorConfig: {"ratio_threshold": 1.0, "min_confidence": 0.0, "min_score": -1.0},

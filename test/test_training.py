@@ -11,8 +11,11 @@ import pytest
 import torch
 import yaml
 from safetensors import safe_open
+from safetensors.torch import load_file
 
+from densernet_core.config import ConfigError
 from densernet_core.training.augment import night_weather
+from densernet_core.training.averaging import WeightAverage
 from densernet_core.model.checkpoint import load_model
 from densernet_core.images import prepare_batch
 from densernet_core.training.train_config import AugmentConfig, load_train_config
@@ -214,3 +217,50 @@ def test_pca_stage_refused_before_training_when_too_few_images(route, tmp_path):
     cfg = load_train_config(write_config(route, tmp_path / "exp.yaml", **{"model.pca_dim": 8}))
     with pytest.raises(ConfigError, match=r"pca_dim 8 needs at least 80 images .* got 20"):
         Trainer(cfg, tmp_path / "run", progress=False)
+
+
+def test_weight_average_is_the_running_mean_and_survives_a_resume(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    net[1].requires_grad_(False)  # frozen: never averaged, never overwritten
+    avg = WeightAverage(net)
+    for value in (1.0, 2.0, 3.0):
+        with torch.no_grad():
+            net[0].weight.fill_(value)
+        avg.update()
+    avg.save(tmp_path / "avg.safetensors")
+    again = WeightAverage(net)
+    again.load(tmp_path / "avg.safetensors")
+    with torch.no_grad():
+        net[0].weight.fill_(6.0)
+    again.update()
+    copy = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    frozen = copy[1].weight.detach().clone()
+    again.apply_to(copy)
+    assert again.count == 4 and torch.allclose(copy[0].weight, torch.full((2, 2), 3.0))  # (1 + 2 + 3 + 6) / 4
+    assert torch.equal(copy[1].weight, frozen) and set(again.mean) == {"0.weight", "0.bias"}
+    with pytest.raises(RuntimeError, match="average_from"):
+        WeightAverage(net).apply_to(copy)
+
+
+def test_average_from_makes_the_model_the_mean_of_the_late_steps(route, tmp_path):
+    run = tmp_path / "run"
+    cfg = load_train_config(write_config(route, tmp_path / "avg.yaml", **{"optim.epochs": 2, "optim.average_from": 2}))
+    final = Trainer(cfg, run, progress=False).train()
+    rows = [r.split(",") for r in (run / "log.csv").read_text().splitlines()[1:]]
+    with safe_open(str(run / "average.safetensors"), "pt") as f:
+        assert int(f.metadata()["steps"]) == int(rows[1][1]) - int(rows[0][1])  # every step of epoch 2, none of 1
+    key = "netvlad.conv.weight"
+    average, last, model = (load_file(str(run / n))[key] for n in ("average.safetensors", "last.safetensors", final.name))
+    assert torch.equal(model, average) and not torch.equal(average, last)
+    with pytest.raises(ConfigError, match="average_from"):
+        load_train_config(write_config(route, tmp_path / "bad.yaml", **{"optim.epochs": 2, "optim.average_from": 3}))
+
+
+def test_recipe_overrides_apply_and_bad_ones_are_named(route, tmp_path):
+    path = write_config(route, tmp_path / "exp.yaml")
+    cfg = load_train_config(path, ["optim.average_from=2", "optim.lr=2e-5", "seed=3"])
+    assert (cfg.optim.average_from, cfg.optim.lr, cfg.seed) == (2, 2e-5, 3)
+    for bad, named in ((["optim.lr"], "KEY=VALUE"), (["seed.x=1"], "not a section"), (["optim.nosuch=1"], "nosuch"),
+                       (["optim.lr=fast"], "lr must be a number"), (["optim.epochs=2.5"], "epochs must be an integer")):
+        with pytest.raises(ConfigError, match=named):
+            load_train_config(path, bad)

@@ -30,6 +30,7 @@ docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -75,7 +76,6 @@ class BeliefConfig:
     fix_mass: float = 0.7            # probability within fix_radius needed to publish a fix
     position_floor: float = 1.0      # smallest position standard deviation (map units)
     yaw_floor_deg: float = 10.0      # smallest yaw standard deviation
-    neighbour_radius: float = 0.0    # map units of precomputed transitions; 0: from max_speed/max_step
     planar: bool = True              # yaw from the belief's weighted circular mean (else the mode's orientation)
     observation: str = "calibrated"  # calibrated: absolute likelihood ratios (observation.py); relative: the old
     out_of_map: bool = True          # carry a "not in the map" state (calibrated only)
@@ -97,7 +97,7 @@ class BeliefConfig:
                   "contradiction_level": 0 <= self.contradiction_level < 1, "relocalize_after": self.relocalize_after >= 1,
                   "fix_radius": self.fix_radius >= 0, "fix_mass": 0 < self.fix_mass <= 1,
                   "position_floor": self.position_floor > 0, "yaw_floor_deg": self.yaw_floor_deg > 0,
-                  "neighbour_radius": self.neighbour_radius >= 0, "observation": self.observation in OBSERVATIONS,
+                  "observation": self.observation in OBSERVATIONS,
                   "out_of_map": not self.out_of_map or self.observation == "calibrated",
                   "out_prior": 0 < self.out_prior < 1, "leave_rate": 0 <= self.leave_rate < 1,
                   "enter_rate": 0 < self.enter_rate <= 1, "velocity_change": 0 <= self.velocity_change <= 1,
@@ -203,11 +203,6 @@ class PlaceBelief:
         self.spacing = median_spacing(self.positions) if self.n >= 2 else config.position_floor
         self.fix_radius = config.fix_radius or FIX_RADIUS_SPACINGS * self.spacing
         self._rot = None if self.orientations is None else Rotation.from_quat(self.orientations)
-        # Places are discrete: mass must be able to reach the next place even when a frame's motion is shorter.
-        self.neighbour_reach = config.neighbour_radius or max(2 * max(config.max_step, config.max_speed) * (1 + SPEED_TAIL),
-                                                              3 * self.spacing)
-        self._pairs = self._neighbours(self.neighbour_reach)
-        self._speed_cache: dict[float, np.ndarray] = {}
         self.route = Route.from_positions(self.positions, self.spacing, sources) if config.route_velocity else None
         self.velocities = (np.linspace(-1.0, 1.0, 2 * VELOCITY_STEPS + 1) if self.route is not None
                            else np.zeros(1))
@@ -216,17 +211,17 @@ class PlaceBelief:
         self._contradictions = 0
         self.reset()
 
-    def _neighbours(self, radius: float) -> "Pairs":
-        """Every (i, j) with |x_j - x_i| <= radius, i == j included."""
-        pairs = self._tree.query_pairs(radius, output_type="ndarray")
-        rows = np.concatenate([pairs[:, 0], pairs[:, 1], np.arange(self.n)])
-        cols = np.concatenate([pairs[:, 1], pairs[:, 0], np.arange(self.n)])
+    def _neighbours(self, sources: np.ndarray, radius: float) -> "Pairs":
+        """Every (i, j) with i in `sources` and |x_j - x_i| <= radius, i == j included. Found for the places
+        that hold mass only, each step: a step costs in proportion to where the robot may be, and no table
+        over all the map's pairs is held (at 10^6 places it took gigabytes, and a step wider than it had to
+        rebuild it: a second per frame)."""
+        found = self._tree.query_ball_point(self.positions[sources], radius) if len(sources) else []
+        counts = np.fromiter(map(len, found), dtype=np.int64, count=len(sources))
+        rows = np.repeat(sources, counts)
+        cols = np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64, count=int(counts.sum()))
         offsets = self.positions[cols] - self.positions[rows]
         return Pairs(radius, rows, cols, offsets, np.linalg.norm(offsets, axis=1))
-
-    def _pairs_for(self, reach: float) -> "Pairs":
-        """The precomputed neighbours, or (rarely: a long gap or a large odometry step) wider ones."""
-        return self._pairs if reach <= self._pairs.radius else self._neighbours(reach)
 
     # ---- state ----------------------------------------------------------------------------------
     @property
@@ -312,7 +307,11 @@ class PlaceBelief:
             leave, enter = _per_step(c.leave_rate, steps), _per_step(c.enter_rate, steps)
             # outside, the robot may have gone anywhere within the speed bound of where it left
             reach = _quantised(c.max_step if motion.dt is None else c.max_speed * steps)
-            away = self._speed_step(self.away + self._exited, reach, AWAY_ACTIVE_SHARE / self.n)
+            # what is spread evenly over the map stays so: only the mass standing above that floor moves
+            # (an even spread is active everywhere, and carrying it cost a pass over every place's neighbours)
+            left = self.away + self._exited
+            floor = float(left.min())
+            away = floor + self._speed_step(left - floor, reach, AWAY_ACTIVE_SHARE / self.n)
             away = (1 - c.uniform_mix) * away + c.uniform_mix * float(away.sum()) / self.n  # or back anywhere
             self._exited = np.zeros(self.n)
             layers = len(self.velocities)
@@ -375,50 +374,38 @@ class PlaceBelief:
         return out
 
     def _speed_step(self, layer: np.ndarray, reach: float, active_level: float | None = None) -> np.ndarray:
-        pairs = self._pairs_for(reach * (1 + 4 * SPEED_TAIL) + 2 * self.spacing)
-        return self._carry(layer, pairs, lambda sel: self._speed_weights(pairs, reach)[sel], active_level)
+        radius = reach * (1 + 4 * SPEED_TAIL) + 2 * self.spacing
+        return self._carry(layer, radius, lambda pairs: _flat_top(pairs.dist, reach, self.spacing), active_level)
 
     def _odometry_step(self, layer: np.ndarray, translation: np.ndarray, step: np.ndarray | None) -> np.ndarray:
         c = self.config
         distance = float(np.linalg.norm(translation))
         # plus the discretisation: a step shorter than the place spacing must still be able to move the mass
         sigma = c.odom_noise_floor + c.odom_noise * distance + max(self.spacing - distance, 0.0) / 2
-        pairs = self._pairs_for(distance + 4 * sigma)
-        return self._carry(layer, pairs, lambda sel: self._odometry_weights(pairs, sel, distance, step, sigma))
+        return self._carry(layer, distance + 4 * sigma,
+                           lambda pairs: self._odometry_weights(pairs, distance, step, sigma))
 
-    def _carry(self, b: np.ndarray, pairs: "Pairs", weights, active_level: float | None = None) -> np.ndarray:
-        """Move each active place's mass along its row of weights (normalised); where nothing within reach
-        fits the motion, the mass stays put."""
+    def _carry(self, b: np.ndarray, radius: float, weights, active_level: float | None = None) -> np.ndarray:
+        """Move each active place's mass to the places within `radius` along its row of weights (normalised);
+        where nothing within reach fits the motion, the mass stays put."""
         active = self._active(b) if active_level is None else b > active_level
-        sel = np.flatnonzero(active[pairs.rows])
-        rows, cols = pairs.rows[sel], pairs.cols[sel]
-        w = weights(sel)
+        pairs = self._neighbours(np.flatnonzero(active), radius)
+        rows, cols = pairs.rows, pairs.cols
+        w = weights(pairs)
         w = np.where(w >= KERNEL_CUTOFF, w, 0.0)
         sums = np.bincount(rows, weights=w, minlength=self.n)
         moved = np.bincount(cols, weights=w * (b / np.where(sums > 0, sums, 1.0))[rows], minlength=self.n)
         stuck = (active & (sums <= 0)).astype(float)
         return moved + stuck * b + np.where(active, 0.0, b)
 
-    def _speed_weights(self, pairs: "Pairs", reach: float) -> np.ndarray:
-        """Flat up to `reach`, a soft edge beyond (wider when a frame's motion is shorter than the place
-        spacing: the robot is somewhere between places): stopping, reversing, any speed up to the bound."""
-        if pairs is not self._pairs:
-            return _flat_top(pairs.dist, reach, self.spacing)
-        if reach not in self._speed_cache:
-            if len(self._speed_cache) > 32:
-                self._speed_cache.clear()
-            self._speed_cache[reach] = _flat_top(pairs.dist, reach, self.spacing)
-        return self._speed_cache[reach]
-
-    def _odometry_weights(self, pairs: "Pairs", sel: np.ndarray, distance: float, step: np.ndarray | None,
-                          sigma: float) -> np.ndarray:
+    def _odometry_weights(self, pairs: "Pairs", distance: float, step: np.ndarray | None, sigma: float) -> np.ndarray:
         """Around where the displacement leads from each place's mapped pose (`step`: it in the map frame
         from each place's heading), or, without mapped orientations, at the travelled distance in any
         direction."""
         if step is not None:
-            residual = np.linalg.norm(pairs.offsets[sel] - step[pairs.rows[sel]], axis=1)
+            residual = np.linalg.norm(pairs.offsets - step[pairs.rows], axis=1)
         else:
-            residual = np.abs(pairs.dist[sel] - distance)
+            residual = np.abs(pairs.dist - distance)
         return np.exp(-0.5 * (residual / sigma) ** 2)
 
     # ---- update -------------------------------------------------------------------------------------
@@ -492,10 +479,10 @@ class PlaceBelief:
         The relative model keeps its old yardstick (the belief-weighted likelihood itself)."""
         if self.config.observation == "relative":
             return float(self.state.sum())
-        prior, prior_away = self._prior()
+        out = self.config.out_prior if self.config.out_of_map else 0.0  # the prior's share outside (_prior)
         penalised = 0.0 if standing is None else float(np.mean(standing))
         share = 1 - penalised * (1 - self.config.stop_penalty)
-        return float(prior.sum() * share * lik.mean()) + float(prior_away.sum()) * lik_out
+        return (1.0 - out) * share * float(lik.mean()) + out * lik_out
 
     def step(self, evidence: Evidence, motion: Motion) -> BeliefEstimate:
         """Predict, then update. The localizer does the two apart: it scores the places the prediction
@@ -569,6 +556,8 @@ def _per_step(rate: float, steps: float) -> float:
 
 
 def _flat_top(dist: np.ndarray, reach: float, spacing: float) -> np.ndarray:
+    """Flat up to `reach`, a soft edge beyond (wider when a frame's motion is shorter than the place
+    spacing: the robot is somewhere between places): stopping, reversing, any speed up to the bound."""
     tail = SPEED_TAIL * reach + max(spacing - reach, 0.0) / 2  # a frame's motion shorter than the spacing
     return np.where(dist <= reach, 1.0, np.exp(-0.5 * ((dist - reach) / tail) ** 2))
 

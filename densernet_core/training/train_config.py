@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+import yaml
 
 from ..config import BRANCH_INITS, ConfigError, ModelConfig, dataclass_from_mapping, load_yaml, model_config
 from .losses import names as loss_names
@@ -81,6 +83,7 @@ class OptimConfig:
     batch_size: int = 4  # tuples per step
     amp: bool = True  # fp16 autocast on CUDA; ignored on CPU
     grad_clip: float = 0.0  # 0 = off
+    average_from: int = 0  # > 0: the model is the mean of the weights after every step from this epoch (1-based) on
 
     def __post_init__(self) -> None:
         if self.loss not in loss_names():
@@ -91,6 +94,9 @@ class OptimConfig:
             raise ConfigError(f"optim.scheduler {self.scheduler!r} unknown; choose one of {list(SCHEDULERS)}")
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.step_size < 1 or self.margin < 0:
             raise ConfigError("optim: lr > 0, epochs >= 1, batch_size >= 1, step_size >= 1 and margin >= 0 are required")
+        if not 0 <= self.average_from <= self.epochs:
+            raise ConfigError(f"optim.average_from must be 0 (off) or an epoch in 1..{self.epochs} "
+                              f"(optim.epochs), got {self.average_from}")
 
 
 @dataclass(frozen=True)
@@ -193,5 +199,19 @@ def _on_off(value: Any) -> Any:
     return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
-def load_train_config(path: str | Path) -> TrainConfig:
-    return train_config_from_mapping(load_yaml(path), str(path))
+def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """`overrides`: "dotted.key=value" strings (values parsed as YAML) applied over the file before validation:
+    a recipe trial stated on the command line (`optim.average_from=2`), checked like the file itself."""
+    raw = load_yaml(path)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. optim.epochs=8")
+        node = raw
+        *parents, leaf = key.split(".")
+        for name in parents:
+            if not isinstance(node.setdefault(name, {}), dict):
+                raise ConfigError(f"override {item!r}: {name!r} is not a section")
+            node = node[name]
+        node[leaf] = yaml.safe_load(value)
+    return train_config_from_mapping(raw, f"{path}" + (f" with {', '.join(overrides)}" if overrides else ""))

@@ -2,7 +2,8 @@
 
 Steps chain through files in one run folder (hloc style): `cluster()` writes `init.safetensors`,
 `train()` writes `last.safetensors` + `last_state.safetensors` every epoch, `best.safetensors`
-by validation recall, `log.csv` and `curves.png`, and finally `model.safetensors` with PCA
+by validation recall, `log.csv` and `curves.png` (with `optim.average_from`, `average_state.safetensors`
+every epoch and `average.safetensors` at the end), and finally `model.safetensors` with PCA
 whitening fitted on the training descriptors. Rerunning continues where it stopped.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from .allocator import keep_freed_memory
 from .augment import night_weather
+from .averaging import WeightAverage
 from ..model.checkpoint import load_model, save_checkpoint
 from ..tensor_files import write_safetensors
 from ..distributed import DistContext, init_distributed
@@ -258,6 +260,10 @@ class Trainer:
         if resume:
             start_epoch, iteration, best = _load_train_state(state_file, opt, sched)
             LOG.info("resuming after epoch %d (iteration %d)", start_epoch, iteration)
+        o, m = self.cfg.optim, self.cfg.mining
+        average, average_file = (WeightAverage(model) if o.average_from else None), self.run_dir / "average_state.safetensors"
+        if average is not None and resume and average_file.is_file():
+            average.load(average_file)
         trainable = head
         if self.ctx.enabled:
             trainable = nn.parallel.DistributedDataParallel(
@@ -269,7 +275,6 @@ class Trainer:
                              "beyond neg_radius; check the radii and the positions' units")
         LOG.info("%d of %d training queries have positives and negatives", len(usable), len(miner.pos))
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and self.cfg.optim.amp)
-        o, m = self.cfg.optim, self.cfg.mining
         for epoch in range(start_epoch, o.epochs):
             t0 = time.time()
             rng = np.random.default_rng([self.cfg.seed, epoch, self.ctx.rank])
@@ -300,6 +305,8 @@ class Trainer:
                 scaler.step(opt)
                 scaler.update()
                 iteration += 1
+                if average is not None and epoch + 1 >= o.average_from:
+                    average.update()
                 losses.append(float(loss.detach()))
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
             sched.step()
@@ -313,6 +320,8 @@ class Trainer:
                 LOG.info("epoch %d: loss %.4f%s", epoch + 1, mean_loss,
                          f", val R@1 {r[1]:.3f} R@5 {r[5]:.3f}" if val else "")
                 save_checkpoint(model, last, {"stage": "train", "epoch": str(epoch + 1)})
+                if average is not None and average.count:
+                    average.save(average_file)
                 score = r.get(1, -1.0) + 1e-3 * r.get(5, 0.0) if val else -1.0
                 if val and score > best:
                     best = score
@@ -322,9 +331,13 @@ class Trainer:
                 plot_log(self.run_dir / "log.csv", self.run_dir / "curves.png")
             self.ctx.barrier()
         _check_replicas_agree(self.ctx, model)
-        if self.ctx.is_main:  # the deliverable: best (or last) epoch plus PCA whitening
-            best = self.run_dir / "best.safetensors"
-            self.whiten(best if best.is_file() else last, final)
+        if self.ctx.is_main:  # the deliverable: the weight average, else the best (or last) epoch; plus PCA whitening
+            source = self.run_dir / "best.safetensors"
+            if average is not None:
+                source = self.run_dir / "average.safetensors"
+                save_checkpoint(average.apply_to(load_model(last, str(self.device))), source,
+                                {"stage": "average", "steps": str(average.count), "from_epoch": str(o.average_from)})
+            self.whiten(source if source.is_file() else last, final)
         self.ctx.barrier()
         return final
 
