@@ -9,9 +9,9 @@ Maps and queries (the trained `small` of the Gardens Point demo, `--checkpoint`;
 
 Each map is padded with distractors up to `--sizes` places. A distractor is derived from two real
 descriptors of a pool that holds none of the evaluated places (Gardens Point: frames 0-99 of its three
-traversals and the KITTI frames; KITTI: all Gardens Point frames): each of the raw VLAD's cluster blocks
-is taken from one of the two at random, then the whole is normalised. Its blocks are real ones, and it
-resembles a query as much as the real images it mixes do. Distractor places lie on a line far from
+traversals, or with `--pool day` of its two day ones, and the KITTI frames; KITTI: all Gardens Point
+frames): each of the raw VLAD's cluster blocks is taken from one of the two at random, then the whole is
+normalised. Its blocks are real ones, and it resembles a query as much as the real images it mixes do. Distractor places lie on a line far from
 the real route, so a query that retrieves one is wrong.
 
 Every map is searched three ways on the same queries: exact over the unpadded map, exact over the
@@ -46,6 +46,7 @@ from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa:
 from benchmarks.bench_index import exact_topk  # noqa: E402
 
 GP_TOL = 2.0  # frames
+POOL_TRAVERSES = {"all": ("day_left", "day_right", "night_right"), "day": ("day_left", "day_right")}
 KITTI_PLACE_TOL = 1.0  # an odd frame's two even neighbours (2 frames)
 KITTI_TOL = 1.0  # metres (bench_pose's threshold)
 KITTI_SIZE = (128, 416)
@@ -93,7 +94,7 @@ def cases(args, out: Path) -> list[Case]:
     kitti_desc = describe(kitti_model, kitti.images, out / f"desc_{sha}_kitti.npy")
     found = []
     if "gardens_point" in args.datasets:
-        pool = np.concatenate([gp_desc[t][:100] for t in gp_desc] + [kitti_desc])
+        pool = np.concatenate([gp_desc[t][:100] for t in POOL_TRAVERSES[args.pool]] + [kitti_desc])
         places = load_traverse(gp / "day_left")
         found.append(Case("gardens_point", places, gp_desc["day_left"], gp_desc["night_right"][100:],
                           np.arange(100, 200, dtype=float), GP_TOL, places.positions[100:], GP_TOL, pool, GP_RADIUS,
@@ -205,7 +206,10 @@ def run(args) -> dict:
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     if previous.get("sha256") != sha:
         previous = {}
-    results = {"checkpoint": str(ckpt), "sha256": sha, "cases": previous.get("cases", {})}  # runs add sizes
+    if previous.get("pool", "all") != args.pool:
+        previous = {}
+    results = {"checkpoint": str(ckpt), "sha256": sha, "pool": args.pool,
+               "cases": previous.get("cases", {})}  # runs add sizes
     for case in cases(args, out):
         real = make_map(case.map_desc.astype(np.float16), case.places, None, None, ckpt, sha, cfg, "flat")
         observation = real.fit_observation()
@@ -213,7 +217,8 @@ def run(args) -> dict:
         print(case.name, "unpadded", json.dumps({k: v for k, v in rows["unpadded, exact"].items() if k != "top1"}),
               flush=True)
         for size in args.sizes:
-            folder = out / f"{case.name}_{size}"
+            pooled = "" if args.pool == "all" or case.name != "gardens_point" else f"_{args.pool}_pool"
+            folder = out / f"{case.name}_{size}{pooled}"  # the cached descriptors are the pool's: one folder each
             desc, places = padded_map(case, size, folder, clusters)
             t0 = time.perf_counter()
             s, i = exact_topk(desc, case.query_desc, TOP_K)
@@ -295,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--sizes", type=int, nargs="+", default=[100000, 1000000])
     p.add_argument("--datasets", nargs="+", choices=("gardens_point", "kitti"), default=["gardens_point", "kitti"])
+    p.add_argument("--pool", choices=sorted(POOL_TRAVERSES), default="all",
+                   help="Gardens Point distractors from frames 0-99 of all three traversals, or of the day ones only "
+                        "(a day map grown large holds no night views)")
     p.add_argument("--keep-maps", action="store_true", help="keep every padded map folder (1M places: 25 GB each)")
     p.add_argument("--out", default="bench_out/haystack")
     args = p.parse_args(argv)
