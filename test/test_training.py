@@ -264,3 +264,15 @@ def test_recipe_overrides_apply_and_bad_ones_are_named(route, tmp_path):
                        (["optim.lr=fast"], "lr must be a number"), (["optim.epochs=2.5"], "epochs must be an integer")):
         with pytest.raises(ConfigError, match=named):
             load_train_config(path, bad)
+
+
+def test_weight_average_continues_across_a_resume(route, tmp_path):
+    run = tmp_path / "run"
+    one = write_config(route, tmp_path / "a.yaml", **{"optim.epochs": 1, "optim.average_from": 1})
+    Trainer(load_train_config(one), run, progress=False).train()
+    (run / "model.safetensors").unlink()  # as if interrupted after the first epoch
+    two = write_config(route, tmp_path / "b.yaml", **{"optim.epochs": 2, "optim.average_from": 1})
+    Trainer(load_train_config(two), run, progress=False).train()
+    rows = [r.split(",") for r in (run / "log.csv").read_text().splitlines()[1:]]
+    with safe_open(str(run / "average.safetensors"), "pt") as f:
+        assert int(f.metadata()["steps"]) == int(rows[1][1])  # both epochs' steps, not only the resumed one's
