@@ -234,9 +234,12 @@ class PlaceBelief:
         """Probability of "outside the map or unrecognisable"."""
         return float(self.away.sum())
 
+    def _prior_outside(self) -> float:
+        return self.config.out_prior if self.config.out_of_map else 0.0
+
     def _prior(self) -> tuple[np.ndarray, np.ndarray]:
         """(in the map: per speed and place; outside: per place it is nearest to), everywhere alike."""
-        out = self.config.out_prior if self.config.out_of_map else 0.0
+        out = self._prior_outside()
         layers = len(self.velocities)
         return np.full((layers, self.n), (1.0 - out) / (self.n * layers)), np.full(self.n, out / self.n)
 
@@ -479,7 +482,7 @@ class PlaceBelief:
         The relative model keeps its old yardstick (the belief-weighted likelihood itself)."""
         if self.config.observation == "relative":
             return float(self.state.sum())
-        out = self.config.out_prior if self.config.out_of_map else 0.0  # the prior's share outside (_prior)
+        out = self._prior_outside()
         penalised = 0.0 if standing is None else float(np.mean(standing))
         share = 1 - penalised * (1 - self.config.stop_penalty)
         return (1.0 - out) * share * float(lik.mean()) + out * lik_out

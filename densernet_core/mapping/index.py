@@ -218,7 +218,7 @@ class ShortlistIndex:
         self.projection = projection  # D x d float32, or None for a coarse index over the descriptors
         self._projection: torch.Tensor | None = None  # the same memory, as torch sees it
         self.ref = descriptors  # N x D, may be a read-only memory map
-        self._prefetch = RowPrefetch.of(descriptors)
+        self.prefetch = RowPrefetch.of(descriptors)  # shared with the PlaceMap over the same rows
         self.shortlist = shortlist
         self.provenance = provenance  # compact indexes: how the projection was made
 
@@ -251,7 +251,7 @@ class ShortlistIndex:
         ids = np.full((len(q), k), -1, np.int64)
         for r, row in enumerate(cand):
             row = np.unique(row[row >= 0])  # sorted: memory-mapped rows are read in file order
-            exact = (torch.from_numpy(read_rows(self.ref, row, self._prefetch)).float() @ torch.from_numpy(q[r])).numpy()
+            exact = (torch.from_numpy(read_rows(self.ref, row, self.prefetch)).float() @ torch.from_numpy(q[r])).numpy()
             order = np.argsort(-exact, kind="stable")[:k]
             scores[r, :len(order)], ids[r, :len(order)] = exact[order], row[order]
         return scores, ids
@@ -262,7 +262,7 @@ class ShortlistIndex:
         self.coarse.add(project_all(descriptors, self.projection))  # as the build projected the others
         self._coarse_search, self._gpu_resources = to_gpu_if_available(self.coarse)
         self.ref = all_descriptors
-        self._prefetch = RowPrefetch.of(all_descriptors)
+        self.prefetch = RowPrefetch.of(all_descriptors)
 
     def memory_bytes(self) -> int:
         """What searching holds in RAM (the projection and the FAISS index; not the stored descriptors,

@@ -110,7 +110,9 @@ class PlaceMap:
         self.index = index
         manifest.projection = (asdict(index.provenance) if isinstance(index, ShortlistIndex)
                                and index.provenance is not None else None)
-        self._prefetch = RowPrefetch.of(descriptors)
+        # one open descriptor file per map: the shortlist index reads the same rows
+        shared = isinstance(index, ShortlistIndex) and index.ref is descriptors
+        self._prefetch = index.prefetch if shared else RowPrefetch.of(descriptors)
         self._background = read_rows(descriptors, background_rows(len(places)), self._prefetch).astype(np.float32)
         self.observation = observation
         self.observation_error = ""  # why there is no observation model, when there is none
@@ -185,12 +187,11 @@ class PlaceMap:
             raise MapError(f"{folder / MANIFEST}: corrupt manifest ({exc})") from exc
         if manifest.format_version not in READABLE_VERSIONS:
             raise MapError(f"{folder}: map format {manifest.format_version}, this densernet reads {READABLE_VERSIONS}")
-        if manifest.index_type not in INDEX_TYPES or manifest.index_type == "auto":
-            raise MapError(f"{folder / MANIFEST}: index type {manifest.index_type!r} unknown; expected one of "
-                           f"{tuple(k for k in INDEX_TYPES if k != 'auto')}")
-        if manifest.index_request and manifest.index_request not in INDEX_TYPES:
-            raise MapError(f"{folder / MANIFEST}: index request {manifest.index_request!r} unknown; expected one of "
-                           f"{INDEX_TYPES}")
+        built = tuple(k for k in INDEX_TYPES if k != "auto")  # a search that exists; "auto" is only asked for
+        for name, value, known in (("index type", manifest.index_type, built),
+                                   ("index request", manifest.index_request or manifest.index_type, INDEX_TYPES)):
+            if value not in known:
+                raise MapError(f"{folder / MANIFEST}: {name} {value!r} unknown; expected one of {known}")
         if rebuild_index is not None:
             manifest.index_request = rebuild_index or manifest.requested_index()
             try:
