@@ -31,8 +31,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from densernet_core.mapping.index import (ExactIndex, ShortlistIndex, build_index, load_coarse,  # noqa: E402
-                                          save_index)
+from densernet_core.mapping.index import (ExactIndex, RefineCodes, ShortlistIndex, build_index,  # noqa: E402
+                                          load_coarse, save_index)
+from densernet_core.mapping.placemap import REFINE_FILES  # noqa: E402
 
 WALK_SMOOTHING = 0.9  # each place keeps this much of the previous one's direction
 QUERY_NOISE = 0.5  # noise norm relative to the unit descriptor
@@ -103,13 +104,15 @@ def measure(db: np.ndarray, q: np.ndarray, kind: str, truth: np.ndarray, work: P
     work.mkdir(parents=True, exist_ok=True)
     for f in work.iterdir():
         f.unlink()
-    save_index(index, work, "index.faiss", "coarse.npy")
+    save_index(index, work, "index.faiss", "coarse.npy", REFINE_FILES)
     extra = sum(f.stat().st_size for f in work.iterdir())
     if isinstance(index, ShortlistIndex):  # searched as a loaded map searches it
         compact = index.provenance is not None
         coarse = load_coarse(work / "index.faiss", mmap=compact)
         projection = np.load(work / "coarse.npy", mmap_mode="r") if index.projection is not None else None
-        index = ShortlistIndex(coarse, projection, db, index.shortlist, index.provenance)
+        refine = (None if index.refine is None
+                  else RefineCodes.load(work, *REFINE_FILES, len(db), db.shape[1]))
+        index = ShortlistIndex(coarse, projection, db, index.shortlist, index.provenance, refine)
     ram = index.memory_bytes()
     index.search(q[:1], 10)  # warm-up
     times, top1 = [], []
@@ -126,7 +129,12 @@ def measure(db: np.ndarray, q: np.ndarray, kind: str, truth: np.ndarray, work: P
             "ram_bytes_per_place": round(ram / len(db), 1),
             "top1_agreement": float(np.mean(np.array(top1) == truth)),
             "search": "exact (int8 pre-scan + exact re-score)" if isinstance(index, ExactIndex)
-            else f"{kind}: shortlist of {index.shortlist} + exact re-rank" if isinstance(index, ShortlistIndex) else kind}
+            else f"{kind}: {describe_shortlist(index)}" if isinstance(index, ShortlistIndex) else kind}
+
+
+def describe_shortlist(index: ShortlistIndex) -> str:
+    refine = "" if index.refine is None else f"{index.provenance.refine_shortlist} by {index.refine.name} codes, "
+    return f"shortlist of {refine}{index.shortlist} + exact re-rank"
 
 
 def main(argv: list[str] | None = None) -> int:

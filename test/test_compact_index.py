@@ -192,3 +192,81 @@ def test_map_cli_reindex_and_info_report_the_search(tiny_model, route, ckpt, tmp
     with pytest.raises(SystemExit):  # argparse refuses an unknown kind by name
         map_main(["reindex", str(m), "--index", "fastest"])
     assert "invalid choice: 'fastest'" in capsys.readouterr().err
+
+
+def _refining_map(monkeypatch, tiny_model, ckpt, n: int = 1200, d: int = 256) -> tuple[PlaceMap, np.ndarray]:
+    """A compact map whose projection keeps too little to rank revisits (4 of 256 dimensions), with the
+    product-quantisation stage fitted (sizes scaled down from 12,288-D maps of >= 10k places)."""
+    monkeypatch.setattr(idx, "COMPACT_DIM", 4)
+    monkeypatch.setattr(idx, "REFINE_MIN_PLACES", 1000)
+    monkeypatch.setattr(idx, "REFINE_SHORTLIST", 400)
+    path, sha = ckpt
+    desc = route_like(n, d, 5).astype(np.float16)
+    manifest = Manifest(FORMAT_VERSION, tiny_model.config.to_dict(), sha, str(path), d, n, "map", "now", "compact",
+                        "float16")
+    return PlaceMap(manifest, desc, _places(n)), desc
+
+
+def test_refining_codes_find_what_the_projection_loses(tiny_model, ckpt, tmp_path, monkeypatch):
+    """Between the inverted file and the exact re-rank, product-quantisation codes of the full descriptors
+    rank the lists' best 400: exact search's top-1 comes back where the projection alone lost it; only
+    the re-rank's rows are read from disk; the stage and its codes survive save and load."""
+    pmap, desc = _refining_map(monkeypatch, tiny_model, ckpt)
+    index = pmap.index
+    prov = index.provenance
+    assert prov.refine == "pq32x8" and prov.refine_shortlist == 400 and index.refine.codes.shape == (1200, 32)
+    assert "best 400 ranked by pq32x8 codes" in prov.describe()
+    q = desc[::12].astype(np.float32) + 0.05 * np.random.default_rng(1).standard_normal((100, 256)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    exact = idx.ExactIndex(desc).search(q, 1)[1][:, 0]
+    reads = []
+    real_read = idx.read_rows
+    monkeypatch.setattr(idx, "read_rows", lambda ref, rows, pre: (reads.append(len(rows)), real_read(ref, rows, pre))[1])
+    refined = np.mean(pmap.search(q, 1)[1][:, 0] == exact)
+    assert refined >= 0.9 and set(reads) == {idx.COMPACT_RERANK}
+    projected_only = idx.ShortlistIndex(index.coarse, index.projection, desc, index.shortlist, prov)
+    assert np.mean(projected_only.search(q, 1)[1][:, 0] == exact) <= 0.5  # the same index without the stage
+    # the stage ranks by the asymmetric inner product: the k best of the candidates, as computed by hand
+    cand = np.sort(np.random.default_rng(2).choice(1200, 300, replace=False))
+    centroids = idx.faiss_centroids(index.refine.pq)  # M x 256 x (d / M)
+    table = np.einsum("mkd,md->mk", centroids, q[0].reshape(32, 8))
+    by_hand = cand[np.argsort(-table[np.arange(32), index.refine.codes[cand]].sum(1))[:32]]
+    assert set(index.refine.top(q[0], cand, 32)) == set(by_hand)
+    pmap.save(tmp_path / "m")
+    loaded = PlaceMap.load(tmp_path / "m")
+    assert isinstance(loaded.index.refine.codes, np.memmap) and loaded.index.provenance == prov
+    np.testing.assert_array_equal(loaded.search(q, 3)[1], pmap.search(q, 3)[1])
+    ram = float(loaded.info(tmp_path / "m").split("bytes per place: ")[1].split(" ")[0])
+    assert ram >= 32 + 8  # the codes count in what search holds in RAM
+
+
+def test_refining_codes_grow_with_add_and_are_refused_when_damaged(tiny_model, ckpt, tmp_path, monkeypatch):
+    from densernet_core.mapping.placemap import _extended_index
+
+    pmap, desc = _refining_map(monkeypatch, tiny_model, ckpt)
+    m = tmp_path / "m"
+    pmap.save(m)
+    loaded = PlaceMap.load(m)
+    new = route_like(60, 256, 9)
+    extended = _extended_index(m, loaded, new, np.vstack([desc, new.astype(np.float16)]))
+    assert extended.refine.codes.shape == (1260, 32) and loaded.index.refine.codes.shape == (1200, 32)
+    np.testing.assert_array_equal(extended.refine.codes[1200:], extended.refine.encode(new))
+    assert extended.search(new[:10], 1)[1][:, 0].tolist() == list(range(1200, 1210))
+    manifest = json.loads((m / "manifest.json").read_text())
+    (m / "manifest.json").write_text(json.dumps(dict(manifest, projection=dict(manifest["projection"], refine="pq64x8"))))
+    with pytest.raises(MapError, match="refine_pq.faiss is pq32x8, manifest.json says pq64x8"):
+        PlaceMap.load(m)
+    (m / "manifest.json").write_text(json.dumps(manifest))
+    codes = np.load(m / "refine_codes.npy")
+    np.save(m / "refine_codes.npy", codes[:-1])
+    with pytest.raises(MapError, match=r"refine_codes.npy: uint8 \(1199, 32\), expected uint8 \(1200, 32\).*reindex"):
+        PlaceMap.load(m)
+    (m / "refine_codes.npy").unlink()
+    with pytest.raises(MapError, match="refine_codes.npy missing"):
+        PlaceMap.load(m)
+    (m / "refine_pq.faiss").write_bytes(b"not a quantiser")
+    np.save(m / "refine_codes.npy", codes)
+    with pytest.raises(MapError, match="refine_pq.faiss: corrupt product quantiser"):
+        PlaceMap.load(m)
+    assert reindex_map(m).index.refine.codes.shape == (1200, 32)  # what the message says mends it
+    assert PlaceMap.load(m).search(desc[:1].astype(np.float32), 1)[1][0, 0] == 0

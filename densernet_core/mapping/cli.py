@@ -21,7 +21,8 @@ from .placemap import DTYPES, PlaceMap, add_to_map, build_map, reindex_map
 
 LOG = logging.getLogger("densernet")
 INDEX_HELP = (f"map search: flat (exact), compact (a projection fitted on the map, an inverted file of 8-bit codes in "
-              f"RAM, the best 32 re-scored exactly; for maps of tens of thousands of places and more), or auto "
+              f"RAM, its best 1000 ranked by product-quantisation codes of the full descriptors, the best 32 of "
+              f"those re-scored exactly; for maps of tens of thousands of places and more), or auto "
               f"(the default: flat up to {EXACT_MAX_PLACES} places, compact above, chosen again by `add`)")
 
 

@@ -15,9 +15,12 @@ orthogonal projection, recorded as such, for a map too small for that), an inver
 projections with 8-bit codes (512 B per place, in RAM, memory-mapped from index.faiss so that
 nodes on one machine share its pages) proposes the best `COMPACT_RERANK` places, and those are
 re-scored exactly against the stored float16 descriptors (memory-mapped; a few dozen rows read per
-query). The projection's provenance is kept in the map's manifest (`Projection`). On real night
-queries among look-alike distractors the projection loses exact search's top-1 (docs/BENCHMARKS.md,
-*Real queries in a haystack*).
+query). Between the two, on maps large enough to fit it (`REFINE_MIN_PLACES`), product-quantisation
+codes of the full descriptors (`RefineCodes`: 12 dimensions per 8-bit code, memory-mapped) rank the
+inverted file's best `REFINE_SHORTLIST` places: on real night queries among look-alike distractors the
+projection alone lost exact search's top-1 for a third of the queries, since a night query keeps less
+of its energy in the map's top directions than the mapped places do (docs/BENCHMARKS.md, *Real
+queries in a haystack*). The projection's provenance is kept in the map's manifest (`Projection`).
 
 `hnsw` and `ivfpq` (a 256-D projection, a shortlist of 1000 re-read from disk) are what large maps
 used before `compact`; such maps still load and search as they were built. Figures in
@@ -72,7 +75,15 @@ SAMPLES_PER_DIM = 10  # fit a projection only on >= this many places per kept di
 COMPACT_FIT_SAMPLES = 50000  # places the singular directions are fitted on (at most)
 ENERGY_SAMPLES = 4096  # places the kept share of the descriptors' energy is measured on (for the provenance)
 COMPACT_RERANK = 32  # places re-scored exactly per query (read from the stored descriptors)
-COMPACT_NPROBE = 64
+COMPACT_NPROBE = 128  # 64 lists kept exact search's top-1 among the best 1000 for 93 of 100 night queries, 128: 97
+# The refining stage: product quantisation of the full descriptors, 12 dimensions per 8-bit code where D
+# allows (12,288-D: 1,024 B per place; 8 dimensions kept top-1 for one night query more of 100 at 1,536 B,
+# past the 2 KB a place may hold in RAM), ranking the inverted file's best REFINE_SHORTLIST down to COMPACT_RERANK.
+REFINE_SUBVECTOR_DIMS = (12, 8, 16, 4, 2, 1)  # the first that divides D
+REFINE_BITS = 8
+REFINE_SHORTLIST = 1000
+REFINE_MIN_PLACES = IVF_POINTS_PER_LIST * 2 ** REFINE_BITS  # FAISS's 39 training points per code
+REFINE_ROWS = 8192  # descriptors encoded at a time
 REFIT_GROWTH = 2.0  # `add` refits the projection once the map has grown this much beyond what it was fitted on
 PROJECT_ROWS = 16384  # descriptors projected at a time while building
 # Fewer queries than this are searched on one FAISS thread: a single query gains nothing from more, and
@@ -182,6 +193,8 @@ class Projection:
     lists: int  # inverted lists
     nprobe: int  # lists searched per query
     rerank: int  # places re-scored exactly per query
+    refine: str = "none"  # "pq<M>x<bits>": product-quantisation codes of the full descriptors rank the lists' best
+    refine_shortlist: int = 0  # places the inverted file proposes to that stage
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Projection":
@@ -203,16 +216,100 @@ class Projection:
                "random-orthogonal": f"random orthogonal to {self.dim}-D (seed {self.seed}; the map had "
                                     f"{self.fitted_places} places, a fit needs {SAMPLES_PER_DIM * self.dim})",
                "none": f"none (the descriptors are {self.dim}-D)"}[self.method]
+        refine = ("" if self.refine == "none" else
+                  f"; best {self.refine_shortlist} ranked by {self.refine} codes of the full descriptors")
         return (f"projection: {how}, {self.created}; refitted by `add` at {self.refit_at()} places\n"
-                f"compact index: {self.lists} lists, {self.nprobe} searched, 8-bit codes; best {self.rerank} "
+                f"compact index: {self.lists} lists, {self.nprobe} searched, 8-bit codes{refine}; best {self.rerank} "
                 f"re-scored exactly")
+
+
+class RefineCodes:
+    """Product-quantisation codes of the full descriptors (N x M uint8, may be memory-mapped) and their
+    quantiser: a shortlist ranked by the asymmetric inner product, in RAM, before any row is read from disk."""
+
+    def __init__(self, pq, codes: np.ndarray) -> None:
+        self.pq = pq  # faiss.ProductQuantizer
+        self.codes = codes
+
+    @property
+    def name(self) -> str:
+        return f"pq{self.pq.M}x{self.pq.nbits}"
+
+    @classmethod
+    def fit(cls, sample: np.ndarray) -> "RefineCodes":
+        import faiss
+
+        d = sample.shape[1]
+        m = d // next(k for k in REFINE_SUBVECTOR_DIMS if d % k == 0)
+        pq = faiss.ProductQuantizer(d, m, REFINE_BITS)
+        pq.cp.min_points_per_centroid = 1  # a map of REFINE_MIN_PLACES has FAISS's 39 per code; fewer accepted
+        pq.train(np.ascontiguousarray(sample, dtype=np.float32))
+        return cls(pq, np.empty((0, m), np.uint8))
+
+    def encode(self, descriptors: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(descriptors, dtype=np.float32)
+        return self.pq.compute_codes(x) if len(x) else np.empty((0, self.pq.code_size), np.uint8)
+
+    def add(self, codes: np.ndarray) -> None:
+        self.codes = np.concatenate([np.asarray(self.codes), codes]) if len(self.codes) else codes
+
+    def top(self, query: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+        """The k of the candidate places (sorted ids) whose codes score highest against one query."""
+        import faiss
+
+        k = min(k, len(candidates))
+        if k == len(candidates):
+            return candidates
+        sub = np.ascontiguousarray(self.codes[candidates])
+        scores, where = np.empty(k, np.float32), np.empty(k, np.int64)
+        heap = faiss.float_minheap_array_t()
+        heap.nh, heap.k, heap.val, heap.ids = 1, k, faiss.swig_ptr(scores), faiss.swig_ptr(where)
+        q = np.ascontiguousarray(query, dtype=np.float32)
+        self.pq.search_ip(faiss.swig_ptr(q), 1, faiss.swig_ptr(sub), len(sub), heap, True)
+        return candidates[where[where >= 0]]
+
+    def memory_bytes(self) -> int:
+        return int(self.codes.nbytes) + self.pq.centroids.size() * 4  # float32 centroids
+
+    def save(self, folder: Path, quantiser_file: str, codes_file: str) -> None:
+        import faiss
+
+        faiss.write_ProductQuantizer(self.pq, str(folder / quantiser_file))
+        np.save(folder / codes_file, np.asarray(self.codes), allow_pickle=False)
+
+    @classmethod
+    def load(cls, folder: Path, quantiser_file: str, codes_file: str, places: int, dim: int,
+             mmap: bool = True) -> "RefineCodes":
+        """ValueError naming the file when one is missing, corrupt, or not for this map."""
+        import faiss
+
+        qpath, cpath = folder / quantiser_file, folder / codes_file
+        for path in (qpath, cpath):
+            if not path.is_file():
+                raise ValueError(f"{path} missing (the compact index's refining codes)")
+        try:
+            pq = faiss.read_ProductQuantizer(str(qpath))
+        except RuntimeError as exc:
+            raise ValueError(f"{qpath}: corrupt product quantiser ({str(exc).splitlines()[0]})") from exc
+        if pq.d != dim:
+            raise ValueError(f"{qpath}: a quantiser of {pq.d}-D descriptors, the map's are {dim}-D")
+        try:
+            codes = np.load(cpath, allow_pickle=False, mmap_mode="r" if mmap else None)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError(f"{cpath}: corrupt codes ({exc})") from exc
+        if mmap:
+            read_ahead(cpath)
+        if codes.dtype != np.uint8 or codes.shape != (places, pq.code_size):
+            raise ValueError(f"{cpath}: {codes.dtype} {codes.shape}, expected uint8 ({places}, {pq.code_size})")
+        return cls(pq, codes)
 
 
 class ShortlistIndex:
     """A FAISS index over projected descriptors proposes places; the stored descriptors decide."""
 
     def __init__(self, coarse, projection: np.ndarray | None, descriptors: np.ndarray,
-                 shortlist: int = SHORTLIST, provenance: Projection | None = None) -> None:
+                 shortlist: int = SHORTLIST, provenance: Projection | None = None,
+                 refine: RefineCodes | None = None) -> None:
         self.coarse = coarse  # on the CPU (saved as is); searched through a GPU copy when there is one
         self._coarse_search, self._gpu_resources = to_gpu_if_available(coarse)
         self.projection = projection  # D x d float32, or None for a coarse index over the descriptors
@@ -221,6 +318,7 @@ class ShortlistIndex:
         self.prefetch = RowPrefetch.of(descriptors)  # shared with the PlaceMap over the same rows
         self.shortlist = shortlist
         self.provenance = provenance  # compact indexes: how the projection was made
+        self.refine = refine  # compact indexes of large enough maps: ranks the lists' best before the re-rank
 
     @property
     def ntotal(self) -> int:
@@ -245,12 +343,16 @@ class ShortlistIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = min(k, self.ntotal)
+        reread = max(self.shortlist, k)
+        proposed = reread if self.refine is None else max(self.provenance.refine_shortlist, reread)
         with faiss_threads(1 if len(q) < FAISS_PARALLEL_QUERIES else None):
-            _, cand = self._coarse_search.search(self.project(q), min(max(self.shortlist, k), self.ntotal))
+            _, cand = self._coarse_search.search(self.project(q), min(proposed, self.ntotal))
         scores = np.full((len(q), k), -np.inf, np.float32)
         ids = np.full((len(q), k), -1, np.int64)
         for r, row in enumerate(cand):
             row = np.unique(row[row >= 0])  # sorted: memory-mapped rows are read in file order
+            if self.refine is not None:
+                row = np.sort(self.refine.top(q[r], row, reread))
             exact = (torch.from_numpy(read_rows(self.ref, row, self.prefetch)).float() @ torch.from_numpy(q[r])).numpy()
             order = np.argsort(-exact, kind="stable")[:k]
             scores[r, :len(order)], ids[r, :len(order)] = exact[order], row[order]
@@ -260,6 +362,8 @@ class ShortlistIndex:
         """Index appended places with the projection and lists as they are; `all_descriptors` (the old
         places and these) is what the exact re-ranking reads from now on."""
         self.coarse.add(project_all(descriptors, self.projection))  # as the build projected the others
+        if self.refine is not None:
+            self.refine.add(encode_all(descriptors, self.refine))
         self._coarse_search, self._gpu_resources = to_gpu_if_available(self.coarse)
         self.ref = all_descriptors
         self.prefetch = RowPrefetch.of(all_descriptors)
@@ -270,6 +374,7 @@ class ShortlistIndex:
         import faiss
 
         projection = 0 if self.projection is None else self.projection.nbytes
+        projection += 0 if self.refine is None else self.refine.memory_bytes()
         try:
             ivf = faiss.extract_index_ivf(self.coarse)
         except RuntimeError:  # HNSW: float vectors and a graph of 2 * M links per node on its lowest layer
@@ -312,6 +417,19 @@ class RowPrefetch:
     def __call__(self, rows: np.ndarray) -> None:
         for r in rows.tolist():
             os.posix_fadvise(self.fd, self.offset + r * self.row_bytes, self.row_bytes, os.POSIX_FADV_WILLNEED)
+
+
+def read_ahead(path: Path) -> None:
+    """Ask the kernel to read a memory-mapped search structure (lists, codes: what search keeps in RAM) into
+    the page cache now, in the background, rather than a page fault at a time as the first queries touch
+    ~1,000 code rows each. Measured in the node at 1M places: its median search time did not move (7.9 ms
+    without, 7.6 ms with it and the page cache dropped before start-up)."""
+    if hasattr(os, "posix_fadvise"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
 
 
 def read_rows(descriptors: np.ndarray, rows: np.ndarray, prefetch: RowPrefetch | None) -> np.ndarray:
@@ -399,6 +517,21 @@ def project_all(descriptors: np.ndarray, projection: np.ndarray | None) -> np.nd
     return out
 
 
+def faiss_centroids(pq) -> np.ndarray:
+    """A product quantiser's centroids as M x 2^bits x (d / M)."""
+    import faiss
+
+    return faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
+
+
+def encode_all(descriptors: np.ndarray, refine: RefineCodes) -> np.ndarray:
+    """N x M codes, computed a block of rows at a time (the descriptors may be a memory map)."""
+    out = np.empty((len(descriptors), refine.pq.code_size), np.uint8)
+    for s in range(0, len(descriptors), REFINE_ROWS):
+        out[s:s + REFINE_ROWS] = refine.encode(descriptors[s:s + REFINE_ROWS])
+    return out
+
+
 def random_orthogonal(d: int, dim: int, seed: int) -> np.ndarray:
     q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, dim)).astype(np.float32))
     return np.ascontiguousarray(q, dtype=np.float32)
@@ -420,9 +553,15 @@ def build_compact(descriptors: np.ndarray, seed: int = 0) -> ShortlistIndex:
     rows = read_rows(descriptors, check, RowPrefetch.of(descriptors)).astype(np.float32)
     energy = float((projected[check] ** 2).sum() / max((rows ** 2).sum(), 1e-12))
     coarse = build_coarse(projected, "compact")
+    refine = None
+    if dim < d and n >= REFINE_MIN_PLACES:
+        sample = np.sort(np.random.default_rng(seed).choice(n, min(n, COMPACT_FIT_SAMPLES), replace=False))
+        refine = RefineCodes.fit(read_rows(descriptors, sample, RowPrefetch.of(descriptors)))
+        refine.add(encode_all(descriptors, refine))
     provenance = Projection(method, dim, n, min(n, COMPACT_FIT_SAMPLES) if method == "pca" else 0, seed, energy,
-                            time.strftime("%Y-%m-%dT%H:%M:%S%z"), coarse.nlist, coarse.nprobe, COMPACT_RERANK)
-    return ShortlistIndex(coarse, projection, descriptors, COMPACT_RERANK, provenance)
+                            time.strftime("%Y-%m-%dT%H:%M:%S%z"), coarse.nlist, coarse.nprobe, COMPACT_RERANK,
+                            "none" if refine is None else refine.name, 0 if refine is None else REFINE_SHORTLIST)
+    return ShortlistIndex(coarse, projection, descriptors, COMPACT_RERANK, provenance, refine)
 
 
 def build_index(descriptors: np.ndarray, kind: str = "auto") -> ExactIndex | ShortlistIndex:
@@ -454,7 +593,8 @@ def to_gpu_if_available(index):
     return gpu, resources
 
 
-def save_index(index: ExactIndex | ShortlistIndex, folder: Path, index_file: str, projection_file: str) -> None:
+def save_index(index: ExactIndex | ShortlistIndex, folder: Path, index_file: str, projection_file: str,
+               refine_files: tuple[str, str]) -> None:
     """An exact index is derived from the descriptors (nothing to save); a shortlist index saves its parts."""
     import faiss
 
@@ -462,6 +602,8 @@ def save_index(index: ExactIndex | ShortlistIndex, folder: Path, index_file: str
         faiss.write_index(index.coarse, str(folder / index_file))
         if index.projection is not None:
             np.save(folder / projection_file, index.projection, allow_pickle=False)
+        if index.refine is not None:
+            index.refine.save(folder, *refine_files)
 
 
 def load_coarse(path: Path, mmap: bool = False):
@@ -474,6 +616,8 @@ def load_coarse(path: Path, mmap: bool = False):
         index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
     except RuntimeError as exc:
         raise ValueError(f"{path}: corrupt FAISS index ({str(exc).splitlines()[0]})") from exc
+    if mmap:
+        read_ahead(path)
     if mmap and isinstance(index, faiss.IndexIVF):
         lists = faiss.downcast_InvertedLists(index.invlists)
         if isinstance(lists, faiss.OnDiskInvertedLists):

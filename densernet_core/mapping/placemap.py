@@ -6,6 +6,8 @@
     index.faiss       compact (and hnsw/ivfpq) maps only: the FAISS index that proposes a shortlist
     coarse.npy        compact (and hnsw/ivfpq) maps only: the D x d projection that index works in (its
                       provenance in manifest.json's `projection`)
+    refine_pq.faiss   compact maps of >= REFINE_MIN_PLACES places: the product quantiser of the full
+    refine_codes.npy  descriptors and their N x M uint8 codes, which rank the inverted file's shortlist
     points*.npy/json  maps built with a camera only: triangulated 3-D points for metric localization
                       (mapping/points.py); without them the map is retrieval-only
     observation.json  how likely a frame shows a mapped place against no mapped place, fitted from the
@@ -38,8 +40,8 @@ from ..local_features import DEFAULT_FEATURES, FEATURE_TYPES, LocalFeatures, ext
 from ..localization.observation import (OBSERVATION_FILE, ObservationConfig, ObservationError, ObservationModel,
                                         fit_observation_model)
 from .extraction import ExtractionOptions, describe_images
-from .index import (INDEX_TYPES, SHORTLIST, ExactIndex, Projection, RowPrefetch, ShortlistIndex, build_index,
-                    load_coarse, read_rows, resolve_index_type, save_index)
+from .index import (INDEX_TYPES, SHORTLIST, ExactIndex, Projection, RefineCodes, RowPrefetch, ShortlistIndex,
+                    build_index, load_coarse, read_rows, resolve_index_type, save_index)
 from .points import POINTS_META, FILES as POINT_FILES, MapPoints, TriangulationConfig, build_points
 
 LOG = logging.getLogger("densernet")
@@ -47,6 +49,7 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 MANIFEST, DESCRIPTORS, INDEX, PLACES, PARTIAL = "manifest.json", "descriptors.npy", "index.faiss", "places.csv", ".partial"
 COARSE = "coarse.npy"
+REFINE_FILES = ("refine_pq.faiss", "refine_codes.npy")  # a compact index's product quantiser and codes
 DESCRIPTORS_BEING_WRITTEN = "descriptors.npy.tmp"  # renamed to descriptors.npy when the map is saved
 PLACE_FIELDS = ["id", "image", "x", "y", "z", "qx", "qy", "qz", "qw", "timestamp", "source"]
 DTYPES = ("float16", "float32")
@@ -146,14 +149,14 @@ class PlaceMap:
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        for stale in (INDEX, COARSE, POINTS_META, *POINT_FILES.values(), OBSERVATION_FILE):  # written anew below
+        for stale in (INDEX, COARSE, *REFINE_FILES, POINTS_META, *POINT_FILES.values(), OBSERVATION_FILE):  # written anew
             (folder / stale).unlink(missing_ok=True)
         if self.points is not None:
             self.points.save(folder)
         if self.observation is not None:
             self.observation.save(folder)
         write_descriptors(folder / DESCRIPTORS, self.descriptors, self.manifest.dtype)
-        save_index(self.index, folder, INDEX, COARSE)
+        save_index(self.index, folder, INDEX, COARSE, REFINE_FILES)
         self.manifest.format_version = FORMAT_VERSION
         with open(folder / PLACES, "w", newline="") as f:
             w = csv.writer(f)
@@ -452,7 +455,8 @@ def _extended_index(folder: Path, pmap: PlaceMap, new: np.ndarray, descriptors: 
                  index.provenance.method, index.provenance.fitted_places)
         return None
     coarse = load_coarse(folder / INDEX)  # in memory: the mapped copy is read-only
-    extended = ShortlistIndex(coarse, index.projection, descriptors, index.shortlist, index.provenance)
+    refine = None if index.refine is None else RefineCodes(index.refine.pq, index.refine.codes)  # codes grow apart
+    extended = ShortlistIndex(coarse, index.projection, descriptors, index.shortlist, index.provenance, refine)
     extended.add(new, descriptors)
     LOG.info("%d places added to the compact index under its projection (fitted on %d places; refitted at %d)",
              len(new), index.provenance.fitted_places, index.provenance.refit_at())
@@ -578,4 +582,12 @@ def _load_shortlist(folder: Path, manifest: Manifest, descriptors: np.ndarray) -
         raise MapError(f"{folder / INDEX}: {coarse.ntotal} vectors, manifest says {manifest.num_places} places")
     if provenance is None:
         return ShortlistIndex(coarse, projection, descriptors, SHORTLIST)
-    return ShortlistIndex(coarse, projection, descriptors, provenance.rerank, provenance)
+    refine = None
+    if provenance.refine != "none":
+        try:
+            refine = RefineCodes.load(folder, *REFINE_FILES, manifest.num_places, manifest.descriptor_dim)
+        except ValueError as exc:
+            raise MapError(f"map {folder}: {exc}; `densernet-map reindex {folder}` rebuilds the index") from exc
+        if refine.name != provenance.refine:
+            raise MapError(f"map {folder}: {REFINE_FILES[0]} is {refine.name}, manifest.json says {provenance.refine}")
+    return ShortlistIndex(coarse, projection, descriptors, provenance.rerank, provenance, refine)
