@@ -13,7 +13,7 @@ approximation of it.
 directions of the map's own descriptors (fitted on >= 10 places per kept dimension; a random
 orthogonal projection, recorded as such, for a map too small for that), an inverted file over the
 projections with 8-bit codes (512 B per place, in RAM, memory-mapped from index.faiss so that
-nodes on one machine share its pages) proposes the best `COMPACT_RERANK` places, and those are
+nodes on one machine share its pages) proposes places, and the best `COMPACT_RERANK` of them are
 re-scored exactly against the stored float16 descriptors (memory-mapped; a few dozen rows read per
 query). Between the two, on maps large enough to fit it (`REFINE_MIN_PLACES`), product-quantisation
 codes of the full descriptors (`RefineCodes`: 12 dimensions per 8-bit code, memory-mapped) rank the
