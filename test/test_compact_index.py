@@ -3,6 +3,7 @@ kept valid by `add`, and refused by name when its files are damaged."""
 import json
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -228,7 +229,8 @@ def test_refining_codes_find_what_the_projection_loses(tiny_model, ckpt, tmp_pat
     assert np.mean(projected_only.search(q, 1)[1][:, 0] == exact) <= 0.5  # the same index without the stage
     # the stage ranks by the asymmetric inner product: the k best of the candidates, as computed by hand
     cand = np.sort(np.random.default_rng(2).choice(1200, 300, replace=False))
-    centroids = idx.faiss_centroids(index.refine.pq)  # M x 256 x (d / M)
+    pq = index.refine.pq
+    centroids = faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)  # M x 256 x (d / M)
     table = np.einsum("mkd,md->mk", centroids, q[0].reshape(32, 8))
     by_hand = cand[np.argsort(-table[np.arange(32), index.refine.codes[cand]].sum(1))[:32]]
     assert set(index.refine.top(q[0], cand, 32)) == set(by_hand)

@@ -83,7 +83,6 @@ REFINE_SUBVECTOR_DIMS = (12, 8, 16, 4, 2, 1)  # the first that divides D
 REFINE_BITS = 8
 REFINE_SHORTLIST = 1000
 REFINE_MIN_PLACES = IVF_POINTS_PER_LIST * 2 ** REFINE_BITS  # FAISS's 39 training points per code
-REFINE_ROWS = 8192  # descriptors encoded at a time
 REFIT_GROWTH = 2.0  # `add` refits the projection once the map has grown this much beyond what it was fitted on
 PROJECT_ROWS = 16384  # descriptors projected at a time while building
 # Fewer queries than this are searched on one FAISS thread: a single query gains nothing from more, and
@@ -278,9 +277,8 @@ class RefineCodes:
         np.save(folder / codes_file, np.asarray(self.codes), allow_pickle=False)
 
     @classmethod
-    def load(cls, folder: Path, quantiser_file: str, codes_file: str, places: int, dim: int,
-             mmap: bool = True) -> "RefineCodes":
-        """ValueError naming the file when one is missing, corrupt, or not for this map."""
+    def load(cls, folder: Path, quantiser_file: str, codes_file: str, places: int, dim: int) -> "RefineCodes":
+        """The codes memory-mapped; ValueError naming the file when one is missing, corrupt, or not for this map."""
         import faiss
 
         qpath, cpath = folder / quantiser_file, folder / codes_file
@@ -294,11 +292,10 @@ class RefineCodes:
         if pq.d != dim:
             raise ValueError(f"{qpath}: a quantiser of {pq.d}-D descriptors, the map's are {dim}-D")
         try:
-            codes = np.load(cpath, allow_pickle=False, mmap_mode="r" if mmap else None)
+            codes = np.load(cpath, allow_pickle=False, mmap_mode="r")
         except (ValueError, OSError, EOFError) as exc:
             raise ValueError(f"{cpath}: corrupt codes ({exc})") from exc
-        if mmap:
-            read_ahead(cpath)
+        read_ahead(cpath)
         if codes.dtype != np.uint8 or codes.shape != (places, pq.code_size):
             raise ValueError(f"{cpath}: {codes.dtype} {codes.shape}, expected uint8 ({places}, {pq.code_size})")
         return cls(pq, codes)
@@ -361,9 +358,10 @@ class ShortlistIndex:
     def add(self, descriptors: np.ndarray, all_descriptors: np.ndarray) -> None:
         """Index appended places with the projection and lists as they are; `all_descriptors` (the old
         places and these) is what the exact re-ranking reads from now on."""
-        self.coarse.add(project_all(descriptors, self.projection))  # as the build projected the others
+        projected, codes = project_all(descriptors, self.projection, self.refine)  # as the build made the others
+        self.coarse.add(projected)
         if self.refine is not None:
-            self.refine.add(encode_all(descriptors, self.refine))
+            self.refine.add(codes)
         self._coarse_search, self._gpu_resources = to_gpu_if_available(self.coarse)
         self.ref = all_descriptors
         self.prefetch = RowPrefetch.of(all_descriptors)
@@ -440,15 +438,27 @@ def read_rows(descriptors: np.ndarray, rows: np.ndarray, prefetch: RowPrefetch |
     return np.array(descriptors[rows])
 
 
+def _sample_rows(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(n, min(n, samples), replace=False))
+
+
+def fit_sample(descriptors: np.ndarray, seed: int, samples: int) -> np.ndarray:
+    """The float32 rows a projection (and the refining codes) with this seed is fitted on."""
+    rows = _sample_rows(len(descriptors), samples, np.random.default_rng(seed))
+    return read_rows(descriptors, rows, RowPrefetch.of(descriptors)).astype(np.float32)
+
+
 def coarse_projection(descriptors: np.ndarray, dim: int = COARSE_DIM, seed: int = 0,
-                      samples: int = COARSE_FIT_SAMPLES) -> np.ndarray | None:
-    """Top right-singular directions of a sample of the map (randomised SVD); None if D <= dim."""
+                      samples: int = COARSE_FIT_SAMPLES, sample: np.ndarray | None = None) -> np.ndarray | None:
+    """Top right-singular directions of a sample of the map (randomised SVD); None if D <= dim. `sample`:
+    fit_sample(descriptors, seed, samples) when the caller has already read it."""
     n, d = descriptors.shape
     if d <= dim:
         return None
     rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(n, min(n, samples), replace=False))
-    x = torch.from_numpy(read_rows(descriptors, rows, RowPrefetch.of(descriptors)).astype(np.float32))
+    rows = _sample_rows(n, samples, rng)  # drawn either way: omega below follows from the same generator
+    x = torch.from_numpy(read_rows(descriptors, rows, RowPrefetch.of(descriptors)).astype(np.float32)
+                         if sample is None else sample)
     omega = torch.from_numpy(rng.standard_normal((d, dim + COARSE_OVERSAMPLE)).astype(np.float32))
     y = x @ omega
     for _ in range(COARSE_POWER_ITERATIONS):
@@ -508,28 +518,18 @@ def resolve_index_type(kind: str, places: int) -> str:
     return kind
 
 
-def project_all(descriptors: np.ndarray, projection: np.ndarray | None) -> np.ndarray:
-    """N x d float32 projections, computed a block of rows at a time (the descriptors may be a memory map)."""
+def project_all(descriptors: np.ndarray, projection: np.ndarray | None, refine: RefineCodes | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """N x d float32 projections and, with `refine`, N x M codes: one pass over the descriptors, a block of
+    rows at a time (they may be a memory map larger than RAM)."""
     out = np.empty((len(descriptors), descriptors.shape[1] if projection is None else projection.shape[1]), np.float32)
+    codes = None if refine is None else np.empty((len(descriptors), refine.pq.code_size), np.uint8)
     for s in range(0, len(descriptors), PROJECT_ROWS):
         block = np.asarray(descriptors[s:s + PROJECT_ROWS], dtype=np.float32)
         out[s:s + len(block)] = block if projection is None else block @ projection
-    return out
-
-
-def faiss_centroids(pq) -> np.ndarray:
-    """A product quantiser's centroids as M x 2^bits x (d / M)."""
-    import faiss
-
-    return faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
-
-
-def encode_all(descriptors: np.ndarray, refine: RefineCodes) -> np.ndarray:
-    """N x M codes, computed a block of rows at a time (the descriptors may be a memory map)."""
-    out = np.empty((len(descriptors), refine.pq.code_size), np.uint8)
-    for s in range(0, len(descriptors), REFINE_ROWS):
-        out[s:s + REFINE_ROWS] = refine.encode(descriptors[s:s + REFINE_ROWS])
-    return out
+        if codes is not None:
+            codes[s:s + len(block)] = refine.encode(block)
+    return out, codes
 
 
 def random_orthogonal(d: int, dim: int, seed: int) -> np.ndarray:
@@ -542,22 +542,23 @@ def build_compact(descriptors: np.ndarray, seed: int = 0) -> ShortlistIndex:
     orthogonal otherwise), the inverted file over the projections, and its provenance."""
     n, d = descriptors.shape
     dim = min(COMPACT_DIM, d)
+    fitted, refined = dim < d and n >= SAMPLES_PER_DIM * dim, dim < d and n >= REFINE_MIN_PLACES
+    sample = fit_sample(descriptors, seed, COMPACT_FIT_SAMPLES) if fitted or refined else None  # read once for both
     if dim == d:
         projection, method = None, "none"
-    elif n >= SAMPLES_PER_DIM * dim:
-        projection, method = coarse_projection(descriptors, dim, seed, COMPACT_FIT_SAMPLES), "pca"
+    elif fitted:
+        projection, method = coarse_projection(descriptors, dim, seed, COMPACT_FIT_SAMPLES, sample), "pca"
     else:
         projection, method = random_orthogonal(d, dim, seed), "random-orthogonal"
-    projected = project_all(descriptors, projection)
+    refine = RefineCodes.fit(sample) if refined else None
+    del sample
+    projected, codes = project_all(descriptors, projection, refine)
+    if refine is not None:
+        refine.add(codes)
     check = np.sort(np.random.default_rng(seed).choice(n, min(n, ENERGY_SAMPLES), replace=False))
     rows = read_rows(descriptors, check, RowPrefetch.of(descriptors)).astype(np.float32)
     energy = float((projected[check] ** 2).sum() / max((rows ** 2).sum(), 1e-12))
     coarse = build_coarse(projected, "compact")
-    refine = None
-    if dim < d and n >= REFINE_MIN_PLACES:
-        sample = np.sort(np.random.default_rng(seed).choice(n, min(n, COMPACT_FIT_SAMPLES), replace=False))
-        refine = RefineCodes.fit(read_rows(descriptors, sample, RowPrefetch.of(descriptors)))
-        refine.add(encode_all(descriptors, refine))
     provenance = Projection(method, dim, n, min(n, COMPACT_FIT_SAMPLES) if method == "pca" else 0, seed, energy,
                             time.strftime("%Y-%m-%dT%H:%M:%S%z"), coarse.nlist, coarse.nprobe, COMPACT_RERANK,
                             "none" if refine is None else refine.name, 0 if refine is None else REFINE_SHORTLIST)
@@ -571,7 +572,7 @@ def build_index(descriptors: np.ndarray, kind: str = "auto") -> ExactIndex | Sho
     if kind == "compact":
         return build_compact(descriptors)
     projection = coarse_projection(descriptors)
-    return ShortlistIndex(build_coarse(project_all(descriptors, projection), kind), projection, descriptors)
+    return ShortlistIndex(build_coarse(project_all(descriptors, projection)[0], kind), projection, descriptors)
 
 
 def to_gpu_if_available(index):
