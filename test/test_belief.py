@@ -330,3 +330,61 @@ def test_a_step_costs_what_the_belief_covers_not_the_map(monkeypatch, motion):
         est = b.step(ev, Motion(dt=1.0, translation=step, moved=True))
     assert est.fix and abs(est.position[0] - t) <= 2
     assert looked_up and max(looked_up) < 1000, looked_up
+    # The state itself is held for the places the belief and the frames touched, the rest as one even
+    # background: a step costs no pass over the map's 200k places (at 10^6 they took 100+ ms a frame).
+    assert b.listed < 2000, b.listed
+    state, away = b.state, b.away
+    assert abs(state.sum() + away.sum() - 1) < 1e-9
+    np.testing.assert_allclose(b.belief, state.sum(axis=0), rtol=1e-12)
+    assert b.outside == pytest.approx(away.sum(), rel=1e-9)
+
+
+def test_unlisted_places_keep_the_background_and_can_be_the_mode():
+    """A frame that scores places 0 and 1 far below the rest of the map: they fall under the even background,
+    and the mode is the first place of that background (place 2), as over a dense array."""
+    b = belief()
+    ev = Evidence(np.array([0, 1]), np.array([BASE - 0.05, BASE - 0.05]), BASE, SCALE)
+    est = b.update(ev)
+    assert b.listed == 2 and est.place_id == 2
+    dense = b.belief
+    assert dense[0] < dense[2] and np.all(dense[2:] == dense[2])
+    assert b.active_places().size == 0
+
+
+def test_one_frame_is_bayes_rule_over_the_whole_map():
+    """A fresh belief and one frame: every place's posterior is prior x likelihood ratio / evidence, the
+    places the frame did not score at the unscored ratio, "outside" at 1; a fresh start agrees with itself."""
+    b = belief()
+    ids, scores = np.array([10, 11, 50]), np.array([BASE + 0.05, BASE + 0.03, BASE + 0.01])
+    est = b.update(Evidence(ids, scores, BASE, SCALE, rest=0.05))
+    lik = np.full(N, 0.05)
+    lik[ids] = OBS.ratio(scores - BASE, b.config.likelihood_floor)
+    inside, out = (1 - b.config.out_prior) / N * lik, b.config.out_prior
+    total = inside.sum() + out
+    np.testing.assert_allclose(b.belief, inside / total, rtol=1e-12)
+    assert b.outside == pytest.approx(out / total, rel=1e-12)
+    assert est.contradiction == pytest.approx(1.0, rel=1e-12) and est.place_id == 10
+
+
+@pytest.mark.parametrize("config", [BeliefConfig(), BeliefConfig(route_velocity=False), RELATIVE],
+                         ids=["route", "speed", "relative"])
+def test_listing_a_place_changes_nothing(config):
+    """The sparse state holds the places off its list as one background value per speed: a belief with every
+    place listed from the start (the dense array) must give the same state, frame after frame."""
+    n = 2000
+    line = np.c_[np.arange(n, dtype=float), np.zeros((n, 2))]
+    sparse, dense = belief(config, positions=line), belief(config, positions=line)
+    dense._list_all()
+    rng = np.random.default_rng(3)
+    truths = list(range(500, 530)) + [None] * 6 + list(range(540, 560))
+    for t, truth in enumerate(truths):
+        ids = rng.integers(n, size=6) if truth is None else np.r_[truth - 1:truth + 2, rng.integers(n, size=3)]
+        ids = np.unique(np.r_[ids, sparse.active_places()])
+        bump = 0.0 if truth is None else 0.06 * np.exp(-0.5 * ((ids - truth) / 1.2) ** 2)
+        scores = BASE + bump + 0.004 * rng.standard_normal(len(ids))
+        motion = Motion(dt=1.0, moved=t % 4 != 0, moved_far=t % 3 == 1)
+        a, b = (x.step(Evidence(ids, scores, BASE, SCALE), motion) for x in (sparse, dense))
+        assert (a.fix, a.place_id) == (b.fix, b.place_id)
+        np.testing.assert_allclose(sparse.state, dense.state, rtol=1e-9, atol=1e-300)
+        np.testing.assert_allclose(sparse.away, dense.away, rtol=1e-9, atol=1e-300)
+    assert sparse.listed < n // 4 and dense.listed == n

@@ -221,31 +221,87 @@ class PlaceBelief:
         rows = np.repeat(sources, counts)
         cols = np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64, count=int(counts.sum()))
         offsets = self.positions[cols] - self.positions[rows]
-        return Pairs(radius, rows, cols, offsets, np.linalg.norm(offsets, axis=1))
+        return Pairs(radius, rows, cols, offsets, np.linalg.norm(offsets, axis=1),
+                     np.repeat(np.arange(len(sources)), counts))
 
     # ---- state ----------------------------------------------------------------------------------
+    # The belief over (speed, place) and "outside" (per place it is nearest to) is held sparsely: rows
+    # 0..speeds-1 of `_vals` are the speeds, the last row is "outside"; every place not in `_ids` (sorted)
+    # holds the background `_bg[row]`, and the listed places `_vals[row, k]`. A place is listed when mass
+    # moves to it or a frame scores it. Every operation is the dense one's, applied to the listed places and
+    # to the one background value per row, so a step costs what the belief covers and the frame scored, not
+    # the map's size (at 10^6 places the dense passes over speeds x places took 100+ ms a frame).
+    @property
+    def _layers(self) -> int:
+        return len(self.velocities)
+
+    @property
+    def state(self) -> np.ndarray:
+        """Probability per speed and mapped place (dense: for inspection, it costs speeds x places)."""
+        out = np.repeat(self._bg[:-1, None], self.n, axis=1)
+        out[:, self._ids] = self._vals[:-1]
+        return out
+
+    @property
+    def away(self) -> np.ndarray:
+        """Probability of "outside", per mapped place it is nearest to (dense, for inspection)."""
+        out = np.full(self.n, self._bg[-1])
+        out[self._ids] = self._vals[-1]
+        return out
+
     @property
     def belief(self) -> np.ndarray:
         """Probability of each mapped place (summed over speeds; with "outside", these sum to 1 - outside)."""
-        return self.state.sum(axis=0)
+        out = np.full(self.n, self._bg[:-1].sum())
+        out[self._ids] = self._vals[:-1].sum(axis=0)
+        return out
 
     @property
     def outside(self) -> float:
         """Probability of "outside the map or unrecognisable"."""
-        return float(self.away.sum())
+        return float(self._bg[-1] * self._unlisted() + self._vals[-1].sum())
+
+    @property
+    def listed(self) -> int:
+        """Places held one by one (the rest hold the even background): what a step costs."""
+        return len(self._ids)
+
+    def _unlisted(self) -> int:
+        return self.n - len(self._ids)
+
+    def _total(self) -> float:
+        return float(self._bg.sum() * self._unlisted() + self._vals.sum())
+
+    def _list(self, ids: np.ndarray) -> np.ndarray:
+        """Lists these places (with the background's values where new); their positions in `_ids`."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        new = np.setdiff1d(ids, self._ids)
+        if len(new):
+            merged = np.union1d(self._ids, new)
+            vals = np.repeat(self._bg[:, None], len(merged), axis=1)
+            vals[:, np.searchsorted(merged, self._ids)] = self._vals
+            self._ids, self._vals = merged, vals
+        return np.searchsorted(self._ids, ids)
+
+    def _list_all(self) -> None:
+        """The background itself takes part in a step (an even spread above the active level, as on a small
+        map): every place is listed, and the step is the dense one."""
+        if self._unlisted():
+            self._list(np.arange(self.n))
+
+    def _set_prior(self) -> None:
+        """Everywhere alike: (in the map: per speed and place; outside: per place it is nearest to)."""
+        out = self._prior_outside()
+        self._bg = np.r_[np.full(self._layers, (1.0 - out) / (self.n * self._layers)), out / self.n]
+        self._vals = np.repeat(self._bg[:, None], len(self._ids), axis=1)
 
     def _prior_outside(self) -> float:
         return self.config.out_prior if self.config.out_of_map else 0.0
 
-    def _prior(self) -> tuple[np.ndarray, np.ndarray]:
-        """(in the map: per speed and place; outside: per place it is nearest to), everywhere alike."""
-        out = self._prior_outside()
-        layers = len(self.velocities)
-        return np.full((layers, self.n), (1.0 - out) / (self.n * layers)), np.full(self.n, out / self.n)
-
     def reset(self) -> None:
         """Everywhere equally likely (start-up, or after the robot was carried: the reset service)."""
-        self.state, self.away = self._prior()
+        self._ids = np.zeros(0, np.int64)
+        self._set_prior()
         self._contradictions = 0
         self._fresh = True
         self.resets += 1
@@ -275,17 +331,22 @@ class PlaceBelief:
             weight *= np.exp(-0.5 * dyaw ** 2 / (yaw_variance + math.radians(c.yaw_floor_deg) ** 2))
         weight = np.where(weight >= KERNEL_CUTOFF * weight.max(), weight, 0.0)
         outside = c.leave_rate if c.out_of_map else 0.0
-        layers = len(self.velocities)
         weight = weight / weight.sum()
-        self.state = np.tile(weight * (1.0 - outside) / layers, (layers, 1))
-        self.away = weight * outside
+        self._ids = np.flatnonzero(weight > 0)
+        held = weight[self._ids]
+        self._vals = np.vstack([np.tile(held * (1.0 - outside) / self._layers, (self._layers, 1)), held * outside])
+        self._bg = np.zeros(self._layers + 1)
         self._contradictions = 0
         self._fresh = False
-        return int((weight > 0).sum())
+        return len(self._ids)
 
     def active_places(self) -> np.ndarray:
         """Places holding more than their uniform share many times over: where the next frame must be scored."""
-        return np.flatnonzero(self.belief > ACTIVE_SHARE / self.n)
+        level = ACTIVE_SHARE / self.n
+        listed = self._ids[self._vals[:-1].sum(axis=0) > level]
+        if self._unlisted() and self._bg[:-1].sum() > level:
+            return np.union1d(listed, np.setdiff1d(np.arange(self.n), self._ids))
+        return listed
 
     # ---- predict ----------------------------------------------------------------------------------
     def predict(self, motion: Motion) -> None:
@@ -293,63 +354,101 @@ class PlaceBelief:
             return
         c = self.config
         steps = 1.0 if motion.dt is None else max(motion.dt, 0.0)  # rates are per second, or per unstamped frame
+        level = ACTIVE_SHARE / (self._layers * self.n)  # per speed: a place above it moves its mass
+        if (self._bg[:-1] > level).any():
+            self._list_all()
+        speeds = range(self._layers)
+        exited = Moves.none()
         if motion.translation is not None:
             translation = np.asarray(motion.translation, float)
-            # the displacement in the map frame from each place's heading: the same for every layer
-            step = None if self._rot is None else self._rot.apply(translation)
-            self.state = np.stack([self._odometry_step(layer, translation, step) for layer in self.state])
+            self._move({r: self._odometry_step(self._vals[r], level, translation) for r in speeds})
         elif self.route is not None:
             reach = c.max_step if motion.dt is None else c.max_speed * steps
             self._slow = np.abs(self.velocities) * reach < SLOW_SPACINGS * self.spacing
             self._change_velocity(_per_step(c.velocity_change, steps))
-            self.state = np.stack([self._route_step(layer, u * reach) for u, layer in zip(self.velocities, self.state)])
+            moves = {r: self._route_step(self._vals[r], level, u * reach) for r, u in zip(speeds, self.velocities)}
+            self._move({r: m for r, (m, _) in moves.items()})
+            exited = Moves.joined([e for _, e in moves.values()])
         else:
             reach = _quantised(c.max_step if motion.dt is None else c.max_speed * steps)
-            self.state = np.stack([self._speed_step(layer, reach) for layer in self.state])
+            self._move({r: self._speed_step(self._vals[r], level, reach) for r in speeds})
         if c.out_of_map:
-            leave, enter = _per_step(c.leave_rate, steps), _per_step(c.enter_rate, steps)
             # outside, the robot may have gone anywhere within the speed bound of where it left
-            reach = _quantised(c.max_step if motion.dt is None else c.max_speed * steps)
-            # what is spread evenly over the map stays so: only the mass standing above that floor moves
-            # (an even spread is active everywhere, and carrying it cost a pass over every place's neighbours)
-            left = self.away + self._exited
-            floor = float(left.min())
-            away = floor + self._speed_step(left - floor, reach, AWAY_ACTIVE_SHARE / self.n)
-            away = (1 - c.uniform_mix) * away + c.uniform_mix * float(away.sum()) / self.n  # or back anywhere
-            self._exited = np.zeros(self.n)
-            layers = len(self.velocities)
-            inside = self.state.sum(axis=0)
-            self.state = (1 - leave) * self.state + enter * away[None, :] / layers
-            self.away = (1 - enter) * away + leave * inside
-            total = float(self.state.sum()) + float(self.away.sum())
-            self.state, self.away = self.state / total, self.away / total
+            self._predict_outside(steps, _quantised(c.max_step if motion.dt is None else c.max_speed * steps), exited)
         else:  # the relative model: a little mass back to every place, so no place is ruled out for good
-            b = self.state / self.state.sum()
-            self.state = (1 - c.uniform_mix) * b + c.uniform_mix / self.state.size
+            total = float(self._bg[:-1].sum() * self._unlisted() + self._vals[:-1].sum())
+            size = self._layers * self.n
+            self._vals[:-1] = (1 - c.uniform_mix) * (self._vals[:-1] / total) + c.uniform_mix / size
+            self._bg[:-1] = (1 - c.uniform_mix) * (self._bg[:-1] / total) + c.uniform_mix / size
 
-    _exited = 0.0  # per place: mass the last route step carried past a route's end there (it leaves the map)
     _slow: np.ndarray | None = None  # per speed: the last step moved it less than SLOW_SPACINGS of a spacing
+
+    def _predict_outside(self, steps: float, reach: float, exited: "Moves") -> None:
+        """Mass leaves the map (at leave_rate, and where a route step carried it past a route's end) and comes
+        back (at enter_rate) where it has spread to, or, after long enough, anywhere."""
+        c = self.config
+        leave, enter = _per_step(c.leave_rate, steps), _per_step(c.enter_rate, steps)
+        out = self._layers  # the "outside" row
+        if len(exited.cols):  # its sources are listed: they held mass
+            self._vals[out] += np.bincount(self._list(exited.cols), weights=exited.amounts, minlength=len(self._ids))
+        # what is spread evenly over the map stays so: only the mass standing above that floor moves
+        # (an even spread is active everywhere, and carrying it cost a pass over every place's neighbours)
+        floor = min(([float(self._vals[out].min())] if len(self._ids) else [])
+                    + ([float(self._bg[out])] if self._unlisted() else []))
+        level = AWAY_ACTIVE_SHARE / self.n
+        if self._unlisted() and self._bg[out] - floor > level:
+            self._list_all()
+        above = self._vals[out] - floor
+        moves = self._speed_step(above, level, reach)
+        self._vals[out] = above
+        self._bg[out] -= floor
+        self._move({out: moves})
+        self._vals[out] += floor
+        self._bg[out] += floor
+        total_away = float(self._bg[out] * self._unlisted() + self._vals[out].sum())
+        self._vals[out] = (1 - c.uniform_mix) * self._vals[out] + c.uniform_mix * total_away / self.n  # or back anywhere
+        self._bg[out] = (1 - c.uniform_mix) * self._bg[out] + c.uniform_mix * total_away / self.n
+        for vals in (self._vals, self._bg):
+            away, inside = vals[out].copy(), vals[:out].sum(axis=0)
+            vals[:out] = (1 - leave) * vals[:out] + enter * away / self._layers
+            vals[out] = (1 - enter) * away + leave * inside
+        self._normalise(self._total())
+
+    def _normalise(self, total: float) -> None:
+        self._vals = self._vals / total
+        self._bg = self._bg / total
+
+    def _move(self, moves: dict[int, "Moves"]) -> None:
+        """Each row's sources give up their mass, which lands where its Moves says (listed first)."""
+        targets = [m.cols for m in moves.values() if len(m.cols)]
+        if targets:
+            self._list(np.concatenate(targets))
+        for row, m in moves.items():
+            if not len(m.sources):
+                continue
+            values = self._vals[row]
+            values[np.searchsorted(self._ids, m.sources)] = 0.0
+            values += np.bincount(np.searchsorted(self._ids, m.cols), weights=m.amounts, minlength=len(self._ids))
 
     def _change_velocity(self, p: float) -> None:
         """Each speed moves one step up or down with probability p (the ends reflect)."""
-        if p <= 0 or len(self.velocities) < 2:
+        if p <= 0 or self._layers < 2:
             return
-        s = self.state
-        up, down = np.vstack([s[1:], s[-1:]]), np.vstack([s[:1], s[:-1]])
-        self.state = (1 - p) * s + p / 2 * (up + down)
+        for vals in (self._vals, self._bg[:, None]):
+            s = vals[:-1]
+            up, down = np.vstack([s[1:], s[-1:]]), np.vstack([s[:1], s[:-1]])
+            vals[:-1] = (1 - p) * s + p / 2 * (up + down)
 
-    def _active(self, layer: np.ndarray) -> np.ndarray:
-        return layer > ACTIVE_SHARE / self.state.size
-
-    def _route_step(self, layer: np.ndarray, displacement: float) -> np.ndarray:
+    def _route_step(self, values: np.ndarray, level: float, displacement: float) -> tuple["Moves", "Moves"]:
         """Mass moves `displacement` along the route (linear split between the two places around its
-        target, blurred by `route_noise`); what overshoots a route's end leaves the map."""
+        target, blurred by `route_noise`); what overshoots a route's end leaves the map (the second Moves)."""
         if displacement == 0.0:
-            return layer
+            return Moves.none(), Moves.none()
         r = self.route
-        src = np.flatnonzero(self._active(layer))
+        active = values > level
+        src = self._ids[active]
         if not len(src):
-            return layer
+            return Moves.none(), Moves.none()
         target = r.coord[src] + displacement
         sigma = self.config.route_noise * abs(displacement)
         hit = np.searchsorted(r.coord, target)
@@ -366,70 +465,70 @@ class PlaceBelief:
         beyond = np.maximum(target - r.end[run], r.start[run] - target)  # > 0: past the route's end
         leave = ndtr((beyond - 0.5 * spacing) / width) if self.config.out_of_map else np.zeros(len(src))
         stays = sums <= 0
-        mass = layer[src]
-        moved = np.bincount(cand.ravel(), weights=(w * ((1 - leave) * mass / np.where(stays, 1.0, sums))[:, None]).ravel(),
-                            minlength=self.n)
-        out = layer.copy()
-        out[src] = 0.0
-        out += moved
-        out[src[stays]] += mass[stays] * (1 - leave[stays])
-        self._exited = self._exited + np.bincount(src, weights=leave * mass, minlength=self.n)
-        return out
+        mass = values[active]
+        moved = (w * ((1 - leave) * mass / np.where(stays, 1.0, sums))[:, None]).ravel()
+        kept = mass[stays] * (1 - leave[stays])
+        return (Moves(src, np.r_[cand.ravel(), src[stays]], np.r_[moved, kept]),
+                Moves(src, src, leave * mass))
 
-    def _speed_step(self, layer: np.ndarray, reach: float, active_level: float | None = None) -> np.ndarray:
+    def _speed_step(self, values: np.ndarray, level: float, reach: float) -> "Moves":
         radius = reach * (1 + 4 * SPEED_TAIL) + 2 * self.spacing
-        return self._carry(layer, radius, lambda pairs: _flat_top(pairs.dist, reach, self.spacing), active_level)
+        return self._carry(values, level, radius, lambda pairs: _flat_top(pairs.dist, reach, self.spacing))
 
-    def _odometry_step(self, layer: np.ndarray, translation: np.ndarray, step: np.ndarray | None) -> np.ndarray:
+    def _odometry_step(self, values: np.ndarray, level: float, translation: np.ndarray) -> "Moves":
         c = self.config
         distance = float(np.linalg.norm(translation))
         # plus the discretisation: a step shorter than the place spacing must still be able to move the mass
         sigma = c.odom_noise_floor + c.odom_noise * distance + max(self.spacing - distance, 0.0) / 2
-        return self._carry(layer, distance + 4 * sigma,
-                           lambda pairs: self._odometry_weights(pairs, distance, step, sigma))
+        return self._carry(values, level, distance + 4 * sigma,
+                           lambda pairs: self._odometry_weights(pairs, translation, distance, sigma))
 
-    def _carry(self, b: np.ndarray, radius: float, weights, active_level: float | None = None) -> np.ndarray:
-        """Move each active place's mass to the places within `radius` along its row of weights (normalised);
-        where nothing within reach fits the motion, the mass stays put."""
-        active = self._active(b) if active_level is None else b > active_level
-        pairs = self._neighbours(np.flatnonzero(active), radius)
-        rows, cols = pairs.rows, pairs.cols
+    def _carry(self, values: np.ndarray, level: float, radius: float, weights) -> "Moves":
+        """Each listed place above `level` sends its mass to the places within `radius` along its row of
+        weights (normalised); where nothing within reach fits the motion, the mass stays put."""
+        active = values > level
+        sources = self._ids[active]
+        pairs = self._neighbours(sources, radius)
         w = weights(pairs)
         w = np.where(w >= KERNEL_CUTOFF, w, 0.0)
-        sums = np.bincount(rows, weights=w, minlength=self.n)
-        moved = np.bincount(cols, weights=w * (b / np.where(sums > 0, sums, 1.0))[rows], minlength=self.n)
-        stuck = (active & (sums <= 0)).astype(float)
-        return moved + stuck * b + np.where(active, 0.0, b)
+        sums = np.bincount(pairs.source, weights=w, minlength=len(sources))
+        mass = values[active]
+        moved = w * (mass / np.where(sums > 0, sums, 1.0))[pairs.source]
+        stuck = sums <= 0
+        return Moves(sources, np.r_[pairs.cols, sources[stuck]], np.r_[moved, mass[stuck]])
 
-    def _odometry_weights(self, pairs: "Pairs", distance: float, step: np.ndarray | None, sigma: float) -> np.ndarray:
-        """Around where the displacement leads from each place's mapped pose (`step`: it in the map frame
-        from each place's heading), or, without mapped orientations, at the travelled distance in any
-        direction."""
-        if step is not None:
-            residual = np.linalg.norm(pairs.offsets - step[pairs.rows], axis=1)
+    def _odometry_weights(self, pairs: "Pairs", translation: np.ndarray, distance: float, sigma: float) -> np.ndarray:
+        """Around where the displacement leads from each place's mapped pose (the displacement turned into
+        the map frame by the source place's heading), or, without mapped orientations, at the travelled
+        distance in any direction."""
+        if self._rot is not None and len(pairs.rows):
+            residual = np.linalg.norm(pairs.offsets - self._rot[pairs.rows].apply(translation), axis=1)
         else:
             residual = np.abs(pairs.dist - distance)
         return np.exp(-0.5 * (residual / sigma) ** 2)
 
     # ---- update -------------------------------------------------------------------------------------
-    def likelihood(self, evidence: Evidence) -> tuple[np.ndarray, float]:
-        """Likelihood ratio of every place against "no mapped place" (calibrated), or relative to the
-        frame's best place (relative); and the value given to "outside"."""
+    def likelihood(self, evidence: Evidence) -> tuple[np.ndarray, float, float]:
+        """Likelihood ratio against "no mapped place" (calibrated), or relative to the frame's best place
+        (relative): of every listed place (the frame's scored places are listed first), of every other
+        place, and of "outside"."""
         ids = np.asarray(evidence.ids, dtype=np.int64)
         scores = np.asarray(evidence.scores, dtype=np.float64)
         c = self.config
+        where = self._list(ids)
         if c.observation == "calibrated":
-            lik = np.full(self.n, self.observation.miss_rate if evidence.rest is None else evidence.rest)
+            rest = self.observation.miss_rate if evidence.rest is None else evidence.rest
+            lik = np.full(len(self._ids), rest)
             if len(ids):
-                lik[ids] = self.observation.ratio(scores - evidence.median, c.likelihood_floor)
-            return lik ** evidence.weight, 1.0
+                lik[where] = self.observation.ratio(scores - evidence.median, c.likelihood_floor)
+            return lik ** evidence.weight, float(rest ** evidence.weight), 1.0
         if len(ids) == 0:
-            return np.ones(self.n), 1.0
+            return np.ones(len(self._ids)), 1.0, 1.0
         best, unit = scores.max(), c.likelihood_temperature * evidence.scale
         rest = max(math.exp((scores.min() - best) / unit), c.likelihood_floor)
-        lik = np.full(self.n, rest)
-        lik[ids] = np.maximum(np.exp((scores - best) / unit), c.likelihood_floor)
-        return lik, 1.0
+        lik = np.full(len(self._ids), rest)
+        lik[where] = np.maximum(np.exp((scores - best) / unit), c.likelihood_floor)
+        return lik, rest, 1.0
 
     def _standing(self, moved: bool | None, moved_far: bool | None) -> np.ndarray | None:
         """The speeds the view's change speaks against: standing still when it changed; also those that moved
@@ -440,52 +539,60 @@ class PlaceBelief:
             return self._slow
         return self.velocities == 0.0
 
+    def _weigh(self, lik: np.ndarray, lik_rest: float, lik_out: float, standing: np.ndarray | None) -> float:
+        """Multiplies in the frame's likelihoods; returns the new total (how likely the belief found the frame)."""
+        out = self._layers
+        self._vals[:out] *= lik[None, :]
+        self._bg[:out] *= lik_rest
+        if standing is not None:
+            self._vals[:out][standing] *= self.config.stop_penalty
+            self._bg[:out][standing] *= self.config.stop_penalty
+        self._vals[out] *= lik_out
+        self._bg[out] *= lik_out
+        return self._total()
+
     def update(self, evidence: Evidence, moved: bool | None = None, moved_far: bool | None = None) -> BeliefEstimate:
         """`moved`: the view changed since the previous frame, so standing still is unlikely; `moved_far`: it
         changed as much as moving one place spacing does, so creeping is unlikely too."""
         c = self.config
-        lik, lik_out = self.likelihood(evidence)
-        state = self.state * lik[None, :]
+        lik, lik_rest, lik_out = self.likelihood(evidence)
         standing = self._standing(moved, moved_far)
-        if standing is not None:
-            state[standing] *= c.stop_penalty
-        away = self.away * lik_out
-        predicted = float(state.sum()) + float(away.sum())  # how likely the belief found this frame
-        agreement = predicted / self._fresh_predictive(lik, lik_out, standing)
+        before = self._total()  # the relative model's yardstick
+        predicted = self._weigh(lik, lik_rest, lik_out, standing)  # how likely the belief found this frame
+        agreement = predicted / self._fresh_predictive(lik, lik_rest, lik_out, standing, before)
         relocalized = False
         if self._fresh:
             self._fresh = False
         else:
             self._contradictions = self._contradictions + 1 if agreement < c.contradiction_level else 0
             if self._contradictions >= c.relocalize_after:  # kidnapped, or locked on a look-alike: start over
-                prior, prior_away = self._prior()
-                state = prior * lik[None, :]
-                if standing is not None:
-                    state[standing] *= c.stop_penalty
-                away = prior_away * lik_out
+                self._set_prior()
+                self._weigh(lik, lik_rest, lik_out, standing)
                 relocalized = True
                 self._contradictions = 0
                 self.relocalizations += 1
-        total = float(state.sum()) + float(away.sum())
+        total = self._total()
         if not np.isfinite(total) or total <= 0:
-            self.state, self.away = self._prior()
+            self._set_prior()
         else:
-            self.state, self.away = state / total, away / total
+            self._normalise(total)
         est = self.estimate(relocalized, agreement)
         if est.fix and self._contradictions and c.observation == "calibrated":
             est.fix = False  # the frame says "elsewhere": the belief's place is not published until they agree
             est.reason = f"the frame contradicts the belief (agreement {agreement:.3f} < {c.contradiction_level})"
         return est
 
-    def _fresh_predictive(self, lik: np.ndarray, lik_out: float, standing: np.ndarray | None) -> float:
+    def _fresh_predictive(self, lik: np.ndarray, lik_rest: float, lik_out: float, standing: np.ndarray | None,
+                          before: float) -> float:
         """How likely a fresh start (the prior) finds this frame: the yardstick of the belief's agreement.
-        The relative model keeps its old yardstick (the belief-weighted likelihood itself)."""
+        The relative model keeps its old yardstick (the belief's total before the frame's likelihoods)."""
         if self.config.observation == "relative":
-            return float(self.state.sum())
+            return before
         out = self._prior_outside()
         penalised = 0.0 if standing is None else float(np.mean(standing))
         share = 1 - penalised * (1 - self.config.stop_penalty)
-        return (1.0 - out) * share * float(lik.mean()) + out * lik_out
+        mean = (float(lik.sum()) + lik_rest * self._unlisted()) / self.n
+        return (1.0 - out) * share * mean + out * lik_out
 
     def step(self, evidence: Evidence, motion: Motion) -> BeliefEstimate:
         """Predict, then update. The localizer does the two apart: it scores the places the prediction
@@ -494,13 +601,32 @@ class PlaceBelief:
         return self.update(evidence, *standing_evidence(motion))
 
     # ---- output ---------------------------------------------------------------------------------------
+    def _belief_at(self, ids: np.ndarray) -> np.ndarray:
+        """The belief of these places (listed or not)."""
+        pos = np.minimum(np.searchsorted(self._ids, ids), max(len(self._ids) - 1, 0))
+        listed = (self._ids[pos] == ids) if len(self._ids) else np.zeros(len(ids), bool)
+        out = np.full(len(ids), self._bg[:-1].sum())
+        out[listed] = self._vals[:-1, pos[listed]].sum(axis=0)
+        return out
+
+    def _mode(self, listed: np.ndarray, background: float) -> int:
+        """The most probable place; of equals, the lowest id (as argmax over the whole map picks it)."""
+        best = int(self._ids[np.argmax(listed)]) if len(listed) else -1
+        if not self._unlisted() or (len(listed) and listed.max() > background):
+            return best
+        gaps = np.flatnonzero(self._ids != np.arange(len(self._ids)))  # ids are sorted: the first gap
+        first_unlisted = int(gaps[0]) if len(gaps) else len(self._ids)
+        if not len(listed) or listed.max() < background:
+            return first_unlisted
+        return min(best, first_unlisted)
+
     def estimate(self, relocalized: bool = False, agreement: float = 1.0) -> BeliefEstimate:
         c = self.config
-        b = self.belief
-        inside = float(b.sum())
-        mode = int(np.argmax(b))
+        listed, background = self._vals[:-1].sum(axis=0), float(self._bg[:-1].sum())
+        inside = float(listed.sum() + background * self._unlisted())
+        mode = self._mode(listed, background)
         window = np.array(self._tree.query_ball_point(self.positions[mode], self.fix_radius), dtype=np.int64)
-        w = b[window]
+        w = self._belief_at(window)
         mass = float(w.sum())
         w = w / mass if mass > 0 else np.full(len(window), 1.0 / len(window))
         mean = (w[:, None] * self.positions[window]).sum(0)
@@ -521,19 +647,45 @@ class PlaceBelief:
         cov = np.zeros((6, 6))
         cov[:3, :3] = cov_pos
         cov[3:, 3:] = np.eye(3) * yaw_var
-        p = b / inside if inside > 0 else np.full(self.n, 1.0 / self.n)
+        if inside > 0:
+            p, p_rest = listed / inside, background / inside
+        else:
+            p, p_rest = np.full(len(listed), 1.0 / self.n), 1.0 / self.n
         nz = p[p > 0]
-        entropy = float(-(nz * np.log(nz)).sum())
+        entropy = float(-(nz * np.log(nz)).sum()) - (self._unlisted() * p_rest * math.log(p_rest) if p_rest > 0 else 0.0)
+        squares = float((p ** 2).sum()) + self._unlisted() * p_rest ** 2
         fix = mass >= c.fix_mass
+        outside = self.outside
         if fix:
             reason = "ok"
-        elif self.outside >= 0.5:
-            reason = f"{OUTSIDE_REASON} (P = {self.outside:.2f})"
+        elif outside >= 0.5:
+            reason = f"{OUTSIDE_REASON} (P = {outside:.2f})"
         else:
             reason = (f"belief spread: {mass:.2f} within {self.fix_radius:.3g} of the mode < {c.fix_mass}"
-                      + (f"; outside the map {self.outside:.2f}" if c.out_of_map else ""))
-        return BeliefEstimate(fix, reason, mode, mean, orientation, cov, mass, float(1.0 / (p ** 2).sum()), entropy,
-                              relocalized, agreement, float(self.outside), window.tolist())
+                      + (f"; outside the map {outside:.2f}" if c.out_of_map else ""))
+        return BeliefEstimate(fix, reason, mode, mean, orientation, cov, mass, float(1.0 / squares), entropy,
+                              relocalized, agreement, float(outside), window.tolist())
+
+
+@dataclass(frozen=True)
+class Moves:
+    """Where a step sends mass: `sources` (place ids) give up theirs; `amounts` land on `cols` (place ids)."""
+
+    sources: np.ndarray
+    cols: np.ndarray
+    amounts: np.ndarray
+
+    @classmethod
+    def none(cls) -> "Moves":
+        empty = np.zeros(0, np.int64)
+        return cls(empty, empty, np.zeros(0))
+
+    @classmethod
+    def joined(cls, parts: list["Moves"]) -> "Moves":
+        """One Moves of several, in order (the per-speed exits of a route step, summed as the dense one did)."""
+        parts = [cls.none(), *parts]
+        return cls(np.concatenate([m.sources for m in parts]), np.concatenate([m.cols for m in parts]),
+                   np.concatenate([m.amounts for m in parts]))
 
 
 @dataclass(frozen=True)
@@ -545,6 +697,7 @@ class Pairs:
     cols: np.ndarray
     offsets: np.ndarray
     dist: np.ndarray
+    source: np.ndarray  # each pair's row: its index among the sources asked for
 
 
 def standing_evidence(motion: Motion) -> tuple[bool | None, bool | None]:
