@@ -19,7 +19,8 @@ int8 codes alone would not fit in memory). Writes <out>.json/.png; the generated
 
 `--retime` times a compact row again from the index files a previous run saved, in a fresh process,
 without building it anew (a 1M build takes half an hour; timed right after it, while the new files were
-still being written back, the 1M row's queries took several times as long).
+still being written back, the 1M row's queries took several times as long). The index's provenance (lists
+probed, re-rank depth, refining shortlist) is read from the provenance.json the build saved beside them.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 from densernet_core.mapping.index import (ExactIndex, RefineCodes, ShortlistIndex, build_index,  # noqa: E402
                                           load_coarse, save_index)
 from densernet_core.mapping.placemap import REFINE_FILES  # noqa: E402
+
+PROVENANCE = "provenance.json"  # the compact index's record (a map keeps it in its manifest)
 
 WALK_SMOOTHING = 0.9  # each place keeps this much of the previous one's direction
 QUERY_NOISE = 0.5  # noise norm relative to the unit descriptor
@@ -105,12 +109,14 @@ def retime(db: np.ndarray, q: np.ndarray, truth: np.ndarray, work: Path, previou
     """The compact row `previous` timed again from its saved index files (what a map loads), not rebuilt."""
     from densernet_core.mapping import index as idx
 
+    if not (work / PROVENANCE).is_file():
+        raise SystemExit(f"--retime: {work / PROVENANCE} is missing (files saved before the build kept it); "
+                         "run without --retime to build this size again")
+    provenance = idx.Projection.from_dict(json.loads((work / PROVENANCE).read_text()))
     coarse = load_coarse(work / "index.faiss", mmap=True)
     projection = np.load(work / "coarse.npy", mmap_mode="r")
-    refine = RefineCodes.load(work, *REFINE_FILES, len(db), db.shape[1]) if (work / REFINE_FILES[1]).is_file() else None
-    provenance = idx.Projection("pca", coarse.d, len(db), 0, 0, 0.0, "", coarse.nlist, coarse.nprobe, idx.COMPACT_RERANK,
-                                "none" if refine is None else refine.name, 0 if refine is None else idx.REFINE_SHORTLIST)
-    index = ShortlistIndex(coarse, projection, db, idx.COMPACT_RERANK, provenance, refine)
+    refine = (RefineCodes.load(work, *REFINE_FILES, len(db), db.shape[1]) if provenance.refine != "none" else None)
+    index = ShortlistIndex(coarse, projection, db, provenance.rerank, provenance, refine)
     return {**previous, **timed(index, q, truth), "retimed": True}
 
 
@@ -135,6 +141,8 @@ def measure(db: np.ndarray, q: np.ndarray, kind: str, truth: np.ndarray, work: P
     for f in work.iterdir():
         f.unlink()
     save_index(index, work, "index.faiss", "coarse.npy", REFINE_FILES)
+    if isinstance(index, ShortlistIndex) and index.provenance is not None:
+        (work / PROVENANCE).write_text(json.dumps(asdict(index.provenance), indent=2))
     extra = sum(f.stat().st_size for f in work.iterdir())
     if isinstance(index, ShortlistIndex):  # searched as a loaded map searches it
         compact = index.provenance is not None
