@@ -37,11 +37,12 @@ STARTUP_TIMEOUT_S = 300
 SECOND_DOMAIN_OFFSET = 50  # the idle second node's ROS domain, away from the first's
 FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
 FIRST_FRAME = 100  # camera: night_right 100-199; the map's places 0-199 are day_left 0-199, then distractors
+REAL_PLACES = 200  # day_left frames in the map, and the camera's end frame (exclusive)
 TOLERANCE = 2  # frames: a published place this close to the camera frame's is right (as bench_haystack)
 
 
 def right(place_id: int, truth: int | None) -> bool:
-    return truth is not None and place_id < 200 and abs(place_id - truth) <= TOLERANCE
+    return truth is not None and place_id < REAL_PLACES and abs(place_id - truth) <= TOLERANCE
 
 
 def memory(pid: int) -> dict[str, float]:
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     manifest = json.loads((map_dir / "manifest.json").read_text())
     frames = [resize(read_image(f), CAMERA_SIZE)
-              for f in load_traverse(Path(args.data) / "night_right", list(range(FIRST_FRAME, 200))).images]
+              for f in load_traverse(Path(args.data) / "night_right", list(range(FIRST_FRAME, REAL_PLACES))).images]
     msgs = [rgb_to_image(rgb) for rgb in frames]
     answers: list[dict] = []
     env = node_env()
