@@ -22,7 +22,10 @@ error (calibrated confidence; the observation model fitted on the unpadded map, 
 top-1 agreement of the compact search with the exact one at re-rank depths 16, 32 (the default) and
 64 (a place as similar as exact search's top-1, within TIE, counts as agreeing: the padded maps hold
 identical distractors, and a tie between them is no miss); query time. The padded Gardens Point map of the largest size stays in <out>/ as a map folder (the
-node benchmark runs on it). Writes <out>/results.json and <out>/haystack.png.
+node benchmark runs on it). Each compact map is also queried with its own places' stored descriptors (every
+real place and 1,000 distractors: what its search was fitted on): the share answered with the place itself
+or a tie; `--self-check` does only that, on the map folders kept in <out>. Writes <out>/results.json and
+<out>/haystack.png.
 """
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ DISTRACTOR_OFFSET = 1.0e6  # distractor places lie on a line this far from the r
 CHUNK = 16384
 TOP_K = 10
 RERANK_DEPTHS = (16, 32, 64)
+SELF_DISTRACTORS = 1000  # distractors queried with their own descriptors (beside every real place)
 TIE = 1e-5  # two places this close in exact similarity are the same answer (float16 rows re-scored in float32)
 
 
@@ -200,6 +204,36 @@ def printable(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("top1", "top1_score")}
 
 
+def self_agreement(pmap: pm.PlaceMap, distractors: int = SELF_DISTRACTORS, seed: int = 0) -> dict:
+    """The map's own places as queries (what its compact search was fitted on): the share whose top-1 is
+    the place itself or a place as similar, for the real places and for a sample of distractors."""
+    real = np.flatnonzero(pmap.places.positions[:, 0] < DISTRACTOR_OFFSET / 2)
+    others = np.setdiff1d(np.arange(len(pmap)), real)
+    sample = np.sort(np.random.default_rng(seed).choice(others, min(distractors, len(others)), replace=False))
+    out = {}
+    for name, rows in (("real", real), ("distractors", sample)):
+        q = np.asarray(pmap.descriptors[rows], dtype=np.float32)
+        scores, ids = pmap.search(q, 1)
+        own = np.einsum("ij,ij->i", q, q)  # the place's exact similarity to itself
+        out[name] = {"queries": len(rows), "self_top1": float(np.mean(ids[:, 0] == rows)),
+                     "agreement": agreement(scores[:, 0], own)}
+    return out
+
+
+def self_check(out: Path) -> dict:
+    """`self_agreement` of every map folder the benchmark kept in `out`, into results.json."""
+    results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    found = {}
+    for folder in sorted(p.parent for p in out.glob("*/manifest.json")):
+        found[folder.name] = self_agreement(pm.PlaceMap.load(folder))
+        print(folder.name, json.dumps(found[folder.name]), flush=True)
+    if not found:
+        raise SystemExit(f"no map folder in {out}: run the benchmark first (the largest Gardens Point map is kept)")
+    results["self_agreement"] = {**results.get("self_agreement", {}), **found}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return found
+
+
 def rerank_agreement(pmap: pm.PlaceMap, queries: np.ndarray, exact_top1_score: list[float]) -> dict:
     """Top-1 agreement with exact search had the compact index re-scored its best 16/32/64 places."""
     i = pmap.index
@@ -254,7 +288,8 @@ def run(args) -> dict:
                                        "top1_agreement": agree,
                                        "agreement_by_rerank": rerank_agreement(loaded, case.query_desc, exact["top1_score"])
                                        if kind == "compact" else None,
-                                       "ram_bytes_per_place": loaded.index.memory_bytes() / size}
+                                       "ram_bytes_per_place": loaded.index.memory_bytes() / size,
+                                       "self_agreement": self_agreement(loaded)}
             for key in (f"{size}, exact", f"{size}, {kind}"):
                 print(case.name, key, json.dumps(printable(rows[key])), flush=True)
             del loaded
@@ -318,7 +353,12 @@ def main(argv: list[str] | None = None) -> int:
                         "(a day map grown large holds no night views)")
     p.add_argument("--keep-maps", action="store_true", help="keep every padded map folder (1M places: 25 GB each)")
     p.add_argument("--out", default="bench_out/haystack")
+    p.add_argument("--self-check", action="store_true",
+                   help="only query the map folders kept in --out with their own places' descriptors")
     args = p.parse_args(argv)
+    if args.self_check:
+        self_check(Path(args.out))
+        return 0
     if not Path(args.checkpoint).is_file():
         raise SystemExit(f"checkpoint not found: {args.checkpoint} (`make demo DATA=gardens_point` trains it)")
     if not (Path(args.data) / "gardens_point").is_dir():
