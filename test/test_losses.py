@@ -42,3 +42,18 @@ def test_losses_have_gradients_and_registry():
         assert q.grad is not None and torch.isfinite(q.grad).all()
     with pytest.raises(ValueError, match="unknown"):
         losses.create("contrastive")
+
+
+def test_similarity_distillation_hand_computed():
+    q = torch.tensor([[1.0, 0.0]])
+    cands = torch.tensor([[[0.8, 0.6], [0.0, 1.0]]])  # student cosines 0.8 and 0.0
+    teacher = torch.tensor([[0.5, 0.1]])
+    t = [math.exp(0.5 / 0.2), math.exp(0.1 / 0.2)]
+    s = [math.exp(0.8 / 0.2), math.exp(0.0 / 0.2)]
+    pt = [v / sum(t) for v in t]
+    ps = [v / sum(s) for v in s]
+    expected = sum(a * math.log(a / b) for a, b in zip(pt, ps))
+    got = losses.similarity_distillation(q, cands, teacher, temperature=0.2)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    same = losses.similarity_distillation(q, cands, torch.tensor([[0.8, 0.0]]), temperature=0.2)
+    assert same.item() == pytest.approx(0.0, abs=1e-6)  # the student already ranks as the teacher does

@@ -276,3 +276,51 @@ def test_weight_average_continues_across_a_resume(route, tmp_path):
     rows = [r.split(",") for r in (run / "log.csv").read_text().splitlines()[1:]]
     with safe_open(str(run / "average.safetensors"), "pt") as f:
         assert int(f.metadata()["steps"]) == int(rows[1][1])  # both epochs' steps, not only the resumed one's
+
+
+def similarity_table(checkpoint: Path, trainer: Trainer) -> torch.Tensor:
+    model = load_model(checkpoint)
+    images = prepare_batch(trainer.data.paths, model.config.image_size, model.config.preprocessing)
+    with torch.no_grad():
+        v = TrainingHead(model).eval()(images)
+    return v @ v.T
+
+
+def listwise_kl(teacher: torch.Tensor, student: torch.Tensor, temperature: float) -> float:
+    """Mean over images of KL(teacher || student) between their softmaxes over the other images."""
+    off = ~torch.eye(len(teacher), dtype=torch.bool)
+    t, s = (x[off].view(len(x), -1) / temperature for x in (teacher, student))
+    return float(torch.nn.functional.kl_div(s.log_softmax(1), t.softmax(1), reduction="batchmean"))
+
+
+def test_distillation_pulls_the_student_towards_the_teachers_similarities(route, tmp_path):
+    teachers = []
+    for seed in (0, 1):
+        cfg = load_train_config(write_config(route, tmp_path / f"t{seed}.yaml", seed=seed, **{"model.pca_dim": 0}))
+        teachers.append(str(Trainer(cfg, tmp_path / f"teacher{seed}", progress=False).train()))
+    plain = load_train_config(write_config(route, tmp_path / "plain.yaml", seed=2, **{"model.pca_dim": 0}))
+    distilled = load_train_config(write_config(route, tmp_path / "student.yaml", seed=2, **{
+        "model.pca_dim": 0, "distill.teachers": teachers, "distill.weight": 20.0}))
+    trainer = Trainer(distilled, tmp_path / "student", progress=False)
+    table, where = trainer.teacher_similarities()
+    # The ensemble's table: the mean of each teacher's cosines (its concatenated descriptors / sqrt(2)).
+    by_hand = (similarity_table(Path(teachers[0]), trainer) + similarity_table(Path(teachers[1]), trainer)) / 2
+    rows = trainer.data.train_rows
+    assert torch.allclose(table, by_hand[rows][:, rows], atol=5e-3)  # taps cached in float16
+    assert (where[rows] == np.arange(len(rows))).all()
+    student = trainer.train()
+    baseline = Trainer(plain, tmp_path / "plain", progress=False).train()
+    gap_student, gap_plain = (listwise_kl(by_hand, similarity_table(c, trainer), 0.05) for c in (student, baseline))
+    assert gap_student < 0.8 * gap_plain, (gap_student, gap_plain)
+
+
+def test_distillation_refuses_missing_or_incompatible_teachers(route, tmp_path):
+    with pytest.raises(ConfigError, match=r"distill.teachers\[0\]: no such checkpoint file"):
+        load_train_config(write_config(route, tmp_path / "a.yaml", **{"distill.teachers": [str(tmp_path / "nope")]}))
+    with pytest.raises(ConfigError, match="temperature"):
+        load_train_config(write_config(route, tmp_path / "b.yaml", **{"distill.temperature": 0}))
+    other = load_train_config(write_config(route, tmp_path / "c.yaml", **{"model.image_size": [48, 48], "optim.epochs": 1}))
+    teacher = Trainer(other, tmp_path / "other", progress=False).cluster()
+    cfg = load_train_config(write_config(route, tmp_path / "d.yaml", **{"distill.teachers": [str(teacher)]}))
+    with pytest.raises(ValueError, match="image_size differ"):
+        Trainer(cfg, tmp_path / "student", progress=False).train()

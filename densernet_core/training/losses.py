@@ -37,6 +37,18 @@ def sare_ind(q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float = 
     return -F.log_softmax(logits, dim=2)[..., 0].mean()
 
 
+def similarity_distillation(q: torch.Tensor, candidates: torch.Tensor, teacher: torch.Tensor,
+                            temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the softmax over each query's candidates by cosine / temperature.
+
+    q: B x D, candidates: B x K x D (unit-norm student descriptors), teacher: B x K cosines. Listwise, so
+    the student learns the teachers' order and margins among the hard candidates, not only the positive.
+    """
+    student = torch.einsum("bd,bkd->bk", q, candidates) / temperature
+    target = F.softmax(teacher.to(student.dtype) / temperature, dim=1)
+    return F.kl_div(F.log_softmax(student, dim=1), target, reduction="batchmean")
+
+
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {"triplet": triplet, "sare_joint": sare_joint, "sare_ind": sare_ind}
 
 

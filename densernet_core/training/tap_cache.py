@@ -56,12 +56,13 @@ class TapCache:
         self.images = [Path(p) for p in images]
         self.copies = copies if augment is not None and augment.enabled else 0
         self.taps = stored_taps(model)
+        self.trunk = trunk_fingerprint(model)
         # The seed only draws the augmented copies: without them, every seed of a recipe shares one cache.
         key = {"images": [str(p.resolve()) for p in self.images], "size": list(model.config.image_size),
                "weights": model.config.weights, "preprocessing": model.config.preprocessing,
                "taps": list(self.taps), "copies": self.copies, "seed": seed if self.copies else None,
                "augment": augment.__dict__ if self.copies else None,
-               "trunk": _trunk_fingerprint(model)}
+               "trunk": self.trunk}
         self.key = hashlib.sha256(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()[:16]
         self.dir = Path(cache_dir) / f"taps-{self.key}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,7 @@ class TapCache:
         return {t: v[rows_t, var_t].to(device).float() for t, v in self.data.items()}
 
 
-def _trunk_fingerprint(model: DenserNet) -> str:
+def trunk_fingerprint(model: DenserNet) -> str:
     """A cheap hash of the frozen trunk weights so other weights miss the cache."""
     h = hashlib.sha256()
     for idx in (0, 21):  # conv1_1 and conv4_3: frozen whenever the cache is valid

@@ -122,6 +122,28 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Teachers whose similarities the model also learns: a seed ensemble distilled into one network.
+
+    For each training tuple, the student's softmax over its candidates (positive and negatives) by cosine
+    similarity is pulled towards the teachers' (their mean cosine, i.e. the concatenated ensemble's) by a
+    KL term of weight `weight`; the triplet loss still trains it. Teachers describe the training images
+    once per run, through the same frozen trunk when taps are cached.
+    """
+
+    teachers: tuple[str, ...] = ()  # checkpoint files; empty: no distillation
+    weight: float = 1.0
+    temperature: float = 0.05  # cosine differences of this size change a candidate's odds e-fold
+
+    def __post_init__(self) -> None:
+        if self.weight <= 0 or self.temperature <= 0:
+            raise ConfigError(f"distill: weight and temperature must be > 0, got {self.weight} and {self.temperature}")
+        for i, path in enumerate(self.teachers):
+            if not isinstance(path, str) or not Path(path).is_file():
+                raise ConfigError(f"distill.teachers[{i}]: no such checkpoint file {path!r}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig
     train: TrainData
@@ -130,6 +152,7 @@ class TrainConfig:
     mining: MiningConfig = field(default_factory=MiningConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     cache_taps: str = "auto"
     device: str = "auto"
     seed: int = 0
@@ -167,7 +190,7 @@ def eval_data_from(raw: Any, where: str) -> EvalData:
 
 
 def train_config_from_mapping(raw: Mapping[str, Any], where: str = "config") -> TrainConfig:
-    known = {"model", "data", "cluster", "mining", "optim", "augment", "cache_taps", "device", "seed"}
+    known = {"model", "data", "cluster", "mining", "optim", "augment", "distill", "cache_taps", "device", "seed"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
@@ -188,6 +211,7 @@ def train_config_from_mapping(raw: Mapping[str, Any], where: str = "config") -> 
         mining=_section(MiningConfig, raw, "mining"),
         optim=_section(OptimConfig, raw, "optim"),
         augment=_section(AugmentConfig, raw, "augment"),
+        distill=_section(DistillConfig, raw, "distill"),
         cache_taps=_on_off(raw.get("cache_taps", "auto")),
         device=raw.get("device", "auto"),
         seed=raw.get("seed", 0),

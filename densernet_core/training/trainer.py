@@ -30,12 +30,12 @@ from ..tensor_files import write_safetensors
 from ..distributed import DistContext, init_distributed
 from .evaluation import EvalResult, evaluate_descriptors
 from ..images import normalise, read_image, resize
-from .losses import create as create_loss
+from .losses import create as create_loss, similarity_distillation
 from .mining import TupleMiner, negative_pools, positives
 from ..model.network import DenserNet, build_from_config, sample_locations, sample_tap_locations
 from ..model.pca import check_pca_fit_size, fit_pca_whitening
 from .sources import Split, load_split
-from .tap_cache import TapCache, trunk_taps
+from .tap_cache import TapCache, trunk_fingerprint, stored_taps, trunk_taps
 from .train_config import TrainConfig
 
 LOG = logging.getLogger("densernet")
@@ -201,6 +201,42 @@ class Trainer:
         model.init_branches_from_samples(sample_tap_locations(batches, model.used_taps,
                                                               self.cfg.cluster.descriptors_per_image, rng))
 
+    # ---- distillation targets --------------------------------------------------------------------
+    @torch.no_grad()
+    def teacher_similarities(self) -> tuple[torch.Tensor, np.ndarray] | None:
+        """The teachers' mean cosine between every pair of training images (the concatenated ensemble's),
+        and each image row's index into it; None without teachers. Computed once per run: 300 images
+        make a 300 x 300 table, whatever the number of teachers."""
+        teachers = self.cfg.distill.teachers
+        if not teachers:
+            return None
+        rows = self.data.train_rows
+        total = torch.zeros(len(rows), len(rows))
+        for path in teachers:
+            teacher = load_model(path, str(self.device))
+            self._check_teacher(teacher, path)
+            desc = torch.from_numpy(self.describe_rows(TrainingHead(teacher), rows))
+            total += desc @ desc.T
+            LOG.info("distillation teacher %s described %d training images", path, len(rows))
+        where = np.full(len(self.data.paths), -1, dtype=np.int64)
+        where[rows] = np.arange(len(rows))
+        return total / len(teachers), where
+
+    def _check_teacher(self, teacher: DenserNet, path: str) -> None:
+        """Cached taps come from the student's trunk: a teacher read through them must share it."""
+        if self.cache is None:
+            return
+        mine, theirs = self.cfg.model, teacher.config
+        differs = [name for name, a, b in (
+            ("image_size", tuple(mine.image_size), tuple(theirs.image_size)),
+            ("preprocessing", mine.preprocessing, theirs.preprocessing),
+            ("taps", self.cache.taps, stored_taps(teacher)),
+            ("trunk weights", self.cache.trunk, trunk_fingerprint(teacher))) if a != b]
+        if differs:
+            raise ValueError(f"distillation teacher {path}: its {', '.join(differs)} differ from the student's, "
+                             "so it cannot be read through the student's cached trunk taps; "
+                             "set cache_taps: off or use a teacher trained with the same model settings")
+
     # ---- step 2: training ---------------------------------------------------------------------
     def _optimizer(self, model: DenserNet) -> tuple[torch.optim.Optimizer, object]:
         o = self.cfg.optim
@@ -268,6 +304,7 @@ class Trainer:
         if self.ctx.enabled:
             trainable = nn.parallel.DistributedDataParallel(
                 head, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        teacher = self.teacher_similarities()
         miner = self._miner()
         usable = miner.usable()
         if len(usable) == 0:
@@ -297,6 +334,8 @@ class Trainer:
                     out = trainable(self._batch(model, rows, rng)).float()
                 out = out.view(len(queries), 2 + m.num_negatives, -1)
                 loss = self.loss_fn(out[:, 0], out[:, 1], out[:, 2:], margin=o.margin)
+                if teacher is not None:
+                    loss = loss + self._distillation(out, rows, teacher)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if o.grad_clip > 0:
@@ -340,6 +379,15 @@ class Trainer:
             self.whiten(source if source.is_file() else last, final)
         self.ctx.barrier()
         return final
+
+    def _distillation(self, out: torch.Tensor, rows: Sequence[int], teacher: tuple[torch.Tensor, np.ndarray]
+                      ) -> torch.Tensor:
+        """The weighted KL term: each tuple's candidates ranked as the teachers rank them."""
+        table, where = teacher
+        idx = torch.as_tensor(where[np.asarray(rows, dtype=np.int64)]).view(out.shape[0], out.shape[1])
+        target = table[idx[:, :1], idx[:, 1:]].to(out.device)  # B x (1 + negatives)
+        d = self.cfg.distill
+        return d.weight * similarity_distillation(out[:, 0], out[:, 1:], target, d.temperature)
 
     # ---- step 3: PCA whitening ------------------------------------------------------------------
     def whiten(self, source: Path, out: Path) -> Path:
