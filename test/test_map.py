@@ -332,3 +332,29 @@ def test_localize_sequence_reports_single_and_filtered_with_odometry(tiny_model,
     assert "% <= 1 m, " in out.split("filtered: fixes", 1)[1] and "% <= 2.5 m" in out  # each tolerance given
     assert (tmp_path / "seq.png").stat().st_size > 1000
     assert localize([str(route), "--map", str(tmp_path / "map"), "--odom-topic", "/odom"]) == 1  # needs --bag
+
+
+def test_a_large_map_s_places_hold_no_python_object_per_place(tmp_path):
+    """A node loads the map's places: 10^6 image paths as Path objects held ~900 MB in every such process.
+    Read back, the paths are one string array (a Path made on access); relative ones resolve from the folder."""
+    import csv
+    import gc
+
+    from densernet_core.mapping.placemap import PLACE_FIELDS, read_places
+
+    n = 20000
+    with open(tmp_path / "places.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(PLACE_FIELDS)
+        for i in range(n):
+            image = f"/data/run/{i:07d}.png" if i % 2 else f"images/{i:07d}.png"
+            w.writerow([i, image, float(i), 0, 0, 0, 0, 0, 1, f"{i:.9f}", "run" if i < n // 2 else "other"])
+    gc.collect()
+    before = len(gc.get_objects())
+    places = read_places(tmp_path / "places.csv", tmp_path, "map")
+    gc.collect()
+    assert len(gc.get_objects()) - before < 1000  # Path objects (and their parts lists) are tracked: 2 per place
+    assert places.images[1] == Path("/data/run/0000001.png") and places.images[2] == tmp_path / "images/0000002.png"
+    assert places.names[3] == "0000003.png" and list(places.names[:2]) == ["0000000.png", "0000001.png"]
+    assert places.place_sources[0] == "run" and places.place_sources[-1] == "other"
+    assert len(places) == n and places.source == "run;other"

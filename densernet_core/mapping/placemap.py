@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import GeoImages
+from ..datasets import GeoImages, PathColumn
 from ..camera import Camera
 from ..frames import Extrinsic, extrinsic_from_mapping
 from ..geometry import compose_poses
@@ -323,7 +323,9 @@ class PlaceMap:
 
 
 def read_places(path: Path, folder: Path, frame_id: str, has_orientation: bool = True) -> GeoImages:
+    """The map's places; their image paths held as one string array (a map may hold 10^6)."""
     images, pos, ori, stamps, sources = [], [], [], [], []
+    seen: dict[str, str] = {}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames != PLACE_FIELDS:
@@ -338,11 +340,11 @@ def read_places(path: Path, folder: Path, frame_id: str, has_orientation: bool =
             except (TypeError, ValueError) as exc:
                 raise MapError(f"{path}:{line}: bad row ({exc})") from exc
             img = Path(row["image"])
-            images.append(img if img.is_absolute() else folder / img)
-            sources.append(row["source"])
+            images.append(str(img if img.is_absolute() else folder / img))
+            sources.append(seen.setdefault(row["source"], row["source"]))  # one string per traverse
     source = ";".join(dict.fromkeys(sources))
-    return GeoImages(images, np.array(pos).reshape(-1, 3), np.array(ori).reshape(-1, 4), np.array(stamps),
-                     source, has_orientation, frame_id, place_sources=sources)
+    return GeoImages(PathColumn(images), np.array(pos).reshape(-1, 3), np.array(ori).reshape(-1, 4),
+                     np.array(stamps), source, has_orientation, frame_id, place_sources=sources)
 
 
 def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoImages, out: str | Path,
