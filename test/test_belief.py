@@ -375,6 +375,7 @@ def test_listing_a_place_changes_nothing(config):
     line = np.c_[np.arange(n, dtype=float), np.zeros((n, 2))]
     sparse, dense = belief(config, positions=line), belief(config, positions=line)
     dense._list_all()
+    dense._compact = lambda: None  # the reference keeps every place listed
     rng = np.random.default_rng(3)
     truths = list(range(500, 530)) + [None] * 6 + list(range(540, 560))
     for t, truth in enumerate(truths):
@@ -388,3 +389,21 @@ def test_listing_a_place_changes_nothing(config):
         np.testing.assert_allclose(sparse.state, dense.state, rtol=1e-9, atol=1e-300)
         np.testing.assert_allclose(sparse.away, dense.away, rtol=1e-9, atol=1e-300)
     assert sparse.listed < n // 4 and dense.listed == n
+
+
+def test_the_list_does_not_grow_with_the_frames_look_alikes():
+    """Each frame scores a few random look-alikes; a place scored once drifts back to the background and
+    leaves the list, so after 1,500 frames the list holds about what one frame touches, not thousands."""
+    n = 200_000
+    b = belief(positions=np.c_[np.arange(n, dtype=float), np.zeros((n, 2))])
+    rng = np.random.default_rng(1)
+    sizes = []
+    for k in range(1500):
+        t = 1000 + k // 2
+        ids = np.unique(np.r_[t - 2:t + 3, rng.integers(n, size=5), b.active_places()])
+        bump = 0.06 * np.exp(-0.5 * ((ids - t) / 1.2) ** 2)
+        est = b.step(Evidence(ids, BASE + bump + 0.004 * rng.standard_normal(len(ids)), BASE, SCALE),
+                     Motion(dt=0.5, moved=True))
+        sizes.append(b.listed)
+    assert est.fix and abs(est.position[0] - t) <= 2
+    assert max(sizes[-500:]) < 200, max(sizes[-500:])  # without unlisting: 8,000 and growing by 5 a frame

@@ -57,6 +57,7 @@ VELOCITY_STEPS = 3  # route speeds: 0, +-1/3, +-2/3, +-1 of the speed bound
 SLOW_SPACINGS = 0.5  # a step shorter than this (place spacings) keeps most of the mass in place
 ROUTE_LINK_SPACINGS = 3.0  # consecutive places farther apart than this many spacings start a new route
 ROUTE_WINDOW = 8  # places either side of a route target considered when spreading mass
+UNLIST_RELATIVE = 1e-12  # a listed place this close to the background in every row rejoins it
 OBSERVATIONS = ("calibrated", "relative")
 OUTSIDE_REASON = "not localized: outside the map or unrecognisable"
 
@@ -418,6 +419,16 @@ class PlaceBelief:
         self._vals = self._vals / total
         self._bg = self._bg / total
 
+    def _compact(self) -> None:
+        """Unlists the places that hold the background's values again (to UNLIST_RELATIVE in every row): a
+        place a frame once scored drifts back to the background as frames pass, and without this the list
+        grew by the frame's random look-alikes, a few places a frame, and each step with it."""
+        if not len(self._ids):
+            return
+        back = np.all(np.abs(self._vals - self._bg[:, None]) <= UNLIST_RELATIVE * self._bg[:, None], axis=0)
+        if back.any():
+            self._ids, self._vals = self._ids[~back], self._vals[:, ~back]
+
     def _move(self, moves: dict[int, "Moves"]) -> None:
         """Each row's sources give up their mass, which lands where its Moves says (listed first)."""
         targets = [m.cols for m in moves.values() if len(m.cols)]
@@ -576,6 +587,7 @@ class PlaceBelief:
             self._set_prior()
         else:
             self._normalise(total)
+            self._compact()
         est = self.estimate(relocalized, agreement)
         if est.fix and self._contradictions and c.observation == "calibrated":
             est.fix = False  # the frame says "elsewhere": the belief's place is not published until they agree
