@@ -41,7 +41,7 @@ class StringColumn(Sequence[str]):
         return len(self._values)
 
     def __getitem__(self, i):
-        if isinstance(i, slice):
+        if isinstance(i, slice) or np.ndim(i) > 0:  # a slice or an index array: a column again
             return type(self)(self._values[i])
         return self._item(str(self._values[i]))
 
@@ -77,14 +77,14 @@ class PathColumn(StringColumn):
 class GeoImages:
     """Images with positions in metres (N x 3), quaternions xyzw (N x 4) and timestamps (s)."""
 
-    images: list[Path]
+    images: Sequence[Path]  # a list, or a PathColumn (a map's places: one string array)
     positions: np.ndarray
     orientations: np.ndarray
     timestamps: np.ndarray
     source: str = ""
     has_orientation: bool = False
     frame_id: str = "map"
-    names: list[str] = field(default_factory=list)
+    names: Sequence[str] = field(default_factory=list)
     place_sources: list[str] = field(default_factory=list)  # per image: the traverse it came from
 
     def __post_init__(self) -> None:
