@@ -1,6 +1,6 @@
 """Soak test of the node: a 30 Hz camera for 10 minutes, corrupt frames and camera outages, then SIGTERM.
 
-    .venv/bin/python benchmarks/bench_soak.py [--minutes 10] [--out bench_out/soak]
+    .venv/bin/python benchmarks/bench_soak.py [--minutes 10] [--map DIR] [--out bench_out/soak]
 
 The node (console script, default parameters: filtered mode) runs against a 40-place Gardens Point
 day_left map (off-the-shelf `small`, 192x320); the camera plays night_right frames (320x180 rgb8)
@@ -9,7 +9,9 @@ for 5 s. Every 10 s the node's RSS and thread count are sampled from /proc. Repo
 after the first minute (target <= 5 %), thread count range, frames sent / answered, bad frames the
 node counted (only the corrupt frames that reach its worker can be: it decodes the newest frame only)
 and whether every frame is accounted for, diagnostics level during each outage (WARN) and after it
-(OK), and the exit code after SIGTERM (0). Not part of CI. Writes <out>/soak.json, soak.png.
+(OK), and the exit code after SIGTERM (0); and the node's own processing_ms per frame, as its median
+per minute (a step that grows with the frames would show). `--map DIR`: run on that map instead (its own
+checkpoint; e.g. the 1M-place haystack of bench_haystack). Not part of CI. Writes <out>/soak.json, soak.png.
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data/gardens_point"))
+    parser.add_argument("--map", help="an existing map folder to run on (default: a 40-place one built here)")
     parser.add_argument("--out", default="bench_out/soak")
     args = parser.parse_args(argv)
     setup_logging()
@@ -67,13 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Gardens Point not found at {data}; nothing to benchmark")
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    db = load_traverse(data / "day_left", list(range(0, 200, 5)))
-    ckpt = out / "model.safetensors"
-    if not ckpt.is_file():
-        make_checkpoint(db.images, ckpt, image_size=IMAGE_SIZE, progress=False)
-    map_dir = out / "map"
-    if not (map_dir / "manifest.json").is_file():
-        build_map(load_model(ckpt), ckpt.resolve(), checkpoint_hash(ckpt), db, map_dir, progress=False)
+    map_dir = Path(args.map) if args.map else out / "map"
+    if args.map and not (map_dir / "manifest.json").is_file():
+        print(f"no map at {map_dir}")
+        return 2
+    if not args.map:
+        db = load_traverse(data / "day_left", list(range(0, 200, 5)))
+        ckpt = out / "model.safetensors"
+        if not ckpt.is_file():
+            make_checkpoint(db.images, ckpt, image_size=IMAGE_SIZE, progress=False)
+        if not (map_dir / "manifest.json").is_file():
+            build_map(load_model(ckpt), ckpt.resolve(), checkpoint_hash(ckpt), db, map_dir, progress=False)
     frames = [resize(read_image(p), CAMERA_SIZE) for p in load_traverse(data / "night_right").images]
 
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -84,11 +91,16 @@ def main(argv: list[str] | None = None) -> int:
 
     log = out / "node.log"
     proc = start_node(map_dir.resolve(), node_env(), log)
-    answered, diagnostics, samples, outages = [0], [], [], []
+    answered, diagnostics, samples, outages, processing = [0], [], [], [], []
     lock = threading.Lock()
 
-    def on_place(_msg) -> None:
+    def on_place(msg) -> None:
         answered[0] += 1
+        for st in msg.status:
+            values = {kv.key: kv.value for kv in st.values}
+            if "processing_ms" in values:
+                with lock:
+                    processing.append((time.monotonic(), float(values["processing_ms"]), values.get("fix") == "true"))
 
     def on_diag(msg) -> None:
         for st in msg.status:
@@ -140,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         after = level_between(end + 2.0, end + 10.0)
         outage_report.append({"warn_during": DiagnosticStatus.WARN in during,
                               "messages_during": sorted({d[2] for d in diagnostics if start + 2.5 <= d[0] <= end}),
-                              "ok_after": DiagnosticStatus.OK in after})
+                              "ok_after": DiagnosticStatus.OK in after,
+                              "messages_after": sorted({d[2] for d in diagnostics if end + 2.0 <= d[0] <= end + 10.0})})
     base = next((s for s in samples if s[0] >= WARMUP_S), samples[0])
     rss = [s[1] for s in samples]
     growth = (max(s[1] for s in samples if s[0] >= base[0]) - base[1]) / base[1]
@@ -150,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
               "rss_mb_first": rss[0], "rss_mb_after_warmup": base[1], "rss_mb_max_after_warmup": base[1] * (1 + growth),
               "rss_growth_after_warmup": growth, "rss_growth_target": RSS_GROWTH_TARGET,
               "threads_min": min(s[2] for s in samples), "threads_max": max(s[2] for s in samples),
-              "outages": outage_report, "exit_code_after_sigterm": code, "samples": samples}
+              "outages": outage_report, "exit_code_after_sigterm": code,
+              "processing_ms_p50_by_minute": per_minute([(t, ms) for t, ms, _ in processing], t0),
+              "fix_share_by_minute": per_minute([(t, float(fix)) for t, _, fix in processing], t0, np.mean),
+              "samples": samples}
     (out / "soak.json").write_text(json.dumps(result, indent=2))
     plot(samples, outages, t0, out / "soak.png")
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
@@ -167,6 +183,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{corrupt} sent")
     print("SOAK OK" if ok else "SOAK FAILED")
     return 0 if ok else 1
+
+
+def per_minute(values: list[tuple[float, float]], t0: float, statistic=np.median) -> list[float]:
+    """A statistic (the median) of (time, value) pairs over each minute of the run."""
+    minutes: dict[int, list[float]] = {}
+    for t, v in values:
+        minutes.setdefault(int((t - t0) // 60), []).append(v)
+    return [round(float(statistic(minutes[m])), 3) for m in sorted(minutes) if m >= 0]
 
 
 def plot(samples, outages, t0: float, png: Path) -> None:
