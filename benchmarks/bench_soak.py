@@ -1,6 +1,6 @@
 """Soak test of the node: a 30 Hz camera for 10 minutes, corrupt frames and camera outages, then SIGTERM.
 
-    .venv/bin/python benchmarks/bench_soak.py [--minutes 10] [--map DIR] [--out bench_out/soak]
+    .venv/bin/python benchmarks/bench_soak.py [--minutes 10] [--rate 30] [--map DIR] [--out bench_out/soak]
 
 The node (console script, default parameters: filtered mode) runs against a 40-place Gardens Point
 day_left map (off-the-shelf `small`, 192x320); the camera plays night_right frames (320x180 rgb8)
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data/gardens_point"))
+    parser.add_argument("--rate", type=float, default=RATE_HZ,
+                        help="camera frames a second (each shows the next night_right frame: one mapped place)")
     parser.add_argument("--map", help="an existing map folder to run on (default: a 40-place one built here)")
     parser.add_argument("--out", default="bench_out/soak")
     args = parser.parse_args(argv)
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 corrupt += 1
             pub.publish(msg)
             k += 1
-            time.sleep(max(0.0, t0 + sent / RATE_HZ + sum(o[1] - o[0] for o in outages) - time.monotonic()))
+            time.sleep(max(0.0, t0 + sent / args.rate + sum(o[1] - o[0] for o in outages) - time.monotonic()))
         time.sleep(2.0)
         with lock:
             last = diagnostics[-1][3] if diagnostics else {}
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     base = next((s for s in samples if s[0] >= WARMUP_S), samples[0])
     rss = [s[1] for s in samples]
     growth = (max(s[1] for s in samples if s[0] >= base[0]) - base[1]) / base[1]
-    result = {"minutes": args.minutes, "frames_sent": sent, "corrupt_sent": corrupt, "answers": answered[0],
+    result = {"minutes": args.minutes, "rate_hz": args.rate, "frames_sent": sent, "corrupt_sent": corrupt, "answers": answered[0],
               "node_bad_frames": int(last.get("bad_frames", -1)), "node_frames_received": int(last.get("frames_received", -1)),
               **{f"node_{k}": int(last.get(k, -1)) for k in ("frames_processed", "frames_dropped", "frames_stale")},
               "rss_mb_first": rss[0], "rss_mb_after_warmup": base[1], "rss_mb_max_after_warmup": base[1] * (1 + growth),
