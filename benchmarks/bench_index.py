@@ -113,11 +113,19 @@ def retime(db: np.ndarray, q: np.ndarray, truth: np.ndarray, work: Path, previou
         raise SystemExit(f"--retime: {work / PROVENANCE} is missing (files saved before the build kept it); "
                          "run without --retime to build this size again")
     provenance = idx.Projection.from_dict(json.loads((work / PROVENANCE).read_text()))
-    coarse = load_coarse(work / "index.faiss", mmap=True)
-    projection = np.load(work / "coarse.npy", mmap_mode="r")
-    refine = (RefineCodes.load(work, *REFINE_FILES, len(db), db.shape[1]) if provenance.refine != "none" else None)
-    index = ShortlistIndex(coarse, projection, db, provenance.rerank, provenance, refine)
+    index = load_saved(work, db, provenance.rerank, provenance)
     return {**previous, **timed(index, q, truth), "retimed": True}
+
+
+def load_saved(work: Path, db: np.ndarray, shortlist: int, provenance) -> ShortlistIndex:
+    """A shortlist index from the files `save_index` wrote in `work`, loaded as a map loads it (a compact
+    one's lists and codes memory-mapped)."""
+    compact = provenance is not None
+    coarse = load_coarse(work / "index.faiss", mmap=compact)
+    projection = np.load(work / "coarse.npy", mmap_mode="r") if (work / "coarse.npy").is_file() else None
+    refine = (RefineCodes.load(work, *REFINE_FILES, len(db), db.shape[1])
+              if compact and provenance.refine != "none" else None)
+    return ShortlistIndex(coarse, projection, db, shortlist, provenance, refine)
 
 
 def timed(index, q: np.ndarray, truth: np.ndarray) -> dict:
@@ -145,12 +153,7 @@ def measure(db: np.ndarray, q: np.ndarray, kind: str, truth: np.ndarray, work: P
         (work / PROVENANCE).write_text(json.dumps(asdict(index.provenance), indent=2))
     extra = sum(f.stat().st_size for f in work.iterdir())
     if isinstance(index, ShortlistIndex):  # searched as a loaded map searches it
-        compact = index.provenance is not None
-        coarse = load_coarse(work / "index.faiss", mmap=compact)
-        projection = np.load(work / "coarse.npy", mmap_mode="r") if index.projection is not None else None
-        refine = (None if index.refine is None
-                  else RefineCodes.load(work, *REFINE_FILES, len(db), db.shape[1]))
-        index = ShortlistIndex(coarse, projection, db, index.shortlist, index.provenance, refine)
+        index = load_saved(work, db, index.shortlist, index.provenance)
     ram = index.memory_bytes()
     desc_bytes = db.shape[1] * db.dtype.itemsize
     return {"places": len(db), "dim": db.shape[1], "index": kind, "build_s": round(build_s, 2),

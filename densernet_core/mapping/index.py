@@ -555,7 +555,7 @@ def build_compact(descriptors: np.ndarray, seed: int = 0) -> ShortlistIndex:
     projected, codes = project_all(descriptors, projection, refine)
     if refine is not None:
         refine.add(codes)
-    check = np.sort(np.random.default_rng(seed).choice(n, min(n, ENERGY_SAMPLES), replace=False))
+    check = _sample_rows(n, ENERGY_SAMPLES, np.random.default_rng(seed))
     rows = read_rows(descriptors, check, RowPrefetch.of(descriptors)).astype(np.float32)
     energy = float((projected[check] ** 2).sum() / max((rows ** 2).sum(), 1e-12))
     coarse = build_coarse(projected, "compact")
