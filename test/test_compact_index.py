@@ -272,3 +272,58 @@ def test_refining_codes_grow_with_add_and_are_refused_when_damaged(tiny_model, c
         PlaceMap.load(m)
     assert reindex_map(m).index.refine.codes.shape == (1200, 32)  # what the message says mends it
     assert PlaceMap.load(m).search(desc[:1].astype(np.float32), 1)[1][0, 0] == 0
+
+
+def _mapped_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of `path` (/proc/self/smaps)."""
+    kb, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if not line.split()[0].endswith(":"):  # a mapping's header line: address range ... path
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            kb += int(line.split()[1])
+    return kb
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux's /proc/self/smaps")
+def test_memory_mapped_search_structures_are_mapped_in_at_load(tiny_model, ckpt, tmp_path, monkeypatch):
+    """The refining codes and the inverted lists are in the process's page table once the map has loaded,
+    not page-faulted in by the first queries (a fault per code row at 1M places)."""
+    rows = np.random.default_rng(0).integers(0, 255, (4096, 1024), dtype=np.uint8)  # 4 MB
+    np.save(tmp_path / "codes.npy", rows)
+    mapped = np.load(tmp_path / "codes.npy", mmap_mode="r")
+    assert _mapped_kb(tmp_path / "codes.npy") < 1024
+    idx.map_in(mapped)
+    assert _mapped_kb(tmp_path / "codes.npy") >= 4096
+    pmap, desc = _refining_map(monkeypatch, tiny_model, ckpt)
+    pmap.save(tmp_path / "m")
+    touched = []
+    real = idx.map_in
+    monkeypatch.setattr(idx, "map_in", lambda pages: (touched.append(pages.nbytes), real(pages))[1])
+    loaded = PlaceMap.load(tmp_path / "m")
+    ivf = faiss.extract_index_ivf(loaded.index.coarse)
+    assert isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)
+    assert touched[-1] == 1200 * 32  # every list of the inverted file, then the codes
+    assert sum(touched[:-1]) == 1200 * ivf.code_size and len(touched) > 2
+
+
+def test_queries_are_projected_through_int8_weights_close_to_float32(caplog):
+    """A query's projection reads int8 weights (a quarter of the float32 bytes), within a few per cent of
+    the float32 one; a kernel that breaks that is not used."""
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.standard_normal((2048, 64)))[0].astype(np.float32)  # D x d, orthonormal columns
+    q = route_like(8, 2048, 3).astype(np.float32)
+    projection = idx.QueryProjection(basis)
+    assert projection.codes is not None and projection.nbytes == 2048 * 64 + 64 * 2
+    err = np.linalg.norm(projection(q) - q @ basis) / np.linalg.norm(q @ basis)
+    assert 1e-3 < err < idx.PROJECTION_INT8_MAX_ERROR  # int8 rounding, visible; float32 would be ~1e-7
+    import torch
+
+    real = torch._weight_int8pack_mm
+    try:
+        torch._weight_int8pack_mm = lambda x, w, s: real(x, w, s) * 1.5  # a kernel off by half
+        broken = idx.QueryProjection(basis)
+    finally:
+        torch._weight_int8pack_mm = real
+    assert broken.codes is None and broken.nbytes == 2048 * 64 * 4 and "projected in float32" in caplog.text
+    np.testing.assert_allclose(broken(q), q @ basis, rtol=1e-5, atol=1e-6)

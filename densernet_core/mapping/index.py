@@ -35,6 +35,7 @@ import warnings
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
+from mmap import PAGESIZE
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,9 @@ REFINE_SHORTLIST = 1000
 REFINE_MIN_PLACES = IVF_POINTS_PER_LIST * 2 ** REFINE_BITS  # FAISS's 39 training points per code
 REFIT_GROWTH = 2.0  # `add` refits the projection once the map has grown this much beyond what it was fitted on
 PROJECT_ROWS = 16384  # descriptors projected at a time while building
+# A query's int8 projection off by more than this (relative) falls back to float32: a broken kernel, not
+# rounding (about 0.014 on a map's 12,288 x 512 projection).
+PROJECTION_INT8_MAX_ERROR = 0.05
 # Fewer queries than this are searched on one FAISS thread: a single query gains nothing from more, and
 # FAISS's OpenMP threads spin for the cores torch's threads need (on 2 cores with another process busy:
 # 8 ms per search instead of 1.3 ms).
@@ -298,7 +302,48 @@ class RefineCodes:
         read_ahead(cpath)
         if codes.dtype != np.uint8 or codes.shape != (places, pq.code_size):
             raise ValueError(f"{cpath}: {codes.dtype} {codes.shape}, expected uint8 ({places}, {pq.code_size})")
+        map_in(codes)
         return cls(pq, codes)
+
+
+class QueryProjection:
+    """A compact index's projection as queries use it: int8 weights with one scale per output dimension
+    (torch's int8 weight kernel, bfloat16 query). It is the largest thing a query reads (12,288 x 512: 25 MB
+    in float32), and after the network's pass it comes from memory, not the CPU's caches: 0.85 ms per query
+    in float32, 0.25 ms in int8 (1M map, docs/BENCHMARKS.md). The int8 weights move a query's projection by
+    about 1.4 % of its norm, which the inverted file's shortlist of 1,000 absorbs (night queries on the 100k
+    haystack: exact search's top-1 kept for the same 97 of 100). Through torch either way: numpy's BLAS pool
+    beside torch's made the projection 7 ms instead of 1.2 ms (2 cores, another process busy on one)."""
+
+    def __init__(self, projection: np.ndarray) -> None:
+        with warnings.catch_warnings():  # a read-only memory map: torch only reads it
+            warnings.simplefilter("ignore", UserWarning)
+            self.float32 = torch.from_numpy(np.asarray(projection))  # D x d, the map's file
+        self.codes: torch.Tensor | None = None
+        if hasattr(torch, "_weight_int8pack_mm"):
+            weights = self.float32.T.contiguous()  # d x D
+            self.scale = (weights.abs().amax(dim=1).clamp_min(1e-12) / INT8_MAX).to(torch.bfloat16)
+            self.codes = torch.round(weights / self.scale.float()[:, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+            probe = torch.nn.functional.normalize(torch.randn(4, weights.shape[1], generator=torch.Generator().manual_seed(0)), dim=1)
+            error = (self._int8(probe) - probe @ self.float32).norm() / (probe @ self.float32).norm().clamp_min(1e-12)
+            if not error <= PROJECTION_INT8_MAX_ERROR:
+                LOG.warning("int8 query projection off by %.3f (relative) on this torch build; queries are projected "
+                            "in float32", float(error))
+                self.codes = None
+
+    def _int8(self, x: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int8pack_mm(x.to(torch.bfloat16), self.codes, self.scale).float()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        q = torch.from_numpy(x)
+        return (q @ self.float32 if self.codes is None else self._int8(q)).numpy()
+
+    @property
+    def nbytes(self) -> int:
+        """What projecting a query reads."""
+        if self.codes is None:
+            return self.float32.numel() * 4
+        return self.codes.numel() + self.scale.numel() * self.scale.element_size()
 
 
 class ShortlistIndex:
@@ -310,7 +355,7 @@ class ShortlistIndex:
         self.coarse = coarse  # on the CPU (saved as is); searched through a GPU copy when there is one
         self._coarse_search, self._gpu_resources = to_gpu_if_available(coarse)
         self.projection = projection  # D x d float32, or None for a coarse index over the descriptors
-        self._projection: torch.Tensor | None = None  # the same memory, as torch sees it
+        self._query_projection = None if projection is None else QueryProjection(projection)
         self.ref = descriptors  # N x D, may be a read-only memory map
         self.prefetch = RowPrefetch.of(descriptors)  # shared with the PlaceMap over the same rows
         self.shortlist = shortlist
@@ -326,16 +371,9 @@ class ShortlistIndex:
         return self.ref.shape[1]
 
     def project(self, x: np.ndarray) -> np.ndarray:
-        """Through torch, whose threads the search's other steps share: numpy's BLAS pool beside them made
-        the projection 7 ms instead of 1.2 ms per query (2 cores, another process busy on one)."""
+        """Queries through `QueryProjection` (the places were projected in float32 when they were indexed)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if self.projection is None:
-            return x
-        if self._projection is None:
-            with warnings.catch_warnings():  # a read-only memory map: torch only reads it
-                warnings.simplefilter("ignore", UserWarning)
-                self._projection = torch.from_numpy(np.asarray(self.projection))
-        return (torch.from_numpy(x) @ self._projection).numpy()
+        return x if self._query_projection is None else self._query_projection(x)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -371,7 +409,7 @@ class ShortlistIndex:
         which stay on disk and are read a shortlist at a time)."""
         import faiss
 
-        projection = 0 if self.projection is None else self.projection.nbytes
+        projection = 0 if self._query_projection is None else self._query_projection.nbytes
         projection += 0 if self.refine is None else self.refine.memory_bytes()
         try:
             ivf = faiss.extract_index_ivf(self.coarse)
@@ -421,13 +459,35 @@ def read_ahead(path: Path) -> None:
     """Ask the kernel to read a memory-mapped search structure (lists, codes: what search keeps in RAM) into
     the page cache now, in the background, rather than a page fault at a time as the first queries touch
     ~1,000 code rows each. Measured in the node at 1M places: its median search time did not move (7.9 ms
-    without, 7.6 ms with it and the page cache dropped before start-up)."""
+    without, 7.6 ms with it and the page cache dropped before start-up); `map_in` is what did."""
     if hasattr(os, "posix_fadvise"):
         fd = os.open(path, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
         finally:
             os.close(fd)
+
+
+def map_in(pages: np.ndarray) -> None:
+    """Touch one byte of every page of a memory-mapped search structure, so that this process's page table
+    maps it before the first query. Left to the queries, each of them takes a page fault for nearly every
+    one of the ~1,000 code rows it reads (1 KB rows scattered over 1 GB at 1M places), and faults for
+    pages of the lists it probes, for hundreds of queries: at 1M places the node's search took 6.4-7.3 ms
+    p50 without, 5.0-5.1 ms with it (docs/BENCHMARKS.md). The pages are the page cache's, shared by every
+    process mapping the file."""
+    flat = pages.reshape(-1).view(np.uint8)
+    if len(flat):
+        int(flat[::PAGESIZE].max())
+
+
+def map_in_lists(ivf, lists) -> None:
+    """`map_in` for an IVF index's inverted lists that FAISS maps from its file (OnDiskInvertedLists)."""
+    import faiss
+
+    for i in range(ivf.nlist):
+        size = lists.list_size(i)
+        if size:
+            map_in(faiss.rev_swig_ptr(lists.get_codes(i), size * ivf.code_size))
 
 
 def read_rows(descriptors: np.ndarray, rows: np.ndarray, prefetch: RowPrefetch | None) -> np.ndarray:
@@ -625,4 +685,5 @@ def load_coarse(path: Path, mmap: bool = False):
             # Its default starts 32 threads per search to prefetch the probed lists: 3.9 ms of a 0.15 ms
             # search on 2 cores. The page cache serves them as well.
             lists.prefetch_nthread = 0
+            map_in_lists(index, lists)
     return index
