@@ -307,7 +307,7 @@ def test_memory_mapped_search_structures_are_mapped_in_at_load(tiny_model, ckpt,
     assert sum(touched[:-1]) == 1200 * ivf.code_size and len(touched) > 2
 
 
-def test_queries_are_projected_through_int8_weights_close_to_float32(caplog):
+def test_queries_are_projected_through_int8_weights_close_to_float32(caplog, monkeypatch):
     """A query's projection reads int8 weights (a quarter of the float32 bytes), within a few per cent of
     the float32 one; a kernel that breaks that is not used."""
     rng = np.random.default_rng(0)
@@ -320,10 +320,7 @@ def test_queries_are_projected_through_int8_weights_close_to_float32(caplog):
     import torch
 
     real = torch._weight_int8pack_mm
-    try:
-        torch._weight_int8pack_mm = lambda x, w, s: real(x, w, s) * 1.5  # a kernel off by half
-        broken = idx.QueryProjection(basis)
-    finally:
-        torch._weight_int8pack_mm = real
+    monkeypatch.setattr(torch, "_weight_int8pack_mm", lambda x, w, s: real(x, w, s) * 1.5)  # a kernel off by half
+    broken = idx.QueryProjection(basis)
     assert broken.codes is None and broken.nbytes == 2048 * 64 * 4 and "projected in float32" in caplog.text
     np.testing.assert_allclose(broken(q), q @ basis, rtol=1e-5, atol=1e-6)
