@@ -326,7 +326,8 @@ class QueryProjection:
             # in place: one float copy of the weights at a time (25 MB at 12,288 x 512), not four
             self.codes = weights.div_(self.scale.float()[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
             probe = torch.nn.functional.normalize(torch.randn(4, weights.shape[1], generator=torch.Generator().manual_seed(0)), dim=1)
-            error = (self._int8(probe) - probe @ self.float32).norm() / (probe @ self.float32).norm().clamp_min(1e-12)
+            exact = probe @ self.float32
+            error = (self._int8(probe) - exact).norm() / exact.norm().clamp_min(1e-12)
             if not error <= PROJECTION_INT8_MAX_ERROR:
                 LOG.warning("int8 query projection off by %.3f (relative) on this torch build; queries are projected "
                             "in float32", float(error))
