@@ -71,3 +71,26 @@ def test_queries_without_positive_or_enough_negatives_are_not_usable():
 def test_within_is_inclusive_for_frame_tolerance():
     out = within(np.array([[5.0, 0, 0]]), np.arange(10, dtype=float)[:, None] * np.array([[1.0, 0, 0]]), 2.0)
     assert list(out[0]) == [3, 4, 5, 6, 7]
+
+
+def test_each_source_takes_the_traversals_in_turn_and_the_nearest_within_each():
+    db_desc = np.eye(40, dtype=np.float32)
+    groups = np.array(["day_right"] * 3 + ["day_left"] * 3 + ["night_right"] * 3 + ["far"] * 31)
+    q_desc = db_desc[1] * 0.8 + db_desc[4] * 0.5 + db_desc[3] * 0.2 + db_desc[7] * 0.3  # 1, then 4, then 7
+    pos, pool = [np.arange(9)], [np.arange(10, 40)]
+    nearest = TupleMiner(pos, pool, num_negatives=3, negative_samples=20, seed=0, db_groups=groups)
+    assert {nearest.mine(0, q_desc, db_desc, r)[0] for r in range(6)} == {1}  # the easiest traversal, always
+    each = TupleMiner(pos, pool, num_negatives=3, negative_samples=20, seed=0, positive="each_source",
+                      db_groups=groups)
+    chosen = [each.mine(0, q_desc, db_desc, r)[0] for r in range(6)]
+    assert sorted(chosen[:3]) == [1, 4, 7] and chosen[:3] == chosen[3:]  # each traversal's nearest, in turn
+    again = TupleMiner(pos, pool, num_negatives=3, negative_samples=20, seed=0, positive="each_source",
+                       db_groups=groups)  # a resumed run rotates as the first did
+    assert [again.mine(0, q_desc, db_desc, r)[0] for r in (4, 5)] == chosen[4:]
+
+
+def test_each_source_needs_the_traversals_and_unknown_choices_are_refused():
+    with pytest.raises(ValueError, match="db_groups"):
+        TupleMiner([np.array([0])], [np.arange(1, 5)], num_negatives=1, positive="each_source")
+    with pytest.raises(ValueError, match="'furthest' unknown"):
+        TupleMiner([np.array([0])], [np.arange(1, 5)], num_negatives=1, positive="furthest")

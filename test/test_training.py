@@ -258,12 +258,51 @@ def test_average_from_makes_the_model_the_mean_of_the_late_steps(route, tmp_path
 
 def test_recipe_overrides_apply_and_bad_ones_are_named(route, tmp_path):
     path = write_config(route, tmp_path / "exp.yaml")
-    cfg = load_train_config(path, ["optim.average_from=2", "optim.lr=2e-5", "seed=3"])
-    assert (cfg.optim.average_from, cfg.optim.lr, cfg.seed) == (2, 2e-5, 3)
+    cfg = load_train_config(path, ["optim.average_from=2", "optim.lr=2e-5", "seed=3", "mining.positive=each_source"])
+    assert (cfg.optim.average_from, cfg.optim.lr, cfg.seed, cfg.mining.positive) == (2, 2e-5, 3, "each_source")
     for bad, named in ((["optim.lr"], "KEY=VALUE"), (["seed.x=1"], "not a section"), (["optim.nosuch=1"], "nosuch"),
+                       (["mining.positive=furthest"], "mining.positive 'furthest' unknown"),
                        (["optim.lr=fast"], "lr must be a number"), (["optim.epochs=2.5"], "epochs must be an integer")):
         with pytest.raises(ConfigError, match=named):
             load_train_config(path, bad)
+
+
+def test_cluster_seed_gives_every_run_seed_the_same_initialisation(route, tmp_path):
+    """`cluster.seed` fixes what a run starts from (images sampled, branches, k-means), so seeds differ only
+    in training: how much of the spread between seeds the initialisation makes can be measured."""
+    def init(name: str, **changes) -> bytes:
+        cfg = load_train_config(write_config(route, tmp_path / f"{name}.yaml", **changes))
+        return (Trainer(cfg, tmp_path / name, progress=False).cluster()).read_bytes()
+
+    for branch_init in ("random", "pca"):
+        fixed = init(f"s0{branch_init}", **{"seed": 0, "cluster.seed": 0, "cluster.branch_init": branch_init})
+        assert init(f"s1fixed{branch_init}", **{"seed": 1, "cluster.seed": 0, "cluster.branch_init": branch_init}) == fixed
+        assert init(f"s1{branch_init}", **{"seed": 1, "cluster.branch_init": branch_init}) != fixed
+    for bad in ("-1", "x", "1.5"):
+        with pytest.raises(ConfigError, match="cluster.seed"):
+            load_train_config(write_config(route, tmp_path / "bad.yaml"), [f"cluster.seed={bad}"])
+
+
+def test_each_source_positives_take_every_traversal_in_turn_while_training(route, tmp_path, monkeypatch):
+    """The trainer hands the miner each image's traversal and the epoch: with positives allowed from the
+    query's own traversal too, a query's positive comes from both over two epochs, not from the nearer only."""
+    from densernet_core.training import mining
+
+    chosen: dict[tuple[int, int], int] = {}
+    mine = mining.TupleMiner.mine
+
+    def spy(self, query, q_desc, db_desc, round=0):
+        p, negs = mine(self, query, q_desc, db_desc, round)
+        chosen[query, round] = str(self.db_groups[p])
+        return p, negs
+
+    monkeypatch.setattr(mining.TupleMiner, "mine", spy)
+    changes = {"optim.epochs": 2, "data.train.positives_from_other_source": False, "mining.positive": "each_source"}
+    Trainer(load_train_config(write_config(route, tmp_path / "each.yaml", **changes)), tmp_path / "run",
+            progress=False).train()
+    queries = {q for q, _ in chosen}
+    both = [q for q in queries if (q, 0) in chosen and (q, 1) in chosen]
+    assert both and all(chosen[q, 0] != chosen[q, 1] for q in both)
 
 
 def test_weight_average_continues_across_a_resume(route, tmp_path):

@@ -9,6 +9,7 @@ import yaml
 
 from ..config import BRANCH_INITS, ConfigError, ModelConfig, dataclass_from_mapping, load_yaml, model_config
 from .losses import names as loss_names
+from .mining import POSITIVE_CHOICES
 from .sources import SourceSpec, specs_from
 
 OPTIMIZERS = ("adam", "sgd")
@@ -49,10 +50,13 @@ class ClusterConfig:
     max_images: int = 1000
     iterations: int = 100
     branch_init: str = "random"  # one of config.BRANCH_INITS
+    seed: int | None = None  # the images sampled, the branch init and k-means; None: the run's seed
 
     def __post_init__(self) -> None:
         if self.descriptors_per_image < 1 or self.max_images < 1 or self.iterations < 1:
             raise ConfigError("cluster: descriptors_per_image, max_images and iterations must be >= 1")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise ConfigError(f"cluster.seed must be a whole number >= 0 or null, got {self.seed!r}")
         if self.branch_init not in BRANCH_INITS:
             raise ConfigError(f"cluster.branch_init {self.branch_init!r} unknown; choose one of {list(BRANCH_INITS)}")
 
@@ -62,10 +66,13 @@ class MiningConfig:
     num_negatives: int = 10
     negative_samples: int = 1000
     refresh_every: int = 1000  # iterations between descriptor-cache refreshes
+    positive: str = "nearest"  # or "each_source": the nearest in one other traversal, taken in turn per epoch
 
     def __post_init__(self) -> None:
         if self.num_negatives < 1 or self.negative_samples < self.num_negatives or self.refresh_every < 1:
             raise ConfigError("mining: need num_negatives >= 1, negative_samples >= num_negatives, refresh_every >= 1")
+        if self.positive not in POSITIVE_CHOICES:
+            raise ConfigError(f"mining.positive {self.positive!r} unknown; choose one of {list(POSITIVE_CHOICES)}")
 
 
 @dataclass(frozen=True)

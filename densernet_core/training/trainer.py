@@ -171,11 +171,15 @@ class Trainer:
         if out.is_file():
             LOG.info("NetVLAD init found: %s", out)
             return out
-        model = build_from_config(self.cfg.model, str(self.device))
+        c = self.cfg.cluster
+        seed = self.cfg.seed if c.seed is None else c.seed
+        with torch.random.fork_rng(enabled=c.seed is not None):  # the run's own torch stream stays as it was
+            if c.seed is not None:
+                torch.manual_seed(c.seed)
+            model = build_from_config(self.cfg.model, str(self.device))
         self._caches(model)
         if self.ctx.is_main:
-            c = self.cfg.cluster
-            rng = np.random.default_rng(self.cfg.seed)
+            rng = np.random.default_rng(seed)
             rows = self.data.train_rows
             if len(rows) > c.max_images:
                 rows = np.sort(rng.choice(rows, c.max_images, replace=False))
@@ -187,7 +191,7 @@ class Trainer:
                 for s in tqdm(range(0, len(rows), DESCRIBE_BATCH), desc="cluster samples", disable=not self.progress):
                     samples.append(sample_locations(head.dense(self._batch(model, rows[s:s + DESCRIBE_BATCH], None)),
                                                     c.descriptors_per_image, rng))
-            alpha = model.init_netvlad_from_samples(np.concatenate(samples), c.iterations, self.cfg.seed)
+            alpha = model.init_netvlad_from_samples(np.concatenate(samples), c.iterations, seed)
             LOG.info("NetVLAD initialised from %d images (alpha %.1f)", len(rows), alpha)
             save_checkpoint(model, out, {"stage": "init"})
         self.ctx.barrier()
@@ -257,11 +261,12 @@ class Trainer:
         t, d = self.cfg.train, self.data
         db_index = {int(r): i for i, r in enumerate(d.db_rows)}
         q_db = np.array([db_index.get(int(r), -1) for r in d.q_rows])
+        db_groups = _group_keys(d.db)
         pos = positives(d.queries.data.positions, d.db.data.positions, t.pos_radius,
-                        _group_keys(d.queries), _group_keys(d.db), t.positives_from_other_source, q_db)
+                        _group_keys(d.queries), db_groups, t.positives_from_other_source, q_db)
         pools = negative_pools(d.queries.data.positions, d.db.data.positions, t.neg_radius)
         m = self.cfg.mining
-        return TupleMiner(pos, pools, m.num_negatives, m.negative_samples, self.cfg.seed)
+        return TupleMiner(pos, pools, m.num_negatives, m.negative_samples, self.cfg.seed, m.positive, db_groups)
 
     def _refresh(self, head: TrainingHead) -> tuple[np.ndarray, np.ndarray]:
         """Descriptors of the database and queries with the current weights (shared images once)."""
@@ -328,7 +333,7 @@ class Trainer:
                 queries = mine[step * o.batch_size:(step + 1) * o.batch_size]
                 rows = []
                 for q in queries:
-                    p, negs = miner.mine(int(q), q_desc[q], db_desc)
+                    p, negs = miner.mine(int(q), q_desc[q], db_desc, epoch)
                     rows += [self.data.q_rows[q], self.data.db_rows[p], *self.data.db_rows[negs]]
                 with self._autocast():
                     out = trainable(self._batch(model, rows, rng)).float()
