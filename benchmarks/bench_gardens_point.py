@@ -53,13 +53,16 @@ TOLERANCE = 2.0  # frames
 RAW_SIZE = (32, 64)  # SeqSLAM-sized thumbnail, 16:9-ish
 
 
-def evaluate(name: str, describe, data_dir: Path, keep: dict | None = None) -> dict[str, list[EvalResult]]:
+def evaluate(name: str, describe, data_dir: Path, keep: dict | None = None,
+             splits: tuple[str, ...] = ("held_out", "fit_set")) -> dict[str, list[EvalResult]]:
     """Held-out frames (100-199) and the frames the models were fitted on (0-99), every protocol.
     `describe` maps images to descriptors, or is a dict {split: {traverse: descriptors}} already made;
     `keep`, when given, receives the descriptors (the seed ensemble reuses them)."""
     traverses = sorted({t for p in PROTOCOLS for t in p})
     out = {}
     for split, frames in (("held_out", range(*EVAL_FRAMES)), ("fit_set", range(*FIT_FRAMES))):
+        if split not in splits:
+            continue
         sets = {t: load_traverse(data_dir / t, frames) for t in traverses}
         desc = {t: describe[split][t] if isinstance(describe, dict) else describe(s.images) for t, s in sets.items()}
         if keep is not None:

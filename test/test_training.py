@@ -242,6 +242,23 @@ def test_weight_average_is_the_running_mean_and_survives_a_resume(tmp_path):
         WeightAverage(net).apply_to(copy)
 
 
+def test_uniform_soup_is_the_mean_of_the_members_weights_and_refuses_other_shapes():
+    from densernet_core.training.averaging import uniform_soup
+
+    torch.manual_seed(0)
+    members = [torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)) for _ in range(3)]
+    for i, m in enumerate(members):
+        m[1].num_batches_tracked.fill_(i + 1)  # an integer buffer: kept from the first member, not averaged
+    expected = torch.stack([m[0].weight.detach().clone() for m in members]).mean(0)
+    soup = uniform_soup(members)
+    assert soup is members[0] and torch.allclose(soup[0].weight, expected, atol=1e-7)
+    assert int(soup[1].num_batches_tracked) == 1
+    with pytest.raises(ValueError, match="model 1 of the soup"):
+        uniform_soup([torch.nn.Linear(3, 2), torch.nn.Linear(4, 2)])
+    with pytest.raises(ValueError, match="at least one"):
+        uniform_soup([])
+
+
 def test_average_from_makes_the_model_the_mean_of_the_late_steps(route, tmp_path):
     run = tmp_path / "run"
     cfg = load_train_config(write_config(route, tmp_path / "avg.yaml", **{"optim.epochs": 2, "optim.average_from": 2}))
@@ -291,9 +308,9 @@ def test_each_source_positives_take_every_traversal_in_turn_while_training(route
     chosen: dict[tuple[int, int], int] = {}
     mine = mining.TupleMiner.mine
 
-    def spy(self, query, q_desc, db_desc, round=0):
-        p, negs = mine(self, query, q_desc, db_desc, round)
-        chosen[query, round] = str(self.db_groups[p])
+    def spy(self, query, q_desc, db_desc, epoch=0):
+        p, negs = mine(self, query, q_desc, db_desc, epoch)
+        chosen[query, epoch] = str(self.db_groups[p])
         return p, negs
 
     monkeypatch.setattr(mining.TupleMiner, "mine", spy)

@@ -72,3 +72,22 @@ class WeightAverage:
         unknown = sorted(set(self.mean) - set(self._trainable()))
         if unknown:
             raise ValueError(f"{path} averages parameters this model does not train: {unknown[:5]}")
+
+
+@torch.no_grad()
+def uniform_soup(models: list[nn.Module]) -> nn.Module:
+    """The first model with every floating weight replaced by the mean over all of them (a "model soup").
+
+    Meant for runs trained from one initialisation (`cluster.seed`) in different orders: they stay close
+    enough that the mean of their weights behaves like their ensemble, at one network's cost; runs from
+    different k-means initialisations have unrelated clusters and must not be mixed (docs/TRAINING.md)."""
+    if not models:
+        raise ValueError("a soup needs at least one model")
+    states = [m.state_dict() for m in models]
+    for i, state in enumerate(states[1:], 1):
+        if state.keys() != states[0].keys() or any(state[k].shape != v.shape for k, v in states[0].items()):
+            raise ValueError(f"model {i} of the soup has other weights than model 0 (another preset or size)")
+    mean = {k: (sum(s[k].double() for s in states) / len(states)).to(v.dtype) if v.is_floating_point() else v
+            for k, v in states[0].items()}
+    models[0].load_state_dict(mean)
+    return models[0]

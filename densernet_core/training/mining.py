@@ -80,20 +80,20 @@ class TupleMiner:
         return np.array([i for i in range(len(self.pos))
                          if len(self.pos[i]) and len(self.neg_pool[i]) >= self.num_negatives], dtype=np.int64)
 
-    def mine(self, query: int, q_desc: np.ndarray, db_desc: np.ndarray, round: int = 0) -> tuple[int, np.ndarray]:
+    def mine(self, query: int, q_desc: np.ndarray, db_desc: np.ndarray, epoch: int = 0) -> tuple[int, np.ndarray]:
         """Best positive (nearest in descriptor space) and the hardest negatives for one query.
 
         "nearest" lets the easiest other traversal win nearly every time: with Gardens Point's three, a
         night_right query's nearest positive is a day_right frame 89-90 times in 100, and a day_left query's
-        is never a night_right frame. "each_source" takes the query's traversals with a positive in turn (`round`: the
-        epoch), so every pair of conditions is trained."""
+        is never a night_right frame. "each_source" takes the query's traversals with a positive in turn,
+        one per epoch, so every pair of conditions is trained."""
         pos = self.pos[query]
         if len(pos) == 0:
             raise ValueError(f"query {query} has no positive within the radius")
         if self.positive == "each_source":
             groups = np.asarray(self.db_groups)[pos]
             sources = np.unique(groups)
-            pos = pos[groups == sources[(self.turn[query] + round) % len(sources)]]
+            pos = pos[groups == sources[(self.turn[query] + epoch) % len(sources)]]
         sims = db_desc[pos] @ q_desc
         best_pos = int(pos[int(np.argmax(sims))])
         pool = self.neg_pool[query]
