@@ -120,8 +120,10 @@ def dataclass_from_mapping(cls: type, data: Mapping[str, Any], where: str) -> An
                 values[key] = float(value)
             except ValueError:
                 raise ConfigError(f"{where}: {key} must be a number, got {value!r}") from None
-        elif types[key] in ("int", int) and not (isinstance(value, int) and not isinstance(value, bool)):
-            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+        elif types[key] in ("int", int, "int | None"):
+            optional = types[key] == "int | None"  # null: the field's own default behaviour
+            if not ((optional and value is None) or (isinstance(value, int) and not isinstance(value, bool))):
+                raise ConfigError(f"{where}: {key} must be an integer{' or null' if optional else ''}, got {value!r}")
     try:
         return cls(**values)
     except TypeError as exc:

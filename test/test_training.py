@@ -295,9 +295,13 @@ def test_cluster_seed_gives_every_run_seed_the_same_initialisation(route, tmp_pa
         fixed = init(f"s0{branch_init}", **{"seed": 0, "cluster.seed": 0, "cluster.branch_init": branch_init})
         assert init(f"s1fixed{branch_init}", **{"seed": 1, "cluster.seed": 0, "cluster.branch_init": branch_init}) == fixed
         assert init(f"s1{branch_init}", **{"seed": 1, "cluster.branch_init": branch_init}) != fixed
-    for bad in ("-1", "x", "1.5"):
-        with pytest.raises(ConfigError, match="cluster.seed"):
+    for bad, named in (("-1", r"cluster\.seed must be >= 0 or null, got -1"),
+                       ("x", "cluster: seed must be an integer or null, got 'x'"),
+                       ("1.5", "cluster: seed must be an integer or null, got 1.5"),
+                       ("true", "cluster: seed must be an integer or null, got True")):
+        with pytest.raises(ConfigError, match=named):
             load_train_config(write_config(route, tmp_path / "bad.yaml"), [f"cluster.seed={bad}"])
+    assert load_train_config(write_config(route, tmp_path / "null.yaml"), ["cluster.seed=null"]).cluster.seed is None
 
 
 def test_each_source_positives_take_every_traversal_in_turn_while_training(route, tmp_path, monkeypatch):

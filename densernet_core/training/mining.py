@@ -71,6 +71,8 @@ class TupleMiner:
             raise ValueError(f"positive choice {self.positive!r} unknown; choose one of {list(POSITIVE_CHOICES)}")
         if self.positive == "each_source" and self.db_groups is None:
             raise ValueError("positive choice 'each_source' needs each database image's traversal (db_groups)")
+        if self.db_groups is not None:
+            self.db_groups = np.asarray(self.db_groups)
         self.rng = np.random.default_rng(self.seed)
         # each query's first source in the rotation, drawn once so that a resumed run rotates as before
         self.turn = np.random.default_rng([self.seed, len(self.pos)]).integers(0, 1 << 30, len(self.pos))
@@ -91,7 +93,7 @@ class TupleMiner:
         if len(pos) == 0:
             raise ValueError(f"query {query} has no positive within the radius")
         if self.positive == "each_source":
-            groups = np.asarray(self.db_groups)[pos]
+            groups = self.db_groups[pos]
             sources = np.unique(groups)
             pos = pos[groups == sources[(self.turn[query] + epoch) % len(sources)]]
         sims = db_desc[pos] @ q_desc

@@ -55,8 +55,8 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         if self.descriptors_per_image < 1 or self.max_images < 1 or self.iterations < 1:
             raise ConfigError("cluster: descriptors_per_image, max_images and iterations must be >= 1")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
-            raise ConfigError(f"cluster.seed must be a whole number >= 0 or null, got {self.seed!r}")
+        if self.seed is not None and self.seed < 0:  # its type is checked on load (config.dataclass_from_mapping)
+            raise ConfigError(f"cluster.seed must be >= 0 or null, got {self.seed!r}")
         if self.branch_init not in BRANCH_INITS:
             raise ConfigError(f"cluster.branch_init {self.branch_init!r} unknown; choose one of {list(BRANCH_INITS)}")
 
