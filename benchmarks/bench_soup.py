@@ -1,11 +1,12 @@
 """Model soups against the seed-to-seed spread: runs from one initialisation, their weights averaged.
 
-    .venv/bin/python benchmarks/bench_soup.py [--inits 0 1 2] [--offsets 0 10 20] [--out bench_out/gp_soup]
+    .venv/bin/python benchmarks/bench_soup.py [--inits 0 1 2] [--offsets 0 10 20] [--sizes 3] [--out bench_out/gp_soup]
 
 For each initialisation k (`cluster.seed=k`: the images' locations sampled, branch PCA and k-means of the
 recipe's seed k), the Gardens Point recipe is trained once per offset o with training seed k + o (only
-the tuple order differs; offset 0 is the recipe's own seed k), and the members' weights are averaged into
-one model (`averaging.uniform_soup`). Every member and every soup is evaluated on the held-out frames
+the tuple order differs; offset 0 is the recipe's own seed k), and the first n members' weights are averaged into
+one model for each n of --sizes (`averaging.uniform_soup`; default: all members), so soups of 3 and of 5
+members are compared over the same runs. Every member and every soup is evaluated on the held-out frames
 100-199 as `bench_gardens_point.py` evaluates (its protocols and tolerance). Reported: each member, each
 soup, and over all members and over the soups the mean +- sd (n-1). Training is resumable (each run
 folder), and evaluations are kept by checkpoint hash in <out>/evaluations.json, so a rerun repeats
@@ -58,11 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inits", type=int, nargs="+", default=[0, 1, 2], help="initialisation seeds")
     parser.add_argument("--offsets", type=int, nargs="+", default=[0, 10, 20],
                         help="training seed = init + offset, one member each")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None,
+                        help="soup sizes n: the first n members of each initialisation (default: all of them)")
     parser.add_argument("--out", default="bench_out/gp_soup")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     if len(set(args.offsets)) != len(args.offsets) or any(o < 0 for o in args.offsets):
         parser.error("--offsets must be distinct and >= 0")
+    sizes = sorted(set(args.sizes or [len(args.offsets)]))
+    if sizes[0] < 2 or sizes[-1] > len(args.offsets):
+        parser.error(f"--sizes must lie in 2..{len(args.offsets)} (the number of --offsets)")
     setup_logging()
     data, out = Path(args.data), Path(args.out)
     if not all((data / t).is_dir() for t in ("day_left", "day_right", "night_right")):
@@ -70,31 +76,41 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     store = out / "evaluations.json"
-    inits, members_all, soups = [], [], []
+    inits, members_all = [], []
+    soups: dict[int, list[dict[str, float]]] = {n: [] for n in sizes}
     for k in args.inits:
         members = []
         for o in args.offsets:
             cfg = load_train_config(args.config, [f"cluster.seed={k}", f"seed={k + o}"])
             path = Trainer(cfg, out / "runs" / f"init{k}_order{k + o}", out / "cache").train()
             members.append((k + o, path, held_out_r1(path, data, args.device, store)))
-        soup_path = out / "runs" / f"soup_init{k}.safetensors"
-        if not soup_path.is_file():
-            soup = uniform_soup([load_model(p, "cpu") for _, p, _ in members])
-            save_checkpoint(soup, soup_path, {"stage": "soup", "members": ",".join(str(p) for _, p, _ in members)})
-        soup_r1 = held_out_r1(soup_path, data, args.device, store)
-        inits.append({"init": k, "members": [{"seed": s, "r1": r} for s, _, r in members], "soup": soup_r1})
+        soup_r1 = {}
+        for n in sizes:
+            # Named by its members' seeds, so a rerun with other --offsets never reuses a soup of other runs.
+            soup_path = out / "runs" / f"soup_init{k}_seeds{'-'.join(str(s) for s, _, _ in members[:n])}.safetensors"
+            if not soup_path.is_file():
+                soup = uniform_soup([load_model(p, "cpu") for _, p, _ in members[:n]])
+                save_checkpoint(soup, soup_path, {"stage": "soup",
+                                                  "members": ",".join(str(p) for _, p, _ in members[:n])})
+            soup_r1[n] = held_out_r1(soup_path, data, args.device, store)
+        inits.append({"init": k, "members": [{"seed": s, "r1": r} for s, _, r in members],
+                      "soups": {str(n): r for n, r in soup_r1.items()}})
         members_all += [r for _, _, r in members]
-        soups.append(soup_r1)
-    results = {"protocols": NAMES, "offsets": args.offsets, "inits": inits,
-               "members": stats(members_all), "soups": stats(soups)}
-    lines = ["R@1 on Gardens Point frames 100-199 (trained on 0-99), correct when |i-j| <= 2.", "",
-             "| initialisation | training seeds | " + " | ".join(f"{n}: members / soup" for n in NAMES) + " |",
+        for n in sizes:
+            soups[n].append(soup_r1[n])
+    results = {"protocols": NAMES, "offsets": args.offsets, "sizes": sizes, "inits": inits,
+               "members": stats(members_all), "soups": {str(n): stats(soups[n]) for n in sizes}}
+    lines = ["R@1 on Gardens Point frames 100-199 (trained on 0-99), correct when |i-j| <= 2. "
+             f"Soups of the first {' / '.join(map(str, sizes))} members.", "",
+             "| initialisation | training seeds | " + " | ".join(f"{n}: members / soups" for n in NAMES) + " |",
              "|---|---|" + "---|" * len(NAMES)]
     for row in inits:
-        cells = [" ".join(f"{m['r1'][n]:.2f}" for m in row["members"]) + f" / **{row['soup'][n]:.2f}**" for n in NAMES]
+        cells = [" ".join(f"{m['r1'][n]:.2f}" for m in row["members"]) + " / **"
+                 + " ".join(f"{row['soups'][str(k)][n]:.2f}" for k in sizes) + "**" for n in NAMES]
         lines.append(f"| {row['init']} | {', '.join(str(m['seed']) for m in row['members'])} | " + " | ".join(cells) + " |")
-    for label, s, count in (("every member", results["members"], len(members_all)),
-                            ("the soups", results["soups"], len(soups))):
+    summary = [("every member", results["members"], len(members_all))]
+    summary += [(f"soups of {k}", results["soups"][str(k)], len(soups[k])) for k in sizes]
+    for label, s, count in summary:
         lines.append(f"| {label}: mean ± sd over {count} | | " + " | ".join(f"{s[n][0]:.3f} ± {s[n][1]:.3f}" for n in NAMES)
                      + " |")
     plot(results, out / "soup.png")
@@ -110,10 +126,12 @@ def plot(results: dict, png: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     x = np.arange(len(NAMES))
-    for i, (label, key) in enumerate((("single runs", "members"), ("soups (one per initialisation)", "soups"))):
-        s = results[key]
-        ax.bar(x + (i - 0.5) * 0.35, [s[n][0] for n in NAMES], 0.35, yerr=[s[n][1] for n in NAMES], capsize=3,
-               label=label)
+    bars = [("single runs", results["members"])]
+    bars += [(f"soups of {k} (one per initialisation)", results["soups"][str(k)]) for k in results["sizes"]]
+    width = 0.8 / len(bars)
+    for i, (label, s) in enumerate(bars):
+        ax.bar(x + (i - (len(bars) - 1) / 2) * width, [s[n][0] for n in NAMES], width, yerr=[s[n][1] for n in NAMES],
+               capsize=3, label=label)
     ax.set_xticks(x)
     ax.set_xticklabels(NAMES)
     ax.set_ylabel("Recall@1, mean ± sd")
