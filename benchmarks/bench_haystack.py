@@ -8,7 +8,7 @@ Maps and queries (the trained `small` of the Gardens Point demo, `--checkpoint`;
 - KITTI: map the even frames, queries the odd ones (at 128x416), right within 2 frames.
 
 Each map is padded with distractors up to `--sizes` places. A distractor is derived from two real
-descriptors of a pool that holds none of the evaluated places (Gardens Point: frames 0-99 of its three
+descriptors (two different frames) of a pool that holds none of the evaluated places (Gardens Point: frames 0-99 of its three
 traversals, or with `--pool day` of its two day ones, and the KITTI frames; KITTI: all Gardens Point
 frames): each of the raw VLAD's cluster blocks is taken from one of the two at random, then the whole is
 normalised. Its blocks are real ones, and it resembles a query as much as the real images it mixes do. Distractor places lie on a line far from
@@ -20,8 +20,8 @@ that size gets (`auto`), built over the padded map, saved and loaded back as a m
 descriptors memory-mapped). Reported: R@1; the single-frame estimator's fixes, right fixes and median
 error (calibrated confidence; the observation model fitted on the unpadded map, used for all three);
 top-1 agreement of the compact search with the exact one at re-rank depths 16, 32 (the default) and
-64 (a place as similar as exact search's top-1, within TIE, counts as agreeing: the padded maps hold
-identical distractors, and a tie between them is no miss); query time. The padded Gardens Point map of the largest size stays in <out>/ as a map folder (the
+64 (a place as similar as exact search's top-1, within TIE, counts as agreeing: a tie is no miss, and
+maps padded before distractors mixed two different frames held copies); query time. The padded Gardens Point map of the largest size stays in <out>/ as a map folder (the
 node benchmark runs on it). Each compact map is also queried with its own places' stored descriptors (every
 real place and 1,000 distractors: what its search was fitted on): the share answered with the place itself
 or a tie; `--self-check` does only that, on the map folders kept in <out>. Writes <out>/results.json and
@@ -130,7 +130,10 @@ def padded_map(case: Case, size: int, folder: Path, num_clusters: int, seed: int
     blocks = case.pool.reshape(len(case.pool), num_clusters, d // num_clusters)
     for s in range(n_real, size, CHUNK):
         m = min(CHUNK, size - s)
-        a, b = rng.integers(len(blocks), size=m), rng.integers(len(blocks), size=m)
+        # b is never a: a distractor mixed from one frame with itself is that frame again (a copy of a pool
+        # frame, or of a map place where the pool holds them), a tie with it rather than a distractor.
+        a = rng.integers(len(blocks), size=m)
+        b = (a + rng.integers(1, len(blocks), size=m)) % len(blocks)
         pick = rng.random((m, num_clusters, 1)) < 0.5
         x = np.where(pick, blocks[a], blocks[b]).reshape(m, d)
         out[s:s + m] = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)

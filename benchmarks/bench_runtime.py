@@ -1,6 +1,7 @@
 """Deployment runtimes on this CPU: PyTorch fp32 vs ONNX Runtime and OpenVINO, fp32 and int8 (issue 16).
 
-    .venv/bin/python benchmarks/bench_runtime.py [--out bench_out/runtime]
+    .venv/bin/python benchmarks/bench_runtime.py [--out bench_out/runtime] [--presets small] [--sizes 192 320]
+                                                 [--int8-weight-bits 8]
 
 For each preset (`small`: the headline run's trained checkpoint; `large`: an off-the-shelf checkpoint
 made by `densernet init` from Gardens Point day_left frames 0-99) and image size (192x320, 480x640):
@@ -9,7 +10,8 @@ in one process, backends interleaved per frame so drift hits them alike; and, at
 checkpoints' size), Gardens Point held-out R@1 (frames 100-199, the headline's three protocols) per
 backend. A precision is accepted where its R@1 stays within 0.01 of torch fp32 on all three
 protocols. int8: static quantization of the trunk and branches, calibrated on 25 day_left map frames
-(100-199, every 4th). Writes <out>/results.json, table.md and runtime.png.
+(100-199, every 4th), with 7-bit weights (`--int8-weight-bits 8`: the full range, which saturates on
+CPUs without VNNI). Writes <out>/results.json, table.md and runtime.png.
 
     .venv/bin/python benchmarks/bench_runtime.py --recall-size 480 640 [--variants torch/fp32 openvino/int8 ...]
 
@@ -32,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
 from densernet_core.images import read_image  # noqa: E402
-from densernet_core.model.runtime import export_onnx, load_describer  # noqa: E402
+from densernet_core.model.runtime import (INT8_WEIGHT_BITS, INT8_WEIGHT_BITS_CHOICES, export_onnx,  # noqa: E402
+                                          load_describer)
 from densernet_core.training.evaluation import evaluate_descriptors  # noqa: E402
 from benchmarks.report import save_report  # noqa: E402
 
@@ -75,9 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench_out/runtime")
     p.add_argument("--frames", type=int, default=20, help="latency frames per backend and size")
     p.add_argument("--recall-size", type=int, nargs=2, metavar=("H", "W"), help="only R@1 of small at this size")
+    p.add_argument("--presets", nargs="+", choices=("small", "large"), default=["small", "large"])
+    p.add_argument("--sizes", type=int, nargs="+", metavar="H W", default=[v for hw in SIZES for v in hw],
+                   help="image sizes as H W pairs (default 192 320 480 640)")
+    p.add_argument("--int8-weight-bits", type=int, choices=INT8_WEIGHT_BITS_CHOICES, default=INT8_WEIGHT_BITS,
+                   help="int8 engines' weight range (8 saturates on CPUs without VNNI: compare both there)")
     p.add_argument("--variants", nargs="+", default=[f"{b}/{q}" for b, q in VARIANTS],
                    help="with --recall-size: backend/precision pairs (torch/fp32 is always measured)")
     args = p.parse_args(argv)
+    if len(args.sizes) % 2:
+        p.error("--sizes takes H W pairs")
+    sizes = [tuple(args.sizes[i:i + 2]) for i in range(0, len(args.sizes), 2)]
     setup_logging()
     out, gp = Path(args.out), Path(args.data) / "gardens_point"
     out.mkdir(parents=True, exist_ok=True)
@@ -85,16 +96,17 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.small} not found: run `make bench-train` first (the headline's trained small)")
     calibration = [gp / "day_left" / f"Image{i:03d}.jpg" for i in range(100, 200, 4)]
     if args.recall_size:
-        return recall_at(Path(args.small), tuple(args.recall_size), args.variants, calibration, gp, out)
+        return recall_at(Path(args.small), tuple(args.recall_size), args.variants, calibration, gp, out,
+                         args.int8_weight_bits)
     large = out / "large_off_the_shelf.safetensors"
-    if not large.is_file():
+    if "large" in args.presets and not large.is_file():
         fit = [gp / t / f"Image{i:03d}.jpg" for t in ("day_left",) for i in range(0, 100)]
         make_checkpoint(fit, large, preset="large", image_size=CHECKPOINT_SIZE, progress=False)
-    checkpoints = {"small": Path(args.small), "large": large}
+    checkpoints = {k: v for k, v in {"small": Path(args.small), "large": large}.items() if k in args.presets}
     frames = [read_image(gp / "night_right" / f"Image{i:03d}.jpg") for i in range(100, 100 + args.frames)]
     results = []
     for preset, ckpt in checkpoints.items():
-        for size in SIZES:
+        for size in sizes:
             models, export_s = {}, {}
             for backend, precision in VARIANTS:
                 key = f"{backend} {precision}"
@@ -103,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                     engine = out / f"{preset}_{size[0]}x{size[1]}_{precision}.onnx"
                     if precision not in export_s:
                         t = time.perf_counter()
-                        export_onnx(ckpt, engine, size, precision, calibration)
+                        export_onnx(ckpt, engine, size, precision, calibration, args.int8_weight_bits)
                         export_s[precision] = round(time.perf_counter() - t, 1)
                 models[key] = load_describer(ckpt, "cpu", size, backend, engine)
             ref = models["torch fp32"].describe(frames[:5])
@@ -125,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def recall_at(ckpt: Path, size: tuple[int, int], variants: list[str], calibration: list[Path], gp: Path,
-              out: Path) -> int:
+              out: Path, int8_weight_bits: int = INT8_WEIGHT_BITS) -> int:
     """R@1 of `small` at `size` per backend/precision, against torch fp32 at the same size."""
     wanted = ["torch/fp32"] + [v for v in variants if v != "torch/fp32"]
     r1 = {}
@@ -135,7 +147,7 @@ def recall_at(ckpt: Path, size: tuple[int, int], variants: list[str], calibratio
         if backend != "torch":
             engine = out / f"small_{size[0]}x{size[1]}_{precision}.onnx"
             if not engine.is_file():
-                export_onnx(ckpt, engine, size, precision, calibration)
+                export_onnx(ckpt, engine, size, precision, calibration, int8_weight_bits)
         t = time.perf_counter()
         r1[variant] = recall(load_describer(ckpt, "cpu", size, backend, engine), gp)
         print(f"{variant}: R@1 {r1[variant]} ({time.perf_counter() - t:.0f} s)", flush=True)

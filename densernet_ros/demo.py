@@ -121,9 +121,13 @@ def write_bag(query: GeoImages, bag: Path, topic: str = "/image", size: tuple[in
             w.write(conn, int(t * 1e9), ts.serialize_cdr(msg, Image.__msgtype__))
 
 
-def replay(bag: Path, proc: subprocess.Popen, rate: float, timeout: float, log: Path) -> tuple[dict, dict, dict, int]:
+def replay(bag: Path, proc: subprocess.Popen, rate: float, timeout: float, log: Path,
+           lockstep: bool = False) -> tuple[dict, dict, dict, int]:
     """Publish the bag's images at their recorded rate; return {stamp: pose}, {stamp: latency s},
-    {stamp: the node's place status values (both modes' answers)}, frames sent."""
+    {stamp: the node's place status values (both modes' answers)}, frames sent. With `lockstep`, each
+    frame waits (up to `timeout`) for the node's answer to the one before, so a CPU slower than the
+    replay drops no frames and the figures do not depend on its speed (the filter runs on the stamps,
+    and latency is then the node's own, without queueing)."""
     from geometry_msgs.msg import PoseWithCovarianceStamped
     from rclpy.qos import qos_profile_sensor_data
     from diagnostic_msgs.msg import DiagnosticArray
@@ -147,13 +151,15 @@ def replay(bag: Path, proc: subprocess.Popen, rate: float, timeout: float, log: 
         player.node.create_subscription(DiagnosticArray, "place_recognition/place", on_place, 10)
         player.wait_for_node(proc, pub, "place_recognition/pose", timeout, log)
         time.sleep(1.0)
-        frames = 0
+        frames, last = 0, None  # last: the stamp of the frame published last
         with AnyReader([bag]) as reader:
             t0_bag = t0_wall = None
             for conn, t, raw in reader.messages():
                 m = reader.deserialize(raw, conn.msgtype)
                 t0_bag = t0_bag if t0_bag is not None else t
                 t0_wall = t0_wall if t0_wall is not None else time.monotonic()
+                if lockstep and last is not None:  # then at its recorded time, or at once if the answer came later
+                    _wait_for_answer(places, last, timeout, proc)
                 delay = t0_wall + (t - t0_bag) / 1e9 / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
@@ -165,10 +171,23 @@ def replay(bag: Path, proc: subprocess.Popen, rate: float, timeout: float, log: 
                 key = m.header.stamp.sec * 10 ** 9 + m.header.stamp.nanosec
                 sent[key] = time.monotonic()
                 pub.publish(msg)
-                frames += 1
-        time.sleep(3.0)  # let the last frame finish
+                frames, last = frames + 1, key
+        if lockstep and last is not None:
+            _wait_for_answer(places, last, timeout, proc)
+        time.sleep(3.0)  # let the last frame finish (and its pose arrive)
     latency = {k: received_at[k] - sent[k] for k in received_at if k in sent}
     return poses, latency, places, frames
+
+
+def _wait_for_answer(places: dict, key: int, timeout: float, proc: subprocess.Popen) -> None:
+    end = time.monotonic() + timeout
+    while key not in places:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the node exited (code {proc.returncode}) before answering the frame stamped {key} ns")
+        if time.monotonic() > end:
+            raise RuntimeError(f"no answer to the frame stamped {key} ns within {timeout:.0f} s "
+                               "(--realtime does not wait for answers)")
+        time.sleep(0.005)
 
 
 def _answers(places: dict, stamps: list[int], mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -195,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--places", type=int, default=120)
     p.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
     p.add_argument("--rate", type=float, default=1.0, help="replay speed (1 = recorded rate)")
+    p.add_argument("--realtime", action="store_true",
+                   help="publish every frame at its recorded time, answered or not (a CPU slower than the camera "
+                        "then drops frames, as on a robot). Default: each frame waits for the answer to the one "
+                        "before (never earlier than recorded), so the figures do not depend on this CPU's speed")
     p.add_argument("--shared", default=os.environ.get("DENSERNET_SHARED_DATA", "../shared/data"),
                    help="the shared data folder (default ../shared/data from the repository root)")
     p.add_argument("--checkpoint", help="use this checkpoint (default: made or trained by the demo, see above)")
@@ -291,7 +314,7 @@ def _run(args: argparse.Namespace) -> int:
     proc = start_node(map_dir.resolve(), node_env(), log,
                       {"cluster_radius": radius, "max_speed": GP_MAX_SPEED if gp else SYNTH_MAX_SPEED})
     try:
-        poses, latency, places, frames = replay(bag, proc, args.rate, 120, log)
+        poses, latency, places, frames = replay(bag, proc, args.rate, 120, log, lockstep=not args.realtime)
     finally:
         stop_node(proc)
     stamps = [int(round(t * 1e9)) for t in query_run.timestamps]
@@ -310,11 +333,13 @@ def _run(args: argparse.Namespace) -> int:
     if not np.array_equal(published, fix):
         raise RuntimeError("the poses published differ from the node's filtered answers in place_recognition/place")
     lat = np.array(list(latency.values())) * 1000
+    unanswered = sum(k not in places for k in stamps)  # dropped by the node's newest-frame slot while busy
     from densernet_core.model.checkpoint import checkpoint_hash
 
     report = {"data": args.data, "checkpoint_sha256": checkpoint_hash(ckpt),
               "frames_sent": frames, "poses_received": len(poses), "fixes": int(sum(fix)),
-              "no_fix": int(len(fix) - sum(fix)), "error": stats, "unit": unit,
+              "no_fix": int(len(fix) - sum(fix) - unanswered), "unanswered": unanswered,
+              "lockstep": not args.realtime, "error": stats, "unit": unit,
               "open_set": modes["filtered"]["open_set"],
               "single_frame": {"fixes": int(sum(modes["single"]["fix"])), "error": modes["single"]["stats"],
                                "open_set": modes["single"]["open_set"]},
@@ -341,7 +366,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.figure:
         shutil.copy(png, args.figure)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    print(f"frames sent {frames}, poses received {len(poses)}, fixes {sum(fix)}, no fix {len(fix) - sum(fix)}")
+    print(f"frames sent {frames}, poses received {len(poses)}, fixes {sum(fix)}, no fix {report['no_fix']}, "
+          f"unanswered {unanswered}" + (" (dropped while the node was busy: this CPU describes slower than the "
+                                        "camera's rate; without --realtime each frame waits for its answer)"
+                                        if unanswered else ""))
     for mode, label in (("filtered", "filtered (published)"), ("single", "single-frame")):
         s = modes[mode]["stats"]
         within = ", ".join(f"{100 * v:.0f}% within {k[7:]} {unit}" for k, v in s.items() if k.startswith("within_"))

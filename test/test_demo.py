@@ -73,11 +73,15 @@ def test_reduced_demo_through_the_real_node(tmp_path, caffe_weights_ready):
     report = json.loads((out / "report.json").read_text())
     assert report["frames_sent"] == 30
     assert report["poses_received"] == report["fixes"]
+    # lockstep (the default): no frame is dropped however slow this CPU is (a 2-core AVX2 machine,
+    # publishing at 4x in real time, answered 16 of 30 frames, and the fixes it lost were frames it never saw)
+    assert report["unanswered"] == 0 and report["lockstep"]
     assert report["fixes"] + report["no_fix"] == 30
     assert (out / "demo.png").stat().st_size > 10_000
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert report["error"]["median"] <= report["median_error_bound"]
-    # measured here (2026-11-30, twice): 30 fixes, median 0.51 m, p90 1.34 m, all within 2 m; a real
+    # measured (2026-11-30, AVX-512 CPU, twice): 30 fixes, median 0.51 m, p90 1.34 m, all within 2 m;
+    # (2026-12-01, 2-core AVX2 CPU, lockstep): 30 fixes, median 0.53 m, p90 1.37 m, all within 2 m; a real
     # regression (a swapped axis, a lost frame, a wrong place) moves these by a place spacing (2 m)
     assert report["fixes"] >= 28 and report["error"]["median"] <= 0.75 and report["error"]["within_2"] >= 0.95, \
         report["error"]

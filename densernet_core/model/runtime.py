@@ -10,6 +10,7 @@ its checkpoint's sha256, a map refuses a mismatched engine too.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -22,6 +23,8 @@ from ..images import ImageLike, as_image_list, prepare_batch, prepared_batches
 from .checkpoint import checkpoint_hash, load_model
 from .network import DEFAULT_BATCH, DenserNet, resolve_device
 
+log = logging.getLogger(__name__)
+
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 EXPORT_FORMATS = ("onnx", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -30,6 +33,11 @@ BACKEND_FORMATS = {"onnxruntime": ("onnx",), "openvino": ("onnx", "openvino"), "
 # int8: the VGG16 trunk and the 1x1 branches (where the time goes); NetVLAD's soft assignment and
 # normalisation stay fp32.
 INT8_EXCLUDE = "netvlad"
+# int8 weights keep 7 bits: x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake, AMD before Zen 4)
+# multiply uint8 activations by int8 weights in pairs summed into int16 (vpmaddubsw), which saturates
+# with 8-bit weights: descriptors at cosine 0.71 to fp32 there, 0.92 with 7 bits (0.95 is the 8-bit ideal).
+INT8_WEIGHT_BITS = 7
+INT8_WEIGHT_BITS_CHOICES = (7, 8)  # 8: a little closer to fp32, but only on VNNI CPUs (benchmarks compare)
 MIN_CALIBRATION_IMAGES = 8
 ONNX_OPSET = 17
 META_KEY = "densernet"  # ONNX metadata_props key holding the provenance JSON
@@ -52,7 +60,8 @@ class _Exported(torch.nn.Module):
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, image_size: tuple[int, int] | None = None,
-                precision: str = "fp32", calibration: Sequence[ImageLike] = ()) -> Path:
+                precision: str = "fp32", calibration: Sequence[ImageLike] = (),
+                int8_weight_bits: int = INT8_WEIGHT_BITS) -> Path:
     """The checkpoint's network at its image size (or `image_size`), dynamic batch, with its provenance
     in the metadata. int8: static quantization (QDQ, per channel) calibrated on `calibration` images,
     which should be images of the map's environment."""
@@ -60,6 +69,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, image_size: tuple[int, 
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if int8_weight_bits not in INT8_WEIGHT_BITS_CHOICES:
+        raise ValueError(f"int8_weight_bits must be one of {INT8_WEIGHT_BITS_CHOICES}, got {int8_weight_bits!r}")
     if precision == "int8" and len(calibration) < MIN_CALIBRATION_IMAGES:
         raise ValueError(f"int8 needs at least {MIN_CALIBRATION_IMAGES} calibration images (map images), "
                          f"got {len(calibration)}")
@@ -80,17 +91,19 @@ def export_onnx(checkpoint: str | Path, out: str | Path, image_size: tuple[int, 
     graph = onnx.load(str(tmp))
     meta = {"checkpoint_sha256": checkpoint_hash(checkpoint), "checkpoint": checkpoint.name,
             "preset": model.config.preset, "image_size": [h, w], "descriptor_dim": model.descriptor_dim,
-            "feature_dim": model.config.feature_dim, "precision": precision}
+            "feature_dim": model.config.feature_dim, "precision": precision,
+            **({"int8_weight_bits": int8_weight_bits} if precision == "int8" else {})}
     graph.metadata_props.add(key=META_KEY, value=json.dumps(meta, sort_keys=True))
     onnx.save(graph, str(tmp))
     if precision == "int8":
-        _quantize_int8(tmp, model, calibration)
+        _quantize_int8(tmp, model, calibration, int8_weight_bits)
     os.replace(tmp, out)
     return out
 
 
 def export(checkpoint: str | Path, out: str | Path, fmt: str = "onnx", image_size: tuple[int, int] | None = None,
-           precision: str = "fp32", calibration: Sequence[ImageLike] = ()) -> Path:
+           precision: str = "fp32", calibration: Sequence[ImageLike] = (),
+           int8_weight_bits: int = INT8_WEIGHT_BITS) -> Path:
     """`densernet export`: the checkpoint's network as an engine of format `fmt` at `precision`."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {fmt!r}")
@@ -100,7 +113,7 @@ def export(checkpoint: str | Path, out: str | Path, fmt: str = "onnx", image_siz
                          + (" (int8 is the CPU precision: --format onnx or openvino)" if precision == "int8" else ""))
     out = Path(out)
     if fmt == "onnx":
-        return export_onnx(checkpoint, out, image_size, precision, calibration)
+        return export_onnx(checkpoint, out, image_size, precision, calibration, int8_weight_bits)
     if fmt == "tensorrt":
         from .tensorrt import build_engine, require_tensorrt
 
@@ -114,7 +127,8 @@ def export(checkpoint: str | Path, out: str | Path, fmt: str = "onnx", image_siz
         raise ValueError(f"an OpenVINO IR is a .xml file (with its .bin beside it), not {out.name}")
     import openvino as ov
 
-    onnx_file = export_onnx(checkpoint, out.with_name(out.stem + ".onnx.partial"), image_size, precision, calibration)
+    onnx_file = export_onnx(checkpoint, out.with_name(out.stem + ".onnx.partial"), image_size, precision, calibration,
+                            int8_weight_bits)
     try:
         meta = {**engine_metadata(onnx_file), "format": "openvino"}
         model = ov.convert_model(str(onnx_file))
@@ -125,9 +139,10 @@ def export(checkpoint: str | Path, out: str | Path, fmt: str = "onnx", image_siz
     return out
 
 
-def _quantize_int8(path: Path, model: DenserNet, calibration: Sequence[ImageLike]) -> None:
+def _quantize_int8(path: Path, model: DenserNet, calibration: Sequence[ImageLike], weight_bits: int) -> None:
     """Static int8 in place: activation ranges from the calibration images (MinMax, folded in image by
-    image so memory stays that of one image's activations)."""
+    image so memory stays that of one image's activations); `weight_bits` 7 (reduce_range) keeps the engine
+    as close to fp32 on every x86 CPU (INT8_WEIGHT_BITS)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
 
@@ -155,7 +170,8 @@ def _quantize_int8(path: Path, model: DenserNet, calibration: Sequence[ImageLike
     prepared, quantized = path.with_name(path.name + ".pre"), path.with_name(path.name + ".int8")
     quant_pre_process(str(path), str(prepared))  # shape inference and graph optimisation, as ORT asks
     quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    per_channel=True, reduce_range=weight_bits == 7, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
                     nodes_to_exclude=exclude, extra_options={"CalibStridedMinMax": 1})
     q = onnx.load(str(quantized))
     del q.metadata_props[:]
@@ -205,6 +221,19 @@ def _openvino_metadata(engine: Path) -> dict:
     return json.loads(model.get_rt_info([META_KEY]).astype(str))
 
 
+def cpu_has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this x86 CPU multiplies int8 without int16 saturation (AVX-512 VNNI or AVX-VNNI); True where
+    that cannot be read (not Linux) or does not apply (not x86: no vpmaddubsw there)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return True
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
+    if flags is None:
+        return True
+    return bool({"avx512_vnni", "avx_vnni"} & set(flags))
+
+
 class ExportedModel:
     """The `describe()` of a DenserNet, run by a runtime on an exported engine (subclasses: the runtime)."""
 
@@ -220,6 +249,10 @@ class ExportedModel:
             raise EngineError(f"{engine} was exported from checkpoint {meta['checkpoint_sha256'][:16]}…, "
                               f"not {checkpoint_sha[:16]}…: export it again from this checkpoint")
         self.precision = meta.get("precision", "fp32")
+        if self.precision == "int8" and meta.get("int8_weight_bits", 8) > INT8_WEIGHT_BITS and not cpu_has_vnni():
+            log.warning("%s has 8-bit int8 weights and this CPU has no VNNI: its int8 products saturate "
+                        "(descriptors far from fp32); export it again with `densernet export --precision int8`",
+                        engine)
         if tuple(meta["image_size"]) != tuple(model.config.image_size):
             raise EngineError(f"{engine} runs at {meta['image_size']}, the model at "
                               f"{list(model.config.image_size)}: export at that size (descriptors at other "
