@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
 from densernet_core.images import read_image  # noqa: E402
-from densernet_core.model.runtime import (INT8_WEIGHT_BITS, INT8_WEIGHT_BITS_CHOICES, export_onnx,  # noqa: E402
-                                          load_describer)
+from densernet_core.model.runtime import (INT8_WEIGHT_BITS, INT8_WEIGHT_BITS_CHOICES, engine_metadata,  # noqa: E402
+                                          export_onnx, load_describer)
 from densernet_core.training.evaluation import evaluate_descriptors  # noqa: E402
 from benchmarks.report import save_report  # noqa: E402
 
@@ -146,7 +146,8 @@ def recall_at(ckpt: Path, size: tuple[int, int], variants: list[str], calibratio
         engine = None
         if backend != "torch":
             engine = out / f"small_{size[0]}x{size[1]}_{precision}.onnx"
-            if not engine.is_file():
+            if not engine.is_file() or engine_metadata(engine).get("int8_weight_bits") != (
+                    int8_weight_bits if precision == "int8" else None):  # a full run's engine, if made alike
                 export_onnx(ckpt, engine, size, precision, calibration, int8_weight_bits)
         t = time.perf_counter()
         r1[variant] = recall(load_describer(ckpt, "cpu", size, backend, engine), gp)
