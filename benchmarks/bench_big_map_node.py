@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from densernet_core.datasets import load_traverse  # noqa: E402
 from densernet_core.images import read_image, resize  # noqa: E402
-from densernet_ros.harness import SpinningNode, check_node_params, node_env, start_node, stop_node  # noqa: E402
+from densernet_ros.harness import (SpinningNode, check_node_params, node_env, start_node, stop_node,  # noqa: E402
+                                   wait_until)
 from densernet_ros.image_conversion import rgb_to_image  # noqa: E402
 
 CAMERA_SIZE = (180, 320)
@@ -60,14 +61,8 @@ def memory(pid: int) -> dict[str, float]:
 
 
 def wait_for_log(log: Path, text: str, proc, timeout: float) -> float:
-    t0 = time.monotonic()
-    while text not in (log.read_text() if log.is_file() else ""):
-        if proc.poll() is not None:
-            raise RuntimeError(f"the node exited ({proc.returncode}); see {log}")
-        if time.monotonic() - t0 > timeout:
-            raise RuntimeError(f"no {text!r} in {log} after {timeout:g} s")
-        time.sleep(0.1)
-    return time.monotonic() - t0
+    return wait_until(lambda: text in (log.read_text() if log.is_file() else ""), timeout,
+                      f"{text!r} in {log}", proc, poll_s=0.1)
 
 
 def main(argv: list[str] | None = None) -> int:

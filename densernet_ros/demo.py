@@ -180,14 +180,10 @@ def replay(bag: Path, proc: subprocess.Popen, rate: float, timeout: float, log: 
 
 
 def _wait_for_answer(places: dict, key: int, timeout: float, proc: subprocess.Popen) -> None:
-    end = time.monotonic() + timeout
-    while key not in places:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the node exited (code {proc.returncode}) before answering the frame stamped {key} ns")
-        if time.monotonic() > end:
-            raise RuntimeError(f"no answer to the frame stamped {key} ns within {timeout:.0f} s "
-                               "(--realtime does not wait for answers)")
-        time.sleep(0.005)
+    from .harness import wait_until  # rclpy only where the node is run
+
+    wait_until(lambda: key in places, timeout,
+               f"the answer to the frame stamped {key} ns (--realtime does not wait for answers)", proc, poll_s=0.005)
 
 
 def _answers(places: dict, stamps: list[int], mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

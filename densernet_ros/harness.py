@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
@@ -18,6 +18,21 @@ from rclpy.executors import SingleThreadedExecutor
 SPIN_TIMEOUT_S = 0.02
 # Without ROS_DOMAIN_ID set, a tool picks one of these domains from its pid (keeps parallel runs apart).
 DOMAIN_BASE, DOMAIN_SPAN = 150, 80
+
+
+def wait_until(ready: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None,
+               poll_s: float = 0.05) -> float:
+    """Poll `ready` until it holds and return the seconds waited. A node process (`proc`) that exits
+    first is a RuntimeError, a deadline passed a TimeoutError; both name `what` was awaited, so a tool
+    or test that stalls says on what."""
+    t0 = time.monotonic()
+    while not ready():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the node exited with code {proc.returncode} while waiting for {what}")
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(poll_s)
+    return time.monotonic() - t0
 
 
 def node_env() -> dict[str, str]:
@@ -102,13 +117,8 @@ class SpinningNode:
 
     def wait_for_node(self, proc: subprocess.Popen, publisher, answer_topic: str, timeout: float, log: Path) -> None:
         """Until `publisher` has the node's subscription and the node publishes `answer_topic`."""
-        end = time.monotonic() + timeout
-        while not (publisher.get_subscription_count() > 0 and self.node.count_publishers(answer_topic) > 0):
-            if proc.poll() is not None:
-                raise RuntimeError(f"the node exited with {proc.returncode} (see {log})")
-            if time.monotonic() > end:
-                raise RuntimeError(f"the node did not come up within {timeout:.0f} s (see {log})")
-            time.sleep(0.1)
+        wait_until(lambda: publisher.get_subscription_count() > 0 and self.node.count_publishers(answer_topic) > 0,
+                   timeout, f"the node to come up (see {log})", proc, poll_s=0.1)
 
     def close(self) -> None:
         self._stop.set()

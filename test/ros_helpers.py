@@ -78,21 +78,20 @@ class Client:
             self.diagnostics.append(arr)
 
     def wait_for(self, predicate, timeout: float, what: str) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if predicate():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        from densernet_ros.harness import wait_until
+
+        wait_until(predicate, timeout, what)
 
     def wait_matched(self, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-        def ready():
-            if proc.poll() is not None:
-                raise AssertionError(f"node exited with {proc.returncode}: {proc.stdout.read()}")
-            return (self.pub.get_subscription_count() > 0
-                    and self.node.count_publishers("place_recognition/pose") > 0
-                    and self.node.count_publishers("place_recognition/place") > 0)
-        self.wait_for(ready, timeout, "the node's subscription and publishers to match")
+        from densernet_ros.harness import wait_until
+
+        try:
+            wait_until(lambda: (self.pub.get_subscription_count() > 0
+                                and self.node.count_publishers("place_recognition/pose") > 0
+                                and self.node.count_publishers("place_recognition/place") > 0),
+                       timeout, "the node's subscription and publishers to match", proc)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}: {proc.stdout.read()}") from None
 
     def make_msg(self, rgb: np.ndarray, stamp_ns: int, encoding: str = "rgb8"):
         from densernet_ros.image_conversion import rgb_to_image
@@ -128,9 +127,9 @@ class Client:
                 self.wait_for(lambda: answered(self.places) is not None,
                               min(resend_s, max(end - time.monotonic(), 0.0)), f"the node's answer to frame {stamp}")
                 break
-            except AssertionError:
+            except TimeoutError:
                 if time.monotonic() >= end:
-                    raise AssertionError(f"timed out after {timeout:.0f} s waiting for the node's answer to frame "
+                    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for the node's answer to frame "
                                          f"{stamp}") from None
         values = {kv.key: kv.value for kv in answered(self.places).status[0].values}
         if values.get("fix") != "true":

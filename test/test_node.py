@@ -576,6 +576,24 @@ def test_tool_parameter_overrides_reach_both_ways_of_starting_the_node(tmp_path)
         check_node_params({"cluster_radus": 2.5})
 
 
+def test_tools_wait_names_what_stalled_and_a_node_that_exited():
+    """The demo, the benchmarks and these tests wait through one helper: it returns once ready, and
+    otherwise says what it waited for, and whether the node died first or time ran out."""
+    import subprocess
+    import sys
+
+    from densernet_ros.harness import wait_until
+
+    ticks = iter(range(100))
+    assert wait_until(lambda: next(ticks) >= 3, 5.0, "three ticks", poll_s=0.001) < 5.0
+    with pytest.raises(TimeoutError, match=r"after 0.05 s waiting for the answer to frame 7"):
+        wait_until(lambda: False, 0.05, "the answer to frame 7", poll_s=0.01)
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    dead.wait()
+    with pytest.raises(RuntimeError, match="node exited with code 3 while waiting for the node to come up"):
+        wait_until(lambda: False, 30.0, "the node to come up", dead)
+
+
 @pytest.fixture(scope="module")
 def street_map(tmp_path_factory, caffe_weights_ready):
     """A metric map of the synthetic 3-D street (exact geometry): 12 places, 3-D points, SIFT features."""

@@ -367,7 +367,7 @@ def test_managed_node_follows_the_lifecycle_services_and_publishes_nothing_inact
         try:
             client.wait_for(lambda: len(client.places) > before, seconds, "an answer")
             return True
-        except AssertionError:
+        except TimeoutError:
             return False
 
     try:
