@@ -130,7 +130,7 @@ class Client:
             except TimeoutError:
                 if time.monotonic() >= end:
                     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for the node's answer to frame "
-                                         f"{stamp}") from None
+                                       f"{stamp}") from None
         values = {kv.key: kv.value for kv in answered(self.places).status[0].values}
         if values.get("fix") != "true":
             return values, None
