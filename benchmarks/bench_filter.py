@@ -6,7 +6,9 @@
   100-199 in order, no odometry (the speed bound in frames per frame): forward, a kidnap (100-149
   then 170-199 without warning), backwards, and at twice the speed (every second frame). The
   checkpoint is trained with training/configs/gardens_point_small.yaml on frames 0-99 (as the demo),
-  unless --gp-checkpoint is given.
+  unless --gp-checkpoint is given. Given several (e.g. the seeds of `bench_gardens_point.py --seeds 5`),
+  every Gardens Point row is also reported as mean +- sd over them (issue 22: one checkpoint's fixes
+  are one draw of the training seed); the table's own rows and the plot are the first checkpoint's.
 - KITTI snippet: map from the even frames (with orientations), the odd frames in order, with their
   poses as odometry; metric error. Checkpoint: `densernet init` on the map's own frames.
 - The synthetic street of `make demo`: map run vs query run, stamps 0.5 s apart, speed bound 8 m/s.
@@ -39,7 +41,7 @@ from densernet_core.localization.report import plot_trajectory  # noqa: E402
 from densernet_core.localization.sequence import Frame, MotionSource, poses_by_name  # noqa: E402
 from densernet_core.mapping.placemap import build_map  # noqa: E402
 from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
-from benchmarks.report import fmt_num, save_report  # noqa: E402
+from benchmarks.report import fmt_num, fmt_spread, save_report, spread  # noqa: E402
 
 GP_FRAMES = (100, 200)
 GP_MAX_STEP = 3.0  # frames per frame: room for twice the walking pace
@@ -102,13 +104,13 @@ def kidnap_recovery(run: dict, jump_at: int, tol: float) -> dict:
     return {"frames_until_right": None if right is None else right + 1, "wrong_fixes_meanwhile": int(wrong)}
 
 
-def gardens_point(args, out: Path) -> tuple[dict, dict]:
+def gardens_point(args, out: Path, ckpt: Path | None, map_dir: str = "gp_map") -> tuple[dict, dict]:
     gp = Path(args.data) / "gardens_point"
-    ckpt = Path(args.gp_checkpoint) if args.gp_checkpoint else train_gp(gp, out / "gp_train")
+    ckpt = ckpt if ckpt is not None else train_gp(gp, out / "gp_train")
     model = load_model(ckpt)
     db = load_traverse(gp / "day_left")
     night = load_traverse(gp / "night_right", list(range(*GP_FRAMES)))
-    pmap = build_map(model, ckpt.resolve(), checkpoint_hash(ckpt), db, out / "gp_map", progress=False)
+    pmap = build_map(model, ckpt.resolve(), checkpoint_hash(ckpt), db, out / map_dir, progress=False)
     desc = dict(zip(range(*GP_FRAMES), model.describe(night.images, progress=True)))
     loc = Localizer(model, pmap, PoseEstimatorConfig(cluster_radius=GP_RADIUS),
                     belief=BeliefConfig(max_step=GP_MAX_STEP), mode="filtered")
@@ -121,7 +123,31 @@ def gardens_point(args, out: Path) -> tuple[dict, dict]:
         runs[name] = scenario(loc, desc, order, truth, None)
         results[name] = summarise(runs[name], "frames", 2.0, 1)
     results["kidnap"]["recovery"] = kidnap_recovery(runs["kidnap"], 50, 2.0)
+    results["checkpoint_sha256"] = checkpoint_hash(ckpt)
     return results, runs
+
+
+SPREAD_FIGURES = ("fixes", "within", "median", "p95", "coverage_2sigma")
+
+
+def across_checkpoints(each: list[dict]) -> dict:
+    """Every scenario's figures as mean and sample sd over the checkpoints."""
+    return {name: {mode: {fig: spread([r[name][mode][fig] for r in each]) for fig in SPREAD_FIGURES}
+                   for mode in ("single", "filtered")}
+            for name in each[0] if name != "checkpoint_sha256"}
+
+
+def spread_table(spread_: dict, n: int) -> str:
+    """Gardens Point's rows as mean +- sd over n checkpoints (within as a share, errors in frames); "(k of n)":
+    only k checkpoints made a fix there."""
+    lines = [f"Gardens Point over {n} checkpoints: mean ± sd (sample sd, n-1)", "",
+             "| scenario | mode | fixes | within 2 frames | median error | p95 error | 2-sigma coverage |",
+             "|---|---|---|---|---|---|---|"]
+    for name, modes in spread_.items():
+        for mode, f in modes.items():
+            lines.append(f"| {name} | {mode} | {fmt_spread(f['fixes'], digits=1)} | {fmt_spread(f['within'], 100, 0, ' %')} | "
+                         f"{fmt_spread(f['median'])} | {fmt_spread(f['p95'])} | {fmt_spread(f['coverage_2sigma'], 100, 0, ' %')} |")
+    return "\n".join(lines)
 
 
 def train_gp(gp: Path, run_dir: Path) -> Path:
@@ -204,9 +230,11 @@ def table(results: dict) -> str:
     lines = ["| data | scenario | mode | frames | fixes | within | median error | p95 error | 2-sigma coverage |",
              "|---|---|---|---|---|---|---|---|---|"]
     for data, scenarios in results.items():
-        if data == "filter_cost":
+        if data in ("filter_cost", "Gardens Point, each checkpoint", "Gardens Point, over checkpoints"):
             continue
         for name, s in scenarios.items():
+            if name == "checkpoint_sha256":
+                continue
             for mode in ("single", "filtered"):
                 m = s[mode]
                 within = "-" if m["within"] is None else f"{100 * m['within']:.0f} % <= {m['within_tol']:g} {m['unit']}"
@@ -219,15 +247,26 @@ def table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data"))
-    parser.add_argument("--gp-checkpoint", help="Gardens Point checkpoint (default: trained here on frames 0-99)")
+    parser.add_argument("--gp-checkpoint", nargs="+", type=Path,
+                        help="Gardens Point checkpoint(s) (default: one trained here on frames 0-99); several: "
+                             "each seed's, reported as mean +- sd beside the first one's rows")
     parser.add_argument("--out", default="bench_out/filter")
     args = parser.parse_args(argv)
     setup_logging()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {}
+    for c in args.gp_checkpoint or []:
+        if not c.is_file():
+            parser.error(f"--gp-checkpoint {c}: no such file")
     if (Path(args.data) / "gardens_point" / "day_left").is_dir():
-        results["Gardens Point"], runs = gardens_point(args, out)
+        ckpts = args.gp_checkpoint or [None]
+        results["Gardens Point"], runs = gardens_point(args, out, ckpts[0])
+        if len(ckpts) > 1:
+            each = [results["Gardens Point"]] + [gardens_point(args, out, c, f"gp_map_{k}")[0]
+                                                 for k, c in enumerate(ckpts[1:], start=1)]
+            results["Gardens Point, each checkpoint"] = each
+            results["Gardens Point, over checkpoints"] = across_checkpoints(each)
         fwd = runs["forward"]["rows"]
         truth = np.array([[r["truth"][0], 0.0] for r in fwd])
         xy = {m: np.array([r[m]["position"][:2] for r in fwd]) for m in ("single", "filtered")}
@@ -244,7 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results) + "\n\nFilter step at 10k places: " + "; ".join(
         f"{k}: p50 {v['p50_ms']:.2f} ms, p95 {v['p95_ms']:.2f} ms" for k, v in results["filter_cost"].items())
     if "Gardens Point" in results:
-        text += f"\n\nKidnap recovery: {results['Gardens Point']['kidnap']['recovery']}"
+        text += (f"\n\nGardens Point rows above: checkpoint sha256 {results['Gardens Point']['checkpoint_sha256']}"
+                 f"\n\nKidnap recovery: {results['Gardens Point']['kidnap']['recovery']}")
+    if "Gardens Point, over checkpoints" in results:
+        each = results["Gardens Point, each checkpoint"]
+        text += ("\n\n" + spread_table(results["Gardens Point, over checkpoints"], len(each)) + "\n\nKidnap recovery per "
+                 "checkpoint: " + "; ".join(f"{r['checkpoint_sha256'][:8]}: {r['kidnap']['recovery']}" for r in each))
     save_report(out, results, text)
     return 0
 

@@ -36,13 +36,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from densernet_core.training.baselines import gem_conv5, raw_pixels  # noqa: E402
-from densernet_core.model.checkpoint import load_model  # noqa: E402
+from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from densernet_core.cli import setup_logging  # noqa: E402
 from densernet_core.config import PRESETS  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
 from densernet_core.training.evaluation import EvalResult, evaluate_descriptors  # noqa: E402
 from densernet_core.training.train_config import load_train_config  # noqa: E402
 from densernet_core.training.trainer import Trainer  # noqa: E402
+from benchmarks.report import machine, machine_line  # noqa: E402
 
 LOG = logging.getLogger("densernet")
 PROTOCOLS = (("day_right", "day_left"), ("night_right", "day_right"), ("night_right", "day_left"))
@@ -102,14 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     size = base.model.image_size
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    host = machine()  # trained checkpoints differ between CPUs (issue 22): every results file names its own
+
+    def save() -> None:
+        (out / "results.json").write_text(json.dumps({"image_size": list(size), "tolerance_frames": TOLERANCE,
+                                                      "eval_frames": list(EVAL_FRAMES), "machine": host,
+                                                      "rows": rows}, indent=2))
 
     def record(method: str, results: dict[str, list[EvalResult]], seconds: float, note: str = "",
-               seed: int | None = None) -> None:
+               seed: int | None = None, checkpoint: Path | None = None) -> None:
         rows.append({"method": method, "note": note, "seconds": round(seconds, 1), "seed": seed,
+                     "checkpoint_sha256": checkpoint_hash(checkpoint) if checkpoint else None,
                      "protocols": {r.name: {str(k): v for k, v in r.recalls.items()} for r in results["held_out"]},
                      "fit_set": {r.name: {str(k): v for k, v in r.recalls.items()} for r in results["fit_set"]}})
-        (out / "results.json").write_text(json.dumps({"image_size": list(size), "tolerance_frames": TOLERANCE,
-                                                      "eval_frames": list(EVAL_FRAMES), "rows": rows}, indent=2))
+        save()
 
     t0 = time.time()
     record("raw pixels (patch-normalised grey)", evaluate("raw", lambda ims: raw_pixels(ims, RAW_SIZE), data_dir),
@@ -138,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             seed_desc.append({})
             results = evaluate(f"{preset} trained seed {seeded.seed}", describe, data_dir, seed_desc[-1])
             record(label + (f", seed {seeded.seed}" if args.seeds > 1 else ""), results, train_s,
-                   f"{cfg.optim.epochs} epochs, {cfg.optim.loss}", seed=seeded.seed)
+                   f"{cfg.optim.epochs} epochs, {cfg.optim.loss}", seed=seeded.seed, checkpoint=checkpoints[-1])
             trained_rows.append(rows[-1])
         if args.seeds > 1:
             rows.append(seed_summary(f"{label}: mean ± sd over {args.seeds} seeds", trained_rows))
@@ -152,14 +159,19 @@ def main(argv: list[str] | None = None) -> int:
             record(f"DenserNet small, trained + {OLD_PCA_DIM}-D PCA whitening (the old final stage)",
                    evaluate("small trained+PCA", checkpoint_describer(old, args.device), data_dir), time.time() - t0,
                    "fitted on the 300 training images: below the 10-per-dimension rule")
-    (out / "results.json").write_text(json.dumps({"image_size": list(size), "tolerance_frames": TOLERANCE,
-                                                  "eval_frames": list(EVAL_FRAMES), "rows": rows}, indent=2))
-    table = format_rows(rows, size)
+    save()
+    table = machine_line(host) + "\n\n" + format_rows(rows, size) + "\n\n" + checkpoint_lines(rows)
     (out / "table.md").write_text(table + "\n")
     plot_rows(rows, out / "recall.png")
     print(table)
     print(f"wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'recall.png'}")
     return 0
+
+
+def checkpoint_lines(rows: list[dict]) -> str:
+    """Each trained checkpoint's sha256: equal on two machines means the training repeated byte for byte."""
+    return "\n".join(f"- {r['method']}: checkpoint sha256 `{r['checkpoint_sha256']}`"
+                     for r in rows if r.get("checkpoint_sha256"))
 
 
 def ensemble(per_seed: list[dict]) -> dict:

@@ -51,7 +51,7 @@ from densernet_core.localization.report import (open_set_summary, plot_open_set,
 from densernet_core.mapping.placemap import PlaceMap, build_map  # noqa: E402
 from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from benchmarks.bench_filter import CHI2_95, SYNTH_MAX_SPEED, kidnap_recovery, kitti_map, train_gp  # noqa: E402
-from benchmarks.report import fmt_num, fmt_pct, save_report  # noqa: E402
+from benchmarks.report import fmt_num, fmt_pct, fmt_spread, save_report, spread  # noqa: E402
 
 GP_FRAMES = (100, 200)
 GP_GAP = (140, 160)
@@ -123,13 +123,15 @@ def gap_summary(run: dict, gap: tuple[int, int], first: int, tol: float) -> dict
     return out
 
 
-def gardens_point(args, out: Path, results: dict, runs: dict) -> None:
+def gardens_point(args, out: Path, results: dict, runs: dict, ckpt: Path | None, tag: str = "") -> None:
+    """Every row that depends on the Gardens Point checkpoint (`tag` keeps another checkpoint's maps apart)."""
     gp = Path(args.data) / "gardens_point"
-    ckpt = Path(args.gp_checkpoint) if args.gp_checkpoint else train_gp(gp, out / "gp_train")
+    ckpt = ckpt if ckpt is not None else train_gp(gp, out / "gp_train")
+    results["checkpoint_sha256"] = checkpoint_hash(ckpt)
     model = load_model(ckpt)
     frames = list(range(*GP_FRAMES))
     db = load_traverse(gp / "day_left", frames)
-    pmap = build_map(model, ckpt.resolve(), checkpoint_hash(ckpt), db, out / "gp_map", progress=False)
+    pmap = build_map(model, ckpt.resolve(), checkpoint_hash(ckpt), db, out / f"gp_map{tag}", progress=False)
     night = model.describe(load_traverse(gp / "night_right", frames).images, progress=True)
     day_right = model.describe(load_traverse(gp / "day_right", frames).images, progress=True)
     kit = model.describe(load_kitti(Path(args.data) / "kitti_vo_seq1").images) if args.kitti else None
@@ -141,7 +143,7 @@ def gardens_point(args, out: Path, results: dict, runs: dict) -> None:
               "2x speed": list(range(lo, hi, 2)), "kidnap": list(range(lo, lo + 50)) + list(range(lo + 70, hi))}
     gap_keep = [f for f in frames if not GP_GAP[0] <= f < GP_GAP[1]]
     gap_map = build_map(model, ckpt.resolve(), checkpoint_hash(ckpt), db.subset([f - lo for f in gap_keep]),
-                        out / "gp_gap_map", progress=False)
+                        out / f"gp_gap_map{tag}", progress=False)
     results["maps"] = {"gardens_point": pmap.observation.describe(), "gardens_point_gap": gap_map.observation.describe()}
     for est in ESTIMATORS:
         for name, order in orders.items():
@@ -164,6 +166,40 @@ def gardens_point(args, out: Path, results: dict, runs: dict) -> None:
             results[" | ".join(key)] = {**summarise(runs[key]), "gap": gap_summary(runs[key], GP_GAP, lo, GP_TOL)}
 
 
+SPREAD_FIGURES = ("fixes", "right", "precision", "coverage_2sigma", "auc", "recall_at_100p")
+
+
+def across_checkpoints(each: list[dict]) -> dict:
+    """The checkpoint-dependent rows' figures as mean and sample sd over the checkpoints (issue 22), with
+    each checkpoint's kidnap recovery and gap counts beside them."""
+    keys = [k for k in each[0] if " | " in k]
+    out = {k: {mode: {fig: spread([r[k][mode][fig] for r in each]) for fig in SPREAD_FIGURES}
+               for mode in ("single", "filtered")} for k in keys}
+    for k in keys:
+        for extra in ("recovery", "gap"):
+            if extra in each[0][k]:
+                out[k][extra] = [r[k][extra] for r in each]
+    return out
+
+
+def spread_table(spread_: dict, shas: list[str]) -> str:
+    lines = [f"Rows that depend on the Gardens Point checkpoint, over {len(shas)} checkpoints "
+             f"({', '.join(s[:8] for s in shas)}): mean ± sd (sample sd, n-1)", "",
+             "| data | scenario | estimator | mode | fixes | right | precision | 2σ coverage | PR AUC | R@100P |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, modes in spread_.items():
+        for mode in ("single", "filtered"):
+            f = modes[mode]
+            lines.append(f"| {key} | {mode} | {fmt_spread(f['fixes'], digits=1)} | {fmt_spread(f['right'], digits=1)} | "
+                         f"{fmt_spread(f['precision'], 100, 0, ' %')} | {fmt_spread(f['coverage_2sigma'], 100, 0, ' %')} | "
+                         f"{fmt_spread(f['auc'])} | {fmt_spread(f['recall_at_100p'], 100, 0, ' %')} |")
+    for key, modes in spread_.items():
+        for extra in ("recovery", "gap"):
+            if extra in modes:
+                lines.append(f"- {key}, {extra} per checkpoint: {modes[extra]}")
+    return "\n".join(lines)
+
+
 DEV_FRAMES = (0, 100)
 DEV_MARGINS = (0.2, 0.25, 0.3)
 
@@ -173,7 +209,7 @@ def development(args, out: Path, results: dict, runs: dict) -> None:
     from densernet_core.localization.observation import ObservationConfig
 
     gp = Path(args.data) / "gardens_point"
-    ckpt = Path(args.gp_checkpoint) if args.gp_checkpoint else train_gp(gp, out / "gp_train")
+    ckpt = args.gp_checkpoint[0] if args.gp_checkpoint else train_gp(gp, out / "gp_train")
     model = load_model(ckpt)
     frames, others = list(range(*DEV_FRAMES)), list(range(DEV_FRAMES[1], 2 * DEV_FRAMES[1]))
     db = load_traverse(gp / "day_left", frames)
@@ -313,7 +349,7 @@ def table(results: dict, calib: dict) -> str:
     lines = ["| data | scenario | estimator | mode | frames | fixes | right | precision | 2σ coverage | PR AUC | "
              "R@100P | R@99P | worst bin gap |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, s in results.items():
-        if key in ("maps", "pooled", "calibration") or " | " not in key:
+        if " | " not in key:
             continue
         for mode in ("single", "filtered"):
             m = s[mode]
@@ -341,10 +377,17 @@ def table(results: dict, calib: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data"))
-    parser.add_argument("--gp-checkpoint", help="Gardens Point checkpoint (default: trained here on frames 0-99)")
+    parser.add_argument("--gp-checkpoint", nargs="+", type=Path,
+                        help="Gardens Point checkpoint(s) (default: one trained here on frames 0-99); several (e.g. "
+                             "each seed's): the rows that depend on it also as mean +- sd, beside the first one's")
     parser.add_argument("--out", default="bench_out/open_set")
     parser.add_argument("--dev", action="store_true", help="only the development split (margins 0.2, 0.25, 0.3)")
     args = parser.parse_args(argv)
+    for c in args.gp_checkpoint or []:
+        if not c.is_file():
+            parser.error(f"--gp-checkpoint {c}: no such file")
+    if args.dev and args.gp_checkpoint and len(args.gp_checkpoint) > 1:
+        parser.error("--dev takes one --gp-checkpoint")
     setup_logging()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -355,7 +398,15 @@ def main(argv: list[str] | None = None) -> int:
         development(args, out, results, runs)
     else:
         if (Path(args.data) / "gardens_point" / "day_left").is_dir():
-            gardens_point(args, out, results, runs)
+            ckpts = args.gp_checkpoint or [None]
+            gardens_point(args, out, results, runs, ckpts[0])
+            if len(ckpts) > 1:  # the table, the pooled curves and the plot stay the first checkpoint's
+                each = [results]
+                for k, c in enumerate(ckpts[1:], start=1):
+                    each.append({"maps": {}})
+                    gardens_point(args, out, each[-1], {}, c, f"_{k}")
+                results["over checkpoints"] = across_checkpoints(each)
+                results["checkpoints"] = [r["checkpoint_sha256"] for r in each]
             random_trunk(args, out, results, runs)
         street(args, out, results, runs)
         if args.kitti:
@@ -368,7 +419,12 @@ def main(argv: list[str] | None = None) -> int:
     diagrams = [(k, v["reliability"]) for k, v in results["pooled"].items()]
     png = plot_open_set(out / "open_set.png", curves, diagrams,
                         "every sequence pooled: in the map (Gardens Point, KITTI, street) and outside it")
-    save_report(out, results, table(results, calib), png)
+    text = table(results, calib)
+    if "checkpoint_sha256" in results:
+        text += f"\n\nGardens Point rows above: checkpoint sha256 {results['checkpoint_sha256']}"
+    if "over checkpoints" in results:
+        text += "\n\n" + spread_table(results["over checkpoints"], results["checkpoints"])
+    save_report(out, results, text, png)
     return 0
 
 

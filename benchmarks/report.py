@@ -1,18 +1,75 @@
-"""What every benchmark leaves in its --out folder: results.json, table.md, and the table on stdout."""
+"""What every benchmark leaves in its --out folder: results.json, machine.json, table.md, and the table on
+stdout."""
 from __future__ import annotations
 
 import json
+import os
+import platform
 from pathlib import Path
+
+import numpy as np
+
+
+def machine(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
+    """The CPU a figure came from: trained checkpoints and every time depend on it (issue 22), so each
+    report names it rather than "this machine"."""
+    import torch
+
+    from densernet_core.model.runtime import cpu_has_vnni
+
+    fields: dict[str, str] = {}
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())  # the first processor's
+    except OSError:
+        pass  # not Linux: the platform's own name
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields:  # a VM's model name can be as bare as "AMD EPYC": which generation it is
+        model += f", family {fields['cpu family']} model {fields.get('model', '?')}"
+    flags = set(fields.get("flags", "").split())
+    simd = [f for f in ("avx512_vnni", "avx512_bf16", "avx512f", "avx2") if f in flags]
+    return {"cpu": model, "cores": os.cpu_count(), "simd": simd, "vnni": cpu_has_vnni(cpuinfo),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def machine_line(m: dict | None = None) -> str:
+    """One line for the top of a table: which CPU (and GPU), with which SIMD, how many threads."""
+    m = m or machine()
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+    return (f"Machine: {m['cpu']} ({m['cores']} cores; {', '.join(m['simd']) or 'no AVX2'}), torch {m['torch']}, "
+            f"{m['torch_threads']} threads{gpu}.")
 
 
 def save_report(out: Path, results: object, table: str, plot: Path | None = None) -> None:
-    """Write results.json (every figure) and table.md (what docs/BENCHMARKS.md quotes), print the table and
-    where the plot is."""
+    """Write results.json (every figure), machine.json (the CPU it came from) and table.md (what
+    docs/BENCHMARKS.md quotes, under a line naming the machine); print them and where the plot is."""
+    m = machine()
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "machine.json").write_text(json.dumps(m, indent=2))
+    table = machine_line(m) + "\n\n" + table
     (out / "table.md").write_text(table + "\n")
     print(table)
     if plot is not None:
         print(f"plot: {plot}")
+
+
+def spread(values: list[float | None]) -> dict:
+    """Mean and sample sd (n-1) of one figure over checkpoints or seeds; None values (a checkpoint with no
+    fix has no median error) are left out and counted."""
+    vals = [float(v) for v in values if v is not None]
+    return {"mean": float(np.mean(vals)) if vals else None, "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+            "n": len(vals), "of": len(values)}
+
+
+def fmt_spread(v: dict, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
+    """'mean ± sd' (scaled, e.g. 100 for a share in %), noting when some checkpoints had no value."""
+    if v["mean"] is None:
+        return "-"
+    sd = "" if v["sd"] is None else f" ± {scale * v['sd']:.{digits}f}"
+    partial = "" if v["n"] == v["of"] else f" ({v['n']} of {v['of']})"
+    return f"{scale * v['mean']:.{digits}f}{sd}{unit}{partial}"
 
 
 def fmt_num(v: float | None) -> str:

@@ -1,0 +1,131 @@
+"""Descriptor post-processing without retraining, over the recipe's seeds (issue 22, *Recipe trials*).
+
+    .venv/bin/python benchmarks/bench_posthoc.py --checkpoints bench_out/gp_seeds_epyc/runs/small*/model.safetensors
+
+Cheap to try before another training run: does a change applied to trained checkpoints raise the held-out
+Gardens Point recall (frames 100-199, the headline protocols) on the mean over seeds by more than one sd?
+Variants, each beside the checkpoints as trained, in the same run:
+- power normalisation (signed square root of the unit VLAD, then unit length again; Jegou et al.'s
+  answer to bursty features);
+- database-side augmentation: each mapped descriptor averaged with its nearest mapped neighbour in
+  descriptor space (DBA, k = 1), the queries unchanged;
+- the NetVLAD soft assignment made softer or sharper: its weights (alpha times the unit centroids) scaled
+  by 0.5, 0.75 or 1.5 (the recipe sets alpha so that the runner-up centroid gets 1 % of the nearest's
+  weight, netvlad.py).
+Writes <out>/results.json, table.md and machine.json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from densernet_core.cli import setup_logging  # noqa: E402
+from densernet_core.datasets import load_traverse  # noqa: E402
+from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
+from densernet_core.training.evaluation import evaluate_descriptors  # noqa: E402
+from benchmarks.bench_gardens_point import EVAL_FRAMES, PROTOCOLS, TOLERANCE  # noqa: E402
+from benchmarks.report import fmt_spread, save_report, spread  # noqa: E402
+
+SHARPNESS = (0.5, 0.75, 1.5)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def power_norm(x: np.ndarray, power: float = 0.5) -> np.ndarray:
+    return unit(np.sign(x) * np.abs(x) ** power)
+
+
+def dba(db: np.ndarray, k: int = 1) -> np.ndarray:
+    """Each mapped descriptor plus its k nearest mapped neighbours (itself first), unit length again."""
+    nearest = np.argsort(-(db @ db.T), axis=1)[:, :k + 1]
+    return unit(db[nearest].sum(axis=1))
+
+
+def describe_all(model, sets: dict) -> dict[str, np.ndarray]:
+    return {t: model.describe(s.images, batch_size=8).astype(np.float64) for t, s in sets.items()}
+
+
+def recalls(desc: dict, sets: dict, query_fn=lambda x: x, db_fn=lambda x: x) -> list[float]:
+    out = []
+    for q, db in PROTOCOLS:
+        r = evaluate_descriptors(f"{q}->{db}", db_fn(desc[db]), query_fn(desc[q]), sets[db].positions,
+                                 sets[q].positions, TOLERANCE)
+        out.append(float(r.recalls[1]))
+    return out
+
+
+def with_sharpness(model, scale: float, sets: dict) -> dict[str, np.ndarray]:
+    """Describe with every NetVLAD's assignment weights scaled by `scale`, then put them back."""
+    import torch
+
+    from densernet_core.model.netvlad import NetVLAD
+
+    layers = [m for m in model.modules() if isinstance(m, NetVLAD)]
+    if not layers:
+        raise ValueError("the checkpoint has no NetVLAD layer to soften or sharpen")
+    kept = [m.conv.weight.detach().clone() for m in layers]
+    try:
+        with torch.no_grad():
+            for m, w in zip(layers, kept):
+                m.conv.weight.copy_(w * scale)
+        return describe_all(model, sets)
+    finally:
+        with torch.no_grad():
+            for m, w in zip(layers, kept):
+                m.conv.weight.copy_(w)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoints", nargs="+", type=Path, required=True, help="one per training seed")
+    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/gardens_point"))
+    parser.add_argument("--out", default="bench_out/posthoc")
+    args = parser.parse_args(argv)
+    for c in args.checkpoints:
+        if not c.is_file():
+            parser.error(f"--checkpoints {c}: no such file")
+    data = Path(args.data)
+    if not all((data / t).is_dir() for p in PROTOCOLS for t in p):
+        print(f"Gardens Point not found at {data} (see ../shared/data/README.md); nothing to benchmark")
+        return 2
+    setup_logging()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sets = {t: load_traverse(data / t, range(*EVAL_FRAMES)) for t in sorted({t for p in PROTOCOLS for t in p})}
+    per: dict[str, list[list[float]]] = {}
+    shas = []
+    for c in args.checkpoints:
+        shas.append(checkpoint_hash(c))
+        model = load_model(c)
+        desc = describe_all(model, sets)
+        per.setdefault("as trained", []).append(recalls(desc, sets))
+        per.setdefault("power normalisation (signed square root)", []).append(
+            recalls(desc, sets, power_norm, power_norm))
+        per.setdefault("map-side augmentation (DBA, k = 1)", []).append(recalls(desc, sets, db_fn=dba))
+        for s in SHARPNESS:
+            per.setdefault(f"NetVLAD assignment weights x {s:g}", []).append(recalls(with_sharpness(model, s, sets), sets))
+        print(f"{c}: " + "; ".join(f"{k}: {' / '.join(f'{x:.2f}' for x in v[-1])}" for k, v in per.items()), flush=True)
+    names = [f"{q}->{db}" for q, db in PROTOCOLS]
+    summary = {k: {n: spread([r[i] for r in rows]) for i, n in enumerate(names)} for k, rows in per.items()}
+    lines = [f"Held-out Gardens Point R@1 (frames {EVAL_FRAMES[0]}-{EVAL_FRAMES[1] - 1}, |i-j| <= {TOLERANCE:g}), "
+             f"mean ± sd over {len(args.checkpoints)} checkpoints ({', '.join(s[:8] for s in shas)})", "",
+             "| variant | " + " | ".join(names) + " | per checkpoint (" + names[-1] + ") |",
+             "|---|" + "---|" * (len(names) + 1)]
+    for k, rows in per.items():
+        lines.append(f"| {k} | " + " | ".join(fmt_spread(summary[k][n], digits=3) for n in names)
+                     + " | " + " ".join(f"{r[-1]:.2f}" for r in rows) + " |")
+    save_report(out, {"checkpoints": [str(c) for c in args.checkpoints], "sha256": shas, "per_checkpoint": per,
+                      "summary": summary}, "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""What every benchmark report carries: the machine a figure came from, and figures over seeds as mean ± sd
+(issue 22: trained checkpoints and times differ between CPUs, and one seed is one draw)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.report import fmt_spread, machine, machine_line, save_report, spread
+
+ZEN5 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model\t\t: 2
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16
+processor\t: 1
+model name\t: another
+flags\t\t: fpu
+"""
+ZEN3 = """processor\t: 0
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC 7B13
+flags\t\t: fpu sse2 avx2 fma
+"""
+
+
+def test_machine_names_the_cpu_generation_and_its_int8_paths(tmp_path: Path) -> None:
+    (tmp_path / "zen5").write_text(ZEN5)
+    (tmp_path / "zen3").write_text(ZEN3)
+    new, old = machine(tmp_path / "zen5"), machine(tmp_path / "zen3")
+    # a VM's bare "AMD EPYC" is told apart by family and model; the first processor's entry counts
+    assert new["cpu"] == "AMD EPYC, family 26 model 2" and old["cpu"] == "AMD EPYC 7B13, family 25 model 1"
+    assert new["simd"] == ["avx512_vnni", "avx512_bf16", "avx512f", "avx2"] and new["vnni"] is True
+    assert old["simd"] == ["avx2"] and old["vnni"] is False
+    line = machine_line(old)
+    assert "AMD EPYC 7B13, family 25 model 1" in line and "avx2" in line and "threads" in line
+    assert machine(tmp_path / "absent")["cpu"]  # not Linux: the platform's name, not an error
+
+
+def test_spread_is_the_sample_sd_and_counts_checkpoints_without_a_value() -> None:
+    s = spread([79, 70, None, 74])
+    assert s["n"] == 3 and s["of"] == 4
+    assert s["mean"] == np.mean([79, 70, 74]) and abs(s["sd"] - np.std([79, 70, 74], ddof=1)) < 1e-12
+    assert fmt_spread(s, digits=1) == "74.3 ± 4.5 (3 of 4)"
+    assert fmt_spread(spread([0.94, 0.90]), 100, 0, " %") == "92 ± 3 %"
+    assert fmt_spread(spread([0.5]), digits=2) == "0.50"  # one value: no sd to give
+    assert fmt_spread(spread([None, None])) == "-"
+
+
+def test_a_saved_report_names_its_machine(tmp_path: Path, capsys) -> None:
+    save_report(tmp_path, {"rows": [1]}, "| a |\n|---|\n| 1 |")
+    table = (tmp_path / "table.md").read_text()
+    assert table.startswith("Machine: ") and table.rstrip().endswith("| 1 |")
+    assert json.loads((tmp_path / "machine.json").read_text())["cores"] >= 1
+    assert json.loads((tmp_path / "results.json").read_text()) == {"rows": [1]}
+    assert capsys.readouterr().out.startswith("Machine: ")
