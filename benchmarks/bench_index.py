@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from densernet_core.mapping.index import (ExactIndex, RefineCodes, ShortlistIndex, build_index,  # noqa: E402
                                           load_coarse, save_index)
 from densernet_core.mapping.placemap import REFINE_FILES  # noqa: E402
+from benchmarks.report import machine, machine_line  # noqa: E402
 
 PROVENANCE = "provenance.json"  # the compact index's record (a map keeps it in its manifest)
 
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     done = json.loads(Path(f"{out}.json").read_text()) if Path(f"{out}.json").is_file() else []
     rows = [r for r in done if r["places"] not in args.sizes or r["index"] not in args.kinds]  # the rest stays
+    host = machine()
     for n in args.sizes:
         db = route_descriptors(Path(f"{out}_data") / f"route_{n}_{args.dim}.npy", n, args.dim)
         q, revisited = queries_from(db, QUERIES, np.random.default_rng(1))
@@ -203,11 +205,13 @@ def main(argv: list[str] | None = None) -> int:
                 r = retime(db, q, truth, work, before[0])
             else:
                 r = measure(db, q, kind, truth, work)
+            r["machine"] = host  # rows of earlier runs stay in the file: each names the CPU it was timed on
             print(json.dumps(r), flush=True)
             rows.append(r)
             rows.sort(key=lambda x: (x["places"], args.kinds.index(x["index"]) if x["index"] in args.kinds else 99))
             Path(f"{out}.json").write_text(json.dumps(rows, indent=2))
     plot(rows, Path(f"{out}.png"))
+    print(machine_line(host) + " Rows kept from earlier runs name theirs in the .json.")
     print("| places | search | build s | query p50 ms | query p95 ms | RAM B / place | disk B / place | "
           "top-1 agreement with exact |")
     print("|---|---|---|---|---|---|---|---|")
