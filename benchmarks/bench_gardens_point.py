@@ -43,7 +43,7 @@ from densernet_core.datasets import load_traverse  # noqa: E402
 from densernet_core.training.evaluation import EvalResult, evaluate_descriptors  # noqa: E402
 from densernet_core.training.train_config import load_train_config  # noqa: E402
 from densernet_core.training.trainer import Trainer  # noqa: E402
-from benchmarks.report import machine, machine_line  # noqa: E402
+from benchmarks.report import machine, machine_line, spread  # noqa: E402
 
 LOG = logging.getLogger("densernet")
 PROTOCOLS = (("day_right", "day_left"), ("night_right", "day_right"), ("night_right", "day_left"))
@@ -209,8 +209,8 @@ def seed_summary(method: str, rows: list[dict]) -> dict:
         for name in rows[0][key]:
             mean[name], sd[name] = {}, {}
             for k in rows[0][key][name]:
-                v = np.array([r[key][name][k] for r in rows], dtype=float)
-                mean[name][k], sd[name][k] = float(v.mean()), float(v.std(ddof=1))
+                s = spread([r[key][name][k] for r in rows])
+                mean[name][k], sd[name][k] = s["mean"], s["sd"]
         return mean, sd
 
     held, held_sd = stats("protocols")
