@@ -41,7 +41,7 @@ from densernet_core.localization.report import plot_trajectory  # noqa: E402
 from densernet_core.localization.sequence import Frame, MotionSource, poses_by_name  # noqa: E402
 from densernet_core.mapping.placemap import build_map  # noqa: E402
 from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
-from benchmarks.report import fmt_num, fmt_spread, save_report, spread  # noqa: E402
+from benchmarks.report import fmt_num, fmt_spread, save_report, spread_rows  # noqa: E402
 
 GP_FRAMES = (100, 200)
 GP_MAX_STEP = 3.0  # frames per frame: room for twice the walking pace
@@ -107,10 +107,10 @@ def kidnap_recovery(run: dict, jump_at: int, tol: float) -> dict:
 def gardens_point(args, out: Path, ckpt: Path | None, map_dir: str = "gp_map") -> tuple[dict, dict]:
     gp = Path(args.data) / "gardens_point"
     ckpt = ckpt if ckpt is not None else train_gp(gp, out / "gp_train")
-    model = load_model(ckpt)
+    model, sha = load_model(ckpt), checkpoint_hash(ckpt)
     db = load_traverse(gp / "day_left")
     night = load_traverse(gp / "night_right", list(range(*GP_FRAMES)))
-    pmap = build_map(model, ckpt.resolve(), checkpoint_hash(ckpt), db, out / map_dir, progress=False)
+    pmap = build_map(model, ckpt.resolve(), sha, db, out / map_dir, progress=False)
     desc = dict(zip(range(*GP_FRAMES), model.describe(night.images, progress=True)))
     loc = Localizer(model, pmap, PoseEstimatorConfig(cluster_radius=GP_RADIUS),
                     belief=BeliefConfig(max_step=GP_MAX_STEP), mode="filtered")
@@ -123,7 +123,7 @@ def gardens_point(args, out: Path, ckpt: Path | None, map_dir: str = "gp_map") -
         runs[name] = scenario(loc, desc, order, truth, None)
         results[name] = summarise(runs[name], "frames", 2.0, 1)
     results["kidnap"]["recovery"] = kidnap_recovery(runs["kidnap"], 50, 2.0)
-    results["checkpoint_sha256"] = checkpoint_hash(ckpt)
+    results["checkpoint_sha256"] = sha
     return results, runs
 
 
@@ -132,9 +132,7 @@ SPREAD_FIGURES = ("fixes", "within", "median", "p95", "coverage_2sigma")
 
 def across_checkpoints(each: list[dict]) -> dict:
     """Every scenario's figures as mean and sample sd over the checkpoints."""
-    return {name: {mode: {fig: spread([r[name][mode][fig] for r in each]) for fig in SPREAD_FIGURES}
-                   for mode in ("single", "filtered")}
-            for name in each[0] if name != "checkpoint_sha256"}
+    return spread_rows(each, [name for name in each[0] if name != "checkpoint_sha256"], SPREAD_FIGURES)
 
 
 def spread_table(spread_: dict, n: int) -> str:

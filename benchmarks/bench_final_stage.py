@@ -62,7 +62,7 @@ def evaluate(desc: dict[str, np.ndarray], reduce: Reduce) -> dict[str, list[floa
             for name, (qf, dbf) in SCENARIOS.items()}
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
@@ -81,12 +81,12 @@ def pca(fit: np.ndarray, dim: int, mode: str = "whiten", shrink: float = 0.0) ->
     scale = {"whiten": 1 / np.sqrt(eigval[:k] + shrink * eigval[:k].mean()), "sqrt": eigval[:k] ** -0.25,
              "project": np.ones(k)}[mode]
     w = axes[:, :k] * scale
-    return lambda y: _unit((y - mean) @ w)
+    return lambda y: unit((y - mean) @ w)
 
 
 def random_projection(dim_in: int, dim: int, seed: int = 0) -> Reduce:
     q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim_in, dim)))
-    return lambda y: _unit(y @ q)
+    return lambda y: unit(y @ q)
 
 
 def options(desc: dict[str, np.ndarray]) -> dict[str, Reduce]:

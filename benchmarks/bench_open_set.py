@@ -51,7 +51,7 @@ from densernet_core.localization.report import (open_set_summary, plot_open_set,
 from densernet_core.mapping.placemap import PlaceMap, build_map  # noqa: E402
 from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from benchmarks.bench_filter import CHI2_95, SYNTH_MAX_SPEED, kidnap_recovery, kitti_map, train_gp  # noqa: E402
-from benchmarks.report import fmt_num, fmt_pct, fmt_spread, save_report, spread  # noqa: E402
+from benchmarks.report import fmt_num, fmt_pct, fmt_spread, save_report, spread_rows  # noqa: E402
 
 GP_FRAMES = (100, 200)
 GP_GAP = (140, 160)
@@ -127,11 +127,11 @@ def gardens_point(args, out: Path, results: dict, runs: dict, ckpt: Path | None,
     """Every row that depends on the Gardens Point checkpoint (`tag` keeps another checkpoint's maps apart)."""
     gp = Path(args.data) / "gardens_point"
     ckpt = ckpt if ckpt is not None else train_gp(gp, out / "gp_train")
-    results["checkpoint_sha256"] = checkpoint_hash(ckpt)
+    sha = results["checkpoint_sha256"] = checkpoint_hash(ckpt)
     model = load_model(ckpt)
     frames = list(range(*GP_FRAMES))
     db = load_traverse(gp / "day_left", frames)
-    pmap = build_map(model, ckpt.resolve(), checkpoint_hash(ckpt), db, out / f"gp_map{tag}", progress=False)
+    pmap = build_map(model, ckpt.resolve(), sha, db, out / f"gp_map{tag}", progress=False)
     night = model.describe(load_traverse(gp / "night_right", frames).images, progress=True)
     day_right = model.describe(load_traverse(gp / "day_right", frames).images, progress=True)
     kit = model.describe(load_kitti(Path(args.data) / "kitti_vo_seq1").images) if args.kitti else None
@@ -142,7 +142,7 @@ def gardens_point(args, out: Path, results: dict, runs: dict, ckpt: Path | None,
     orders = {"forward": list(range(lo, hi)), "backwards": list(range(hi - 1, lo - 1, -1)),
               "2x speed": list(range(lo, hi, 2)), "kidnap": list(range(lo, lo + 50)) + list(range(lo + 70, hi))}
     gap_keep = [f for f in frames if not GP_GAP[0] <= f < GP_GAP[1]]
-    gap_map = build_map(model, ckpt.resolve(), checkpoint_hash(ckpt), db.subset([f - lo for f in gap_keep]),
+    gap_map = build_map(model, ckpt.resolve(), sha, db.subset([f - lo for f in gap_keep]),
                         out / f"gp_gap_map{tag}", progress=False)
     results["maps"] = {"gardens_point": pmap.observation.describe(), "gardens_point_gap": gap_map.observation.describe()}
     for est in ESTIMATORS:
@@ -173,8 +173,7 @@ def across_checkpoints(each: list[dict]) -> dict:
     """The checkpoint-dependent rows' figures as mean and sample sd over the checkpoints (issue 22), with
     each checkpoint's kidnap recovery and gap counts beside them."""
     keys = [k for k in each[0] if " | " in k]
-    out = {k: {mode: {fig: spread([r[k][mode][fig] for r in each]) for fig in SPREAD_FIGURES}
-               for mode in ("single", "filtered")} for k in keys}
+    out = spread_rows(each, keys, SPREAD_FIGURES)
     for k in keys:
         for extra in ("recovery", "gap"):
             if extra in each[0][k]:

@@ -29,14 +29,11 @@ from densernet_core.cli import setup_logging  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
 from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from densernet_core.training.evaluation import evaluate_descriptors  # noqa: E402
+from benchmarks.bench_final_stage import unit  # noqa: E402
 from benchmarks.bench_gardens_point import EVAL_FRAMES, PROTOCOLS, TOLERANCE  # noqa: E402
 from benchmarks.report import fmt_spread, save_report, spread  # noqa: E402
 
 SHARPNESS = (0.5, 0.75, 1.5)
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def power_norm(x: np.ndarray, power: float = 0.5) -> np.ndarray:

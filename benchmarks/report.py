@@ -63,6 +63,14 @@ def spread(values: list[float | None]) -> dict:
             "n": len(vals), "of": len(values)}
 
 
+def spread_rows(each: list[dict], keys: list[str], figures: tuple[str, ...],
+                modes: tuple[str, ...] = ("single", "filtered")) -> dict:
+    """`spread` of every figure of every row, over runs whose results share the layout
+    {row: {mode: {figure: value}}} (one run per checkpoint or seed)."""
+    return {k: {mode: {fig: spread([r[k][mode][fig] for r in each]) for fig in figures} for mode in modes}
+            for k in keys}
+
+
 def fmt_spread(v: dict, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
     """'mean ± sd' (scaled, e.g. 100 for a share in %), noting when some checkpoints had no value."""
     if v["mean"] is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import fmt_spread, machine, machine_line, save_report, spread
+from benchmarks.report import fmt_spread, machine, machine_line, save_report, spread, spread_rows
 
 ZEN5 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -48,6 +48,15 @@ def test_spread_is_the_sample_sd_and_counts_checkpoints_without_a_value() -> Non
     assert fmt_spread(spread([0.94, 0.90]), 100, 0, " %") == "92 ± 3 %"
     assert fmt_spread(spread([0.5]), digits=2) == "0.50"  # one value: no sd to give
     assert fmt_spread(spread([None, None])) == "-"
+
+
+def test_spread_rows_takes_each_figure_of_each_row_across_runs() -> None:
+    runs = [{"forward": {"single": {"fixes": 4, "median": 1.1}, "filtered": {"fixes": 79, "median": 0.68}}},
+            {"forward": {"single": {"fixes": 0, "median": None}, "filtered": {"fixes": 70, "median": 0.70}}}]
+    rows = spread_rows(runs, ["forward"], ("fixes", "median"))
+    assert rows["forward"]["filtered"]["fixes"] == spread([79, 70])
+    assert rows["forward"]["single"]["median"] == spread([1.1, None])  # the run without a fix is counted apart
+    assert rows["forward"]["single"]["fixes"]["mean"] == 2.0
 
 
 def test_a_saved_report_names_its_machine(tmp_path: Path, capsys) -> None:
