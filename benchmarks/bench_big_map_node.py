@@ -32,6 +32,7 @@ from densernet_core.images import read_image, resize  # noqa: E402
 from densernet_ros.harness import (SpinningNode, check_node_params, node_env, start_node, stop_node,  # noqa: E402
                                    wait_until)
 from densernet_ros.image_conversion import rgb_to_image  # noqa: E402
+from benchmarks.report import machine, machine_line  # noqa: E402
 
 CAMERA_SIZE = (180, 320)
 STARTUP_TIMEOUT_S = 300
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"map": str(map_dir), "places": manifest["num_places"], "index": manifest["index_type"],
               "node_params": args.node_param, "startup_s": startup_s, "memory_idle_mb": mem_idle,
               "memory_after_frames_mb": mem_run, "two_nodes_mb": two, "frames_sent": args.frames,
-              "answered": len(answers), "fixes": sum(a.get("fix") == "true" for a in answers),
+              "machine": machine(), "answered": len(answers), "fixes": sum(a.get("fix") == "true" for a in answers),
               "right_fixes": sum(a.get("fix") == "true" and right(int(a["place_id"]), truth.get(a["stamp"]))
                                  for a in answers)}
     for key in ("search_ms", "processing_ms", "describe_ms"):
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         result[key] = {"p50": float(np.median(v)), "p95": float(np.percentile(v, 95)), "max": float(max(v))} if v else None
     (out / "big_map_node.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+    print(machine_line(result["machine"]))
     return 0
 
 

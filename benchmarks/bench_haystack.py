@@ -48,6 +48,7 @@ from densernet_core.mapping import placemap as pm  # noqa: E402
 from densernet_core.mapping.index import ShortlistIndex, build_index, resolve_index_type  # noqa: E402
 from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from benchmarks.bench_index import exact_topk  # noqa: E402
+from benchmarks.report import machine, machine_line  # noqa: E402
 
 GP_TOL = 2.0  # frames
 POOL_TRAVERSES = {"all": ("day_left", "day_right", "night_right"), "day": ("day_left", "day_right")}
@@ -204,7 +205,7 @@ def agreement(top1_score: list[float] | np.ndarray, exact_top1_score: list[float
 
 
 def printable(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in ("top1", "top1_score")}
+    return {k: v for k, v in row.items() if k not in ("top1", "top1_score", "machine")}
 
 
 def self_agreement(pmap: pm.PlaceMap, distractors: int = SELF_DISTRACTORS, seed: int = 0) -> dict:
@@ -260,6 +261,7 @@ def run(args) -> dict:
         previous = {}
     results = {"checkpoint": str(ckpt), "sha256": sha, "pool": args.pool,
                "cases": previous.get("cases", {})}  # runs add sizes
+    host = machine()
     for case in cases(args, out):
         real = make_map(case.map_desc.astype(np.float16), case.places, None, None, ckpt, sha, cfg, "flat")
         observation = real.fit_observation()
@@ -300,8 +302,11 @@ def run(args) -> dict:
                 for f in folder.iterdir():
                     f.unlink()
                 folder.rmdir()
+        for row in rows.values():
+            row["machine"] = host  # rows of earlier runs stay in the file: each names the CPU it came from
         results["cases"][case.name] = {**results["cases"].get(case.name, {}), **rows}
         (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(machine_line(host) + " Rows kept from earlier runs name theirs in the .json.")
     table(results)
     plot(results, out / "haystack.png")
     return results

@@ -39,6 +39,7 @@ from densernet_ros.harness import SpinningNode, check_node_params, node_env, sta
 from densernet_ros.image_conversion import rgb_to_image  # noqa: E402
 from densernet_core.images import read_image, resize  # noqa: E402
 from densernet_core.mapping.placemap import build_map  # noqa: E402
+from benchmarks.report import machine, machine_line  # noqa: E402
 
 CAMERA_SIZE = (180, 320)  # what is published (height, width)
 DESCRIBE_REPEATS = 20  # describe() calls per bare window
@@ -96,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         return times
     run = run_node(map_dir, frames, args.rate, args.seconds, out, bare, args.cycles, params, env)
     result = summarize(run, args)
-    result.update(image_size=list(size), camera_size=list(CAMERA_SIZE))
+    result.update(image_size=list(size), camera_size=list(CAMERA_SIZE), machine=machine())
     (out / "node_latency.json").write_text(json.dumps(result, indent=2))
+    print(machine_line(result["machine"]))
     print("| input | rate | node params | frames sent | answered (per s) | bare describe p50 / p95 ms | "
           "node stamp->answer p50 / p95 ms | ratio p50 per window: median (range) | pooled |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_gardens_point import PROTOCOLS, checkpoint_describer, evaluate  # noqa: E402
-from benchmarks.report import save_report  # noqa: E402
+from benchmarks.report import fmt_spread, save_report, spread  # noqa: E402
 from densernet_core.cli import setup_logging  # noqa: E402
 from densernet_core.model.checkpoint import checkpoint_hash, load_model, save_checkpoint  # noqa: E402
 from densernet_core.training.averaging import uniform_soup  # noqa: E402
@@ -47,9 +47,8 @@ def held_out_r1(path: Path, data: Path, device: str, store: Path) -> dict[str, f
     return done[key]
 
 
-def stats(rows: list[dict[str, float]]) -> dict[str, list[float]]:
-    return {n: [float(np.mean([r[n] for r in rows])), float(np.std([r[n] for r in rows], ddof=1)) if len(rows) > 1
-                else 0.0] for n in NAMES}
+def stats(rows: list[dict[str, float]]) -> dict[str, dict]:
+    return {n: spread([r[n] for r in rows]) for n in NAMES}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = [("every member", results["members"], len(members_all))]
     summary += [(f"soups of {k}", results["soups"][str(k)], len(soups[k])) for k in sizes]
     for label, s, count in summary:
-        lines.append(f"| {label}: mean ± sd over {count} | | " + " | ".join(f"{s[n][0]:.3f} ± {s[n][1]:.3f}" for n in NAMES)
+        lines.append(f"| {label}: mean ± sd over {count} | | " + " | ".join(fmt_spread(s[n], digits=3) for n in NAMES)
                      + " |")
     plot(results, out / "soup.png")
     save_report(out, results, "\n".join(lines), out / "soup.png")
@@ -130,7 +129,8 @@ def plot(results: dict, png: Path) -> None:
     bars += [(f"soups of {k} (one per initialisation)", results["soups"][str(k)]) for k in results["sizes"]]
     width = 0.8 / len(bars)
     for i, (label, s) in enumerate(bars):
-        ax.bar(x + (i - (len(bars) - 1) / 2) * width, [s[n][0] for n in NAMES], width, yerr=[s[n][1] for n in NAMES],
+        ax.bar(x + (i - (len(bars) - 1) / 2) * width, [s[n]["mean"] for n in NAMES], width,
+               yerr=[s[n]["sd"] or 0.0 for n in NAMES],
                capsize=3, label=label)
     ax.set_xticks(x)
     ax.set_xticklabels(NAMES)

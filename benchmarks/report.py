@@ -7,7 +7,7 @@ import os
 import platform
 from pathlib import Path
 
-import numpy as np
+from densernet_core.localization.report import fmt_spread, spread  # noqa: F401  (the benchmarks' one import)
 
 
 def machine(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
@@ -55,29 +55,12 @@ def save_report(out: Path, results: object, table: str, plot: Path | None = None
         print(f"plot: {plot}")
 
 
-def spread(values: list[float | None]) -> dict:
-    """Mean and sample sd (n-1) of one figure over checkpoints or seeds; None values (a checkpoint with no
-    fix has no median error) are left out and counted."""
-    vals = [float(v) for v in values if v is not None]
-    return {"mean": float(np.mean(vals)) if vals else None, "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
-            "n": len(vals), "of": len(values)}
-
-
 def spread_rows(each: list[dict], keys: list[str], figures: tuple[str, ...],
                 modes: tuple[str, ...] = ("single", "filtered")) -> dict:
     """`spread` of every figure of every row, over runs whose results share the layout
     {row: {mode: {figure: value}}} (one run per checkpoint or seed)."""
     return {k: {mode: {fig: spread([r[k][mode][fig] for r in each]) for fig in figures} for mode in modes}
             for k in keys}
-
-
-def fmt_spread(v: dict, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
-    """'mean ± sd' (scaled, e.g. 100 for a share in %), noting when some checkpoints had no value."""
-    if v["mean"] is None:
-        return "-"
-    sd = "" if v["sd"] is None else f" ± {scale * v['sd']:.{digits}f}"
-    partial = "" if v["n"] == v["of"] else f" ({v['n']} of {v['of']})"
-    return f"{scale * v['mean']:.{digits}f}{sd}{unit}{partial}"
 
 
 def fmt_num(v: float | None) -> str:

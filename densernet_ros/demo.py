@@ -33,7 +33,7 @@ from densernet_core.datasets import GeoImages, load_csv, load_traverse
 from densernet_core.demo.routes import generated_route
 from densernet_core.demo.synth import RouteConfig, generate
 from densernet_core.images import read_image, resize
-from densernet_core.localization.report import error_stats, open_set_summary, plot_trajectory
+from densernet_core.localization.report import error_stats, fmt_spread, open_set_summary, plot_trajectory, spread
 
 GP_TRAVERSES = ("day_left", "day_right", "night_right")
 GP_TRAIN_FRAMES = (0, 100)  # [start, stop): what the demo's checkpoint is trained on
@@ -256,16 +256,14 @@ def _run_seeds(args: argparse.Namespace) -> int:
         print(f"--- seed {k} of {args.seeds} ---", flush=True)
         codes.append(_run(sub))
         per_seed.append(_seed_figures(json.loads((out / f"seed{k}" / "report.json").read_text())))
-    summary = {}
-    for key, label in SEED_FIGURES:
-        values = np.array([np.nan if r[key] is None else r[key] for r in per_seed], float)
-        summary[key] = {"label": label, "values": values.tolist(), "mean": float(np.nanmean(values)),
-                        "sd": float(np.nanstd(values, ddof=1))}
+    summary = {key: {"label": label, "values": [r[key] for r in per_seed], **spread([r[key] for r in per_seed])}
+               for key, label in SEED_FIGURES}
     (out / "seeds.json").write_text(json.dumps({"seeds": per_seed, "summary": summary}, indent=2))
     print(f"over {args.seeds} seeds (mean ± sd; each seed):")
     for key, label in SEED_FIGURES:
         v = summary[key]
-        print(f"  {label}: {v['mean']:.2f} ± {v['sd']:.2f}  [" + ", ".join(f"{x:.2f}" for x in v["values"]) + "]")
+        each = ", ".join("-" if x is None else f"{x:.2f}" for x in v["values"])
+        print(f"  {label}: {fmt_spread(v)}  [{each}]")
     print(f"seeds: {out / 'seeds.json'}")
     return max(codes)
 

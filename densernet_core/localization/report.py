@@ -1,4 +1,4 @@
-"""Position-error statistics and trajectory plots (localize CLI, demo, benchmarks)."""
+"""Position-error statistics, their spread over seeds, and trajectory plots (localize CLI, demo, benchmarks)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,6 +22,23 @@ def format_stats(stats: dict[str, float], unit: str = "m") -> str:
         return "no fixes to evaluate"
     within = ", ".join(f"{100 * v:.0f}% <= {k[7:]} {unit}" for k, v in stats.items() if k.startswith("within_"))
     return f"{stats['n']} fixes: median {stats['median']:.2f} {unit}, p90 {stats['p90']:.2f} {unit}; {within}"
+
+
+def spread(values: list[float | None]) -> dict:
+    """Mean and sample sd (n-1) of one figure over checkpoints or seeds; None values (a checkpoint with no
+    fix has no median error) are left out and counted."""
+    vals = [float(v) for v in values if v is not None]
+    return {"mean": float(np.mean(vals)) if vals else None, "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+            "n": len(vals), "of": len(values)}
+
+
+def fmt_spread(v: dict, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
+    """'mean ± sd' (scaled, e.g. 100 for a share in %), noting when some checkpoints had no value."""
+    if v["mean"] is None:
+        return "-"
+    sd = "" if v["sd"] is None else f" ± {scale * v['sd']:.{digits}f}"
+    partial = "" if v["n"] == v["of"] else f" ({v['n']} of {v['of']})"
+    return f"{scale * v['mean']:.{digits}f}{sd}{unit}{partial}"
 
 
 def plot_trajectory(path: str | Path, true_xy: np.ndarray | None, est_xy: np.ndarray, fix: np.ndarray,
