@@ -11,7 +11,10 @@ Variants, each beside the checkpoints as trained, in the same run:
   descriptor space (DBA, k = 1), the queries unchanged;
 - the NetVLAD soft assignment made softer or sharper: its weights (alpha times the unit centroids) scaled
   by 0.5, 0.75 or 1.5 (the recipe sets alpha so that the runner-up centroid gets 1 % of the nearest's
-  weight, netvlad.py).
+  weight, netvlad.py);
+- test-time augmentation, each image described twice and the two descriptors summed (unit length again),
+  queries and map alike, at twice the network's cost per frame: with its mirror image, or at 1.5 times the
+  trained resolution as well (a second scale, as multi-scale NetVLAD evaluations do).
 Writes <out>/results.json, table.md and machine.json.
 """
 from __future__ import annotations
@@ -27,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from densernet_core.cli import setup_logging  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
+from densernet_core.images import read_image  # noqa: E402
 from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from densernet_core.training.evaluation import evaluate_descriptors  # noqa: E402
 from benchmarks.bench_final_stage import unit  # noqa: E402
@@ -34,6 +38,8 @@ from benchmarks.bench_gardens_point import EVAL_FRAMES, PROTOCOLS, TOLERANCE  # 
 from benchmarks.report import fmt_spread, save_report, spread  # noqa: E402
 
 SHARPNESS = (0.5, 0.75, 1.5)
+SECOND_SCALE = 1.5  # the test-time second resolution, times the trained one
+VARIANTS = ("power", "dba", "sharpness", "mirror", "scale")
 
 
 def power_norm(x: np.ndarray, power: float = 0.5) -> np.ndarray:
@@ -48,6 +54,15 @@ def dba(db: np.ndarray, k: int = 1) -> np.ndarray:
 
 def describe_all(model, sets: dict) -> dict[str, np.ndarray]:
     return {t: model.describe(s.images, batch_size=8).astype(np.float64) for t, s in sets.items()}
+
+
+def mirrored(sets: dict) -> dict[str, list[np.ndarray]]:
+    """Every image flipped left to right, as arrays the network describes like files."""
+    return {t: [np.ascontiguousarray(read_image(p)[:, ::-1]) for p in s.images] for t, s in sets.items()}
+
+
+def summed(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {t: unit(a[t] + b[t]) for t in a}
 
 
 def recalls(desc: dict, sets: dict, query_fn=lambda x: x, db_fn=lambda x: x) -> list[float]:
@@ -85,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", nargs="+", type=Path, required=True, help="one per training seed")
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data/gardens_point"))
     parser.add_argument("--out", default="bench_out/posthoc")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="which variants to run beside the checkpoints as trained (default: all)")
     args = parser.parse_args(argv)
     for c in args.checkpoints:
         if not c.is_file():
@@ -104,11 +121,22 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(c)
         desc = describe_all(model, sets)
         per.setdefault("as trained", []).append(recalls(desc, sets))
-        per.setdefault("power normalisation (signed square root)", []).append(
-            recalls(desc, sets, power_norm, power_norm))
-        per.setdefault("map-side augmentation (DBA, k = 1)", []).append(recalls(desc, sets, db_fn=dba))
-        for s in SHARPNESS:
+        if "power" in args.variants:
+            per.setdefault("power normalisation (signed square root)", []).append(
+                recalls(desc, sets, power_norm, power_norm))
+        if "dba" in args.variants:
+            per.setdefault("map-side augmentation (DBA, k = 1)", []).append(recalls(desc, sets, db_fn=dba))
+        for s in SHARPNESS if "sharpness" in args.variants else ():
             per.setdefault(f"NetVLAD assignment weights x {s:g}", []).append(recalls(with_sharpness(model, s, sets), sets))
+        if "mirror" in args.variants:
+            flipped = {t: model.describe(imgs, batch_size=8).astype(np.float64) for t, imgs in mirrored(sets).items()}
+            per.setdefault("with the mirror image (2 descriptors per frame)", []).append(recalls(summed(desc, flipped), sets))
+        if "scale" in args.variants:
+            h, w = model.config.image_size
+            big = (int(round(h * SECOND_SCALE / 16)) * 16, int(round(w * SECOND_SCALE / 16)) * 16)
+            larger = describe_all(load_model(c, image_size=big), sets)
+            per.setdefault(f"with a second scale, {big[0]}x{big[1]} (2 descriptors per frame)", []).append(
+                recalls(summed(desc, larger), sets))
         print(f"{c}: " + "; ".join(f"{k}: {' / '.join(f'{x:.2f}' for x in v[-1])}" for k, v in per.items()), flush=True)
     names = [f"{q}->{db}" for q, db in PROTOCOLS]
     summary = {k: {n: spread([r[i] for r in rows]) for i, n in enumerate(names)} for k, rows in per.items()}
