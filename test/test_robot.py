@@ -448,16 +448,21 @@ def test_a_wrong_camera_info_is_refused_and_reported_and_the_rate_capped(robot):
     try:
         client.wait_matched(proc)
         client.wait_for(lambda: info_pub.get_subscription_count() > 0, 30, "the camera_info subscription")
-        info_pub.publish(info)
-        time.sleep(0.5)
         reasons, sources = [], []
-        for img in images[:8]:
+        for img in images[:14]:
+            info_pub.publish(info)  # with every frame, as camera drivers do
+            time.sleep(0.1)
             values, _ = client.send_and_wait(img)
             reasons.append(values.get("metric_reason", ""))
             sources.append(values.get("pose_source"))
-        assert all("camera intrinsics disagree" in r for r in reasons[5:]), reasons
-        assert all(s != "metric" for s in sources[5:]), sources
-        assert sum("camera intrinsics disagree" in r for r in reasons) >= 4, reasons
+        # How soon depends on the street and on the checkpoint (`densernet init` trains other bytes on another
+        # CPU): one frame's fit is pulled toward the given focal length, so the first frames may pass. On
+        # family-26 EPYCs every frame from the 6th on was refused; on an Intel Xeon (2026-12-02) from the 8th (fits
+        # 0.89-1.02 on frames 0-6, 0.83-0.87 after; the truth is 0.80). Once refused, refused for good.
+        first = next((k for k, r in enumerate(reasons) if "camera intrinsics disagree" in r), len(reasons))
+        assert first < 10, reasons
+        assert all("camera intrinsics disagree" in r for r in reasons[first:]), reasons
+        assert all(s != "metric" for s in sources[first:]), sources
         time.sleep(2.5)  # past input_timeout_s: a stalled camera must not hide the configuration fault
         client.wait_for(lambda: "camera intrinsics disagree" in _diag_message(client)
                         and "no image for" in _diag_message(client), 10,
