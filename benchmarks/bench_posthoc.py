@@ -56,9 +56,15 @@ def describe_all(model, sets: dict) -> dict[str, np.ndarray]:
     return {t: model.describe(s.images, batch_size=8).astype(np.float64) for t, s in sets.items()}
 
 
-def mirrored(sets: dict) -> dict[str, list[np.ndarray]]:
-    """Every image flipped left to right, as arrays the network describes like files."""
-    return {t: [np.ascontiguousarray(read_image(p)[:, ::-1]) for p in s.images] for t, s in sets.items()}
+def describe_mirrored(model, sets: dict, batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Every image flipped left to right and described, one batch of images in memory at a time (the same
+    batches as `describe_all`, so the same descriptors as describing the flipped files)."""
+    out = {}
+    for t, s in sets.items():
+        parts = [model.describe([np.ascontiguousarray(read_image(p)[:, ::-1]) for p in s.images[i:i + batch_size]],
+                                batch_size=batch_size) for i in range(0, len(s.images), batch_size)]
+        out[t] = np.concatenate(parts).astype(np.float64)
+    return out
 
 
 def summed(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -129,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in SHARPNESS if "sharpness" in args.variants else ():
             per.setdefault(f"NetVLAD assignment weights x {s:g}", []).append(recalls(with_sharpness(model, s, sets), sets))
         if "mirror" in args.variants:
-            flipped = {t: model.describe(imgs, batch_size=8).astype(np.float64) for t, imgs in mirrored(sets).items()}
+            flipped = describe_mirrored(model, sets)
             per.setdefault("with the mirror image (2 descriptors per frame)", []).append(recalls(summed(desc, flipped), sets))
         if "scale" in args.variants:
             h, w = model.config.image_size

@@ -256,8 +256,8 @@ def _run_seeds(args: argparse.Namespace) -> int:
         print(f"--- seed {k} of {args.seeds} ---", flush=True)
         codes.append(_run(sub))
         per_seed.append(_seed_figures(json.loads((out / f"seed{k}" / "report.json").read_text())))
-    summary = {key: {"label": label, "values": [r[key] for r in per_seed], **spread([r[key] for r in per_seed])}
-               for key, label in SEED_FIGURES}
+    columns = {key: [r[key] for r in per_seed] for key, _ in SEED_FIGURES}
+    summary = {key: {"label": label, "values": columns[key], **spread(columns[key])} for key, label in SEED_FIGURES}
     (out / "seeds.json").write_text(json.dumps({"seeds": per_seed, "summary": summary}, indent=2))
     print(f"over {args.seeds} seeds (mean ± sd; each seed):")
     for key, label in SEED_FIGURES:
