@@ -40,6 +40,7 @@ from benchmarks.report import fmt_spread, save_report, spread  # noqa: E402
 SHARPNESS = (0.5, 0.75, 1.5)
 SECOND_SCALE = 1.5  # the test-time second resolution, times the trained one
 VARIANTS = ("power", "dba", "sharpness", "mirror", "scale")
+BATCH = 8  # images per forward pass; the mirror variant reads its flipped images one batch at a time
 
 
 def power_norm(x: np.ndarray, power: float = 0.5) -> np.ndarray:
@@ -53,10 +54,10 @@ def dba(db: np.ndarray, k: int = 1) -> np.ndarray:
 
 
 def describe_all(model, sets: dict) -> dict[str, np.ndarray]:
-    return {t: model.describe(s.images, batch_size=8).astype(np.float64) for t, s in sets.items()}
+    return {t: model.describe(s.images, batch_size=BATCH).astype(np.float64) for t, s in sets.items()}
 
 
-def describe_mirrored(model, sets: dict, batch_size: int = 8) -> dict[str, np.ndarray]:
+def describe_mirrored(model, sets: dict, batch_size: int = BATCH) -> dict[str, np.ndarray]:
     """Every image flipped left to right and described, one batch of images in memory at a time (the same
     batches as `describe_all`, so the same descriptors as describing the flipped files)."""
     out = {}
