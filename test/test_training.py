@@ -384,3 +384,24 @@ def test_distillation_refuses_missing_or_incompatible_teachers(route, tmp_path):
     cfg = load_train_config(write_config(route, tmp_path / "d.yaml", **{"distill.teachers": [str(teacher)]}))
     with pytest.raises(ValueError, match="image_size differ"):
         Trainer(cfg, tmp_path / "student", progress=False).train()
+
+
+def test_frozen_head_parts_keep_their_initialisation_and_the_rest_trains(route, tmp_path):
+    """`optim.frozen` holds a head part at its label-free initialisation (PCA branches, k-means NetVLAD), so
+    a recipe trial can fit fewer weights to few places; what is not frozen must still move."""
+    for part, other in (("branches", "netvlad"), ("netvlad", "branches")):
+        run = tmp_path / part
+        cfg = load_train_config(write_config(route, tmp_path / f"{part}.yaml", **{"optim.epochs": 1}), [f"optim.frozen=[{part}]"])
+        assert cfg.optim.frozen == (part,)
+        final = Trainer(cfg, run, progress=False).train()
+        init, last = load_file(str(run / "init.safetensors")), load_file(str(run / "last.safetensors"))
+        held = [k for k in init if k.startswith(part + ".")]
+        moved = [k for k in init if k.startswith(other + ".") and init[k].is_floating_point()]
+        assert held and all(torch.equal(init[k], last[k]) for k in held)
+        assert moved and any(not torch.equal(init[k], last[k]) for k in moved)
+        assert final.is_file()
+    path = write_config(route, tmp_path / "bad.yaml")
+    for bad, named in ((["optim.frozen=[trunk]"], "optim.frozen"), (["optim.frozen=branches"], "a list of head parts"),
+                       (["optim.frozen=[branches,netvlad]"], "nothing of the head would train")):
+        with pytest.raises(ConfigError, match=named):
+            load_train_config(path, bad)

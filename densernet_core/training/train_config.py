@@ -14,6 +14,7 @@ from .sources import SourceSpec, specs_from
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("none", "step", "cosine")
+FREEZABLE = ("branches", "netvlad")  # head parts `optim.frozen` can hold at their initialisation
 CACHE_MODES = ("auto", "on", "off")
 # Trainable trunk settings whose frozen prefix ends at or after pool4, so the trunk's taps can be cached.
 CACHEABLE_TRAIN_LAYERS = ("none", "conv5")
@@ -91,6 +92,7 @@ class OptimConfig:
     amp: bool = True  # fp16 autocast on CUDA; ignored on CPU
     grad_clip: float = 0.0  # 0 = off
     average_from: int = 0  # > 0: the model is the mean of the weights after every step from this epoch (1-based) on
+    frozen: tuple[str, ...] = ()  # head parts held at their initialisation (FREEZABLE): fewer weights fitted to few places
 
     def __post_init__(self) -> None:
         if self.loss not in loss_names():
@@ -104,6 +106,10 @@ class OptimConfig:
         if not 0 <= self.average_from <= self.epochs:
             raise ConfigError(f"optim.average_from must be 0 (off) or an epoch in 1..{self.epochs} "
                               f"(optim.epochs), got {self.average_from}")
+        if isinstance(self.frozen, str) or any(part not in FREEZABLE for part in self.frozen):
+            raise ConfigError(f"optim.frozen {self.frozen!r}: a list of head parts from {list(FREEZABLE)}")
+        if len(set(self.frozen)) == len(FREEZABLE):
+            raise ConfigError(f"optim.frozen {list(self.frozen)} holds every head part: nothing of the head would train")
 
 
 @dataclass(frozen=True)

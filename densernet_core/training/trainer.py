@@ -294,6 +294,8 @@ class Trainer:
         resume = last.is_file() and state_file.is_file()
         model = load_model(last if resume else init, str(self.device))
         model.trunk.set_trainable(self.cfg.model.train_layers)
+        for part in self.cfg.optim.frozen:
+            getattr(model, part).requires_grad_(False)
         self._caches(model)
         head = TrainingHead(model).train()
         opt, sched = self._optimizer(model)

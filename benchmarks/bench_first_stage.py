@@ -1,0 +1,203 @@
+"""What the compact index's first stage costs and keeps at 1M places: the inverted file's codes, lists probed
+and places proposed, against the night queries of the Gardens Point haystack.
+
+    .venv/bin/python benchmarks/bench_first_stage.py [--map bench_out/haystack/gardens_point_1000000]
+        [--out bench_out/first_stage]
+
+The map: a compact Gardens Point haystack kept by bench_haystack.py (day_left 0-199, then distractors); the
+queries: night_right 100-199 described by the map's checkpoint, as that benchmark describes them. Per
+setting, the whole search of `ShortlistIndex.search` stage by stage (query projection, the inverted file's
+proposals, the refining codes' best COMPACT_RERANK, the exact re-rank from the stored rows), each query
+timed twice: back to back (warm) and right after a describe of a camera frame (as in the node, whose
+network's pass leaves the search's data out of the CPU's caches). Reported: p50 times, the share of
+queries whose exact top-1 (or a place within bench_haystack.TIE of it) the proposals hold, that the codes
+keep, that is the answer (agreement), and R@1. The map's own inverted file (8-bit codes of the 512-D
+projection) is searched as loaded; the other codes are built over the same lists from its vectors (read
+back from its 8-bit codes). Exact search's top-1 is computed once over the stored rows and kept in <out>.
+Writes <out>/results.json, table.md and first_stage.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import bench_haystack as bh  # noqa: E402
+from benchmarks.bench_index import exact_topk  # noqa: E402
+from benchmarks.report import save_report  # noqa: E402
+from densernet_core.datasets import load_traverse  # noqa: E402
+from densernet_core.images import read_image  # noqa: E402
+from densernet_core.mapping import placemap as pm  # noqa: E402
+from densernet_core.mapping.index import COMPACT_RERANK, faiss_threads, read_rows  # noqa: E402
+from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
+
+# (codes, lists probed, places proposed); "map" is the map's own inverted file
+SETTINGS = (("map", 128, 1000), ("map", 128, 2000), ("map", 96, 1000), ("map", 64, 1000), ("map", 128, 500),
+            ("sq8_uniform", 128, 1000), ("sq4", 128, 1000), ("fp16", 128, 1000),
+            ("pq256x4fs", 128, 1000), ("pq256x4fs", 128, 2000), ("pq128x4fs", 128, 1000))
+TRAIN_ROWS = 200000  # vectors the built codes are trained on
+STAGES = ("project", "propose", "codes", "rerank")
+
+
+def built_index(base, vectors: np.ndarray, codes: str):
+    """An inverted file over the map's lists (its coarse quantiser, the same assignment) with other codes."""
+    import faiss
+
+    quantiser = faiss.clone_index(base.quantizer)
+    if codes.startswith("pq"):
+        m = int(codes[2:codes.index("x")])
+        index = faiss.IndexIVFPQFastScan(quantiser, base.d, base.nlist, m, 4, faiss.METRIC_INNER_PRODUCT)
+    else:
+        qtype = {"sq8_uniform": faiss.ScalarQuantizer.QT_8bit_uniform, "sq4": faiss.ScalarQuantizer.QT_4bit,
+                 "fp16": faiss.ScalarQuantizer.QT_fp16}[codes]
+        index = faiss.IndexIVFScalarQuantizer(quantiser, base.d, base.nlist, qtype, faiss.METRIC_INNER_PRODUCT)
+    index.cp.min_points_per_centroid = 1
+    rng = np.random.default_rng(0)
+    index.train(vectors[np.sort(rng.choice(len(vectors), min(TRAIN_ROWS, len(vectors)), replace=False))])
+    index.add(vectors)
+    return index
+
+
+def run_setting(pmap: pm.PlaceMap, ivf, queries: np.ndarray, probes: int, proposed: int, evict) -> dict:
+    """Every query through the four stages, warm then after `evict()`; what each stage kept."""
+    index = pmap.index
+    ivf.nprobe = probes
+    times = {mode: {s: [] for s in STAGES} for mode in ("warm", "after_describe")}
+    answers = []
+    with faiss_threads(1):
+        for mode in ("warm", "warm", "after_describe"):  # the first warm pass warms, the second is timed
+            spent, answers = {s: [] for s in STAGES}, []
+            for q in queries:
+                if mode == "after_describe":
+                    evict()
+                t = [time.perf_counter()]
+                p = index.project(q[None])
+                t.append(time.perf_counter())
+                _, cand = ivf.search(p, proposed)
+                t.append(time.perf_counter())
+                cand = np.unique(cand[0][cand[0] >= 0])
+                best = np.sort(index.refine.top(q, cand, COMPACT_RERANK))
+                t.append(time.perf_counter())
+                exact = read_rows(index.ref, best, index.prefetch).astype(np.float32) @ q
+                t.append(time.perf_counter())
+                for s, a, b in zip(STAGES, t, t[1:]):
+                    spent[s].append(b - a)
+                answers.append((cand, best, int(best[np.argmax(exact)]), float(exact.max())))
+            times[mode] = {s: 1000 * float(np.median(v)) for s, v in spent.items()}
+    return {"times_ms": times, "answers": answers}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--map", default=str(ROOT / "bench_out" / "haystack" / "gardens_point_1000000"))
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--out", default="bench_out/first_stage")
+    args = p.parse_args(argv)
+    import faiss
+
+    folder, out = Path(args.map), Path(args.out)
+    if not (folder / "manifest.json").is_file():
+        raise SystemExit(f"no map at {folder}: bench_haystack.py --sizes 1000000 --datasets gardens_point keeps it")
+    out.mkdir(parents=True, exist_ok=True)
+    pmap = pm.PlaceMap.load(folder)
+    if pmap.index.refine is None:
+        raise SystemExit(f"{folder}: not a compact map with refining codes (built by bench_haystack.py at >= 100k)")
+    ckpt = Path(pmap.manifest.checkpoint)
+    if not ckpt.is_file() or checkpoint_hash(ckpt) != pmap.manifest.checkpoint_sha256:
+        raise SystemExit(f"{ckpt}: missing or not the checkpoint the map was made with "
+                         f"({pmap.manifest.checkpoint_sha256[:12]}…)")
+    case = bh.cases(argparse.Namespace(checkpoint=str(ckpt), data=args.data, datasets=["gardens_point"], pool="all"),
+                    out)[0]
+    queries = np.ascontiguousarray(case.query_desc, dtype=np.float32)
+    truth_file = out / f"exact_top_{pmap.manifest.checkpoint_sha256[:12]}_{len(pmap)}.npz"
+    if truth_file.is_file():
+        saved = np.load(truth_file, allow_pickle=False)
+        exact_s, exact_i = saved["scores"], saved["ids"]
+    else:
+        print(f"exact search over {len(pmap):,} stored rows (once; kept in {truth_file})", flush=True)
+        exact_s, exact_i = exact_topk(pmap.descriptors, queries, bh.TOP_K)
+        np.savez(truth_file, scores=exact_s, ids=exact_i)
+    n_real = len(case.map_desc)
+    model = load_model(ckpt)
+    frame = read_image(load_traverse(Path(args.data) / "gardens_point" / "night_right").images[100])
+
+    def evict() -> None:
+        model.describe([frame])
+
+    base = faiss.extract_index_ivf(pmap.index.coarse)
+    vectors, built = None, {}
+    results = {"map": str(folder), "places": len(pmap), "queries": len(queries), "rerank": COMPACT_RERANK,
+               "exact_recall_at_1": float(np.mean([int(i) < n_real and abs(int(i) - case.query_place[k]) <= case.place_tol
+                                                   for k, i in enumerate(exact_i[:, 0])])),
+               "settings": []}
+    for codes, probes, proposed in SETTINGS:
+        if codes == "map":
+            ivf = base
+        else:
+            if vectors is None:
+                base.make_direct_map()
+                vectors = base.reconstruct_n(0, base.ntotal)
+            if codes not in built:
+                built[codes] = built_index(base, vectors, codes)
+            ivf = built[codes]
+        r = run_setting(pmap, ivf, queries, probes, proposed, evict)
+        tied = [exact_i[k][exact_s[k] >= exact_s[k, 0] - bh.TIE] for k in range(len(queries))]
+        row = {"codes": codes, "code_bytes": int(ivf.code_size), "probes": probes, "proposed": proposed,
+               "times_ms": r["times_ms"],
+               "proposed_share": float(np.mean([np.isin(t, a[0]).any() for t, a in zip(tied, r["answers"])])),
+               "kept_share": float(np.mean([np.isin(t, a[1]).any() for t, a in zip(tied, r["answers"])])),
+               "agreement": float(np.mean([a[3] >= exact_s[k, 0] - bh.TIE for k, a in enumerate(r["answers"])])),
+               "recall_at_1": float(np.mean([a[2] < n_real and abs(a[2] - case.query_place[k]) <= case.place_tol
+                                             for k, a in enumerate(r["answers"])]))}
+        results["settings"].append(row)
+        print(json.dumps(row), flush=True)
+        ivf.nprobe = probes
+    base.nprobe = pmap.index.provenance.nprobe
+    lines = [f"{len(pmap):,} places, {len(queries)} night queries; exact search R@1 {results['exact_recall_at_1']:.2f}",
+             "", "| codes (B per place) | lists probed | places proposed | search warm, ms p50 (project / propose / codes / "
+             "re-rank) | after a describe | exact top-1 proposed | kept by the codes | answer as exact | R@1 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in results["settings"]:
+        w, c = row["times_ms"]["warm"], row["times_ms"]["after_describe"]
+        lines.append(f"| {row['codes']} ({row['code_bytes']}) | {row['probes']} | {row['proposed']} | "
+                     f"{sum(w.values()):.2f} ({' / '.join(f'{w[s]:.2f}' for s in STAGES)}) | "
+                     f"{sum(c.values()):.2f} ({' / '.join(f'{c[s]:.2f}' for s in STAGES)}) | "
+                     f"{row['proposed_share']:.2f} | {row['kept_share']:.2f} | {row['agreement']:.2f} | {row['recall_at_1']:.2f} |")
+    plot(results, out / "first_stage.png")
+    save_report(out, results, "\n".join(lines), out / "first_stage.png")
+    return 0
+
+
+def plot(results: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for row in results["settings"]:
+        for mode, marker in (("warm", "o"), ("after_describe", "s")):
+            ms = sum(row["times_ms"][mode].values())
+            ax.plot(ms, row["agreement"], marker, color="C0" if row["codes"] == "map" else "C1",
+                    mfc="none" if mode == "after_describe" else None)
+        ax.annotate(f"{row['codes']} {row['probes']}/{row['proposed']}", (sum(row["times_ms"]["warm"].values()),
+                    row["agreement"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.axvline(5.0, color="0.5", ls="--", label="target, 5 ms")
+    ax.set_xlabel("whole search, ms p50 (filled: warm; open: after a describe)")
+    ax.set_ylabel("answer as exact search's")
+    ax.set_title(f"the first stage at {results['places']:,} places")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
