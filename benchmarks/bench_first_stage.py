@@ -13,7 +13,9 @@ network's pass leaves the search's data out of the CPU's caches). Reported: p50 
 queries whose exact top-1 (or a place within bench_haystack.TIE of it) the proposals hold, that the codes
 keep, that is the answer (agreement), and R@1. The map's own inverted file (8-bit codes of the 512-D
 projection) is searched as loaded; the other codes are built over the same lists from its vectors (read
-back from its 8-bit codes). Exact search's top-1 is computed once over the stored rows and kept in <out>.
+back from its 8-bit codes); `sq8@1024` is an inverted file like the map's over a 1024-D projection fitted as
+the map's own is (built once, kept in <out>), and `/alone` sends the inverted file's best COMPACT_RERANK
+straight to the exact re-rank, without the refining codes. Exact search's top-1 is computed once over the stored rows and kept in <out>.
 Writes <out>/results.json, table.md and first_stage.png.
 """
 from __future__ import annotations
@@ -35,13 +37,19 @@ from benchmarks.report import save_report  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
 from densernet_core.images import read_image  # noqa: E402
 from densernet_core.mapping import placemap as pm  # noqa: E402
-from densernet_core.mapping.index import COMPACT_RERANK, faiss_threads, read_rows  # noqa: E402
+from densernet_core.mapping.index import (COMPACT_FIT_SAMPLES, COMPACT_RERANK, QueryProjection,  # noqa: E402
+                                          build_coarse, coarse_projection, faiss_threads, project_all, read_rows)
 from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
 
-# (codes, lists probed, places proposed); "map" is the map's own inverted file
+# (codes, lists probed, places proposed); "map" is the map's own inverted file; "sq8@1024": an inverted file
+# like the map's over a 1024-D projection fitted like its own (built once, kept in <out>); "/alone": no
+# refining codes, the inverted file's best COMPACT_RERANK go straight to the exact re-rank
 SETTINGS = (("map", 128, 1000), ("map", 128, 2000), ("map", 96, 1000), ("map", 64, 1000), ("map", 128, 500),
+            ("map", 256, 1000), ("map", 512, 1000),
             ("sq8_uniform", 128, 1000), ("sq4", 128, 1000), ("fp16", 128, 1000),
-            ("pq256x4fs", 128, 1000), ("pq256x4fs", 128, 2000), ("pq128x4fs", 128, 1000))
+            ("pq256x4fs", 128, 1000), ("pq256x4fs", 128, 2000), ("pq128x4fs", 128, 1000),
+            ("sq8@1024", 128, 1000), ("sq8@1024/alone", 128, COMPACT_RERANK), ("sq8@1024/alone", 256, COMPACT_RERANK),
+            ("map/alone", 128, COMPACT_RERANK))
 TRAIN_ROWS = 200000  # vectors the built codes are trained on
 STAGES = ("project", "propose", "codes", "rerank")
 
@@ -65,8 +73,26 @@ def built_index(base, vectors: np.ndarray, codes: str):
     return index
 
 
-def run_setting(pmap: pm.PlaceMap, ivf, queries: np.ndarray, probes: int, proposed: int, evict) -> dict:
-    """Every query through the four stages, warm then after `evict()`; what each stage kept."""
+def wider_index(pmap: pm.PlaceMap, dim: int, out: Path):
+    """An inverted file like the map's (`index.build_coarse`) over a `dim`-D projection fitted as the map's own
+    is (same sample, same seed), and that projection as queries use it; built once, then read from `out`."""
+    import faiss
+
+    p_file, i_file = out / f"projection_{dim}.npy", out / f"ivf_{dim}.faiss"
+    if not (p_file.is_file() and i_file.is_file()):
+        print(f"building a {dim}-D inverted file over the map's {len(pmap):,} rows (once; kept in {out})", flush=True)
+        seed = pmap.index.provenance.seed
+        projection = coarse_projection(pmap.descriptors, dim, seed, COMPACT_FIT_SAMPLES)
+        ivf = build_coarse(project_all(pmap.descriptors, projection)[0], "compact")
+        np.save(p_file, projection, allow_pickle=False)
+        faiss.write_index(ivf, str(i_file))
+    return QueryProjection(np.load(p_file, allow_pickle=False)), faiss.read_index(str(i_file))
+
+
+def run_setting(pmap: pm.PlaceMap, ivf, project, queries: np.ndarray, probes: int, proposed: int, evict,
+                refine: bool = True) -> dict:
+    """Every query through the four stages, warm then after `evict()`; what each stage kept. Without `refine`
+    the proposals are re-ranked exactly as they come (the codes' stage is then empty)."""
     index = pmap.index
     ivf.nprobe = probes
     times = {mode: {s: [] for s in STAGES} for mode in ("warm", "after_describe")}
@@ -78,12 +104,12 @@ def run_setting(pmap: pm.PlaceMap, ivf, queries: np.ndarray, probes: int, propos
                 if mode == "after_describe":
                     evict()
                 t = [time.perf_counter()]
-                p = index.project(q[None])
+                p = project(q[None])
                 t.append(time.perf_counter())
                 _, cand = ivf.search(p, proposed)
                 t.append(time.perf_counter())
                 cand = np.unique(cand[0][cand[0] >= 0])
-                best = np.sort(index.refine.top(q, cand, COMPACT_RERANK))
+                best = np.sort(index.refine.top(q, cand, COMPACT_RERANK)) if refine else cand
                 t.append(time.perf_counter())
                 exact = read_rows(index.ref, best, index.prefetch).astype(np.float32) @ q
                 t.append(time.perf_counter())
@@ -92,6 +118,33 @@ def run_setting(pmap: pm.PlaceMap, ivf, queries: np.ndarray, probes: int, propos
                 answers.append((cand, best, int(best[np.argmax(exact)]), float(exact.max())))
             times[mode] = {s: 1000 * float(np.median(v)) for s, v in spent.items()}
     return {"times_ms": times, "answers": answers}
+
+
+def map_and_queries(folder: Path, data: Path, out: Path):
+    """The compact 1M map, its Gardens Point case (night queries described by its checkpoint) and exact
+    search's top bench_haystack.TOP_K per query over its stored rows (computed once, kept in `out`)."""
+    if not (folder / "manifest.json").is_file():
+        raise SystemExit(f"no map at {folder}: bench_haystack.py --sizes 1000000 --datasets gardens_point keeps it")
+    out.mkdir(parents=True, exist_ok=True)
+    pmap = pm.PlaceMap.load(folder)
+    if pmap.index.refine is None:
+        raise SystemExit(f"{folder}: not a compact map with refining codes (built by bench_haystack.py at >= 100k)")
+    ckpt = Path(pmap.manifest.checkpoint)
+    if not ckpt.is_file() or checkpoint_hash(ckpt) != pmap.manifest.checkpoint_sha256:
+        raise SystemExit(f"{ckpt}: missing or not the checkpoint the map was made with "
+                         f"({pmap.manifest.checkpoint_sha256[:12]}…)")
+    case = bh.cases(argparse.Namespace(checkpoint=str(ckpt), data=str(data), datasets=["gardens_point"], pool="all"),
+                    out)[0]
+    queries = np.ascontiguousarray(case.query_desc, dtype=np.float32)
+    truth_file = out / f"exact_top_{pmap.manifest.checkpoint_sha256[:12]}_{len(pmap)}.npz"
+    if truth_file.is_file():
+        saved = np.load(truth_file, allow_pickle=False)
+        exact_s, exact_i = saved["scores"], saved["ids"]
+    else:
+        print(f"exact search over {len(pmap):,} stored rows (once; kept in {truth_file})", flush=True)
+        exact_s, exact_i = exact_topk(pmap.descriptors, queries, bh.TOP_K)
+        np.savez(truth_file, scores=exact_s, ids=exact_i)
+    return pmap, case, queries, exact_s, exact_i
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,27 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     import faiss
 
     folder, out = Path(args.map), Path(args.out)
-    if not (folder / "manifest.json").is_file():
-        raise SystemExit(f"no map at {folder}: bench_haystack.py --sizes 1000000 --datasets gardens_point keeps it")
-    out.mkdir(parents=True, exist_ok=True)
-    pmap = pm.PlaceMap.load(folder)
-    if pmap.index.refine is None:
-        raise SystemExit(f"{folder}: not a compact map with refining codes (built by bench_haystack.py at >= 100k)")
+    pmap, case, queries, exact_s, exact_i = map_and_queries(folder, Path(args.data), out)
     ckpt = Path(pmap.manifest.checkpoint)
-    if not ckpt.is_file() or checkpoint_hash(ckpt) != pmap.manifest.checkpoint_sha256:
-        raise SystemExit(f"{ckpt}: missing or not the checkpoint the map was made with "
-                         f"({pmap.manifest.checkpoint_sha256[:12]}…)")
-    case = bh.cases(argparse.Namespace(checkpoint=str(ckpt), data=args.data, datasets=["gardens_point"], pool="all"),
-                    out)[0]
-    queries = np.ascontiguousarray(case.query_desc, dtype=np.float32)
-    truth_file = out / f"exact_top_{pmap.manifest.checkpoint_sha256[:12]}_{len(pmap)}.npz"
-    if truth_file.is_file():
-        saved = np.load(truth_file, allow_pickle=False)
-        exact_s, exact_i = saved["scores"], saved["ids"]
-    else:
-        print(f"exact search over {len(pmap):,} stored rows (once; kept in {truth_file})", flush=True)
-        exact_s, exact_i = exact_topk(pmap.descriptors, queries, bh.TOP_K)
-        np.savez(truth_file, scores=exact_s, ids=exact_i)
     n_real = len(case.map_desc)
     model = load_model(ckpt)
     frame = read_image(load_traverse(Path(args.data) / "gardens_point" / "night_right").images[100])
@@ -138,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
                                                    for k, i in enumerate(exact_i[:, 0])])),
                "settings": []}
     for codes, probes, proposed in SETTINGS:
-        if codes == "map":
+        project = pmap.index.project
+        if codes.split("/")[0] == "map":
             ivf = base
+        elif "@" in codes:
+            project, ivf = wider_index(pmap, int(codes.split("/")[0].split("@")[1]), out)
         else:
             if vectors is None:
                 base.make_direct_map()
@@ -147,9 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             if codes not in built:
                 built[codes] = built_index(base, vectors, codes)
             ivf = built[codes]
-        r = run_setting(pmap, ivf, queries, probes, proposed, evict)
+        r = run_setting(pmap, ivf, project, queries, probes, proposed, evict, refine=not codes.endswith("/alone"))
         tied = [exact_i[k][exact_s[k] >= exact_s[k, 0] - bh.TIE] for k in range(len(queries))]
-        row = {"codes": codes, "code_bytes": int(ivf.code_size), "probes": probes, "proposed": proposed,
+        row = {"codes": codes, "code_bytes": int(ivf.code_size) + (0 if codes.endswith("/alone") else pmap.index.refine.pq.code_size),
+               "probes": probes, "proposed": proposed,
                "times_ms": r["times_ms"],
                "proposed_share": float(np.mean([np.isin(t, a[0]).any() for t, a in zip(tied, r["answers"])])),
                "kept_share": float(np.mean([np.isin(t, a[1]).any() for t, a in zip(tied, r["answers"])])),
@@ -161,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         ivf.nprobe = probes
     base.nprobe = pmap.index.provenance.nprobe
     lines = [f"{len(pmap):,} places, {len(queries)} night queries; exact search R@1 {results['exact_recall_at_1']:.2f}",
-             "", "| codes (B per place) | lists probed | places proposed | search warm, ms p50 (project / propose / codes / "
+             "", "| codes (B per place, the refining codes' included) | lists probed | places proposed | search warm, ms p50 (project / propose / codes / "
              "re-rank) | after a describe | exact top-1 proposed | kept by the codes | answer as exact | R@1 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in results["settings"]:
@@ -185,7 +223,7 @@ def plot(results: dict, png: Path) -> None:
     for row in results["settings"]:
         for mode, marker in (("warm", "o"), ("after_describe", "s")):
             ms = sum(row["times_ms"][mode].values())
-            ax.plot(ms, row["agreement"], marker, color="C0" if row["codes"] == "map" else "C1",
+            ax.plot(ms, row["agreement"], marker, color="C0" if row["codes"].startswith("map") else "C2" if "@" in row["codes"] else "C1",
                     mfc="none" if mode == "after_describe" else None)
         ax.annotate(f"{row['codes']} {row['probes']}/{row['proposed']}", (sum(row["times_ms"]["warm"].values()),
                     row["agreement"]), fontsize=6, xytext=(3, 2), textcoords="offset points")

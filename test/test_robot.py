@@ -353,7 +353,8 @@ def test_managed_node_follows_the_lifecycle_services_and_publishes_nothing_inact
 
     def state() -> int:
         future = get_state.call_async(GetState.Request())
-        client.wait_for(future.done, 30, "get_state")
+        # a liveness bound, not a speed check: on 2 cores with a 1M-map job beside it, the first answer took > 30 s
+        client.wait_for(future.done, 120, "get_state")
         return future.result().current_state.id
 
     def transition(t: int) -> bool:
