@@ -171,12 +171,14 @@ def main(argv: list[str] | None = None) -> int:
                "exact_recall_at_1": float(np.mean([int(i) < n_real and abs(int(i) - case.query_place[k]) <= case.place_tol
                                                    for k, i in enumerate(exact_i[:, 0])])),
                "settings": []}
+    tied = bh.tied_tops(exact_s, exact_i)
     for codes, probes, proposed in SETTINGS:
+        kind, alone = codes.split("/")[0], codes.endswith("/alone")
         project = pmap.index.project
-        if codes.split("/")[0] == "map":
+        if kind == "map":
             ivf = base
-        elif "@" in codes:
-            project, ivf = wider_index(pmap, int(codes.split("/")[0].split("@")[1]), out)
+        elif "@" in kind:
+            project, ivf = wider_index(pmap, int(kind.split("@")[1]), out)
         else:
             if vectors is None:
                 base.make_direct_map()
@@ -184,19 +186,17 @@ def main(argv: list[str] | None = None) -> int:
             if codes not in built:
                 built[codes] = built_index(base, vectors, codes)
             ivf = built[codes]
-        r = run_setting(pmap, ivf, project, queries, probes, proposed, evict, refine=not codes.endswith("/alone"))
-        tied = [exact_i[k][exact_s[k] >= exact_s[k, 0] - bh.TIE] for k in range(len(queries))]
-        row = {"codes": codes, "code_bytes": int(ivf.code_size) + (0 if codes.endswith("/alone") else pmap.index.refine.pq.code_size),
+        r = run_setting(pmap, ivf, project, queries, probes, proposed, evict, refine=not alone)
+        row = {"codes": codes, "code_bytes": int(ivf.code_size) + (0 if alone else pmap.index.refine.pq.code_size),
                "probes": probes, "proposed": proposed,
                "times_ms": r["times_ms"],
                "proposed_share": float(np.mean([np.isin(t, a[0]).any() for t, a in zip(tied, r["answers"])])),
                "kept_share": float(np.mean([np.isin(t, a[1]).any() for t, a in zip(tied, r["answers"])])),
-               "agreement": float(np.mean([a[3] >= exact_s[k, 0] - bh.TIE for k, a in enumerate(r["answers"])])),
+               "agreement": bh.agreement([a[3] for a in r["answers"]], exact_s[:, 0]),
                "recall_at_1": float(np.mean([a[2] < n_real and abs(a[2] - case.query_place[k]) <= case.place_tol
                                              for k, a in enumerate(r["answers"])]))}
         results["settings"].append(row)
         print(json.dumps(row), flush=True)
-        ivf.nprobe = probes
     base.nprobe = pmap.index.provenance.nprobe
     lines = [f"{len(pmap):,} places, {len(queries)} night queries; exact search R@1 {results['exact_recall_at_1']:.2f}",
              "", "| codes (B per place, the refining codes' included) | lists probed | places proposed | search warm, ms p50 (project / propose / codes / "

@@ -199,6 +199,11 @@ def evaluate(case: Case, pmap: pm.PlaceMap, times: bool = False) -> dict:
     return out
 
 
+def tied_tops(exact_s: np.ndarray, exact_i: np.ndarray) -> list[np.ndarray]:
+    """Per query, the places as similar as exact search's top-1 (itself and any tie): what counts as its answer."""
+    return [ids[scores >= scores[0] - TIE] for scores, ids in zip(exact_s, exact_i)]
+
+
 def agreement(top1_score: list[float] | np.ndarray, exact_top1_score: list[float]) -> float:
     """Share of queries whose answer is as similar as exact search's top-1 (the same place, or a tie)."""
     return float(np.mean(np.asarray(top1_score) >= np.asarray(exact_top1_score) - TIE))

@@ -79,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     top = coarse_projection(rows, max(args.dims), provenance.seed, COMPACT_FIT_SAMPLES)
     bases = {f"the map's own ({provenance.dim}-D, as built)": pmap.index.projection}
     bases.update({f"top {d} directions": np.ascontiguousarray(top[:, :d]) for d in sorted(args.dims)})
-    targets = [exact_i[k][exact_s[k] >= exact_s[k, 0] - bh.TIE] for k in range(len(queries))]
-    ranks = projected_ranks(rows, queries, bases, targets)
+    ranks = projected_ranks(rows, queries, bases, bh.tied_tops(exact_s, exact_i))
     sample = read_rows(rows, np.sort(np.random.default_rng(0).choice(len(rows), ENERGY_SAMPLES, replace=False)),
                        None).astype(np.float32)
     results = {"map": args.map, "places": len(pmap), "queries": len(queries), "depths": list(DEPTHS),

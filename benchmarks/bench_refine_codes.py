@@ -97,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
                "codes": full.name, "build_s": build_s,
                "exact_recall_at_1": float(np.mean([right(int(exact_i[k, 0]), k) for k in range(len(q))])),
                "query_energy_kept": float(np.mean(np.sum(qp ** 2, 1) / np.sum(q ** 2, 1))), "shortlists": {}}
+    answers = bh.tied_tops(exact_s, exact_i)
     for n in args.shortlists:
         scores, ids = coarse.search(qp, min(n, len(desc)))
         row = {"exact_top1_proposed": 0.0, **{r: {"recall_at_1": 0.0, "agreement": 0.0} for r in RANKINGS}}
         for k in range(len(q)):
             keep = ids[k] >= 0
             rows, projected_score = ids[k][keep], scores[k][keep]
-            tied = exact_i[k][exact_s[k] >= exact_s[k, 0] - bh.TIE]
+            tied = answers[k]
             row["exact_top1_proposed"] += np.isin(tied, rows).any() / len(q)
             with_residual = projected_score + code_scores(resid.pq, resid_codes, qr[k], rows)
             shortlisted = {"projection": rows[np.argsort(-projected_score, kind="stable")[:idx.COMPACT_RERANK]],
