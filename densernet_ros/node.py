@@ -77,6 +77,9 @@ ESTIMATOR = PoseEstimatorConfig()  # the estimator's and the filter's defaults a
 BELIEF = BeliefConfig()
 DIAGNOSTICS_PERIOD_S = 1.0
 WARN_THROTTLE_S = 5.0
+# deactivate waits this long for the worker to finish its frame before it says it is still waiting (it then
+# waits on: releasing the model or the publishers under a frame still running in native code can crash).
+WORKER_STOP_WARN_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,11 @@ class LocalizerCore:
         if self.frames is not None:
             self.frames.close()
         if self.worker is not None:
-            self.worker.join(timeout=10.0)
+            self.worker.join(timeout=WORKER_STOP_WARN_S)
+            if self.worker.is_alive():
+                self.get_logger().warning(f"the inference worker is still on a frame after {WORKER_STOP_WARN_S:g} s; "
+                                          "waiting for it before releasing the model")
+                self.worker.join()
             self.worker = None
         for sub in self._subs:
             self.destroy_subscription(sub)

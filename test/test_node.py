@@ -343,6 +343,37 @@ def test_spin_ends_cleanly_wherever_a_signal_lands(monkeypatch):
     alive.context.shutdown()
 
 
+def test_deactivate_waits_for_a_frame_still_running_before_anything_is_released(monkeypatch):
+    """A frame slower than WORKER_STOP_WARN_S (a loaded CPU, a first CUDA call): deactivate says it waits and
+    returns only once the worker is done, so that cleanup never frees the model or the publishers under a
+    frame still in native code (a SIGSEGV at shutdown before)."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from densernet_ros import node as node_module
+    from densernet_ros.frame_slot import FrameSlot
+
+    monkeypatch.setattr(node_module, "WORKER_STOP_WARN_S", 0.2)
+    started, log, order = threading.Event(), [], []
+
+    def slow_frame() -> None:
+        started.set()
+        time.sleep(1.0)  # the frame the worker is on when the node is stopped
+        order.append("frame done")
+
+    fake = SimpleNamespace(frames=FrameSlot(), worker=threading.Thread(target=slow_frame), _subs=["sub"],
+                           _timers=["timer"], robot=SimpleNamespace(stop=lambda: order.append("robot stopped")),
+                           get_logger=lambda: SimpleNamespace(warning=log.append),
+                           destroy_subscription=lambda s: order.append("subscription destroyed"),
+                           destroy_timer=lambda t: order.append("timer destroyed"))
+    fake.worker.start()
+    started.wait(5)
+    node_module.LocalizerNode.deactivate(fake)
+    assert order == ["frame done", "subscription destroyed", "timer destroyed", "robot stopped"]
+    assert fake.worker is None and len(log) == 1 and "still on a frame after 0.2 s" in log[0]
+
+
 def test_installed_console_script_starts_from_any_directory(gp_map, tmp_path):
     """`densernet-node --map-dir M` as a pip/venv user runs it: the installed script, another working
     directory, no PYTHONPATH or AMENT_PREFIX_PATH; it must find its installed parameter file."""
