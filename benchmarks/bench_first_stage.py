@@ -2,7 +2,7 @@
 and places proposed, against the night queries of the Gardens Point haystack.
 
     .venv/bin/python benchmarks/bench_first_stage.py [--map bench_out/haystack/gardens_point_1000000]
-        [--out bench_out/first_stage]
+        [--out bench_out/first_stage] [--only map graph_ip ...]
 
 The map: a compact Gardens Point haystack kept by bench_haystack.py (day_left 0-199, then distractors); the
 queries: night_right 100-199 described by the map's checkpoint, as that benchmark describes them. Per
@@ -15,13 +15,20 @@ keep, that is the answer (agreement), and R@1. The map's own inverted file (8-bi
 projection) is searched as loaded; the other codes are built over the same lists from its vectors (read
 back from its 8-bit codes); `sq8@1024` is an inverted file like the map's over a 1024-D projection fitted as
 the map's own is (built once, kept in <out>), and `/alone` sends the inverted file's best COMPACT_RERANK
-straight to the exact re-rank, without the refining codes. Exact search's top-1 is computed once over the stored rows and kept in <out>.
+straight to the exact re-rank, without the refining codes. `graph_ip` and `graph_mips` replace the inverted
+file by a graph (HNSW, 32 links per place, over 8-bit codes of the same vectors; the second number of a
+setting is then the candidates searched): `graph_ip` by inner product, `graph_mips` by L2 distance over the
+vectors with a coordinate appended, sqrt(R^2 - |x|^2) (R: the largest norm), the query's 0, which orders
+places by inner product in a metric space (each built once, kept in <out>). Besides the night queries,
+SELF_QUERIES of the map's own places, queried with their stored descriptors: the share whose own row the
+first stage proposes. Exact search's top-1 is computed once over the stored rows and kept in <out>.
 Writes <out>/results.json, table.md and first_stage.png.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,8 +56,13 @@ SETTINGS = (("map", 128, 1000), ("map", 128, 2000), ("map", 96, 1000), ("map", 6
             ("sq8_uniform", 128, 1000), ("sq4", 128, 1000), ("fp16", 128, 1000),
             ("pq256x4fs", 128, 1000), ("pq256x4fs", 128, 2000), ("pq128x4fs", 128, 1000),
             ("sq8@1024", 128, 1000), ("sq8@1024/alone", 128, COMPACT_RERANK), ("sq8@1024/alone", 256, COMPACT_RERANK),
-            ("map/alone", 128, COMPACT_RERANK))
+            ("map/alone", 128, COMPACT_RERANK),
+            ("graph_ip", 256, 256), ("graph_ip", 512, 512), ("graph_ip", 1000, 1000),
+            ("graph_mips", 256, 256), ("graph_mips", 512, 512), ("graph_mips", 1000, 1000))
 TRAIN_ROWS = 200000  # vectors the built codes are trained on
+GRAPH_M, GRAPH_EF_CONSTRUCTION = 32, 80  # the graphs' links per place and candidates kept while building
+GRAPH_ADD_ROWS = 100000  # vectors added to a graph at a time
+SELF_QUERIES = 1000  # the map's own places queried with their stored descriptors
 STAGES = ("project", "propose", "codes", "rerank")
 
 
@@ -71,6 +83,54 @@ def built_index(base, vectors: np.ndarray, codes: str):
     index.train(vectors[np.sort(rng.choice(len(vectors), min(TRAIN_ROWS, len(vectors)), replace=False))])
     index.add(vectors)
     return index
+
+
+class GraphStage:
+    """A graph as the first stage, searched as the inverted files are: `nprobe` sets its candidates searched,
+    `code_size` is its RAM per place (codes and links)."""
+
+    def __init__(self, index, mips: bool) -> None:
+        import faiss
+
+        self.index, self.mips = index, mips
+        self.code_size = faiss.downcast_index(index.storage).code_size + index.hnsw.neighbors.size() * 4 // index.ntotal
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "nprobe":
+            self.index.hnsw.efSearch = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def search(self, x: np.ndarray, k: int):
+        if self.mips:
+            x = np.hstack([x, np.zeros((len(x), 1), np.float32)])
+        return self.index.search(np.ascontiguousarray(x, dtype=np.float32), k)
+
+
+def graph_index(vectors: np.ndarray, mips: bool, out: Path) -> GraphStage:
+    """A graph over the vectors (see the module's docstring); built once, then read from `out`."""
+    import faiss
+
+    path = out / f"graph_{'mips' if mips else 'ip'}.faiss"
+    if not path.is_file():
+        print(f"building a graph ({'L2 over MIPS-augmented' if mips else 'inner product over'} vectors; once, kept in "
+              f"{out})", flush=True)
+        radius = float(np.sqrt((vectors ** 2).sum(1)).max())
+
+        def rows(x: np.ndarray) -> np.ndarray:
+            if not mips:
+                return np.ascontiguousarray(x, dtype=np.float32)
+            return np.hstack([x, np.sqrt(np.maximum(radius ** 2 - (x ** 2).sum(1, keepdims=True), 0))]).astype(np.float32)
+
+        d = vectors.shape[1] + (1 if mips else 0)
+        index = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_8bit, GRAPH_M, faiss.METRIC_L2 if mips else faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = GRAPH_EF_CONSTRUCTION
+        index.train(rows(vectors[:TRAIN_ROWS]))
+        with faiss_threads(os.cpu_count()):  # the describe before has left FAISS on one
+            for start in range(0, len(vectors), GRAPH_ADD_ROWS):
+                index.add(rows(vectors[start:start + GRAPH_ADD_ROWS]))
+        faiss.write_index(index, str(path))
+    return GraphStage(faiss.read_index(str(path)), mips)
 
 
 def wider_index(pmap: pm.PlaceMap, dim: int, out: Path):
@@ -152,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--map", default=str(ROOT / "bench_out" / "haystack" / "gardens_point_1000000"))
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--out", default="bench_out/first_stage")
+    p.add_argument("--only", nargs="+", help="only the settings of these codes (e.g. map graph_ip; default: all)")
     args = p.parse_args(argv)
     import faiss
 
@@ -172,8 +233,12 @@ def main(argv: list[str] | None = None) -> int:
                                                    for k, i in enumerate(exact_i[:, 0])])),
                "settings": []}
     tied = bh.tied_tops(exact_s, exact_i)
+    own_rows = np.sort(np.random.default_rng(0).choice(len(pmap), SELF_QUERIES, replace=False))
+    own = read_rows(pmap.index.ref, own_rows, pmap.index.prefetch).astype(np.float32)
     for codes, probes, proposed in SETTINGS:
         kind, alone = codes.split("/")[0], codes.endswith("/alone")
+        if args.only and kind not in args.only:
+            continue
         project = pmap.index.project
         if kind == "map":
             ivf = base
@@ -184,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                 base.make_direct_map()
                 vectors = base.reconstruct_n(0, base.ntotal)
             if codes not in built:
-                built[codes] = built_index(base, vectors, codes)
+                built[codes] = (graph_index(vectors, kind == "graph_mips", out) if kind.startswith("graph")
+                                else built_index(base, vectors, codes))
             ivf = built[codes]
         r = run_setting(pmap, ivf, project, queries, probes, proposed, evict, refine=not alone)
         row = {"codes": codes, "code_bytes": int(ivf.code_size) + (0 if alone else pmap.index.refine.pq.code_size),
@@ -193,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                "proposed_share": float(np.mean([np.isin(t, a[0]).any() for t, a in zip(tied, r["answers"])])),
                "kept_share": float(np.mean([np.isin(t, a[1]).any() for t, a in zip(tied, r["answers"])])),
                "agreement": bh.agreement([a[3] for a in r["answers"]], exact_s[:, 0]),
+               "self_proposed_share": float(np.mean((ivf.search(project(own), proposed)[1] == own_rows[:, None]).any(1))),
                "recall_at_1": float(np.mean([a[2] < n_real and abs(a[2] - case.query_place[k]) <= case.place_tol
                                              for k, a in enumerate(r["answers"])]))}
         results["settings"].append(row)
@@ -200,14 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     base.nprobe = pmap.index.provenance.nprobe
     lines = [f"{len(pmap):,} places, {len(queries)} night queries; exact search R@1 {results['exact_recall_at_1']:.2f}",
              "", "| codes (B per place, the refining codes' included) | lists probed | places proposed | search warm, ms p50 (project / propose / codes / "
-             "re-rank) | after a describe | exact top-1 proposed | kept by the codes | answer as exact | R@1 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "re-rank) | after a describe | exact top-1 proposed | kept by the codes | answer as exact | R@1 | the map's own places: own row proposed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["settings"]:
         w, c = row["times_ms"]["warm"], row["times_ms"]["after_describe"]
         lines.append(f"| {row['codes']} ({row['code_bytes']}) | {row['probes']} | {row['proposed']} | "
                      f"{sum(w.values()):.2f} ({' / '.join(f'{w[s]:.2f}' for s in STAGES)}) | "
                      f"{sum(c.values()):.2f} ({' / '.join(f'{c[s]:.2f}' for s in STAGES)}) | "
-                     f"{row['proposed_share']:.2f} | {row['kept_share']:.2f} | {row['agreement']:.2f} | {row['recall_at_1']:.2f} |")
+                     f"{row['proposed_share']:.2f} | {row['kept_share']:.2f} | {row['agreement']:.2f} | {row['recall_at_1']:.2f} | "
+                     f"{row['self_proposed_share']:.3f} |")
     plot(results, out / "first_stage.png")
     save_report(out, results, "\n".join(lines), out / "first_stage.png")
     return 0
