@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -95,11 +94,13 @@ class GraphStage:
         self.index, self.mips = index, mips
         self.code_size = faiss.downcast_index(index.storage).code_size + index.hnsw.neighbors.size() * 4 // index.ntotal
 
-    def __setattr__(self, name: str, value) -> None:
-        if name == "nprobe":
-            self.index.hnsw.efSearch = value
-        else:
-            object.__setattr__(self, name, value)
+    @property
+    def nprobe(self) -> int:
+        return self.index.hnsw.efSearch
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        self.index.hnsw.efSearch = value
 
     def search(self, x: np.ndarray, k: int):
         if self.mips:
@@ -126,9 +127,8 @@ def graph_index(vectors: np.ndarray, mips: bool, out: Path) -> GraphStage:
         index = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_8bit, GRAPH_M, faiss.METRIC_L2 if mips else faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = GRAPH_EF_CONSTRUCTION
         index.train(rows(vectors[:TRAIN_ROWS]))
-        with faiss_threads(os.cpu_count()):  # the describe before has left FAISS on one
-            for start in range(0, len(vectors), GRAPH_ADD_ROWS):
-                index.add(rows(vectors[start:start + GRAPH_ADD_ROWS]))
+        for start in range(0, len(vectors), GRAPH_ADD_ROWS):
+            index.add(rows(vectors[start:start + GRAPH_ADD_ROWS]))
         faiss.write_index(index, str(path))
     return GraphStage(faiss.read_index(str(path)), mips)
 
