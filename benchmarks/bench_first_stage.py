@@ -37,6 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from densernet_core.plots import pyplot, save_figure  # noqa: E402
 from benchmarks import bench_haystack as bh  # noqa: E402
 from benchmarks.bench_index import exact_topk  # noqa: E402
 from benchmarks.report import save_report  # noqa: E402
@@ -282,10 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(results: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for row in results["settings"]:
@@ -300,9 +298,7 @@ def plot(results: dict, png: Path) -> None:
     ax.set_ylabel("answer as exact search's")
     ax.set_title(f"the first stage at {results['places']:,} places")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png, dpi=110)
 
 
 if __name__ == "__main__":

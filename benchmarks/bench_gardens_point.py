@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from densernet_core.plots import pyplot, save_figure  # noqa: E402
 from densernet_core.training.baselines import gem_conv5, raw_pixels  # noqa: E402
 from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from densernet_core.cli import setup_logging  # noqa: E402
@@ -243,10 +244,7 @@ def format_rows(rows: list[dict], size: tuple[int, int]) -> str:
 
 
 def plot_rows(rows: list[dict], png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     names = [f"{q}->{db}" for q, db in PROTOCOLS]
@@ -264,9 +262,7 @@ def plot_rows(rows: list[dict], png: Path) -> None:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)  # below: bars reach 1.0
     ax.set_title("Gardens Point, frames 100-199 (trained on 0-99)")
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png, dpi=110)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from densernet_core.plots import pyplot, save_figure  # noqa: E402
 from densernet_core.datasets import GeoImages, load_kitti, load_traverse  # noqa: E402
 from densernet_core.localization.localizer import Localizer  # noqa: E402
 from densernet_core.localization.pose import PoseEstimatorConfig  # noqa: E402
@@ -335,10 +336,7 @@ def table(results: dict) -> None:
 
 
 def plot(results: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(results["cases"]), figsize=(5 * len(results["cases"]), 3.6), squeeze=False)
     for ax, (name, rows) in zip(axes[0], results["cases"].items()):
@@ -349,9 +347,7 @@ def plot(results: dict, png: Path) -> None:
         ax.set_ylim(0, 1)
         ax.set_ylabel("R@1")
         ax.set_title(name)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:

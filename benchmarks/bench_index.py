@@ -37,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from densernet_core.plots import pyplot, save_figure  # noqa: E402
 from densernet_core.mapping.index import (ExactIndex, RefineCodes, ShortlistIndex, build_index,  # noqa: E402
                                           load_coarse, save_index)
 from densernet_core.mapping.placemap import REFINE_FILES  # noqa: E402
@@ -222,10 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(rows: list[dict], png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind in sorted({r["index"] for r in rows}):
@@ -237,9 +235,7 @@ def plot(rows: list[dict], png: Path) -> None:
     ax.set_title(f"map search, {rows[0]['dim']}-D float16 descriptors")
     ax.legend()
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png, dpi=110)
 
 
 if __name__ == "__main__":

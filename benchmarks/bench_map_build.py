@@ -26,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from densernet_core.plots import pyplot, save_figure  # noqa: E402
 from benchmarks.report import save_report  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -133,10 +134,7 @@ def table(results: list[dict]) -> str:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = summary(results)
     sizes = list(dict.fromkeys(r["size"] for r in rows))
@@ -148,8 +146,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.invert_yaxis()
         ax.set_xlabel("images/s (description phase, decode included)")
         ax.set_title(f"map building, {size}, this CPU")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

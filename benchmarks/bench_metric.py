@@ -29,6 +29,7 @@ from scipy.spatial.transform import Rotation
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from densernet_core.plots import pyplot, save_figure  # noqa: E402
 from densernet_core.camera import Camera, load_camera  # noqa: E402
 from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
 from densernet_core.datasets import GeoImages, load_csv, load_kitti, load_traverse  # noqa: E402
@@ -221,10 +222,7 @@ def table(results: dict) -> str:
 
 def plot(results: dict, path: Path) -> None:
     """Cumulative position error per frame: retrieval-only vs refined (each feature kind), per data set."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     sets = [d for d in ("synthetic street", "KITTI") if d in results]
     fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 4), squeeze=False)
@@ -243,9 +241,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_title(data)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from densernet_core.plots import pyplot, save_figure  # noqa: E402
 from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
 from densernet_core.datasets import GeoImages, load_kitti, load_traverse  # noqa: E402
@@ -110,10 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(rows: list[dict], png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cols = 2  # the two confidences of one map side by side
     fig, axes = plt.subplots(-(-len(rows) // cols), cols, figsize=(4.5 * cols, 4 * -(-len(rows) // cols)),
@@ -135,9 +133,7 @@ def plot(rows: list[dict], png: Path) -> None:
         ax.set_title(f"{r['name']}: {r['fixes']}/{r['queries']} fixes", fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    save_figure(fig, png, dpi=100)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from densernet_core.plots import pyplot, save_figure  # noqa: E402
 from benchmarks import bench_haystack as bh  # noqa: E402
 from benchmarks.bench_first_stage import map_and_queries  # noqa: E402
 from benchmarks.report import save_report  # noqa: E402
@@ -103,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(results: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fitted = [r for r in results["projections"] if r["projection"].startswith("top")]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -120,9 +118,7 @@ def plot(results: dict, png: Path) -> None:
     ax.set_ylabel("share of night queries")
     ax.set_title(f"what a projection can hold at {results['places']:,} places")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png, dpi=110)
 
 
 if __name__ == "__main__":

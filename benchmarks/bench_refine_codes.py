@@ -27,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from densernet_core.plots import pyplot, save_figure  # noqa: E402
 from benchmarks import bench_haystack as bh  # noqa: E402
 from benchmarks.bench_index import exact_topk  # noqa: E402
 from densernet_core.mapping import index as idx  # noqa: E402
@@ -130,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(results: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ns = list(results["shortlists"])
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -145,9 +143,7 @@ def plot(results: dict, png: Path) -> None:
     ax.set_ylabel("R@1 (night_right -> day_left)")
     ax.set_title(f"ranking the proposals, {results['size']:,} places")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png, dpi=110)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from densernet_core.plots import pyplot, save_figure  # noqa: E402
 from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
 from densernet_core.images import read_image  # noqa: E402
@@ -183,10 +184,7 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     groups = list(dict.fromkeys(f"{r['preset']} {r['size'][0]}×{r['size'][1]}" for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
@@ -201,9 +199,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_yscale("log")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from densernet_core.plots import pyplot, save_figure  # noqa: E402
 from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
 from densernet_core.images import read_image, resize  # noqa: E402
@@ -196,10 +197,7 @@ def per_minute(values: list[tuple[float, float]], t0: float, statistic=np.median
 
 
 def plot(samples, outages, t0: float, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     s = np.array(samples)
     fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -212,9 +210,7 @@ def plot(samples, outages, t0: float, png: Path) -> None:
     ax2.plot(s[:, 0] / 60, s[:, 2], "s--", ms=3, color="tab:green", label="threads")
     ax2.set_ylabel("threads")
     ax.set_title("node soak: 30 Hz camera, a corrupt frame every 100, 5 s outage every 2 min")
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    save_figure(fig, png, dpi=100)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from densernet_core.plots import pyplot, save_figure  # noqa: E402
 from benchmarks.bench_gardens_point import PROTOCOLS, checkpoint_describer, evaluate  # noqa: E402
 from benchmarks.report import fmt_spread, save_report, spread  # noqa: E402
 from densernet_core.cli import setup_logging  # noqa: E402
@@ -118,10 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(results: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 5))
     x = np.arange(len(NAMES))
@@ -138,9 +136,7 @@ def plot(results: dict, png: Path) -> None:
     ax.set_ylim(0, 1)
     ax.legend()
     ax.set_title("Gardens Point 100-199: runs from one initialisation, weights averaged")
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png, dpi=110)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from ..plots import pyplot, save_figure
 
 
 def error_stats(errors: np.ndarray, thresholds: Sequence[float] = (5.0, 10.0, 25.0)) -> dict[str, float]:
@@ -51,10 +52,7 @@ def plot_trajectory(path: str | Path, true_xy: np.ndarray | None, est_xy: np.nda
     estimate against the truth instead of a map view of a line. `others`: more (label, positions,
     fix flags) series drawn beside the main one (e.g. single-frame beside filtered).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig = plt.figure(figsize=(10, 7 if pairs else 5))
     grid = fig.add_gridspec(2 if pairs else 1, max(1, 2 * len(pairs)), height_ratios=[2.5, 1] if pairs else None)
@@ -91,11 +89,7 @@ def plot_trajectory(path: str | Path, true_xy: np.ndarray | None, est_xy: np.nda
             sub.imshow(img)
             sub.set_axis_off()
             sub.set_title(("query " if k == 0 else "retrieved ") + caption, fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 def _along_track(ax, true_x: np.ndarray, est_x: np.ndarray, fix: np.ndarray, map_xy: np.ndarray | None,
@@ -164,10 +158,7 @@ def plot_open_set(path: str | Path, curves: Sequence[tuple[str, np.ndarray, np.n
                   diagrams: Sequence[tuple[str, list[dict]]], title: str = "", min_fixes: int = 10) -> Path:
     """Precision-recall curves (left) and reliability diagrams (right: accuracy against confidence per bin,
     bins with fewer than `min_fixes` fixes drawn hollow)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (pr, rel) = plt.subplots(1, 2, figsize=(12, 5))
     for label, precision, recall in curves:
@@ -195,8 +186,4 @@ def plot_open_set(path: str | Path, curves: Sequence[tuple[str, np.ndarray, np.n
     rel.legend(loc="upper left", fontsize=7)
     rel.set_title(f"reliability (filled: >= {min_fixes} fixes)")
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)

@@ -10,6 +10,7 @@ import numpy as np
 
 from .mining import within
 from .recall import DEFAULT_NS, recall_at_n, recall_curve, search
+from ..plots import pyplot, save_figure
 
 CURVE_MAX_N = 25
 
@@ -49,10 +50,7 @@ def format_table(results: Sequence[EvalResult]) -> str:
 
 def save_results(results: Sequence[EvalResult], out: str | Path, title: str = "") -> tuple[Path, Path]:
     """`<out>.json` with every number and `<out>.png` with the recall curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +66,5 @@ def save_results(results: Sequence[EvalResult], out: str | Path, title: str = ""
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or "Recall@N")
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png_path, dpi=110)
     return json_path, png_path

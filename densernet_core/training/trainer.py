@@ -37,6 +37,7 @@ from ..model.pca import check_pca_fit_size, fit_pca_whitening
 from .sources import Split, load_split
 from .tap_cache import TapCache, trunk_fingerprint, stored_taps, trunk_taps
 from .train_config import TrainConfig
+from ..plots import pyplot, save_figure
 
 LOG = logging.getLogger("densernet")
 LOG_FIELDS = ("epoch", "iterations", "loss", "lr", "val_r1", "val_r5", "val_r10", "seconds")
@@ -472,10 +473,7 @@ def _append_log(path: Path, row: dict) -> None:
 
 
 def plot_log(log_csv: Path, png: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     with open(log_csv, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -494,10 +492,7 @@ def plot_log(log_csv: Path, png: Path) -> Path:
         ax2.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     ax.set_title("training")
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
+    return save_figure(fig, png, dpi=110)
 
 
 def run_training(cfg: TrainConfig, run_dir: str | Path, cache_dir: str | Path | None = None,
