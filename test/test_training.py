@@ -19,7 +19,7 @@ from densernet_core.training.averaging import WeightAverage
 from densernet_core.model.checkpoint import load_model
 from densernet_core.images import prepare_batch
 from densernet_core.training.train_config import AugmentConfig, load_train_config
-from densernet_core.training.trainer import Trainer, TrainingHead
+from densernet_core.training.trainer import Trainer, TrainingHead, relative_rate_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACES = 10
@@ -405,3 +405,38 @@ def test_frozen_head_parts_keep_their_initialisation_and_the_rest_trains(route, 
                        (["optim.frozen=[branches,netvlad]"], "nothing of the head would train")):
         with pytest.raises(ConfigError, match=named):
             load_train_config(path, bad)
+
+
+def test_relative_rates_scale_each_tensor_and_survive_a_resume(route, tmp_path):
+    """`optim.lr_scale: relative` gives each tensor lr x its RMS, so the tiny PCA branch weights are not
+    rewritten by Adam's unit-size steps; the rates must come back with the optimizer state on a resume."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        net[0].weight.fill_(-3.0), net[0].bias.zero_(), net[1].weight.copy_(torch.tensor([[1.0, -1.0], [7.0, 1.0]]))
+    net[1].bias.requires_grad_(False)
+    groups = relative_rate_groups(net, 0.01)
+    assert [g["name"] for g in groups] == ["0.weight", "0.bias", "1.weight"]
+    assert [g["lr"] for g in groups] == pytest.approx([0.03, 0.01, 0.01 * 13 ** 0.5])  # zeros keep lr itself
+    change = {}
+    for scale in ("absolute", "relative"):
+        run = tmp_path / scale
+        cfg = load_train_config(write_config(route, tmp_path / f"{scale}.yaml", **{"optim.epochs": 1}), [f"optim.lr_scale={scale}"])
+        Trainer(cfg, run, progress=False).train()
+        init, last = load_file(str(run / "init.safetensors")), load_file(str(run / "last.safetensors"))
+        change[scale] = {k: float((last[k] - init[k]).norm() / init[k].norm()) for k in init
+                         if k.startswith(("branches.", "netvlad.")) and k.endswith("weight")}
+    sizes = {k: float(init[k].float().pow(2).mean().sqrt()) for k in change["absolute"]}
+    smallest = min(sizes, key=sizes.get)  # a PCA branch: the tensor one absolute rate rewrites most
+    assert change["relative"][smallest] < 0.5 * change["absolute"][smallest]
+    assert any(change["relative"][k] > 0 for k in change["relative"])
+    run = tmp_path / "relative"
+    (run / "model.safetensors").unlink()  # as if interrupted after the first epoch
+    cfg = load_train_config(write_config(route, tmp_path / "again.yaml", **{"optim.epochs": 2}), ["optim.lr_scale=relative"])
+    Trainer(cfg, run, progress=False).train()
+    with safe_open(str(run / "last_state.safetensors"), "pt") as f:
+        groups = json.loads(f.metadata()["train_state"])["param_groups"]
+    init = load_file(str(run / "init.safetensors"))
+    assert {g["name"]: g["initial_lr"] for g in groups} == pytest.approx(
+        {k: 1e-4 * float(init[k].float().pow(2).mean().sqrt()) for k in (g["name"] for g in groups)}, rel=1e-5)
+    with pytest.raises(ConfigError, match="optim.lr_scale"):
+        load_train_config(write_config(route, tmp_path / "bad.yaml"), ["optim.lr_scale=per_layer"])

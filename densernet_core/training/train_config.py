@@ -14,6 +14,7 @@ from .sources import SourceSpec, specs_from
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("none", "step", "cosine")
+LR_SCALES = ("absolute", "relative")  # optim.lr_scale: lr as a step in the weights' units, or per tensor as a share of its size
 FREEZABLE = ("branches", "netvlad")  # head parts `optim.frozen` can hold at their initialisation
 CACHE_MODES = ("auto", "on", "off")
 # Trainable trunk settings whose frozen prefix ends at or after pool4, so the trunk's taps can be cached.
@@ -93,6 +94,9 @@ class OptimConfig:
     grad_clip: float = 0.0  # 0 = off
     average_from: int = 0  # > 0: the model is the mean of the weights after every step from this epoch (1-based) on
     frozen: tuple[str, ...] = ()  # head parts held at their initialisation (FREEZABLE): fewer weights fitted to few places
+    # relative: each tensor's rate is lr x its RMS at the start of training. Adam's step is about lr in every weight
+    # whatever the tensor's size, and the PCA branches' weights are 10-40,000 times smaller than NetVLAD's.
+    lr_scale: str = "absolute"
 
     def __post_init__(self) -> None:
         if self.loss not in loss_names():
@@ -106,6 +110,8 @@ class OptimConfig:
         if not 0 <= self.average_from <= self.epochs:
             raise ConfigError(f"optim.average_from must be 0 (off) or an epoch in 1..{self.epochs} "
                               f"(optim.epochs), got {self.average_from}")
+        if self.lr_scale not in LR_SCALES:
+            raise ConfigError(f"optim.lr_scale {self.lr_scale!r} unknown; choose one of {list(LR_SCALES)}")
         if isinstance(self.frozen, str) or any(part not in FREEZABLE for part in self.frozen):
             raise ConfigError(f"optim.frozen {self.frozen!r}: a list of head parts from {list(FREEZABLE)}")
         if len(set(self.frozen)) == len(FREEZABLE):

@@ -246,6 +246,9 @@ class Trainer:
     def _optimizer(self, model: DenserNet) -> tuple[torch.optim.Optimizer, object]:
         o = self.cfg.optim
         params = [p for p in model.parameters() if p.requires_grad]
+        if o.lr_scale == "relative":
+            params = relative_rate_groups(model, o.lr)
+            LOG.info("rates relative to each tensor's RMS: %s", ", ".join(f"{g['name']} {g['lr']:.2e}" for g in params))
         if o.optimizer == "adam":
             opt = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
         else:
@@ -424,6 +427,20 @@ def _check_replicas_agree(ctx: DistContext, model: DenserNet) -> None:
     if max(sums) - min(sums) > 1e-6 * max(1.0, abs(sums[0])):
         raise RuntimeError(f"distributed replicas diverged: parameter sums {sums}")
     LOG.info("all %d replicas hold identical weights", ctx.world_size)
+
+
+def relative_rate_groups(model: nn.Module, lr: float) -> list[dict]:
+    """One optimizer group per trainable tensor, its rate lr x the tensor's RMS (`optim.lr_scale: relative`).
+
+    Adam moves every weight by about lr per step whatever its size, so with one rate the PCA branches (RMS
+    1e-4 to 4e-3: whitened Caffe-scale maps) are rewritten while NetVLAD (RMS 0.03 to 2.3) barely moves. A
+    tensor that is all zeros has no size to scale by and keeps lr itself."""
+    groups = []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            rms = float(p.detach().float().pow(2).mean().sqrt())
+            groups.append({"params": [p], "lr": lr * rms if rms > 0 else lr, "name": name})
+    return groups
 
 
 # ---- resumable optimizer state without pickle -------------------------------------------------
