@@ -6,7 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
 
+from benchmarks.bench_weight_change import weight_change
 from benchmarks.report import fmt_spread, machine, machine_line, save_report, spread, spread_rows
 
 ZEN5 = """processor\t: 0
@@ -66,3 +70,24 @@ def test_a_saved_report_names_its_machine(tmp_path: Path, capsys) -> None:
     assert json.loads((tmp_path / "machine.json").read_text())["cores"] >= 1
     assert json.loads((tmp_path / "results.json").read_text()) == {"rows": [1]}
     assert capsys.readouterr().out.startswith("Machine: ")
+
+
+def test_weight_change_is_relative_to_the_start_and_skips_an_unchanged_trunk(tmp_path: Path) -> None:
+    """bench_weight_change's figures (docs/TRAINING.md quotes them): ||w - w0|| / ||w0|| and the norm ratio per
+    tensor; trunk tensors only where training moved them; a folder without both checkpoints named."""
+    start = {"netvlad.centroids": torch.tensor([3.0, 4.0]), "trunk.a": torch.ones(2), "trunk.b": torch.ones(2),
+             "branches.0.bias": torch.zeros(2)}
+    trained = {"netvlad.centroids": torch.tensor([3.0, 4.0]) * 2, "trunk.a": torch.ones(2),
+               "trunk.b": torch.tensor([1.0, 2.0]), "branches.0.bias": torch.ones(2)}
+    save_file(start, str(tmp_path / "init.safetensors"))
+    save_file(trained, str(tmp_path / "model.safetensors"))
+    rows = weight_change(tmp_path)
+    assert set(rows) == {"netvlad.centroids", "trunk.b", "branches.0.bias"}
+    c = rows["netvlad.centroids"]
+    assert (c["relative_change"], c["norm_ratio"]) == pytest.approx((1.0, 2.0))
+    assert c["rms_start"] == pytest.approx((12.5) ** 0.5) and c["rms_change"] == pytest.approx((12.5) ** 0.5)
+    assert rows["trunk.b"]["relative_change"] == pytest.approx(1 / 2 ** 0.5)
+    assert np.isnan(rows["branches.0.bias"]["relative_change"])  # no starting norm to compare with
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        weight_change(tmp_path)
