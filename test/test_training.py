@@ -440,3 +440,21 @@ def test_relative_rates_scale_each_tensor_and_survive_a_resume(route, tmp_path):
         {k: 1e-4 * float(init[k].float().pow(2).mean().sqrt()) for k in (g["name"] for g in groups)}, rel=1e-5)
     with pytest.raises(ConfigError, match="optim.lr_scale"):
         load_train_config(write_config(route, tmp_path / "bad.yaml"), ["optim.lr_scale=per_layer"])
+
+
+def test_netvlad_rate_applies_to_netvlad_only(route, tmp_path):
+    """`optim.lr_netvlad` gives NetVLAD its own rate while the branches keep `optim.lr` (a recipe trial: the
+    assignment weights barely move at the branches' rate); it is refused beside relative rates."""
+    path = write_config(route, tmp_path / "a.yaml", **{"optim.epochs": 1})
+    cfg = load_train_config(path, ["optim.lr_netvlad=0.01"])
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    model = load_model(trainer.cluster())
+    opt, _ = trainer._optimizer(model)
+    rates = {g["name"]: (g["lr"], {id(p) for p in g["params"]}) for g in opt.param_groups}
+    assert rates["netvlad"] == (0.01, {id(p) for p in model.netvlad.parameters()})
+    assert rates["rest"][0] == 1e-4 and {id(p) for p in model.branches.parameters()} <= rates["rest"][1]
+    base, _ = Trainer(load_train_config(path), tmp_path / "run", progress=False)._optimizer(model)
+    assert len(base.param_groups) == 1 and base.param_groups[0]["lr"] == 1e-4
+    for bad in (["optim.lr_netvlad=-1"], ["optim.lr_netvlad=0.01", "optim.lr_scale=relative"]):
+        with pytest.raises(ConfigError, match="optim.lr_netvlad"):
+            load_train_config(path, bad)

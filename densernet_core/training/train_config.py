@@ -97,6 +97,7 @@ class OptimConfig:
     # relative: each tensor's rate is lr x its RMS at the start of training. Adam's step is about lr in every weight
     # whatever the tensor's size, and the PCA branches' weights are 10-40,000 times smaller than NetVLAD's.
     lr_scale: str = "absolute"
+    lr_netvlad: float = 0.0  # > 0: NetVLAD's own rate, the branches (and a trained trunk) keep lr; 0: one rate for all
 
     def __post_init__(self) -> None:
         if self.loss not in loss_names():
@@ -112,6 +113,9 @@ class OptimConfig:
                               f"(optim.epochs), got {self.average_from}")
         if self.lr_scale not in LR_SCALES:
             raise ConfigError(f"optim.lr_scale {self.lr_scale!r} unknown; choose one of {list(LR_SCALES)}")
+        if self.lr_netvlad < 0 or (self.lr_netvlad > 0 and self.lr_scale != "absolute"):
+            raise ConfigError(f"optim.lr_netvlad must be 0 (off) or a rate > 0 with lr_scale: absolute, got "
+                              f"{self.lr_netvlad} with lr_scale: {self.lr_scale}")
         if isinstance(self.frozen, str) or any(part not in FREEZABLE for part in self.frozen):
             raise ConfigError(f"optim.frozen {self.frozen!r}: a list of head parts from {list(FREEZABLE)}")
         if len(set(self.frozen)) == len(FREEZABLE):

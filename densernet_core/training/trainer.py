@@ -249,6 +249,11 @@ class Trainer:
         if o.lr_scale == "relative":
             params = relative_rate_groups(model, o.lr)
             LOG.info("rates relative to each tensor's RMS: %s", ", ".join(f"{g['name']} {g['lr']:.2e}" for g in params))
+        elif o.lr_netvlad > 0:
+            own = {id(p) for p in model.netvlad.parameters()}
+            params = [{"params": [p for p in params if id(p) not in own], "lr": o.lr, "name": "rest"},
+                      {"params": [p for p in params if id(p) in own], "lr": o.lr_netvlad, "name": "netvlad"}]
+            params = [g for g in params if g["params"]]
         if o.optimizer == "adam":
             opt = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
         else:
