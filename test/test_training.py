@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from densernet_core.config import ConfigError
-from densernet_core.training.augment import night_weather
+from densernet_core.training.augment import crop_windows, night_weather
 from densernet_core.training.averaging import WeightAverage
 from densernet_core.model.checkpoint import load_model
 from densernet_core.images import prepare_batch
@@ -142,6 +142,37 @@ def test_augmentation_darkens_and_trains_from_variants(route, tmp_path):
     trainer = Trainer(load_train_config(exp), tmp_path / "run", progress=False)
     assert trainer.train().is_file()
     assert trainer.cache.variants == 3
+
+
+def test_crop_windows_keep_one_size_and_a_different_part_of_each_view():
+    dense = torch.arange(6 * 2 * 10 * 20, dtype=torch.float32).view(6, 2, 10, 20)
+    out = crop_windows(dense, (0.6, 0.6), np.random.default_rng(0))
+    assert out.shape == (6, 2, 6, 12)
+    starts = []
+    for i in range(6):  # each window is a slice of its own image, whole channels, at the drawn place
+        y, x = divmod(int(out[i, 0, 0, 0]) - i * 400, 20)
+        torch.testing.assert_close(out[i], dense[i, :, y:y + 6, x:x + 12])
+        starts.append((y, x))
+    assert len(set(starts)) > 1  # placed per image, not once per batch
+    assert crop_windows(dense, (1.0, 1.0), np.random.default_rng(0)) is dense
+
+
+def test_crop_augmentation_reaches_training_and_is_off_by_default(route, tmp_path):
+    """A run with `augment.crop` trains on windows (other weights than without, the same on a rerun); the
+    default leaves the step's random stream and the weights as they were."""
+    def trained(name: str, **changes) -> dict:
+        exp = write_config(route, tmp_path / f"{name}.yaml", **{"optim.epochs": 1, **changes})
+        Trainer(load_train_config(exp), tmp_path / name, progress=False).train()
+        return load_file(tmp_path / name / "last.safetensors")
+
+    plain, whole = trained("plain"), trained("whole", **{"augment.crop": [1.0, 1.0]})
+    crop, again = trained("crop", **{"augment.crop": [0.5, 0.5]}), trained("again", **{"augment.crop": [0.5, 0.5]})
+    for key in plain:
+        torch.testing.assert_close(whole[key], plain[key], rtol=0, atol=0)
+        torch.testing.assert_close(again[key], crop[key], rtol=0, atol=0)
+    assert any(not torch.equal(crop[k], plain[k]) for k in plain if k.startswith("netvlad"))
+    with pytest.raises(ConfigError, match="augment.crop"):
+        load_train_config(write_config(route, tmp_path / "bad.yaml", **{"augment.crop": [0.0, 1.0]}))
 
 
 def test_ddp_two_cpu_processes_with_gloo(route, tmp_path):

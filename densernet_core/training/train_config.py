@@ -134,12 +134,21 @@ class AugmentConfig:
     noise_std: tuple[float, float] = (0.0, 8.0)  # in 0..255 units
     blur_sigma: tuple[float, float] = (0.0, 1.5)
     color_cast: float = 0.15  # max relative gain per channel (sodium/blue light)
+    # Share of the fused map's height and width each training image keeps, drawn per step in [low, high],
+    # the window placed at random per image: a shift of viewpoint, independent of `enabled`. [1, 1]: off.
+    crop: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
+        for name in ("gamma", "brightness", "noise_std", "blur_sigma", "crop"):
+            if len(getattr(self, name)) != 2:
+                raise ConfigError(f"augment.{name} must be [low, high], got {list(getattr(self, name))}")
         for name in ("gamma", "brightness", "noise_std", "blur_sigma"):
             lo, hi = getattr(self, name)
             if lo > hi or lo < 0:
                 raise ConfigError(f"augment.{name} must be [low, high] with 0 <= low <= high, got {[lo, hi]}")
+        lo, hi = self.crop
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"augment.crop must be [low, high] with 0 < low <= high <= 1, got {[lo, hi]}")
         if not 0 <= self.probability <= 1 or self.copies < 1 or not 0 <= self.color_cast < 1:
             raise ConfigError("augment: probability in [0, 1], copies >= 1 and color_cast in [0, 1) are required")
 

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .allocator import keep_freed_memory
-from .augment import night_weather
+from .augment import crop_windows, night_weather
 from .averaging import WeightAverage
 from ..model.checkpoint import load_model, save_checkpoint
 from ..tensor_files import write_safetensors
@@ -57,8 +57,13 @@ class TrainingHead(nn.Module):
     def dense(self, batch: torch.Tensor | dict[int, torch.Tensor]) -> torch.Tensor:
         return self.model.fuse(self.taps(batch))
 
-    def forward(self, batch: torch.Tensor | dict[int, torch.Tensor]) -> torch.Tensor:
-        return self.model.netvlad(self.dense(batch).float())
+    def forward(self, batch: torch.Tensor | dict[int, torch.Tensor],
+                crop: tuple[tuple[float, float], np.random.Generator] | None = None) -> torch.Tensor:
+        """`crop`: (share, rng) for `crop_windows` on the fused map before NetVLAD; None: the whole map."""
+        dense = self.dense(batch)
+        if crop is not None:
+            dense = crop_windows(dense, *crop)
+        return self.model.netvlad(dense.float())
 
 
 @dataclass
@@ -346,8 +351,9 @@ class Trainer:
                 for q in queries:
                     p, negs = miner.mine(int(q), q_desc[q], db_desc, epoch)
                     rows += [self.data.q_rows[q], self.data.db_rows[p], *self.data.db_rows[negs]]
+                crop = (self.cfg.augment.crop, rng) if self.cfg.augment.crop != (1.0, 1.0) else None
                 with self._autocast():
-                    out = trainable(self._batch(model, rows, rng)).float()
+                    out = trainable(self._batch(model, rows, rng), crop).float()
                 out = out.view(len(queries), 2 + m.num_negatives, -1)
                 loss = self.loss_fn(out[:, 0], out[:, 1], out[:, 2:], margin=o.margin)
                 if teacher is not None:
