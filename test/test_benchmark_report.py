@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from benchmarks.bench_ensemble import combine, projected
 from benchmarks.bench_weight_change import weight_change
 from benchmarks.report import fmt_spread, machine, machine_line, save_report, spread, spread_rows
 
@@ -91,3 +92,31 @@ def test_weight_change_is_relative_to_the_start_and_skips_an_unchanged_trunk(tmp
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         weight_change(tmp_path)
+
+
+def test_an_ensemble_scores_the_members_mean_cosine_and_its_projection_keeps_each_member_apart() -> None:
+    rng = np.random.default_rng(0)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    members = [{"a": unit(rng.standard_normal((4, 64))), "b": unit(rng.standard_normal((3, 64)))} for _ in range(3)]
+    both = combine(members, (0, 2))
+    assert both["a"].shape == (4, 128)
+    np.testing.assert_allclose(both["a"] @ both["b"].T,
+                               (members[0]["a"] @ members[0]["b"].T + members[2]["a"] @ members[2]["b"].T) / 2,
+                               rtol=1e-5, atol=1e-6)
+    small = projected(members, 32)
+    assert small[0]["a"].shape == (4, 32)
+    for k in range(3):  # each member through its own orthogonal matrix, the same in every group that holds it
+        np.testing.assert_allclose(small[k]["a"], members[k]["a"] @ _member_matrix(64, 32, k), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(_member_matrix(64, 32, 0), _member_matrix(64, 32, 1))
+
+
+def _member_matrix(d: int, k: int, member: int) -> np.ndarray:
+    from benchmarks.bench_ensemble import PROJECTION_SEED
+    from densernet_core.mapping.index import random_orthogonal
+
+    q = random_orthogonal(d, k, PROJECTION_SEED + member)
+    np.testing.assert_allclose(q.T @ q, np.eye(k), atol=1e-5)
+    return q
