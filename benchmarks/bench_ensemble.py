@@ -14,8 +14,7 @@ This asks whether such an ensemble is a recipe robust to the seed: on the held-o
   inner product is the members' mean cosine), and each member projected by its own random orthogonal matrix
   to D/M dimensions before the concatenation, D a single model's dimension (`--dim`, default the
   checkpoints'), so that a map stores what it stores today.
-Descriptors are computed once per checkpoint and kept in <out>. `--time` also times, on one 192x320 frame,
-the trunk and the head of one checkpoint (p50 of TIME_REPEATS). Writes <out>/results.json, table.md,
+Descriptors are computed once per checkpoint and kept in <out>. Writes <out>/results.json, table.md,
 machine.json and ensemble.png.
 """
 from __future__ import annotations
@@ -23,7 +22,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +40,6 @@ from benchmarks.report import fmt_spread, save_report, spread  # noqa: E402
 
 BATCH = 8  # images per forward pass
 PROJECTION_SEED = 0  # member k's projection uses PROJECTION_SEED + k
-TIME_REPEATS = 20
 
 
 def descriptors(ckpt: Path, sets: dict, out: Path) -> dict[str, np.ndarray]:
@@ -81,25 +78,6 @@ def recalls(desc: dict[str, np.ndarray], sets: dict) -> list[float]:
                                  TOLERANCE).recalls[1] for q, db in PROTOCOLS]
 
 
-def time_parts(ckpt: Path) -> dict[str, float]:
-    """Trunk and head (branches, upsampling, NetVLAD) of one checkpoint on one frame, ms p50."""
-    import torch
-
-    model = load_model(ckpt).eval()
-    x = torch.randn(1, 3, *model.config.image_size)
-    spent: dict[str, list[float]] = {"trunk": [], "head": []}
-    with torch.no_grad():
-        for _ in range(TIME_REPEATS + 1):
-            t0 = time.perf_counter()
-            taps = model.trunk(x)
-            t1 = time.perf_counter()
-            model.aggregate(model.fuse(taps))
-            t2 = time.perf_counter()
-            spent["trunk"].append(t1 - t0)
-            spent["head"].append(t2 - t1)
-    return {k: 1000 * float(np.median(v[1:])) for k, v in spent.items()}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoints", nargs="+", required=True, help="trained checkpoints of one recipe, one per seed")
@@ -107,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=0, help="the projected ensemble's dimension (0: a checkpoint's)")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "gardens_point"))
     p.add_argument("--out", default="bench_out/ensemble")
-    p.add_argument("--time", action="store_true", help="also time one checkpoint's trunk and head")
     args = p.parse_args(argv)
     setup_logging()
     ckpts = [Path(c) for c in args.checkpoints]
@@ -149,8 +126,6 @@ def main(argv: list[str] | None = None) -> int:
                                                           for i in range(3)), flush=True)
     results = {"checkpoints": [str(c) for c in ckpts], "sha256": [checkpoint_hash(c)[:12] for c in ckpts],
                "protocols": names, "frames": list(EVAL_FRAMES), "rows": rows}
-    if args.time:
-        results["time_ms"] = time_parts(ckpts[0])
     lines = [f"{len(ckpts)} checkpoints; held-out Gardens Point frames {EVAL_FRAMES[0]}-{EVAL_FRAMES[1] - 1}, R@1",
              "", "| members M | descriptor (dim) | independent ensembles (disjoint groups) | " + " | ".join(
                  f"{n}: mean ± sd, each" for n in names) + " | every C(N, M) group: " + " / ".join(names) + " |",
@@ -163,10 +138,6 @@ def main(argv: list[str] | None = None) -> int:
         every = " / ".join(f"{a:.3f} ± {s:.3f}" for a, s in zip(row["all_mean"], row["all_sd"]))
         lines.append(f"| {row['size']} | {row['descriptor']} ({row['dim']}) | {len(row['disjoint'])} | "
                      + " | ".join(cells) + f" | {every} ({row['all_groups']}) |")
-    if "time_ms" in results:
-        t = results["time_ms"]
-        lines += ["", f"One frame at {load_model(ckpts[0]).config.image_size}: trunk {t['trunk']:.1f} ms, "
-                      f"head {t['head']:.1f} ms (p50 of {TIME_REPEATS})"]
     plot(rows, names, out / "ensemble.png")
     save_report(out, results, "\n".join(lines), out / "ensemble.png")
     return 0

@@ -336,6 +336,7 @@ class Trainer:
         for epoch in range(start_epoch, o.epochs):
             t0 = time.time()
             rng = np.random.default_rng([self.cfg.seed, epoch, self.ctx.rank])
+            crop = (self.cfg.augment.crop, rng) if self.cfg.augment.crop != (1.0, 1.0) else None
             order = np.random.default_rng([self.cfg.seed, epoch]).permutation(usable)
             per_rank = len(order) // self.ctx.world_size
             mine = order[self.ctx.rank * per_rank:(self.ctx.rank + 1) * per_rank]
@@ -351,7 +352,6 @@ class Trainer:
                 for q in queries:
                     p, negs = miner.mine(int(q), q_desc[q], db_desc, epoch)
                     rows += [self.data.q_rows[q], self.data.db_rows[p], *self.data.db_rows[negs]]
-                crop = (self.cfg.augment.crop, rng) if self.cfg.augment.crop != (1.0, 1.0) else None
                 with self._autocast():
                     out = trainable(self._batch(model, rows, rng), crop).float()
                 out = out.view(len(queries), 2 + m.num_negatives, -1)
