@@ -10,10 +10,11 @@ This asks whether such an ensemble is a recipe robust to the seed: on the held-o
 - the checkpoints in order cut into disjoint groups of M (independent ensembles: their mean +- sd is the
   figure comparable to the single seeds'), and every one of the C(N, M) groups (they share members, so
   their sd is not that of independent draws; reported beside);
-- two descriptors per ensemble: the members' unit VLADs concatenated (M times a model's dimension; its
-  inner product is the members' mean cosine), and each member projected by its own random orthogonal matrix
-  to D/M dimensions before the concatenation, D a single model's dimension (`--dim`, default the
-  checkpoints'), so that a map stores what it stores today.
+- three descriptors per ensemble: the members' unit VLADs concatenated (M times a model's dimension; its
+  inner product is the members' mean cosine); summed, each reordered and signed (`network.sum_heads`,
+  what a checkpoint merged by `densernet ensemble` describes: one model's dimension, so a map stores what
+  it stores today); and each member projected by its own random orthogonal matrix to D/M dimensions
+  before the concatenation, D a single model's dimension (`--dim`, default the checkpoints').
 Descriptors are computed once per checkpoint and kept in <out>. Writes <out>/results.json, table.md,
 machine.json and ensemble.png.
 """
@@ -33,6 +34,7 @@ from densernet_core.cli import setup_logging  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
 from densernet_core.mapping.index import random_orthogonal  # noqa: E402
 from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
+from densernet_core.model.network import head_sketch, sum_heads  # noqa: E402
 from densernet_core.plots import pyplot, save_figure  # noqa: E402
 from densernet_core.training.evaluation import evaluate_descriptors  # noqa: E402
 from benchmarks.bench_gardens_point import EVAL_FRAMES, PROTOCOLS, TOLERANCE  # noqa: E402
@@ -73,6 +75,16 @@ def combine(members: list[dict[str, np.ndarray]], ids: tuple[int, ...]) -> dict[
     return out
 
 
+def summed(members: list[dict[str, np.ndarray]], ids: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """What the merged checkpoint of these members in this order describes (the group's k-th member is its
+    head k)."""
+    import torch
+
+    dim = next(iter(members[0].values())).shape[1]
+    perm, sign = head_sketch(len(ids), dim)
+    return {t: sum_heads([torch.from_numpy(members[k][t]) for k in ids], perm, sign).numpy() for t in members[0]}
+
+
 def recalls(desc: dict[str, np.ndarray], sets: dict) -> list[float]:
     return [evaluate_descriptors(f"{q}->{db}", desc[db], desc[q], sets[db].positions, sets[q].positions,
                                  TOLERANCE).recalls[1] for q, db in PROTOCOLS]
@@ -111,12 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     for m in args.sizes:
         disjoint = [tuple(range(s, s + m)) for s in range(0, len(ckpts) - m + 1, m)]
         every = list(itertools.combinations(range(len(ckpts)), m))
-        for kind in ("concatenated", "projected"):
-            if m == 1 and kind == "projected":
+        for kind in ("concatenated", "summed", "projected"):
+            if m == 1 and kind != "concatenated":
                 continue
-            source = members if kind == "concatenated" else projected(members, dim // m)
-            each = {ids: recalls(combine(source, ids), sets) for ids in every}
-            row = {"size": m, "descriptor": kind, "dim": dims_of(source, m),
+            if kind == "summed":
+                each = {ids: recalls(summed(members, ids), sets) for ids in every}
+                width = next(iter(members[0].values())).shape[1]
+            else:
+                source = members if kind == "concatenated" else projected(members, dim // m)
+                each = {ids: recalls(combine(source, ids), sets) for ids in every}
+                width = dims_of(source, m)
+            row = {"size": m, "descriptor": kind, "dim": width,
                    "disjoint_groups": [list(g) for g in disjoint],
                    "disjoint": [each[g] for g in disjoint], "all_groups": len(every),
                    "all_mean": np.mean(list(each.values()), axis=0).tolist(),
@@ -151,8 +168,8 @@ def plot(rows: list[dict], names: list[str], png: Path) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), sharey=True)
     for i, (ax, name) in enumerate(zip(np.atleast_1d(axes), names)):
-        for kind, marker in (("concatenated", "o"), ("projected", "s")):
-            sel = [r for r in rows if r["descriptor"] == kind or (r["size"] == 1 and kind == "projected")]
+        for kind, marker in (("concatenated", "o"), ("summed", "^"), ("projected", "s")):
+            sel = [r for r in rows if r["descriptor"] == kind or (r["size"] == 1 and kind != "concatenated")]
             if not sel:
                 continue
             xs = [r["size"] for r in sel]

@@ -71,6 +71,14 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from .model.ensemble import merge_checkpoints
+
+    out = merge_checkpoints(args.checkpoints, args.out)
+    print(f"{out}: {len(args.checkpoints)} heads over one trunk")
+    return 0
+
+
 def _cmd_describe(args: argparse.Namespace) -> int:
     from .model.runtime import load_describer
 
@@ -135,6 +143,12 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--branch-init", choices=BRANCH_INITS, default="pca",
                    help="1x1 branches as PCA whitening of each depth's features (default) or random (the reference)")
     i.set_defaults(func=_cmd_init)
+
+    m = sub.add_parser("ensemble", help="one checkpoint holding the heads of several seeds of one recipe "
+                                        "(trunk frozen) over their shared trunk")
+    m.add_argument("checkpoints", nargs="+", help="trained checkpoints of one recipe, one per seed")
+    m.add_argument("--out", required=True, help="the ensemble checkpoint to write")
+    m.set_defaults(func=_cmd_ensemble)
 
     d = sub.add_parser("describe", help="global descriptors of images -> .npy")
     d.add_argument("images", nargs="+")

@@ -38,6 +38,8 @@ BRANCH_INITS = ("random", "pca")
 # images whitened to 256-D found their own places 3-31 % of the time, against 92-98 % raw). The
 # default, pca_dim 0, keeps the raw VLAD (docs/TRAINING.md, "The final descriptor stage").
 MIN_IMAGES_PER_PCA_DIM = 10
+# Most NetVLAD heads one checkpoint may hold (each costs a branch pass and a NetVLAD per frame).
+MAX_HEADS = 16
 
 
 class ConfigError(ValueError):
@@ -57,6 +59,9 @@ class ModelConfig:
     train_layers: str = "none"
     weights: str = "caffe-vgg16"
     preprocessing: str = "caffe"
+    # NetVLAD heads over the one trunk: > 1 is a seed ensemble, each head trained alone on the frozen
+    # trunk and merged (model/ensemble.py); its descriptor stays one head's size (docs/TRAINING.md).
+    heads: int = 1
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS and self.preset != "custom":
@@ -82,6 +87,14 @@ class ModelConfig:
             raise ConfigError(f"weights {self.weights!r} unknown; choose one of {list(WEIGHT_SOURCES)}")
         if self.preprocessing not in PREPROCESSINGS:
             raise ConfigError(f"preprocessing {self.preprocessing!r} unknown; choose one of {list(PREPROCESSINGS)}")
+        if not isinstance(self.heads, int) or isinstance(self.heads, bool) or not 1 <= self.heads <= MAX_HEADS:
+            raise ConfigError(f"heads must be an integer in 1..{MAX_HEADS}, got {self.heads!r}")
+        if self.heads > 1 and self.pca_dim:
+            raise ConfigError(f"heads {self.heads} with pca_dim {self.pca_dim}: an ensemble's descriptor is the "
+                              "heads' VLADs summed at one head's size; it takes no PCA stage (pca_dim: 0)")
+        if self.heads > 1 and self.train_layers != "none":
+            raise ConfigError(f"heads {self.heads} needs the trunk frozen (train_layers: none), got "
+                              f"{self.train_layers!r}: the heads share one trunk")
 
     @property
     def feature_dim(self) -> int:
@@ -95,6 +108,8 @@ class ModelConfig:
         data = dataclasses.asdict(self)
         data["branch_dims"] = list(self.branch_dims)
         data["image_size"] = list(self.image_size)
+        if self.heads == 1:
+            del data["heads"]  # a one-head checkpoint stores the config it stored before heads existed
         return data
 
     def to_json(self) -> str:

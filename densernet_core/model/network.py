@@ -1,5 +1,9 @@
 """DenserNet: VGG16 maps from three depths fused into one dense map, NetVLAD, PCA whitening.
 
+A checkpoint may hold several heads (branches + NetVLAD) over its one frozen trunk: a seed ensemble
+(model/ensemble.py). Their VLADs are summed, each through its own fixed signs and coordinate order,
+into one head's size, so the map stores what it stores for one head.
+
 The model constructor takes a config and reads no files; `build()` loads backbone weights and
 `checkpoint.load_model()` restores a trained model. `describe()` is the one entry point that
 turns images into descriptors, handling colour, resizing, batching, device and precision.
@@ -28,6 +32,8 @@ TAP_NAMES = ("pool3", "pool4", "pool5")
 DEFAULT_BATCH = 8
 # Dense descriptors sampled per image for the k-means NetVLAD initialisation (reference: 100).
 DESCRIPTORS_PER_IMAGE = 100
+# Seeds the heads' coordinate orders and signs when an ensemble is merged (they are then stored).
+HEAD_SKETCH_SEED = 0
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -44,39 +50,75 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def make_branches(config: ModelConfig) -> nn.ModuleList:
+    # An absent depth (width 0) keeps its slot as a parameter-free placeholder so state-dict
+    # keys stay "branches.<depth>.*" for every preset.
+    return nn.ModuleList(nn.Conv2d(c, d, kernel_size=1) if d else nn.Identity()
+                         for c, d in zip(TAP_CHANNELS, config.branch_dims))
+
+
+class Head(nn.Module):
+    """A further head over the shared trunk (heads 1.. of an ensemble; head 0 is the model's own)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.branches = make_branches(config)
+        self.netvlad = NetVLAD(config.num_clusters, config.feature_dim)
+
+
+def head_sketch(heads: int, dim: int, seed: int = HEAD_SKETCH_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each head's coordinate order and signs (heads x dim each), stored in the checkpoint with the heads.
+
+    Summed this way, two frames' ensemble descriptors have the heads' mean cosine as inner product
+    plus cross-head terms of zero mean and about 1/sqrt(dim) spread (docs/TRAINING.md)."""
+    rng = np.random.default_rng(seed)
+    perm = np.stack([rng.permutation(dim) for _ in range(heads)])
+    sign = rng.choice(np.array([-1.0, 1.0], np.float32), size=(heads, dim))
+    return torch.from_numpy(perm.astype(np.int64)), torch.from_numpy(sign.astype(np.float32))
+
+
+def sum_heads(vlads: Sequence[torch.Tensor], perm: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """Unit descriptors (N x dim) from each head's unit VLAD, reordered, signed and summed."""
+    out = sum(v.index_select(1, perm[k]) * sign[k] for k, v in enumerate(vlads))
+    return F.normalize(out, p=2, dim=1)
+
+
 class DenserNet(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         self.trunk = VGG16Trunk()
-        # An absent depth (width 0) keeps its slot as a parameter-free placeholder so state-dict
-        # keys stay "branches.<depth>.*" for every preset.
-        self.branches = nn.ModuleList(nn.Conv2d(c, d, kernel_size=1) if d else nn.Identity()
-                                      for c, d in zip(TAP_CHANNELS, config.branch_dims))
+        self.branches = make_branches(config)
         self.used_taps = tuple(i for i in FUSE_ORDER if config.branch_dims[i])
         self.netvlad = NetVLAD(config.num_clusters, config.feature_dim)
+        self.extra_heads = nn.ModuleList(Head(config) for _ in range(config.heads - 1))
+        if config.heads > 1:
+            perm, sign = head_sketch(config.heads, config.vlad_dim)
+            self.register_buffer("head_perm", perm)
+            self.register_buffer("head_sign", sign)
         self.pca: PCAWhitening | None = None
         self.trunk.set_trainable(config.train_layers)
         # Provenance recorded in the checkpoint; a model used before these are set says so.
         self.netvlad_init = "random"
 
     # ---- forward pieces -------------------------------------------------------------------
-    def fuse(self, taps: Sequence[torch.Tensor]) -> torch.Tensor:
+    def fuse(self, taps: Sequence[torch.Tensor], branches: nn.ModuleList | None = None) -> torch.Tensor:
         """1x1-reduce each tap, nearest-upsample to the fuse stride, concatenate.
 
         The 1x1 conv commutes with nearest upsampling, so reducing first gives the reference's
         result on fewer pixels. A single-depth model is not upsampled: replicating every pixel
-        the same number of times leaves the normalised VLAD unchanged.
+        the same number of times leaves the normalised VLAD unchanged. `branches`: another head's.
         """
+        branches = self.branches if branches is None else branches
         if len(self.used_taps) == 1:
             i = self.used_taps[0]
-            return self.branches[i](taps[i])
+            return branches[i](taps[i])
         finest = min(self.used_taps)
         scale = TAP_STRIDES[finest] // self.config.fuse_stride
         size = (taps[finest].shape[-2] * scale, taps[finest].shape[-1] * scale)
         maps = []
         for i in self.used_taps:
-            maps.append(upsample_nearest(self.branches[i](taps[i]), size))
+            maps.append(upsample_nearest(branches[i](taps[i]), size))
         return torch.cat(maps, dim=1)
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,8 +129,20 @@ class DenserNet(nn.Module):
         vlad = self.netvlad(dense.float())
         return self.pca(vlad) if self.pca is not None else vlad
 
+    def head_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every head's fused dense map, head 0 (the one local features use) first."""
+        taps = self.trunk(x)
+        return [self.fuse(taps)] + [self.fuse(taps, head.branches) for head in self.extra_heads]
+
+    def aggregate_heads(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The descriptor from `head_maps`: one head's as `aggregate`, several summed (`sum_heads`)."""
+        if not self.extra_heads:
+            return self.aggregate(maps[0])
+        vlads = [self.netvlad(maps[0].float())] + [h.netvlad(m.float()) for h, m in zip(self.extra_heads, maps[1:])]
+        return sum_heads(vlads, self.head_perm, self.head_sign)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.aggregate(self.dense(x))
+        return self.aggregate_heads(self.head_maps(x))
 
     @property
     def descriptor_dim(self) -> int:
@@ -110,8 +164,8 @@ class DenserNet(nn.Module):
                  return_dense: bool = False, progress: bool = False) -> np.ndarray | tuple[np.ndarray, list[np.ndarray]]:
         """Global descriptors (N x D float32, unit L2 norm) for paths, arrays (`color` order) or PIL images.
 
-        With `return_dense`, also the fused dense maps (one C x h x w float32 array per image),
-        for local matching downstream.
+        With `return_dense`, also the fused dense maps (one C x h x w float32 array per image; head 0's
+        in an ensemble), for local matching downstream.
         """
         images = as_image_list(images)
         was_training = self.training
@@ -121,10 +175,10 @@ class DenserNet(nn.Module):
         try:
             for x in self._batches(images, batch_size, color, progress):
                 with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
-                    dense = self.dense(x)
-                out.append(self.aggregate(dense).float().cpu())
+                    maps = self.head_maps(x)
+                out.append(self.aggregate_heads(maps).float().cpu())
                 if return_dense:
-                    dense_out.extend(d.float().cpu().numpy() for d in dense)
+                    dense_out.extend(d.float().cpu().numpy() for d in maps[0])
         finally:
             self.train(was_training)
         desc = torch.cat(out).numpy() if out else np.zeros((0, self.descriptor_dim), np.float32)

@@ -55,8 +55,8 @@ class _Exported(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dense = self.model.dense(x)
-        return self.model.aggregate(dense), dense
+        maps = self.model.head_maps(x)
+        return self.model.aggregate_heads(maps), maps[0]
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, image_size: tuple[int, int] | None = None,

@@ -12,7 +12,7 @@ import csv
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +25,9 @@ from tqdm import tqdm
 from .allocator import keep_freed_memory
 from .augment import crop_windows, night_weather
 from .averaging import WeightAverage
+from ..config import ConfigError
 from ..model.checkpoint import load_model, save_checkpoint
+from ..model.ensemble import merge_checkpoints
 from ..tensor_files import write_safetensors
 from ..distributed import DistContext, init_distributed
 from .evaluation import EvalResult, evaluate_descriptors
@@ -110,6 +112,9 @@ def load_data(cfg: TrainConfig) -> Data:
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, cache_dir: str | Path | None = None,
                  ctx: DistContext | None = None, progress: bool = True) -> None:
+        if cfg.model.heads > 1:
+            raise ConfigError(f"model.heads {cfg.model.heads}: a Trainer trains one head; run_training trains "
+                              "an ensemble head by head and merges them")
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.cache_dir = Path(cache_dir) if cache_dir else self.run_dir / "cache"
@@ -525,10 +530,31 @@ def plot_log(log_csv: Path, png: Path) -> Path:
 
 def run_training(cfg: TrainConfig, run_dir: str | Path, cache_dir: str | Path | None = None,
                  progress: bool = True) -> Path:
-    """cluster -> train -> PCA, distributed when launched by torchrun."""
+    """cluster -> train -> PCA, distributed when launched by torchrun; with `model.heads` M > 1, head k as its
+    own run of seed `seed * M + k` in <run_dir>/head<k> (sharing the tap cache), then merged."""
     ctx = init_distributed(cfg.device)
     try:
-        return Trainer(cfg, run_dir, cache_dir, ctx, progress).train()
+        if cfg.model.heads == 1:
+            return Trainer(cfg, run_dir, cache_dir, ctx, progress).train()
+        return train_ensemble(cfg, Path(run_dir), Path(cache_dir) if cache_dir else None, ctx, progress)
     finally:
         ctx.close()
+
+
+def train_ensemble(cfg: TrainConfig, run_dir: Path, cache_dir: Path | None, ctx: DistContext, progress: bool) -> Path:
+    """`model.heads` seeds of the recipe, one head each over the frozen trunk, in one checkpoint."""
+    final = run_dir / "model.safetensors"
+    if final.is_file():
+        LOG.info("training already finished: %s", final)
+        return final
+    members = []
+    for k in range(cfg.model.heads):
+        # seeds s*M .. s*M + M-1: ensembles of different seeds share no member
+        member = replace(cfg, model=cfg.model.replace(heads=1), seed=cfg.seed * cfg.model.heads + k)
+        LOG.info("ensemble head %d of %d: seed %d", k + 1, cfg.model.heads, member.seed)
+        members.append(Trainer(member, run_dir / f"head{k}", cache_dir or run_dir / "cache", ctx, progress).train())
+    if ctx.is_main:
+        merge_checkpoints(members, final)
+    ctx.barrier()
+    return final
 
