@@ -134,3 +134,21 @@ def test_an_ensemble_exports_whole(tiny_model, tmp_path):
     np.testing.assert_allclose(got_dense[2], ref_dense[2], atol=1e-4, rtol=1e-3)
     one = load_model(a).describe(images)
     assert ((one * ref).sum(1)).max() < 0.9, "the engine must hold both heads, not one"
+
+
+def test_a_map_of_an_ensemble_says_so_and_refuses_its_members(tiny_model, route, tmp_path):  # noqa: F811
+    from densernet_core.datasets import load_traverse
+    from densernet_core.mapping.placemap import MapError, PlaceMap, build_map
+
+    a = save_checkpoint(tiny_model, tmp_path / "a.safetensors")
+    b = save_checkpoint(_other_head(tiny_model, 1), tmp_path / "b.safetensors")
+    ens = merge_checkpoints([a, b], tmp_path / "ens.safetensors")
+    model = load_model(ens)
+    build_map(model, ens, checkpoint_hash(ens), load_traverse(route / "day"), tmp_path / "map", progress=False)
+    pmap = PlaceMap.load(tmp_path / "map")
+    assert "2 heads (a seed ensemble)" in pmap.info()
+    pmap.check_model(model.descriptor_dim, checkpoint_hash(ens))
+    with pytest.raises(MapError, match="checkpoint"):
+        pmap.check_model(tiny_model.descriptor_dim, checkpoint_hash(a))  # same size, another model
+    _, ids = pmap.search(model.describe([str(sorted((route / "day").glob("*.jpg"))[4])]), 1)
+    assert ids[0, 0] == 4
