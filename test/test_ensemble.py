@@ -2,6 +2,7 @@
 the sum of their members at one head's size, exported whole; and what is not one recipe is refused."""
 import copy
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -43,6 +44,9 @@ def test_training_heads_trains_each_seed_and_describes_as_the_sum_of_its_members
     _, dense = model.describe(images[:2], return_dense=True)
     _, dense0 = load_model(members[0]).describe(images[:2], return_dense=True)
     np.testing.assert_array_equal(dense[0], dense0[0])
+    # head k is the one-head recipe's run of seed k, byte for byte
+    single = replace(cfg, model=cfg.model.replace(heads=1), seed=1)
+    assert checkpoint_hash(Trainer(single, tmp_path / "seed1", progress=False).train()) == checkpoint_hash(members[1])
     stamp = final.stat().st_mtime_ns
     assert run_training(cfg, run, progress=False) == final and final.stat().st_mtime_ns == stamp  # resumes: done
     with pytest.raises(ConfigError, match="one head"):
