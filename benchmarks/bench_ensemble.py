@@ -15,13 +15,15 @@ This asks whether such an ensemble is a recipe robust to the seed: on the held-o
   what a checkpoint merged by `densernet ensemble` describes: one model's dimension, so a map stores what
   it stores today); and each member projected by its own random orthogonal matrix to D/M dimensions
   before the concatenation, D a single model's dimension (`--dim`, default the checkpoints').
-Descriptors are computed once per checkpoint and kept in <out>. Writes <out>/results.json, table.md,
+With more than `--max-groups` (300) groups of a size, a seeded sample of that many is scored, the disjoint ones
+among them. Descriptors are computed once per checkpoint and kept in <out>. Writes <out>/results.json, table.md,
 machine.json and ensemble.png.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 from pathlib import Path
 
@@ -42,6 +44,7 @@ from benchmarks.report import fmt_spread, save_report, spread  # noqa: E402
 
 BATCH = 8  # images per forward pass
 PROJECTION_SEED = 0  # member k's projection uses PROJECTION_SEED + k
+GROUP_SAMPLE_SEED = 0  # which groups are scored when there are more than --max-groups
 
 
 def descriptors(ckpt: Path, sets: dict, out: Path) -> dict[str, np.ndarray]:
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoints", nargs="+", required=True, help="trained checkpoints of one recipe, one per seed")
     p.add_argument("--sizes", nargs="+", type=int, default=[1, 3, 5], help="ensemble sizes M")
+    p.add_argument("--max-groups", type=int, default=300,
+                   help="score at most this many of the C(N, M) groups (a seeded sample, the disjoint ones always)")
     p.add_argument("--dim", type=int, default=0, help="the projected ensemble's dimension (0: a checkpoint's)")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "gardens_point"))
     p.add_argument("--out", default="bench_out/ensemble")
@@ -122,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for m in args.sizes:
         disjoint = [tuple(range(s, s + m)) for s in range(0, len(ckpts) - m + 1, m)]
-        every = list(itertools.combinations(range(len(ckpts)), m))
+        every = sample_groups(list(itertools.combinations(range(len(ckpts)), m)), disjoint, args.max_groups)
+        total = math.comb(len(ckpts), m)
         for kind in ("concatenated", "summed", "projected"):
             if m == 1 and kind != "concatenated":
                 continue
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 width = dims_of(source, m)
             row = {"size": m, "descriptor": kind, "dim": width,
                    "disjoint_groups": [list(g) for g in disjoint],
-                   "disjoint": [each[g] for g in disjoint], "all_groups": len(every),
+                   "disjoint": [each[g] for g in disjoint], "all_groups": len(every), "possible_groups": total,
                    "all_mean": np.mean(list(each.values()), axis=0).tolist(),
                    "all_sd": np.std(list(each.values()), axis=0, ddof=1).tolist() if len(every) > 1 else [0.0] * 3}
             rows.append(row)
@@ -153,11 +159,22 @@ def main(argv: list[str] | None = None) -> int:
             vals = [r[i] for r in row["disjoint"]]
             cells.append(f"{fmt_spread(spread(vals), digits=3)}, " + " ".join(f"{v:.2f}" for v in vals))
         every = " / ".join(f"{a:.3f} ± {s:.3f}" for a, s in zip(row["all_mean"], row["all_sd"]))
+        count = row["all_groups"] if row["all_groups"] == row["possible_groups"] else \
+            f"{row['all_groups']} of {row['possible_groups']}, sampled"
         lines.append(f"| {row['size']} | {row['descriptor']} ({row['dim']}) | {len(row['disjoint'])} | "
-                     + " | ".join(cells) + f" | {every} ({row['all_groups']}) |")
+                     + " | ".join(cells) + f" | {every} ({count}) |")
     plot(rows, names, out / "ensemble.png")
     save_report(out, results, "\n".join(lines), out / "ensemble.png")
     return 0
+
+
+def sample_groups(every: list[tuple[int, ...]], disjoint: list[tuple[int, ...]], cap: int) -> list[tuple[int, ...]]:
+    """All groups, or a seeded sample of `cap` of them that always holds the disjoint ones."""
+    if len(every) <= cap:
+        return every
+    rest = [g for g in every if g not in set(disjoint)]
+    picks = np.random.default_rng(GROUP_SAMPLE_SEED).choice(len(rest), max(0, cap - len(disjoint)), replace=False)
+    return sorted(disjoint + [rest[i] for i in picks])
 
 
 def dims_of(members: list[dict[str, np.ndarray]], m: int) -> int:

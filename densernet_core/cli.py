@@ -195,6 +195,8 @@ def training_step_parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="experiment YAML (every hyper-parameter is there)")
     p.add_argument("--run-dir", required=True, help="folder of this run; reused to resume")
     p.add_argument("--cache-dir", help="shared folder for cached trunk taps (default <run-dir>/cache)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (dotted, YAML value), e.g. seed=2 or optim.epochs=8; checked like the file")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 

@@ -120,3 +120,16 @@ def _member_matrix(d: int, k: int, member: int) -> np.ndarray:
     q = random_orthogonal(d, k, PROJECTION_SEED + member)
     np.testing.assert_allclose(q.T @ q, np.eye(k), atol=1e-5)
     return q
+
+
+def test_ensemble_group_sample_keeps_the_disjoint_groups_and_its_size():
+    import itertools
+
+    from benchmarks.bench_ensemble import sample_groups
+
+    every = list(itertools.combinations(range(15), 5))
+    disjoint = [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9), (10, 11, 12, 13, 14)]
+    picked = sample_groups(every, disjoint, 40)
+    assert len(picked) == len(set(picked)) == 40 and set(disjoint) <= set(picked) and set(picked) <= set(every)
+    assert picked == sample_groups(every, disjoint, 40)  # seeded: a rerun scores the same groups
+    assert sample_groups(every[:30], disjoint, 40) == every[:30]  # under the cap: every group

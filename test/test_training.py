@@ -315,6 +315,24 @@ def test_recipe_overrides_apply_and_bad_ones_are_named(route, tmp_path):
             load_train_config(path, bad)
 
 
+def test_train_script_takes_overrides_and_refuses_other_ones_on_resume(route, tmp_path, caplog):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "training" / "train.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    path, run = write_config(route, tmp_path / "exp.yaml"), tmp_path / "run"
+    base = ["--config", str(path), "--run-dir", str(run), "--no-progress"]
+    assert script.main(base + ["--set", "optim.epochs=1", "--set", "model.pca_dim=0"]) == 0
+    assert len((run / "log.csv").read_text().splitlines()) == 2  # header + the one epoch the override asked for
+    assert (run / "overrides.txt").read_text() == "optim.epochs=1\nmodel.pca_dim=0\n"
+    assert load_model(run / "model.safetensors").pca is None
+    assert script.main(base + ["--set", "optim.epochs=2"]) == 1  # resuming with other overrides is refused
+    assert "different config" in caplog.text and "overrides.txt" in caplog.text
+    assert script.main(base + ["--set", "optim.epochs"]) == 1  # a malformed override is named
+    assert "KEY=VALUE" in caplog.text
+
+
 def test_cluster_seed_gives_every_run_seed_the_same_initialisation(route, tmp_path):
     """`cluster.seed` fixes what a run starts from (images sampled, branches, k-means), so seeds differ only
     in training: how much of the spread between seeds the initialisation makes can be measured."""

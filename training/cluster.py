@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    print(Trainer(load_train_config(args.config), args.run_dir, args.cache_dir).cluster())
+    print(Trainer(load_train_config(args.config, args.set), args.run_dir, args.cache_dir).cluster())
     return 0
 
 
