@@ -111,6 +111,12 @@ def test_merge_sums_the_members_and_refuses_what_is_not_one_recipe(tiny_model, t
     assert densernet_main(["ensemble", str(a), str(c), "--out", str(tmp_path / "y.safetensors")]) == 1
     assert densernet_main(["ensemble", str(a), str(b), "--out", str(tmp_path / "y.safetensors")]) == 0
     assert checkpoint_hash(tmp_path / "y.safetensors") == checkpoint_hash(ens)  # merging is deterministic
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    copies = [moved / "first.safetensors", moved / "second.safetensors"]
+    for src, dst in zip((a, b), copies):
+        dst.write_bytes(src.read_bytes())
+    assert checkpoint_hash(merge_checkpoints(copies, moved / "ens.safetensors")) == checkpoint_hash(ens)  # by content
 
 
 def test_heads_config_is_validated():

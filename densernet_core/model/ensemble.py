@@ -56,12 +56,12 @@ def merge_checkpoints(members: Sequence[str | Path], out: str | Path) -> Path:
         prefix = "" if k == 0 else f"extra_heads.{k - 1}."
         state.update({prefix + key: v for key, v in member.items() if key.startswith(HEAD_PREFIXES)})
     fresh = model_from_state(merged_config, {**_sketch_of(merged_config), **state}, "kmeans", str(out))
-    provenance = [{"checkpoint": str(p), "sha256": s} for p, s in zip(paths, shas)]
-    return save_checkpoint(fresh, out, {"ensemble_members": json.dumps(provenance)})
+    # by content only: the same members merge to the same bytes from any folder, on any machine
+    return save_checkpoint(fresh, out, {"ensemble_members": json.dumps([{"sha256": s} for s in shas])})
 
 
 def ensemble_members(path: str | Path) -> list[dict[str, str]]:
-    """The checkpoints an ensemble was merged from (empty for a one-head checkpoint)."""
+    """The sha256 of each checkpoint an ensemble was merged from, head 0 first (empty for a one-head checkpoint)."""
     meta, _ = read_checkpoint(path)
     return json.loads(meta.get("ensemble_members", "[]"))
 
