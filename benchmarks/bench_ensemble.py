@@ -172,7 +172,8 @@ def sample_groups(every: list[tuple[int, ...]], disjoint: list[tuple[int, ...]],
     """All groups, or a seeded sample of `cap` of them that always holds the disjoint ones."""
     if len(every) <= cap:
         return every
-    rest = [g for g in every if g not in set(disjoint)]
+    kept = set(disjoint)
+    rest = [g for g in every if g not in kept]
     picks = np.random.default_rng(GROUP_SAMPLE_SEED).choice(len(rest), max(0, cap - len(disjoint)), replace=False)
     return sorted(disjoint + [rest[i] for i in picks])
 
