@@ -11,7 +11,7 @@ from conftest import random_images
 from densernet_core.config import ConfigError
 from densernet_core.datasets import DatasetError, load_netvlad_mat
 from densernet_core.training.sources import SourceSpec, load_source, load_split
-from densernet_core.training.train_config import load_train_config
+from densernet_core.training.train_config import eval_data_from, load_train_config
 
 
 def write_images(folder: Path, names: list[str]) -> None:
@@ -121,7 +121,15 @@ def test_shipped_experiment_configs_load():
     root = Path(__file__).resolve().parents[1] / "training" / "configs"
     configs = sorted(root.glob("*.yaml"))
     assert configs, "training/configs has no experiment"
+    kinds = {"protocols": 0, "training": 0}
     for path in configs:
-        if path.name.endswith("_eval.yaml"):
-            continue
-        load_train_config(path)
+        raw = yaml.safe_load(path.read_text())
+        if "protocols" in raw:  # an evaluation file for training/evaluate.py, told apart by content, not name
+            assert raw["protocols"], f"{path.name}: empty protocols list"
+            for i, protocol in enumerate(raw["protocols"]):
+                eval_data_from(protocol, f"{path.name}: protocols[{i}]")
+            kinds["protocols"] += 1
+        else:
+            load_train_config(path)
+            kinds["training"] += 1
+    assert kinds["protocols"] and kinds["training"], kinds
