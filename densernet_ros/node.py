@@ -227,9 +227,12 @@ class LocalizerCore:
                                                     self._spacing(), self.get_clock().now().to_msg()))
         self.worker = threading.Thread(target=self._work, name="densernet-inference", daemon=True)
         self.worker.start()
+        model = self.localizer.model
+        heads = f", {model.config.heads} heads (a seed ensemble)" if model.config.heads > 1 else ""
         self.get_logger().info(
-            f"localizing {s.base_frame} against {len(self.localizer.map)} places ({s.map_dir}) on "
-            f"{self.localizer.model.device}; listening on {self.sub.topic_name}")
+            f"localizing {s.base_frame} against {len(self.localizer.map)} places ({s.map_dir}) with model "
+            f"{model.config.preset}{heads}, {model.descriptor_dim}-D, on {model.device}; "
+            f"listening on {self.sub.topic_name}")
 
     def deactivate(self) -> None:
         """Stop the worker, the subscriptions and the timers: nothing is published while inactive."""
