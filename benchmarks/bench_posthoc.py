@@ -7,6 +7,10 @@ Gardens Point recall (frames 100-199, the headline protocols) on the mean over s
 Variants, each beside the checkpoints as trained, in the same run:
 - power normalisation (signed square root of the unit VLAD, then unit length again; Jegou et al.'s
   answer to bursty features);
+- centring (the descriptors' common component, which night shifts, taken out before the cosine): the
+  map less its mean, the queries less the map's mean, or less the running mean of the query run so far
+  (causal, as a robot could; started from the map's mean counted as 1 or 10 frames), or each set less its
+  own mean (an offline bound: it needs the whole query run);
 - database-side augmentation: each mapped descriptor averaged with its nearest mapped neighbour in
   descriptor space (DBA, k = 1), the queries unchanged;
 - the NetVLAD soft assignment made softer or sharper: its weights (alpha times the unit centroids) scaled
@@ -38,8 +42,9 @@ from benchmarks.bench_gardens_point import EVAL_FRAMES, PROTOCOLS, TOLERANCE  # 
 from benchmarks.report import fmt_spread, save_report, spread  # noqa: E402
 
 SHARPNESS = (0.5, 0.75, 1.5)
+RUNNING_PRIOR = (1.0, 10.0)  # frames the map's mean counts for in a query run's running mean
 SECOND_SCALE = 1.5  # the test-time second resolution, times the trained one
-VARIANTS = ("power", "dba", "sharpness", "mirror", "scale")
+VARIANTS = ("power", "centre", "dba", "sharpness", "mirror", "scale")
 BATCH = 8  # images per forward pass; the mirror variant reads its flipped images one batch at a time
 
 
@@ -72,11 +77,36 @@ def summed(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.n
     return {t: unit(a[t] + b[t]) for t in a}
 
 
-def recalls(desc: dict, sets: dict, query_fn=lambda x: x, db_fn=lambda x: x) -> list[float]:
+def centred_on_map(q: np.ndarray, db: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Queries and map less the map's mean descriptor (known when the map is built), unit length again."""
+    mu = db.mean(axis=0)
+    return unit(q - mu), unit(db - mu)
+
+
+def centred_offline(q: np.ndarray, db: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The map less its mean, the queries less the mean of the whole query run (needs the run's end: a bound)."""
+    return unit(q - q.mean(axis=0)), unit(db - db.mean(axis=0))
+
+
+def centred_running(q: np.ndarray, db: np.ndarray, prior: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """As a robot could: the map less its mean; query t less the mean of queries 0..t in the order driven,
+    started from the map's mean counted as `prior` frames (frame 0 alone would centre to zero)."""
+    mu_db = db.mean(axis=0)
+    n = np.arange(1, len(q) + 1, dtype=np.float64)[:, None]
+    running = (prior * mu_db + np.cumsum(q, axis=0)) / (prior + n)
+    return unit(q - running), unit(db - mu_db)
+
+
+def recalls(desc: dict, sets: dict, query_fn=lambda x: x, db_fn=lambda x: x, pair_fn=None,
+            queries_taken: slice = slice(None)) -> list[float]:
+    """R@1 per protocol; `queries_taken`: the part of each query run driven (the map stays whole)."""
     out = []
     for q, db in PROTOCOLS:
-        r = evaluate_descriptors(f"{q}->{db}", db_fn(desc[db]), query_fn(desc[q]), sets[db].positions,
-                                 sets[q].positions, TOLERANCE)
+        queries, mapped = query_fn(desc[q][queries_taken]), db_fn(desc[db])
+        if pair_fn is not None:
+            queries, mapped = pair_fn(queries, mapped)
+        r = evaluate_descriptors(f"{q}->{db}", mapped, queries, sets[db].positions,
+                                 sets[q].positions[queries_taken], TOLERANCE)
         out.append(float(r.recalls[1]))
     return out
 
@@ -131,6 +161,20 @@ def main(argv: list[str] | None = None) -> int:
         if "power" in args.variants:
             per.setdefault("power normalisation (signed square root)", []).append(
                 recalls(desc, sets, power_norm, power_norm))
+        if "centre" in args.variants:
+            per.setdefault("centred on the map's mean", []).append(recalls(desc, sets, pair_fn=centred_on_map))
+            per.setdefault("map and query run each centred on its own mean (offline bound)", []).append(
+                recalls(desc, sets, pair_fn=centred_offline))
+            for prior in RUNNING_PRIOR:
+                per.setdefault(f"queries centred on their running mean (prior {prior:g} frames), map on its own",
+                               []).append(recalls(desc, sets, pair_fn=lambda q, d, p=prior: centred_running(q, d, p)))
+            # a robot drives part of its map: the query run's mean is then not the map's places under other light
+            half = slice(0, (EVAL_FRAMES[1] - EVAL_FRAMES[0]) // 2)
+            per.setdefault("as trained, queries on the first half of the route only", []).append(
+                recalls(desc, sets, queries_taken=half))
+            for prior in RUNNING_PRIOR:
+                per.setdefault(f"running-mean centring (prior {prior:g}), queries on the first half only", []).append(
+                    recalls(desc, sets, pair_fn=lambda q, d, p=prior: centred_running(q, d, p), queries_taken=half))
         if "dba" in args.variants:
             per.setdefault("map-side augmentation (DBA, k = 1)", []).append(recalls(desc, sets, db_fn=dba))
         for s in SHARPNESS if "sharpness" in args.variants else ():

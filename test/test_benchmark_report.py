@@ -133,3 +133,23 @@ def test_ensemble_group_sample_keeps_the_disjoint_groups_and_its_size():
     assert len(picked) == len(set(picked)) == 40 and set(disjoint) <= set(picked) and set(picked) <= set(every)
     assert picked == sample_groups(every, disjoint, 40)  # seeded: a rerun scores the same groups
     assert sample_groups(every[:30], disjoint, 40) == every[:30]  # under the cap: every group
+
+
+def test_running_centring_is_causal_and_starts_from_the_maps_mean() -> None:
+    """Query t is centred with what a robot has at t: later frames must not move it."""
+    from benchmarks.bench_posthoc import centred_offline, centred_running
+
+    rng = np.random.default_rng(0)
+    q, db = rng.normal(size=(12, 8)) + 3.0, rng.normal(size=(20, 8)) + 3.0
+    full, mapped = centred_running(q, db, prior=2.0)
+    changed = q.copy()
+    changed[6:] = rng.normal(size=(6, 8)) - 5.0
+    part, _ = centred_running(changed, db, prior=2.0)
+    np.testing.assert_allclose(part[:6], full[:6])
+    assert not np.allclose(part[6:], full[6:])
+    # frame 0: its own descriptor and the map's mean, weighted 1 : prior
+    expected = q[0] - (2.0 * db.mean(axis=0) + q[0]) / 3.0
+    np.testing.assert_allclose(full[0], expected / np.linalg.norm(expected))
+    np.testing.assert_allclose(np.linalg.norm(mapped, axis=1), 1.0)
+    # the offline bound is not causal: later frames move frame 0
+    assert not np.allclose(centred_offline(changed, db)[0][0], centred_offline(q, db)[0][0])
