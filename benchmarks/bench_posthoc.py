@@ -11,6 +11,10 @@ Variants, each beside the checkpoints as trained, in the same run:
   map less its mean, the queries less the map's mean, or less the running mean of the query run so far
   (causal, as a robot could; started from the map's mean counted as 1 or 10 frames), or each set less its
   own mean (an offline bound: it needs the whole query run);
+- nuisance directions removed: the top 1, 5 or 20 principal directions of the differences between one
+  place's descriptors on two traversals, fitted on the training frames 0-99 only (light and side of the
+  path, which retrieval should ignore), projected out of queries and map alike (a fixed linear map: it
+  needs no query run, unlike centring);
 - database-side augmentation: each mapped descriptor averaged with its nearest mapped neighbour in
   descriptor space (DBA, k = 1), the queries unchanged;
 - the NetVLAD soft assignment made softer or sharper: its weights (alpha times the unit centroids) scaled
@@ -38,13 +42,14 @@ from densernet_core.images import read_image  # noqa: E402
 from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from densernet_core.training.evaluation import evaluate_descriptors  # noqa: E402
 from benchmarks.bench_final_stage import unit  # noqa: E402
-from benchmarks.bench_gardens_point import EVAL_FRAMES, PROTOCOLS, TOLERANCE  # noqa: E402
+from benchmarks.bench_gardens_point import EVAL_FRAMES, FIT_FRAMES, PROTOCOLS, TOLERANCE  # noqa: E402
 from benchmarks.report import fmt_spread, save_report, spread  # noqa: E402
 
 SHARPNESS = (0.5, 0.75, 1.5)
 RUNNING_PRIOR = (1.0, 10.0)  # frames the map's mean counts for in a query run's running mean
 SECOND_SCALE = 1.5  # the test-time second resolution, times the trained one
-VARIANTS = ("power", "centre", "dba", "sharpness", "mirror", "scale")
+NUISANCE_DIMS = (1, 5, 20)  # directions removed; 300 training differences keep >= 10 per direction (docs/TRAINING.md)
+VARIANTS = ("power", "centre", "nuisance", "dba", "sharpness", "mirror", "scale")
 BATCH = 8  # images per forward pass; the mirror variant reads its flipped images one batch at a time
 
 
@@ -95,6 +100,22 @@ def centred_running(q: np.ndarray, db: np.ndarray, prior: float = 1.0) -> tuple[
     n = np.arange(1, len(q) + 1, dtype=np.float64)[:, None]
     running = (prior * mu_db + np.cumsum(q, axis=0)) / (prior + n)
     return unit(q - running), unit(db - mu_db)
+
+
+def nuisance_basis(fit: dict[str, np.ndarray], k: int) -> np.ndarray:
+    """The k directions (k x D, orthonormal) in which one place's descriptors differ most between traversals,
+    from the training frames only: light and side of the path, what retrieval should ignore."""
+    names = sorted(fit)
+    diffs = np.concatenate([fit[a] - fit[b] for i, a in enumerate(names) for b in names[i + 1:]])
+    if k > len(diffs) // 10:
+        raise ValueError(f"{k} directions from {len(diffs)} differences: fewer than 10 per direction")
+    _, _, vt = np.linalg.svd(diffs, full_matrices=False)
+    return vt[:k]
+
+
+def without(basis: np.ndarray):
+    """Descriptors with `basis`'s directions projected out, unit length again (queries and map alike)."""
+    return lambda x: unit(x - (x @ basis.T) @ basis)
 
 
 def recalls(desc: dict, sets: dict, query_fn=lambda x: x, db_fn=lambda x: x, pair_fn=None,
@@ -151,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sets = {t: load_traverse(data / t, range(*EVAL_FRAMES)) for t in sorted({t for p in PROTOCOLS for t in p})}
+    fit_sets = ({t: load_traverse(data / t, range(*FIT_FRAMES)) for t in sets}
+                if "nuisance" in args.variants else {})
     per: dict[str, list[list[float]]] = {}
     shas = []
     for c in args.checkpoints:
@@ -175,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
             for prior in RUNNING_PRIOR:
                 per.setdefault(f"running-mean centring (prior {prior:g}), queries on the first half only", []).append(
                     recalls(desc, sets, pair_fn=lambda q, d, p=prior: centred_running(q, d, p), queries_taken=half))
+        if "nuisance" in args.variants:
+            fit = describe_all(model, fit_sets)
+            for k in NUISANCE_DIMS:
+                drop = without(nuisance_basis(fit, k))
+                per.setdefault(f"the training frames' top {k} cross-traversal directions removed", []).append(
+                    recalls(desc, sets, drop, drop))
         if "dba" in args.variants:
             per.setdefault("map-side augmentation (DBA, k = 1)", []).append(recalls(desc, sets, db_fn=dba))
         for s in SHARPNESS if "sharpness" in args.variants else ():

@@ -153,3 +153,22 @@ def test_running_centring_is_causal_and_starts_from_the_maps_mean() -> None:
     np.testing.assert_allclose(np.linalg.norm(mapped, axis=1), 1.0)
     # the offline bound is not causal: later frames move frame 0
     assert not np.allclose(centred_offline(changed, db)[0][0], centred_offline(q, db)[0][0])
+
+
+def test_nuisance_removal_takes_out_the_shift_between_traversals_and_keeps_the_places() -> None:
+    from benchmarks.bench_posthoc import nuisance_basis, without
+
+    rng = np.random.default_rng(1)
+    places = rng.normal(size=(40, 16))
+    light = np.zeros(16)
+    light[3] = 4.0  # night moves every place the same way
+    fit = {"day": places, "night": places + light + 0.01 * rng.normal(size=(40, 16))}
+    basis = nuisance_basis(fit, 1)
+    assert abs(abs(basis[0, 3]) - 1.0) < 1e-3
+    drop = without(basis)
+    day, night = drop(places), drop(places + light)
+    np.testing.assert_allclose(np.linalg.norm(day, axis=1), 1.0)
+    assert np.all(np.sum(day * night, axis=1) > 0.999)  # the same place matches again
+    assert np.mean(np.abs(day @ day.T - np.eye(40))) > 0.05  # and the places stay apart
+    with pytest.raises(ValueError, match="fewer than 10 per direction"):
+        nuisance_basis(fit, 5)
