@@ -119,6 +119,11 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+def heads_note(heads: int) -> str:
+    """The phrase a model's one-line description gains when its checkpoint is a seed ensemble."""
+    return f", {heads} heads (a seed ensemble)" if heads > 1 else ""
+
+
 def dataclass_from_mapping(cls: type, data: Mapping[str, Any], where: str) -> Any:
     """Build a dataclass from a mapping, rejecting unknown keys by name (typos must not pass silently)."""
     if not isinstance(data, Mapping):

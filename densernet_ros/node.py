@@ -59,7 +59,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from densernet_core.camera import Camera
-from densernet_core.config import ConfigError
+from densernet_core.config import ConfigError, heads_note
 from densernet_core.localization.belief import BeliefConfig, Motion
 from densernet_core.localization.localizer import MODES
 from densernet_core.model.runtime import BACKENDS
@@ -228,10 +228,9 @@ class LocalizerCore:
         self.worker = threading.Thread(target=self._work, name="densernet-inference", daemon=True)
         self.worker.start()
         model = self.localizer.model
-        heads = f", {model.config.heads} heads (a seed ensemble)" if model.config.heads > 1 else ""
         self.get_logger().info(
             f"localizing {s.base_frame} against {len(self.localizer.map)} places ({s.map_dir}) with model "
-            f"{model.config.preset}{heads}, {model.descriptor_dim}-D, on {model.device}; "
+            f"{model.config.preset}{heads_note(model.config.heads)}, {model.descriptor_dim}-D, on {model.device}; "
             f"listening on {self.sub.topic_name}")
 
     def deactivate(self) -> None:

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..datasets import GeoImages, PathColumn
 from ..camera import Camera
+from ..config import heads_note
 from ..frames import Extrinsic, extrinsic_from_mapping
 from ..geometry import compose_poses
 from ..images import read_image
@@ -282,7 +283,7 @@ class PlaceMap:
             f"frame: {m.frame_id}   extent: {extent[0]:.1f} x {extent[1]:.1f} x {extent[2]:.1f}",
             f"model: preset {m.model_config.get('preset')}, image {m.model_config.get('image_size')}, "
             f"weights {m.model_config.get('weights')}"
-            + (f", {m.model_config['heads']} heads (a seed ensemble)" if m.model_config.get("heads", 1) > 1 else ""),
+            + heads_note(m.model_config.get("heads", 1)),
             f"checkpoint: {m.checkpoint} (sha256 {m.checkpoint_sha256[:16]}…)",
             f"created: {m.created}   sources: {sorted(set(self.places.source.split(';')))}",
             self._points_info(),
