@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ from benchmarks.report import fmt_spread, save_report, spread  # noqa: E402
 
 SHARPNESS = (0.5, 0.75, 1.5)
 RUNNING_PRIOR = (1.0, 10.0)  # frames the map's mean counts for in a query run's running mean
+HALF_ROUTE = slice(0, (EVAL_FRAMES[1] - EVAL_FRAMES[0]) // 2)  # queries on the first half of the mapped places
 SECOND_SCALE = 1.5  # the test-time second resolution, times the trained one
 NUISANCE_DIMS = (1, 5, 20)  # directions removed; 300 training differences keep >= 10 per direction (docs/TRAINING.md)
 VARIANTS = ("power", "centre", "nuisance", "dba", "sharpness", "mirror", "scale")
@@ -188,16 +190,16 @@ def main(argv: list[str] | None = None) -> int:
             per.setdefault("centred on the map's mean", []).append(recalls(desc, sets, pair_fn=centred_on_map))
             per.setdefault("map and query run each centred on its own mean (offline bound)", []).append(
                 recalls(desc, sets, pair_fn=centred_offline))
-            for prior in RUNNING_PRIOR:
+            running = {p: partial(centred_running, prior=p) for p in RUNNING_PRIOR}
+            for prior, fn in running.items():
                 per.setdefault(f"queries centred on their running mean (prior {prior:g} frames), map on its own",
-                               []).append(recalls(desc, sets, pair_fn=lambda q, d, p=prior: centred_running(q, d, p)))
+                               []).append(recalls(desc, sets, pair_fn=fn))
             # a robot drives part of its map: the query run's mean is then not the map's places under other light
-            half = slice(0, (EVAL_FRAMES[1] - EVAL_FRAMES[0]) // 2)
             per.setdefault("as trained, queries on the first half of the route only", []).append(
-                recalls(desc, sets, queries_taken=half))
-            for prior in RUNNING_PRIOR:
+                recalls(desc, sets, queries_taken=HALF_ROUTE))
+            for prior, fn in running.items():
                 per.setdefault(f"running-mean centring (prior {prior:g}), queries on the first half only", []).append(
-                    recalls(desc, sets, pair_fn=lambda q, d, p=prior: centred_running(q, d, p), queries_taken=half))
+                    recalls(desc, sets, pair_fn=fn, queries_taken=HALF_ROUTE))
         if "nuisance" in args.variants:
             fit = describe_all(model, fit_sets)
             for k in NUISANCE_DIMS:
