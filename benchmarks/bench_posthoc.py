@@ -15,6 +15,13 @@ Variants, each beside the checkpoints as trained, in the same run:
   place's descriptors on two traversals, fitted on the training frames 0-99 only (light and side of the
   path, which retrieval should ignore), projected out of queries and map alike (a fixed linear map: it
   needs no query run, unlike centring);
+- the light's shift taken out: the mean of (night_right less day_right, the same side of the path) over the
+  training frames' places, one vector
+  fitted on frames 0-99 only; subtracted from the night queries (the light known, e.g. from the clock),
+  or from every query in proportion to how much of it the query run so far shows (causal: the running
+  mean's excess over the map's mean, projected on the shift), so that a day run takes out about none;
+  beside them the evaluated frames' own shift taken out of their night queries (an oracle bound), and the
+  cosine between the two shifts (how far the fitted one carries to other places);
 - database-side augmentation: each mapped descriptor averaged with its nearest mapped neighbour in
   descriptor space (DBA, k = 1), the queries unchanged;
 - the NetVLAD soft assignment made softer or sharper: its weights (alpha times the unit centroids) scaled
@@ -51,7 +58,8 @@ RUNNING_PRIOR = (1.0, 10.0)  # frames the map's mean counts for in a query run's
 HALF_ROUTE = slice(0, (EVAL_FRAMES[1] - EVAL_FRAMES[0]) // 2)  # queries on the first half of the mapped places
 SECOND_SCALE = 1.5  # the test-time second resolution, times the trained one
 NUISANCE_DIMS = (1, 5, 20)  # directions removed; 300 training differences keep >= 10 per direction (docs/TRAINING.md)
-VARIANTS = ("power", "centre", "nuisance", "dba", "sharpness", "mirror", "scale")
+NIGHT_RUN, DAY_RUN = "night_right", "day_right"  # the light shift: night less day on the same side of the path
+VARIANTS = ("power", "centre", "nuisance", "shift", "dba", "sharpness", "mirror", "scale")
 BATCH = 8  # images per forward pass; the mirror variant reads its flipped images one batch at a time
 
 
@@ -115,6 +123,28 @@ def nuisance_basis(fit: dict[str, np.ndarray], k: int) -> np.ndarray:
     return vt[:k]
 
 
+def light_shift(fit: dict[str, np.ndarray], night: str = NIGHT_RUN, day: str = DAY_RUN) -> np.ndarray:
+    """What night adds to a place's descriptor, averaged over the training places: light only, since both
+    runs walked the same side of the path and the places average out."""
+    return (fit[night] - fit[day]).mean(axis=0)
+
+
+def shift_removed(desc: dict[str, np.ndarray], shift: np.ndarray, run: str = NIGHT_RUN) -> dict[str, np.ndarray]:
+    """The light known: one run's descriptors less the whole shift, unit length again; the others as they were."""
+    return {t: unit(x - shift) if t == run else x for t, x in desc.items()}
+
+
+def shifted_running(q: np.ndarray, db: np.ndarray, shift: np.ndarray, prior: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Query t less the shift times alpha_t, the share of it the run so far shows: the running mean's excess
+    over the map's mean (started from the map's mean counted as `prior` frames), projected on the shift.
+    The map as it is."""
+    mu_db = db.mean(axis=0)
+    n = np.arange(1, len(q) + 1, dtype=np.float64)[:, None]
+    running = (prior * mu_db + np.cumsum(q, axis=0)) / (prior + n)
+    alpha = (running - mu_db) @ shift / (shift @ shift)
+    return unit(q - alpha[:, None] * shift), db
+
+
 def without(basis: np.ndarray):
     """Descriptors with `basis`'s directions projected out, unit length again (queries and map alike)."""
     return lambda x: unit(x - (x @ basis.T) @ basis)
@@ -175,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sets = {t: load_traverse(data / t, range(*EVAL_FRAMES)) for t in sorted({t for p in PROTOCOLS for t in p})}
     fit_sets = ({t: load_traverse(data / t, range(*FIT_FRAMES)) for t in sets}
-                if "nuisance" in args.variants else {})
+                if {"nuisance", "shift"} & set(args.variants) else {})
     per: dict[str, list[list[float]]] = {}
-    shas = []
+    shas, shift_cosines = [], []  # per checkpoint: the training frames' light shift against the evaluated frames'
     for c in args.checkpoints:
         shas.append(checkpoint_hash(c))
         model = load_model(c)
@@ -200,12 +230,26 @@ def main(argv: list[str] | None = None) -> int:
             for prior, fn in running.items():
                 per.setdefault(f"running-mean centring (prior {prior:g}), queries on the first half only", []).append(
                     recalls(desc, sets, pair_fn=fn, queries_taken=HALF_ROUTE))
+        fit = describe_all(model, fit_sets) if fit_sets else {}
         if "nuisance" in args.variants:
-            fit = describe_all(model, fit_sets)
             for k in NUISANCE_DIMS:
                 drop = without(nuisance_basis(fit, k))
                 per.setdefault(f"the training frames' top {k} cross-traversal directions removed", []).append(
                     recalls(desc, sets, drop, drop))
+        if "shift" in args.variants:
+            shift = light_shift(fit)
+            per.setdefault("night queries less the training frames' light shift (the light known)", []).append(
+                recalls(shift_removed(desc, shift), sets))
+            held_out = light_shift(desc)  # the evaluated frames' own shift: a bound, and how far the fitted one carries
+            per.setdefault("night queries less the evaluated frames' own light shift (oracle bound)", []).append(
+                recalls(shift_removed(desc, held_out), sets))
+            shift_cosines.append(float(shift @ held_out / np.linalg.norm(shift) / np.linalg.norm(held_out)))
+            for prior in RUNNING_PRIOR:
+                fn = partial(shifted_running, shift=shift, prior=prior)
+                per.setdefault(f"every query less the shift its running mean shows (prior {prior:g} frames)", []).append(
+                    recalls(desc, sets, pair_fn=fn))
+                per.setdefault(f"the same (prior {prior:g}), queries on the first half only", []).append(
+                    recalls(desc, sets, pair_fn=fn, queries_taken=HALF_ROUTE))
         if "dba" in args.variants:
             per.setdefault("map-side augmentation (DBA, k = 1)", []).append(recalls(desc, sets, db_fn=dba))
         for s in SHARPNESS if "sharpness" in args.variants else ():
@@ -229,8 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     for k, rows in per.items():
         lines.append(f"| {k} | " + " | ".join(fmt_spread(summary[k][n], digits=3) for n in names)
                      + " | " + " ".join(f"{r[-1]:.2f}" for r in rows) + " |")
+    if shift_cosines:
+        lines += ["", "Cosine of the training frames' light shift with the evaluated frames' own, per checkpoint: "
+                  + " ".join(f"{c:.2f}" for c in shift_cosines)]
     save_report(out, {"checkpoints": [str(c) for c in args.checkpoints], "sha256": shas, "per_checkpoint": per,
-                      "summary": summary}, "\n".join(lines))
+                      "summary": summary, "shift_cosine": shift_cosines}, "\n".join(lines))
     return 0
 
 

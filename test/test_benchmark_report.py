@@ -172,3 +172,39 @@ def test_nuisance_removal_takes_out_the_shift_between_traversals_and_keeps_the_p
     assert np.mean(np.abs(day @ day.T - np.eye(40))) > 0.05  # and the places stay apart
     with pytest.raises(ValueError, match="fewer than 10 per direction"):
         nuisance_basis(fit, 5)
+
+
+def test_light_shift_is_the_mean_night_excess_and_the_running_version_scales_it_causally() -> None:
+    """The shift holds light only (places and the side of the path do not count); a run shows it in proportion,
+    later frames do not count."""
+    from benchmarks.bench_posthoc import light_shift, shift_removed, shifted_running
+
+    rng = np.random.default_rng(2)
+    places = rng.normal(size=(30, 16))
+    light, side = np.zeros(16), np.zeros(16)
+    light[5], side[9] = 3.0, 1.0
+    fit = {"day_left": places - side, "day_right": places + side, "night_right": places + side + light}
+    np.testing.assert_allclose(light_shift(fit), light, atol=1e-12)
+    desc = {"day_left": places, "night_right": places + light}
+    known = shift_removed(desc, light)
+    np.testing.assert_allclose(known["night_right"], places / np.linalg.norm(places, axis=1, keepdims=True))
+    assert known["day_left"] is desc["day_left"]
+    # a run that shows the whole shift has it taken out (once the map's prior is outweighed), a day run keeps its queries
+    db = rng.normal(size=(200, 16))
+    db -= db.mean(axis=0)
+    night_q = db[:100] + light
+    out_night, mapped = shifted_running(night_q, db, light, prior=1.0)
+    assert mapped is db
+    alpha_last = (night_q.sum(axis=0) / 101) @ light / (light @ light)  # the running mean's excess (map mean 0), on the shift
+    assert 0.9 < alpha_last < 1.1
+    expected = night_q[-1] - alpha_last * light
+    np.testing.assert_allclose(out_night[-1], expected / np.linalg.norm(expected), atol=1e-9)
+    out_day = shifted_running(db, db, light)[0]  # a day run over the whole map: its mean is the map's, nothing taken out
+    np.testing.assert_allclose(out_day[-1], unit_rows(db)[-1], atol=1e-9)
+    changed = night_q.copy()
+    changed[50:] -= light
+    np.testing.assert_allclose(shifted_running(changed, db, light)[0][:50], out_night[:50])
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
