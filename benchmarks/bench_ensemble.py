@@ -63,7 +63,7 @@ def projected(members: list[dict[str, np.ndarray]], dim: int) -> list[dict[str, 
     per ensemble size: a member projects the same way in every group that holds it."""
     out = []
     for k, member in enumerate(members):
-        q = random_orthogonal(next(iter(member.values())).shape[1], dim, PROJECTION_SEED + k)
+        q = random_orthogonal(member_dim(member), dim, PROJECTION_SEED + k)
         out.append({t: x @ q for t, x in member.items()})
     return out
 
@@ -83,8 +83,7 @@ def summed(members: list[dict[str, np.ndarray]], ids: tuple[int, ...]) -> dict[s
     head k)."""
     import torch
 
-    dim = next(iter(members[0].values())).shape[1]
-    perm, sign = head_sketch(len(ids), dim)
+    perm, sign = head_sketch(len(ids), member_dim(members[0]))
     return {t: sum_heads([torch.from_numpy(members[k][t]) for k in ids], perm, sign).numpy() for t in members[0]}
 
 
@@ -134,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if kind == "summed":
                 each = {ids: recalls(summed(members, ids), sets) for ids in every}
-                width = next(iter(members[0].values())).shape[1]
+                width = member_dim(members[0])
             else:
                 source = members if kind == "concatenated" else projected(members, dim // m)
                 each = {ids: recalls(combine(source, ids), sets) for ids in every}
-                width = dims_of(source, m)
+                width = m * member_dim(source[0])
             row = {"size": m, "descriptor": kind, "dim": width,
                    "disjoint_groups": [list(g) for g in disjoint],
                    "disjoint": [each[g] for g in disjoint], "all_groups": len(every), "possible_groups": total,
@@ -178,8 +177,9 @@ def sample_groups(every: list[tuple[int, ...]], disjoint: list[tuple[int, ...]],
     return sorted(disjoint + [rest[i] for i in picks])
 
 
-def dims_of(members: list[dict[str, np.ndarray]], m: int) -> int:
-    return m * next(iter(members[0].values())).shape[1]
+def member_dim(member: dict[str, np.ndarray]) -> int:
+    """One member's descriptor dimension (every traverse of it has the same)."""
+    return next(iter(member.values())).shape[1]
 
 
 def plot(rows: list[dict], names: list[str], png: Path) -> None:
