@@ -1,6 +1,7 @@
 """The compact index for large maps: exact answers from a shortlist, chosen by size, provenance kept,
 kept valid by `add`, and refused by name when its files are damaged."""
 import json
+import os
 from pathlib import Path
 
 import faiss
@@ -61,6 +62,27 @@ def test_compact_map_answers_as_exact_search_and_round_trips(tiny_model, ckpt, t
     ram = float(info.split("bytes per place: ")[1].split(" ")[0])
     assert ram < 1024  # 512 B of codes and 8 B of id per place, the projection and lists shared out
     assert f"{idx.COMPACT_RERANK} stored descriptors read from disk per query" in info
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_single_query_splits_its_probed_lists_between_threads_and_answers_as_a_batch(monkeypatch, threads):
+    """The node searches one query a frame: its probed lists go to SINGLE_QUERY_THREADS (FAISS's parallel_mode
+    1; one in the product, two in benchmarks/bench_search_threads.py), a batch is split over its queries on every
+    thread (mode 0), and both give the same answers."""
+    desc = route_like(3000, 256, 7).astype(np.float16)
+    index = idx.build_index(desc, "compact")
+    assert index._lists is not None and index._lists.nprobe > 1
+    queries = _revisits(desc.astype(np.float32), 100, 8)
+    assert len(queries) >= idx.FAISS_PARALLEL_QUERIES
+    used, real = [], idx.faiss_threads
+    monkeypatch.setattr(idx, "faiss_threads", lambda n: used.append(n) or real(n))
+    monkeypatch.setattr(idx, "SINGLE_QUERY_THREADS", threads)
+    batch = index.search(queries, 5)
+    assert used == [None] and index._lists.parallel_mode == 0
+    one = [index.search(q[None], 5) for q in queries]
+    assert set(used[1:]) == {min(threads, os.cpu_count() or 1)} and index._lists.parallel_mode == 1
+    np.testing.assert_array_equal(np.concatenate([i for _, i in one]), batch[1])
+    np.testing.assert_allclose(np.concatenate([s for s, _ in one]), batch[0], atol=1e-6)
 
 
 def test_small_compact_map_projects_at_random_and_says_when_it_will_fit(tiny_model, ckpt, tmp_path):

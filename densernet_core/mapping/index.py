@@ -89,10 +89,14 @@ PROJECT_ROWS = 16384  # descriptors projected at a time while building
 # A query's int8 projection off by more than this (relative) falls back to float32: a broken kernel, not
 # rounding (about 0.014 on a map's 12,288 x 512 projection).
 PROJECTION_INT8_MAX_ERROR = 0.05
-# Fewer queries than this are searched on one FAISS thread: a single query gains nothing from more, and
-# FAISS's OpenMP threads spin for the cores torch's threads need (on 2 cores with another process busy:
-# 8 ms per search instead of 1.3 ms).
+# Fewer queries than this are searched one at a time: split over queries (FAISS's default), a single query
+# gains nothing from more threads, and they spin for the cores torch's threads need (on 2 cores with another
+# process busy: 8 ms per search instead of 1.3 ms). An inverted file on the CPU can split one query's probed
+# lists between SINGLE_QUERY_THREADS instead (FAISS's parallel_mode 1); 2 were tried at 1M places, one query a
+# frame after a torch burst (benchmarks/bench_search_threads.py): 5.8 ms p50 against 6.4-7.5 on one thread,
+# but 40 ms against 12-15 with another process busy on one of the 2 cores, as on a robot. So one.
 FAISS_PARALLEL_QUERIES = 8
+SINGLE_QUERY_THREADS = 1
 
 
 class ExactIndex:
@@ -356,6 +360,7 @@ class ShortlistIndex:
                  refine: RefineCodes | None = None) -> None:
         self.coarse = coarse  # on the CPU (saved as is); searched through a GPU copy when there is one
         self._coarse_search, self._gpu_resources = to_gpu_if_available(coarse)
+        self._lists = cpu_inverted_file(self._coarse_search)
         self.projection = projection  # D x d float32, or None for a coarse index over the descriptors
         self._query_projection = None if projection is None else QueryProjection(projection)
         self.ref = descriptors  # N x D, may be a read-only memory map
@@ -382,7 +387,11 @@ class ShortlistIndex:
         k = min(k, self.ntotal)
         reread = max(self.shortlist, k)
         proposed = reread if self.refine is None else max(self.provenance.refine_shortlist, reread)
-        with faiss_threads(1 if len(q) < FAISS_PARALLEL_QUERIES else None):
+        single = len(q) < FAISS_PARALLEL_QUERIES
+        if self._lists is not None:
+            self._lists.parallel_mode = 1 if single else 0  # a single query's probed lists, else the queries, split
+        threads = (min(SINGLE_QUERY_THREADS, os.cpu_count() or 1) if self._lists is not None else 1) if single else None
+        with faiss_threads(threads):
             _, cand = self._coarse_search.search(self.project(q), min(proposed, self.ntotal))
         scores = np.full((len(q), k), -np.inf, np.float32)
         ids = np.full((len(q), k), -1, np.int64)
@@ -403,21 +412,30 @@ class ShortlistIndex:
         if self.refine is not None:
             self.refine.add(codes)
         self._coarse_search, self._gpu_resources = to_gpu_if_available(self.coarse)
+        self._lists = cpu_inverted_file(self._coarse_search)
         self.ref = all_descriptors
         self.prefetch = RowPrefetch.of(all_descriptors)
 
     def memory_bytes(self) -> int:
         """What searching holds in RAM (the projection and the FAISS index; not the stored descriptors,
         which stay on disk and are read a shortlist at a time)."""
-        import faiss
-
         projection = 0 if self._query_projection is None else self._query_projection.nbytes
         projection += 0 if self.refine is None else self.refine.memory_bytes()
-        try:
-            ivf = faiss.extract_index_ivf(self.coarse)
-        except RuntimeError:  # HNSW: float vectors and a graph of 2 * M links per node on its lowest layer
+        ivf = cpu_inverted_file(self.coarse)
+        if ivf is None:  # HNSW: float vectors and a graph of 2 * M links per node on its lowest layer
             return projection + self.coarse.ntotal * (4 * self.coarse.d + 2 * HNSW_M * 4)
         return projection + ivf.ntotal * (ivf.code_size + 8) + ivf.nlist * ivf.d * 4
+
+
+def cpu_inverted_file(index):
+    """The CPU inverted file inside a FAISS index, whose probed lists one query can split between threads;
+    None for HNSW and for a GPU copy."""
+    import faiss
+
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
 
 
 @contextmanager
