@@ -121,6 +121,7 @@ def test_faiss_gpu_copy_is_used_and_a_refused_copy_stays_on_the_cpu(monkeypatch,
     monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda res, dev, index: GpuCopy(index), raising=False)
     index = ShortlistIndex(coarse, None, desc)
     assert isinstance(index._gpu_resources, Resources) and index.coarse is coarse  # the CPU index is what is saved
+    assert index._lists is None  # no CPU lists to split: the GPU copy searches as it is
     _, ids = index.search(desc[:3], 1)
     assert searched == [3] and ids[:, 0].tolist() == [0, 1, 2]
 

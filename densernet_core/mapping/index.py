@@ -429,9 +429,11 @@ class ShortlistIndex:
 
 def cpu_inverted_file(index):
     """The CPU inverted file inside a FAISS index, whose probed lists one query can split between threads;
-    None for HNSW and for a GPU copy."""
+    None for HNSW and for a GPU copy (faiss-gpu's, or anything else that is not a CPU FAISS index)."""
     import faiss
 
+    if not isinstance(index, faiss.Index):
+        return None
     try:
         return faiss.extract_index_ivf(index)
     except RuntimeError:
