@@ -15,7 +15,6 @@ machine.json and search_threads.png.
 from __future__ import annotations
 
 import argparse
-import os
 import multiprocessing
 import sys
 import time
@@ -72,9 +71,7 @@ def stage_times(index, queries: np.ndarray) -> dict[str, float]:
         t0 = time.perf_counter()
         p = index.project(q[None])
         t1 = time.perf_counter()
-        index._lists.parallel_mode = 1
-        with idx.faiss_threads(min(idx.SINGLE_QUERY_THREADS, os.cpu_count() or 1)):  # as ShortlistIndex.search
-            _, cand = index._coarse_search.search(p, proposed)
+        cand = index.propose(p, proposed)
         t2 = time.perf_counter()
         row = np.sort(index.refine.top(q, np.unique(cand[0][cand[0] >= 0]), index.shortlist))
         t3 = time.perf_counter()

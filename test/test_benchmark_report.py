@@ -177,6 +177,7 @@ def test_nuisance_removal_takes_out_the_shift_between_traversals_and_keeps_the_p
 def test_light_shift_is_the_mean_night_excess_and_the_running_version_scales_it_causally() -> None:
     """The shift holds light only (places and the side of the path do not count); a run shows it in proportion,
     later frames do not count."""
+    from benchmarks.bench_final_stage import unit
     from benchmarks.bench_posthoc import light_shift, shift_removed, shifted_running
 
     rng = np.random.default_rng(2)
@@ -200,11 +201,7 @@ def test_light_shift_is_the_mean_night_excess_and_the_running_version_scales_it_
     expected = night_q[-1] - alpha_last * light
     np.testing.assert_allclose(out_night[-1], expected / np.linalg.norm(expected), atol=1e-9)
     out_day = shifted_running(db, db, light)[0]  # a day run over the whole map: its mean is the map's, nothing taken out
-    np.testing.assert_allclose(out_day[-1], unit_rows(db)[-1], atol=1e-9)
+    np.testing.assert_allclose(out_day[-1], unit(db)[-1], atol=1e-9)
     changed = night_q.copy()
     changed[50:] -= light
     np.testing.assert_allclose(shifted_running(changed, db, light)[0][:50], out_night[:50])
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)

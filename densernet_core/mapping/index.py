@@ -359,8 +359,7 @@ class ShortlistIndex:
                  shortlist: int = SHORTLIST, provenance: Projection | None = None,
                  refine: RefineCodes | None = None) -> None:
         self.coarse = coarse  # on the CPU (saved as is); searched through a GPU copy when there is one
-        self._coarse_search, self._gpu_resources = to_gpu_if_available(coarse)
-        self._lists = cpu_inverted_file(self._coarse_search)
+        self._searchable()
         self.projection = projection  # D x d float32, or None for a coarse index over the descriptors
         self._query_projection = None if projection is None else QueryProjection(projection)
         self.ref = descriptors  # N x D, may be a read-only memory map
@@ -387,12 +386,7 @@ class ShortlistIndex:
         k = min(k, self.ntotal)
         reread = max(self.shortlist, k)
         proposed = reread if self.refine is None else max(self.provenance.refine_shortlist, reread)
-        single = len(q) < FAISS_PARALLEL_QUERIES
-        if self._lists is not None:
-            self._lists.parallel_mode = 1 if single else 0  # a single query's probed lists, else the queries, split
-        threads = (min(SINGLE_QUERY_THREADS, os.cpu_count() or 1) if self._lists is not None else 1) if single else None
-        with faiss_threads(threads):
-            _, cand = self._coarse_search.search(self.project(q), min(proposed, self.ntotal))
+        cand = self.propose(self.project(q), min(proposed, self.ntotal))
         scores = np.full((len(q), k), -np.inf, np.float32)
         ids = np.full((len(q), k), -1, np.int64)
         for r, row in enumerate(cand):
@@ -404,6 +398,24 @@ class ShortlistIndex:
             scores[r, :len(order)], ids[r, :len(order)] = exact[order], row[order]
         return scores, ids
 
+    def propose(self, projected: np.ndarray, n: int) -> np.ndarray:
+        """The coarse index's best n places per projected query. A batch is split over its queries on every
+        thread; a single query runs on one, or through a CPU inverted file on SINGLE_QUERY_THREADS splitting its
+        probed lists (FAISS's parallel_mode 1)."""
+        single = len(projected) < FAISS_PARALLEL_QUERIES
+        if self._lists is None:
+            threads = 1 if single else None
+        else:
+            self._lists.parallel_mode = 1 if single else 0
+            threads = min(SINGLE_QUERY_THREADS, os.cpu_count() or 1) if single else None
+        with faiss_threads(threads):
+            return self._coarse_search.search(projected, n)[1]
+
+    def _searchable(self) -> None:
+        """The index searches go to (a GPU copy when there is one) and its CPU lists, if any, from `coarse`."""
+        self._coarse_search, self._gpu_resources = to_gpu_if_available(self.coarse)
+        self._lists = cpu_inverted_file(self._coarse_search)
+
     def add(self, descriptors: np.ndarray, all_descriptors: np.ndarray) -> None:
         """Index appended places with the projection and lists as they are; `all_descriptors` (the old
         places and these) is what the exact re-ranking reads from now on."""
@@ -411,8 +423,7 @@ class ShortlistIndex:
         self.coarse.add(projected)
         if self.refine is not None:
             self.refine.add(codes)
-        self._coarse_search, self._gpu_resources = to_gpu_if_available(self.coarse)
-        self._lists = cpu_inverted_file(self._coarse_search)
+        self._searchable()
         self.ref = all_descriptors
         self.prefetch = RowPrefetch.of(all_descriptors)
 
