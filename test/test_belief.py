@@ -407,3 +407,22 @@ def test_the_list_does_not_grow_with_the_frames_look_alikes():
         sizes.append(b.listed)
     assert est.fix and abs(est.position[0] - t) <= 2
     assert max(sizes[-500:]) < 200, max(sizes[-500:])  # without unlisting: 8,000 and growing by 5 a frame
+
+
+def test_a_look_alike_scoring_high_in_every_frame_does_not_hold_a_moving_camera():
+    """A place that looks like every frame of the drive (a night view of a place nearby, among a million)
+    while the view changes by a place spacing each frame: the camera cannot stay on it, so no fix there;
+    the same frames with the true place scored follow the camera as before."""
+    moving = Motion(dt=1.0, moved=True, moved_far=True)
+    hub = 70
+    rng = np.random.default_rng(12)
+    b = belief()
+    out = []
+    for _ in range(30):  # the drive's own places are not retrieved (a frame from outside, to the map)
+        ev = frame_scores(None, rng, k=K)
+        ev.ids, ev.scores = np.r_[hub, ev.ids[ev.ids != hub]][:K], np.r_[BASE + 0.033, ev.scores[ev.ids != hub]][:K]
+        out.append(b.step(ev, moving))
+    assert not any(e.fix for e in out), [(e.place_id, round(e.mass, 2)) for e in out if e.fix]
+    truths = list(range(10, 40))
+    tracked = run(belief(), truths, rng, wrong_every=4, motions=[moving] * len(truths), k=K)
+    assert np.mean([within(e, t) for e, t in zip(tracked[3:], truths[3:])]) >= 0.9

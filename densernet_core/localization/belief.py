@@ -88,6 +88,8 @@ class BeliefConfig:
     route_noise: float = 0.2         # position noise along the route, fraction of the displacement
     stop_penalty: float = 0.05       # likelihood of standing still when the frame differs from the last
     moving_similarity: float = 0.9   # consecutive frames less similar than this: the camera moved
+    moving_leaves_place: bool = True  # the view changed as much as a spacing: a route step's blur keeps no more
+                                      # mass on its place than stop_penalty allows (false: the earlier filter)
     least_evidence: float = 0.05     # the smallest share of a frame's evidence a repeated view still adds
 
     def __post_init__(self) -> None:
@@ -367,7 +369,11 @@ class PlaceBelief:
             reach = c.max_step if motion.dt is None else c.max_speed * steps
             self._slow = np.abs(self.velocities) * reach < SLOW_SPACINGS * self.spacing
             self._change_velocity(_per_step(c.velocity_change, steps))
-            moves = {r: self._route_step(self._vals[r], level, u * reach) for r, u in zip(speeds, self.velocities)}
+            # the view changed as much as a place spacing does: a moving row's mass may not stay on its place
+            # (the slow rows, which keep most of it there, are weighed as standing by the update instead)
+            leave_place = ~self._slow if (motion.moved_far and c.moving_leaves_place) else np.zeros(self._layers, bool)
+            moves = {r: self._route_step(self._vals[r], level, u * reach, leave_place[r])
+                     for r, u in zip(speeds, self.velocities)}
             self._move({r: m for r, (m, _) in moves.items()})
             exited = Moves.joined([e for _, e in moves.values()])
         else:
@@ -450,9 +456,14 @@ class PlaceBelief:
             up, down = np.vstack([s[1:], s[-1:]]), np.vstack([s[:1], s[:-1]])
             vals[:-1] = (1 - p) * s + p / 2 * (up + down)
 
-    def _route_step(self, values: np.ndarray, level: float, displacement: float) -> tuple["Moves", "Moves"]:
+    def _route_step(self, values: np.ndarray, level: float, displacement: float,
+                    leave_place: bool = False) -> tuple["Moves", "Moves"]:
         """Mass moves `displacement` along the route (linear split between the two places around its
-        target, blurred by `route_noise`); what overshoots a route's end leaves the map (the second Moves)."""
+        target, blurred by `route_noise`); what overshoots a route's end leaves the map (the second Moves).
+        `leave_place`: the view changed as much as a place spacing does, so the blur's share that keeps mass on
+        its own place is weighed by `stop_penalty`, as standing still is. Without it a look-alike that scores
+        high in every frame (a night view of a place nearby, among a million) held the belief while the camera
+        moved: each step left ~13 % of the mass on it, and its likelihood ratio of 10-170 per frame outgrew it."""
         if displacement == 0.0:
             return Moves.none(), Moves.none()
         r = self.route
@@ -470,6 +481,8 @@ class PlaceBelief:
         width = np.sqrt(sigma ** 2 + (0.5 * spacing) ** 2)  # at least the discretisation: half a spacing
         w = np.exp(-0.5 * (d / width) ** 2) * (r.run[cand] == r.run[src][:, None])
         w[:, 1:] *= cand[:, 1:] != cand[:, :-1]  # clipped duplicates count once
+        if leave_place:
+            w = np.where(cand == src[:, None], w * self.config.stop_penalty, w)
         w = np.where(w >= KERNEL_CUTOFF, w, 0.0)
         sums = w.sum(axis=1)
         run = r.run[src]
