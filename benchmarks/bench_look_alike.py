@@ -6,9 +6,10 @@
 The node's localizer path without ROS (mode filtered, the node's defaults): the map of
 benchmarks/bench_haystack.py (Gardens Point day_left 0-199, then distractors), the camera night_right
 100-(100 + frames) at 320x180 as bench_big_map_node.py sends it, one frame a second. Side by side in one
-run, the same descriptors: the filter as it is (`moving_leaves_place`, on) and the earlier one (off).
+run, the same descriptors: the filter as it is (a mode that stays on one place while the view changes is
+not published: `dwell_frames`, the default) and without that check (0, the earlier filter).
 Per frame: the published place, right when within 2 frames of the camera's (as bench_big_map_node.py).
-For the place the earlier filter fixed on most wrongly: its likelihood ratio per frame, in how many
+For the place fixed on most wrongly: its likelihood ratio per frame, in how many
 frames it scores above the true place, and the night_right frames 0-99 it resembles most (the
 distractors are mixed from such pool frames). Writes <out>/results.json, table.md and look_alike.png.
 """
@@ -34,7 +35,8 @@ from benchmarks.report import save_report  # noqa: E402
 
 FRAME_DT = 1.0  # s between camera frames (bench_big_map_node.py's --rate 1)
 POOL_FRAMES = range(0, 100)  # night_right frames the haystack's pool holds
-VARIANTS = {"now (moving_leaves_place)": True, "before (off)": False}
+DWELL = BeliefConfig().dwell_frames
+VARIANTS = {f"now (dwell_frames {DWELL})": DWELL, "before (dwell_frames 0)": 0}
 
 
 def replay(loc: Localizer, descriptors: np.ndarray, config: BeliefConfig) -> list[dict]:
@@ -131,15 +133,15 @@ def main(argv: list[str] | None = None) -> int:
               for f in load_traverse(night, list(range(FIRST_FRAME, FIRST_FRAME + args.frames))).images]
     descriptors = np.concatenate([loc.model.describe([im], color="rgb") for im in camera])
     results = {"map": str(Path(args.map).resolve()), "frames": args.frames, "variants": {}}
-    for name, on in VARIANTS.items():
-        rows = replay(loc, descriptors, dataclasses.replace(BeliefConfig(), moving_leaves_place=on))
+    for name, frames in VARIANTS.items():
+        rows = replay(loc, descriptors, dataclasses.replace(BeliefConfig(), dwell_frames=frames))
         results["variants"][name] = {"summary": summary(rows), "rows": rows}
     wrong = Counter()
     for v in results["variants"].values():
         wrong.update(v["summary"]["wrong_places"])
     if wrong:
         pool = loc.model.describe([read_image(f) for f in load_traverse(night, list(POOL_FRAMES)).images])
-        results["look_alike"] = look_alike(loc, descriptors, results["variants"]["before (off)"]["rows"],
+        results["look_alike"] = look_alike(loc, descriptors, results["variants"]["before (dwell_frames 0)"]["rows"],
                                            wrong.most_common(1)[0][0], np.asarray(pool, np.float32))
     plot(results, out / "look_alike.png")
     save_report(out, results, table(results), out / "look_alike.png")

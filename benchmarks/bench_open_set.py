@@ -63,7 +63,8 @@ STREET_TOL = 4.0  # two place spacings
 ESTIMATORS = {
     "calibrated": (lambda radius: PoseEstimatorConfig(cluster_radius=radius), BeliefConfig()),
     "relative": (lambda radius: PoseEstimatorConfig(cluster_radius=radius, confidence="relative", min_confidence=0.5),
-                 BeliefConfig(observation="relative", out_of_map=False, route_velocity=False, fix_mass=0.5)),
+                 BeliefConfig(observation="relative", out_of_map=False, route_velocity=False, fix_mass=0.5,
+                              dwell_frames=0)),
 }
 MIN_BIN_FIXES = 10
 

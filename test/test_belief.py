@@ -409,20 +409,47 @@ def test_the_list_does_not_grow_with_the_frames_look_alikes():
     assert max(sizes[-500:]) < 200, max(sizes[-500:])  # without unlisting: 8,000 and growing by 5 a frame
 
 
-def test_a_look_alike_scoring_high_in_every_frame_does_not_hold_a_moving_camera():
-    """A place that looks like every frame of the drive (a night view of a place nearby, among a million)
-    while the view changes by a place spacing each frame: the camera cannot stay on it, so no fix there;
-    the same frames with the true place scored follow the camera as before."""
-    moving = Motion(dt=1.0, moved=True, moved_far=True)
-    hub = 70
-    rng = np.random.default_rng(12)
-    b = belief()
+def views(n: int, rng: np.random.Generator, alike: float = 0.0) -> list[np.ndarray]:
+    """Unit descriptors of `n` frames: a camera that moves (independent views) or, with `alike` near 1,
+    one that sees nearly the same view each frame."""
+    base = rng.standard_normal(64)
+    out = [alike * base / np.linalg.norm(base) + (1 - alike) * v / np.linalg.norm(v)
+           for v in rng.standard_normal((n, 64))]
+    return [v / np.linalg.norm(v) for v in out]
+
+
+def hub_frames(b: PlaceBelief, rng: np.random.Generator, frames: list[np.ndarray], moved: bool, hub: int = 70):
+    """Frames from outside the map in which one place scores high every time (a look-alike of them all)."""
     out = []
-    for _ in range(30):  # the drive's own places are not retrieved (a frame from outside, to the map)
+    for view in frames:
         ev = frame_scores(None, rng, k=K)
-        ev.ids, ev.scores = np.r_[hub, ev.ids[ev.ids != hub]][:K], np.r_[BASE + 0.033, ev.scores[ev.ids != hub]][:K]
-        out.append(b.step(ev, moving))
-    assert not any(e.fix for e in out), [(e.place_id, round(e.mass, 2)) for e in out if e.fix]
-    truths = list(range(10, 40))
-    tracked = run(belief(), truths, rng, wrong_every=4, motions=[moving] * len(truths), k=K)
+        rest = ev.ids != hub
+        ev.ids, ev.scores = np.r_[hub, ev.ids[rest]][:K], np.r_[BASE + 0.04, ev.scores[rest]][:K]
+        est = b.step(ev, Motion(moved=moved))
+        b.dwell(est, moved, view, OBS.neighbour_similarity)
+        out.append(est)
+    return out
+
+
+def test_a_mode_that_stays_on_one_place_while_the_view_changes_is_not_published():
+    """A look-alike scored high in every frame holds the belief's mode while the camera moves: after
+    `dwell_frames` changed frames on it, and once the view differs from the first of them as neighbouring
+    places do, its fix is withheld. A camera that stopped (the view the same), or a belief that follows the
+    camera from place to place, keeps its fixes."""
+    rng = np.random.default_rng(12)
+    moving = hub_frames(belief(), rng, views(30, rng), moved=True)
+    assert [e.place_id for e in moving[5:]] == [70] * 25  # the look-alike holds the mode...
+    assert not any(e.fix for e in moving[4:]) and "look-alike" in moving[-1].reason  # ...and is not published
+    ungated = hub_frames(belief(BeliefConfig(dwell_frames=0)), rng, views(30, rng), moved=True)
+    assert sum(e.fix for e in ungated) >= 25  # what it would publish: the check is what withholds it
+    still = hub_frames(belief(), rng, views(30, rng, alike=0.95), moved=True)
+    assert sum(e.fix for e in still) >= 25  # the view did not change: staying there is no contradiction
+    stopped = hub_frames(belief(), rng, views(30, rng), moved=False)
+    assert sum(e.fix for e in stopped) >= 25  # frames not `moved`: the camera may stand
+    b, truths = belief(), list(range(10, 40))
+    tracked = []
+    for t, view in zip(truths, views(len(truths), rng)):
+        est = b.step(frame_scores(t, rng, k=K), Motion(moved=True))
+        b.dwell(est, True, view, OBS.neighbour_similarity)
+        tracked.append(est)
     assert np.mean([within(e, t) for e, t in zip(tracked[3:], truths[3:])]) >= 0.9

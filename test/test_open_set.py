@@ -16,7 +16,7 @@ from densernet_core.localization.pose import PoseEstimatorConfig
 from densernet_core.localization.report import open_set_summary, precision_recall, reliability
 
 SIZE = (180, 320)
-RELATIVE_BELIEF = BeliefConfig(observation="relative", out_of_map=False, route_velocity=False, fix_mass=0.5)
+RELATIVE_BELIEF = BeliefConfig(observation="relative", out_of_map=False, route_velocity=False, fix_mass=0.5, dwell_frames=0)
 RELATIVE_SINGLE = PoseEstimatorConfig(cluster_radius=5.0, confidence="relative", min_confidence=0.5)
 
 

@@ -23,7 +23,8 @@ unrecognisable", and is carried from frame to frame:
 
 The pose is the belief's mean over the places within `fix_radius` of its mode; the published
 confidence is that window's share of all the mass, "outside" included, and a fix needs `fix_mass` of
-it. `observation: relative`, `out_of_map: false` and `route_velocity: false` give the earlier filter
+it, unless the mode has stayed on one place while the view changed (`dwell`). `observation: relative`,
+`out_of_map: false`, `route_velocity: false` and `dwell_frames: 0` give the earlier filter
 (likelihoods relative to the frame's best place, no outside state, no route velocity), kept as the
 baseline the benchmarks compare against. Documented in docs/POSE_MODEL.md; figures in
 docs/BENCHMARKS.md.
@@ -88,8 +89,8 @@ class BeliefConfig:
     route_noise: float = 0.2         # position noise along the route, fraction of the displacement
     stop_penalty: float = 0.05       # likelihood of standing still when the frame differs from the last
     moving_similarity: float = 0.9   # consecutive frames less similar than this: the camera moved
-    moving_leaves_place: bool = True  # the view changed as much as a spacing: a route step's blur keeps no more
-                                      # mass on its place than stop_penalty allows (false: the earlier filter)
+    dwell_frames: int = 5            # no fix while the mode stays on one place this many changed frames in a row
+                                     # and the view has changed as much as a place spacing (0: no limit)
     least_evidence: float = 0.05     # the smallest share of a frame's evidence a repeated view still adds
 
     def __post_init__(self) -> None:
@@ -105,7 +106,7 @@ class BeliefConfig:
                   "out_prior": 0 < self.out_prior < 1, "leave_rate": 0 <= self.leave_rate < 1,
                   "enter_rate": 0 < self.enter_rate <= 1, "velocity_change": 0 <= self.velocity_change <= 1,
                   "route_noise": self.route_noise >= 0, "stop_penalty": 0 < self.stop_penalty <= 1,
-                  "moving_similarity": -1 <= self.moving_similarity <= 1,
+                  "moving_similarity": -1 <= self.moving_similarity <= 1, "dwell_frames": self.dwell_frames >= 0,
                   "least_evidence": 0 < self.least_evidence <= 1}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -307,6 +308,7 @@ class PlaceBelief:
         self._set_prior()
         self._contradictions = 0
         self._fresh = True
+        self._dwell: tuple[int, np.ndarray, int] | None = None  # (mode, the view when it became the mode, frames)
         self.resets += 1
 
     def seed(self, position: np.ndarray, covariance: np.ndarray, orientation: np.ndarray | None = None,
@@ -369,11 +371,7 @@ class PlaceBelief:
             reach = c.max_step if motion.dt is None else c.max_speed * steps
             self._slow = np.abs(self.velocities) * reach < SLOW_SPACINGS * self.spacing
             self._change_velocity(_per_step(c.velocity_change, steps))
-            # the view changed as much as a place spacing does: a moving row's mass may not stay on its place
-            # (the slow rows, which keep most of it there, are weighed as standing by the update instead)
-            leave_place = ~self._slow if (motion.moved_far and c.moving_leaves_place) else np.zeros(self._layers, bool)
-            moves = {r: self._route_step(self._vals[r], level, u * reach, leave_place[r])
-                     for r, u in zip(speeds, self.velocities)}
+            moves = {r: self._route_step(self._vals[r], level, u * reach) for r, u in zip(speeds, self.velocities)}
             self._move({r: m for r, (m, _) in moves.items()})
             exited = Moves.joined([e for _, e in moves.values()])
         else:
@@ -456,14 +454,9 @@ class PlaceBelief:
             up, down = np.vstack([s[1:], s[-1:]]), np.vstack([s[:1], s[:-1]])
             vals[:-1] = (1 - p) * s + p / 2 * (up + down)
 
-    def _route_step(self, values: np.ndarray, level: float, displacement: float,
-                    leave_place: bool = False) -> tuple["Moves", "Moves"]:
+    def _route_step(self, values: np.ndarray, level: float, displacement: float) -> tuple["Moves", "Moves"]:
         """Mass moves `displacement` along the route (linear split between the two places around its
-        target, blurred by `route_noise`); what overshoots a route's end leaves the map (the second Moves).
-        `leave_place`: the view changed as much as a place spacing does, so the blur's share that keeps mass on
-        its own place is weighed by `stop_penalty`, as standing still is. Without it a look-alike that scores
-        high in every frame (a night view of a place nearby, among a million) held the belief while the camera
-        moved: each step left ~13 % of the mass on it, and its likelihood ratio of 10-170 per frame outgrew it."""
+        target, blurred by `route_noise`); what overshoots a route's end leaves the map (the second Moves)."""
         if displacement == 0.0:
             return Moves.none(), Moves.none()
         r = self.route
@@ -481,8 +474,6 @@ class PlaceBelief:
         width = np.sqrt(sigma ** 2 + (0.5 * spacing) ** 2)  # at least the discretisation: half a spacing
         w = np.exp(-0.5 * (d / width) ** 2) * (r.run[cand] == r.run[src][:, None])
         w[:, 1:] *= cand[:, 1:] != cand[:, :-1]  # clipped duplicates count once
-        if leave_place:
-            w = np.where(cand == src[:, None], w * self.config.stop_penalty, w)
         w = np.where(w >= KERNEL_CUTOFF, w, 0.0)
         sums = w.sum(axis=1)
         run = r.run[src]
@@ -618,6 +609,28 @@ class PlaceBelief:
         share = 1 - penalised * (1 - self.config.stop_penalty)
         mean = (float(lik.sum()) + lik_rest * self._unlisted()) / self.n
         return (1.0 - out) * share * mean + out * lik_out
+
+    def dwell(self, est: BeliefEstimate, moved: bool | None, view: np.ndarray, neighbour_similarity: float) -> None:
+        """A camera that moves cannot stay at one place: when the mode has been the same place for `dwell_frames`
+        frames in a row that each changed the view (`moved`), and the view now differs from the first of them
+        as much as neighbouring mapped places differ, the fix is withheld (the belief itself is left alone).
+        The motion model cannot say it: each route step leaves ~13 % of a speed's mass on its place, and a
+        look-alike scored high in every frame (a night view of a place nearby, among a million) outgrew that
+        and held the mode for 13 frames, 7 of them published (docs/BENCHMARKS.md, *A look-alike among a million*)."""
+        view = np.asarray(view, dtype=np.float32).reshape(-1)
+        if self._dwell is not None and moved and est.place_id == self._dwell[0]:
+            self._dwell = (est.place_id, self._dwell[1], self._dwell[2] + 1)
+        else:
+            self._dwell = (est.place_id, view, 1 if moved else 0)
+        place, first, frames = self._dwell
+        if not (self.config.dwell_frames and est.fix and frames >= self.config.dwell_frames):
+            return
+        change = float(first @ view)
+        if change < neighbour_similarity:
+            est.fix = False
+            est.reason = (f"the belief's place {place} has stayed the mode for {frames} frames while the view changed "
+                          f"(cosine {change:.2f} to the first of them, < {neighbour_similarity:.2f} between neighbouring "
+                          "places): a look-alike, not published")
 
     def step(self, evidence: Evidence, motion: Motion) -> BeliefEstimate:
         """Predict, then update. The localizer does the two apart: it scores the places the prediction
