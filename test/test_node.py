@@ -9,7 +9,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (pip install '.[ros]' or source ROS 2)")
 
 from densernet_core.images import read_image  # noqa: E402
-from ros_helpers import DOMAIN_ID, Client, rss_mb, start_node, stop  # noqa: E402
+from ros_helpers import DOMAIN_ID, LONE_DOMAIN_ID, Client, rss_mb, start_node, stop  # noqa: E402
 
 SIZE = (180, 320)  # 120x160 loses night retrieval (off the shelf: 10/20 correct top-1 there, 17/20 here)
 MAP_FRAMES = list(range(0, 200, 5))   # 40 places; position x = frame index
@@ -306,7 +306,7 @@ def test_spin_ends_cleanly_wherever_a_signal_lands(monkeypatch):
 
     def make_node(name: str) -> Node:
         context = rclpy.Context()
-        rclpy.init(context=context, domain_id=DOMAIN_ID)
+        rclpy.init(context=context, domain_id=LONE_DOMAIN_ID)  # alone: no discovery to race the shutdown
         return Node(name, context=context)
 
     before = make_node("shut_down_before_spin")
