@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
 from densernet_core.datasets import GeoImages, load_csv, load_kitti, load_traverse  # noqa: E402
-from densernet_core.localization.belief import BeliefConfig, Motion  # noqa: E402
+from densernet_core.localization.belief import EARLIER_FILTER, BeliefConfig, Motion  # noqa: E402
 from densernet_core.localization.localizer import Localizer  # noqa: E402
 from densernet_core.localization.pose import PoseEstimatorConfig  # noqa: E402
 from densernet_core.localization.report import (open_set_summary, plot_open_set,  # noqa: E402
@@ -63,8 +63,7 @@ STREET_TOL = 4.0  # two place spacings
 ESTIMATORS = {
     "calibrated": (lambda radius: PoseEstimatorConfig(cluster_radius=radius), BeliefConfig()),
     "relative": (lambda radius: PoseEstimatorConfig(cluster_radius=radius, confidence="relative", min_confidence=0.5),
-                 BeliefConfig(observation="relative", out_of_map=False, route_velocity=False, fix_mass=0.5,
-                              dwell_frames=0)),
+                 EARLIER_FILTER),
 }
 MIN_BIN_FIXES = 10
 

@@ -12,7 +12,7 @@ import pytest
 
 from densernet_core.config import ConfigError
 from densernet_core.geometry import yaw_to_quat
-from densernet_core.localization.belief import BeliefConfig, Evidence, Motion, PlaceBelief
+from densernet_core.localization.belief import EARLIER_FILTER, BeliefConfig, Evidence, Motion, PlaceBelief
 from densernet_core.localization.observation import ObservationModel
 
 N = 100
@@ -23,7 +23,6 @@ LINE = np.c_[np.arange(N, dtype=float), np.zeros((N, 2))]  # place i at x = i (a
 # What the map's own neighbours score above the background here is the 0.06 bump: the margin is a quarter of it.
 OBS = ObservationModel(slope=150.0, margin_gap=0.015, positive_gap_median=0.06, recognition_margin=0.25, neighbour_similarity=0.8,
                        miss_rate=0.05)
-RELATIVE = BeliefConfig(observation="relative", out_of_map=False, route_velocity=False, fix_mass=0.5)
 
 
 def belief(config: BeliefConfig = BeliefConfig(), positions=LINE, orientations=None) -> PlaceBelief:
@@ -82,7 +81,7 @@ def test_the_relative_baseline_is_kept():
     """The earlier filter (relative likelihoods, no outside state, bounded speed) stays selectable as the
     benchmarks' baseline, and still converges on the same stream."""
     truths = list(range(10, 70))
-    out = run(PlaceBelief(LINE, None, RELATIVE), truths, np.random.default_rng(0), wrong_every=3)
+    out = run(PlaceBelief(LINE, None, EARLIER_FILTER), truths, np.random.default_rng(0), wrong_every=3)
     assert np.mean([within(e, t) for e, t in zip(out[5:], truths[5:])]) >= 0.9
     assert all(e.out_of_map == 0.0 for e in out)
 
@@ -366,7 +365,7 @@ def test_one_frame_is_bayes_rule_over_the_whole_map():
     assert est.contradiction == pytest.approx(1.0, rel=1e-12) and est.place_id == 10
 
 
-@pytest.mark.parametrize("config", [BeliefConfig(), BeliefConfig(route_velocity=False), RELATIVE],
+@pytest.mark.parametrize("config", [BeliefConfig(), BeliefConfig(route_velocity=False), EARLIER_FILTER],
                          ids=["route", "speed", "relative"])
 def test_listing_a_place_changes_nothing(config):
     """The sparse state holds the places off its list as one background value per speed: a belief with every

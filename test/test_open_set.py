@@ -9,14 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from densernet_core.localization.belief import BeliefConfig, Motion
+from densernet_core.localization.belief import EARLIER_FILTER, BeliefConfig, Motion
 from densernet_core.localization.localizer import Localizer
 from densernet_core.localization.observation import auc
 from densernet_core.localization.pose import PoseEstimatorConfig
 from densernet_core.localization.report import open_set_summary, precision_recall, reliability
 
 SIZE = (180, 320)
-RELATIVE_BELIEF = BeliefConfig(observation="relative", out_of_map=False, route_velocity=False, fix_mass=0.5, dwell_frames=0)
 RELATIVE_SINGLE = PoseEstimatorConfig(cluster_radius=5.0, confidence="relative", min_confidence=0.5)
 
 
@@ -66,7 +65,7 @@ def test_routes_not_in_the_map_get_no_fix_where_the_relative_estimator_fixes_the
         assert fixes[0] <= 0.01 * len(results) and fixes[1] <= 0.01 * len(results) + 1, (name, fixes)
         outside = [r.filtered.out_of_map > 0.5 and "outside the map" in r.filtered.reason for r in results]
         assert np.mean(outside) >= 0.8, (name, np.mean(outside))  # the diagnostics say why
-        relative = run(pmap, model, desc[name], RELATIVE_BELIEF, RELATIVE_SINGLE)
+        relative = run(pmap, model, desc[name], EARLIER_FILTER, RELATIVE_SINGLE)
         assert sum(r.filtered.fix for r in relative) > 0.3 * len(relative), name  # the defect this guards against
 
 
@@ -112,7 +111,7 @@ def test_a_descriptor_without_information_gives_no_fix(campus, gardens_point):
     wrong = sum(r.filtered.fix and abs(r.filtered.position[0] - f) > 2 for r, f in zip(results, frames))
     assert sum(r.single.fix for r in results) == 0
     assert wrong <= 5, wrong  # measured 4 of 50
-    relative = run(rmap, rand, night, RELATIVE_BELIEF, PoseEstimatorConfig(cluster_radius=2.5, confidence="relative",
+    relative = run(rmap, rand, night, EARLIER_FILTER, PoseEstimatorConfig(cluster_radius=2.5, confidence="relative",
                                                                           min_confidence=0.5))
     assert sum(r.filtered.fix and abs(r.filtered.position[0] - f) > 2 for r, f in zip(relative, frames)) >= 20
 

@@ -24,9 +24,9 @@ unrecognisable", and is carried from frame to frame:
 The pose is the belief's mean over the places within `fix_radius` of its mode; the published
 confidence is that window's share of all the mass, "outside" included, and a fix needs `fix_mass` of
 it, unless the mode has stayed on one place while the view changed (`dwell`). `observation: relative`,
-`out_of_map: false`, `route_velocity: false` and `dwell_frames: 0` give the earlier filter
-(likelihoods relative to the frame's best place, no outside state, no route velocity), kept as the
-baseline the benchmarks compare against. Documented in docs/POSE_MODEL.md; figures in
+`out_of_map: false`, `route_velocity: false`, `fix_mass: 0.5` and `dwell_frames: 0` give the earlier filter
+(likelihoods relative to the frame's best place, no outside state, no route velocity; `EARLIER_FILTER`),
+kept as the baseline the benchmarks and tests compare against. Documented in docs/POSE_MODEL.md; figures in
 docs/BENCHMARKS.md.
 """
 from __future__ import annotations
@@ -112,6 +112,11 @@ class BeliefConfig:
         if bad:
             raise ConfigError(f"belief filter: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)} "
                               f"(observation one of {OBSERVATIONS}; out_of_map needs the calibrated observation)")
+
+
+# The filter of 2026-11-27, the baseline beside every figure of this one (module docstring).
+EARLIER_FILTER = BeliefConfig(observation="relative", out_of_map=False, route_velocity=False, fix_mass=0.5,
+                              dwell_frames=0)
 
 
 @dataclass
