@@ -10,7 +10,11 @@
   every Gardens Point row is also reported as mean +- sd over them (issue 22: one checkpoint's fixes
   are one draw of the training seed); the table's own rows and the plot are the first checkpoint's.
 - KITTI snippet: map from the even frames (with orientations), the odd frames in order, with their
-  poses as odometry; metric error. Checkpoint: `densernet init` on the map's own frames.
+  poses as odometry; metric error. Checkpoint: `densernet init` on the map's own frames. Also a stop
+  with a turn on the spot (nav2's spin): after half the odd frames the car stands and the camera looks
+  left and right (TURN_YAWS), each view the standing frame warped by a pure rotation's homography
+  (K R^T K^-1, black where the real frame saw nothing), odometry saying so (no translation, the yaw);
+  then it drives on. Filtered as configured and with `dwell_frames` 0 (no guard), side by side.
 - The synthetic street of `make demo`: map run vs query run, stamps 0.5 s apart, speed bound 8 m/s.
 - Covariance coverage: the share of fixes whose true position lies inside the published 2-sigma
   ellipse (along the route for the index-aligned traverses).
@@ -32,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
 from densernet_core.datasets import load_csv, load_kitti, load_traverse  # noqa: E402
-from densernet_core.geometry import yaw_to_quat  # noqa: E402
+from densernet_core.geometry import compose, inverse, yaw_to_quat  # noqa: E402
 from densernet_core.localization.belief import BeliefConfig, Evidence, Motion, PlaceBelief  # noqa: E402
 from densernet_core.localization.localizer import Localizer  # noqa: E402
 from densernet_core.localization.observation import ObservationModel  # noqa: E402
@@ -47,6 +51,10 @@ GP_FRAMES = (100, 200)
 GP_MAX_STEP = 3.0  # frames per frame: room for twice the walking pace
 GP_RADIUS = 5.0  # single-frame cluster radius, frames (as bench_pose)
 KITTI_SIZE = (128, 416)
+KITTI_STOP = 12  # the odd frame (its index among them) where the car stops and turns
+TURN_YAWS = (0, 10, 20, 30, 40, 50, 40, 30, 20, 10, 0, -10, -20, -30, -40, -50, -40, -30, -20, -10, 0)  # degrees: the camera looks left and right where the car stands
+TURN_DT = 0.5  # seconds between the turn's frames
+assert TURN_YAWS[0] == TURN_YAWS[-1] == 0, "the turn starts and ends at the stop's heading"
 SYNTH_MAX_SPEED = 8.0  # m/s (the drive is 4 m/s)
 COST_PLACES = 10000
 COST_MEDIAN, COST_SCALE = 0.45, 0.03  # the frame's median similarity to the map and its spread (typical of a trained map)
@@ -64,7 +72,7 @@ def scenario(loc: Localizer, desc: dict[int, np.ndarray], order: list[int], trut
 
 
 def _answer(e) -> dict:
-    return {"fix": bool(e.fix), "position": [float(v) for v in e.position],
+    return {"fix": bool(e.fix), "reason": e.reason, "position": [float(v) for v in e.position],
             "sigma": [float(np.sqrt(e.covariance[i, i])) for i in range(3)], "covariance": e.covariance[:3, :3].tolist()}
 
 
@@ -182,6 +190,75 @@ def kitti(args, out: Path) -> dict:
     return summarise(run, "m", 1.0, 3)
 
 
+def turned_view(image: Path, camera, yaw_deg: float) -> np.ndarray:
+    """What the camera sees after turning on the spot by `yaw_deg` (about its y axis, down in KITTI's
+    camera frame): the real frame through the rotation's homography K R^T K^-1, black where it saw nothing."""
+    import cv2
+    from scipy.spatial.transform import Rotation
+
+    gray = cv2.imread(str(image), cv2.IMREAD_GRAYSCALE)
+    if gray is None:
+        raise ValueError(f"{image}: not a readable image")
+    k = camera.matrix
+    h = k @ Rotation.from_euler("y", yaw_deg, degrees=True).as_matrix().T @ np.linalg.inv(k)
+    warped = cv2.warpPerspective(gray, h, (gray.shape[1], gray.shape[0]))
+    return np.repeat(warped[:, :, None], 3, axis=2)
+
+
+def kitti_turn(args, out: Path) -> dict:
+    """Drive the odd frames to KITTI_STOP, stand there turning (TURN_YAWS), drive on; with and without the
+    guard. Two stops: at the odd frame itself (between two mapped places), and at the mapped place just
+    behind it (the map's own image turned: a robot standing where the map was recorded)."""
+    from scipy.spatial.transform import Rotation
+
+    from densernet_core.camera import load_camera
+
+    model, pmap, q, motions = kitti_map(args, out)
+    kit = Path(args.data) / "kitti_vo_seq1"
+    camera = load_camera(kit / "calib.txt", image_size=(1241, 376))
+    mapped = load_kitti(kit, [2 * KITTI_STOP + 0])  # odd frame 2k+1's mapped neighbour behind it, even frame 2k
+    desc = dict(enumerate(model.describe(q.images)))
+    turn = [TURN_YAWS[0]] + [a - b for a, b in zip(TURN_YAWS[1:], TURN_YAWS)]
+    spin = [Motion(TURN_DT, np.zeros(3), Rotation.from_euler("y", d, degrees=True).as_quat()) for d in turn]
+    result = {}
+    for stop, (image, position, pose_back) in {
+            "between two mapped places": (q.images[KITTI_STOP], q.positions[KITTI_STOP], None),
+            "at a mapped place": (mapped.images[0], mapped.positions[0], (mapped.positions[0], mapped.orientations[0]))}.items():
+        stand = {len(q) + k: model.describe([turned_view(image, camera, yaw)])[0] for k, yaw in enumerate(TURN_YAWS)}
+        views = {**desc, **stand}
+        # odometry into the stop and out of it again (the turn ends at the stop's heading)
+        into, onward = motions[KITTI_STOP], motions[KITTI_STOP + 1]
+        if pose_back is not None:
+            poses = poses_by_name(q)
+            before, after = poses[q.names[KITTI_STOP - 1]], poses[q.names[KITTI_STOP + 1]]
+            into = Motion(into.dt, *compose(inverse(before), pose_back))
+            onward = Motion(onward.dt, *compose(inverse(pose_back), after))
+        order = list(range(KITTI_STOP)) + list(stand) + list(range(KITTI_STOP + 1, len(q)))
+        moves = motions[:KITTI_STOP] + [into] + spin[1:] + [onward] + motions[KITTI_STOP + 2:]
+        truth = lambda k, p=position: (p if k >= len(q) else q.positions[k]).tolist()  # noqa: E731
+        for name, config in (("filtered", BeliefConfig()), ("no guard (dwell_frames 0)", BeliefConfig(dwell_frames=0))):
+            loc = Localizer(model, pmap, PoseEstimatorConfig(), belief=config, mode="filtered")
+            run = scenario(loc, views, order, truth, [dataclasses.replace(m) for m in moves])
+            standing = {"rows": [r for r in run["rows"] if r["frame"] >= len(q)], "relocalizations": 0}
+            result[f"{stop}, {name}"] = {
+                "whole drive": summarise(run, "m", 1.0, 3), "standing, turning": summarise(standing, "m", 1.0, 3),
+                "standing reasons": [r["filtered"]["reason"] for r in standing["rows"]]}
+    return result
+
+
+def turn_table(result: dict) -> str:
+    lines = ["KITTI, a stop with a turn on the spot after odd frame index "
+             f"{KITTI_STOP} ({len(TURN_YAWS)} views, yaw {', '.join(map(str, TURN_YAWS))} degrees; odometry):", "",
+             "| belief | part | frames | fixes | within 1 m | median error |", "|---|---|---|---|---|---|"]
+    for name, parts in result.items():
+        for part in ("whole drive", "standing, turning"):
+            m = parts[part]["filtered"]
+            within = "-" if m["within"] is None else f"{100 * m['within']:.0f} %"
+            lines.append(f"| {name} | {part} | {m['frames']} | {m['fixes']} | {within} | {fmt_num(m['median'])} |")
+    reasons = sorted({r for parts in result.values() for r in parts["standing reasons"] if r != "ok"})
+    return "\n".join(lines + ["", "Reasons given while standing: " + ("; ".join(reasons) or "none (every frame ok)")])
+
+
 def synthetic(args, out: Path) -> dict:
     from densernet_core.demo.synth import RouteConfig, generate
 
@@ -228,7 +305,8 @@ def table(results: dict) -> str:
     lines = ["| data | scenario | mode | frames | fixes | within | median error | p95 error | 2-sigma coverage |",
              "|---|---|---|---|---|---|---|---|---|"]
     for data, scenarios in results.items():
-        if data in ("filter_cost", "Gardens Point, each checkpoint", "Gardens Point, over checkpoints"):
+        if data in ("filter_cost", "Gardens Point, each checkpoint", "Gardens Point, over checkpoints",
+                    "KITTI, a stop with a turn"):
             continue
         for name, s in scenarios.items():
             if name == "checkpoint_sha256":
@@ -276,10 +354,13 @@ def main(argv: list[str] | None = None) -> int:
                         others=[("single-frame", xy["single"], fix["single"])], label="filtered")
     if (Path(args.data) / "kitti_vo_seq1" / "poses.txt").is_file():
         results["KITTI"] = {"odd frames, poses as odometry": kitti(args, out)}
+        results["KITTI, a stop with a turn"] = kitti_turn(args, out)
     results["synthetic street"] = {"query run": synthetic(args, out)}
     results["filter_cost"] = filter_cost(ObservationModel.load(out / "synthetic_map"))
     text = table(results) + "\n\nFilter step at 10k places: " + "; ".join(
         f"{k}: p50 {v['p50_ms']:.2f} ms, p95 {v['p95_ms']:.2f} ms" for k, v in results["filter_cost"].items())
+    if "KITTI, a stop with a turn" in results:
+        text += "\n\n" + turn_table(results["KITTI, a stop with a turn"])
     if "Gardens Point" in results:
         text += (f"\n\nGardens Point rows above: checkpoint sha256 {results['Gardens Point']['checkpoint_sha256']}"
                  f"\n\nKidnap recovery: {results['Gardens Point']['kidnap']['recovery']}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from densernet_core.config import ConfigError
 from densernet_core.geometry import yaw_to_quat
@@ -417,15 +418,20 @@ def views(n: int, rng: np.random.Generator, alike: float = 0.0) -> list[np.ndarr
     return [v / np.linalg.norm(v) for v in out]
 
 
+def hub_evidence(rng: np.random.Generator, hub: int, lift: float) -> Evidence:
+    """A frame from outside the map in which `hub` scores `lift` above the background."""
+    ev = frame_scores(None, rng, k=K)
+    rest = ev.ids != hub
+    ev.ids, ev.scores = np.r_[hub, ev.ids[rest]][:K], np.r_[BASE + lift, ev.scores[rest]][:K]
+    return ev
+
+
 def hub_frames(b: PlaceBelief, rng: np.random.Generator, frames: list[np.ndarray], moved: bool, hub: int = 70):
     """Frames from outside the map in which one place scores high every time (a look-alike of them all)."""
     out = []
     for view in frames:
-        ev = frame_scores(None, rng, k=K)
-        rest = ev.ids != hub
-        ev.ids, ev.scores = np.r_[hub, ev.ids[rest]][:K], np.r_[BASE + 0.04, ev.scores[rest]][:K]
-        est = b.step(ev, Motion(moved=moved))
-        b.dwell(est, moved, view, OBS.neighbour_similarity)
+        est = b.step(hub_evidence(rng, hub, 0.04), Motion(moved=moved))
+        b.dwell(est, Motion(moved=moved), view, OBS.neighbour_similarity)
         out.append(est)
     return out
 
@@ -449,6 +455,62 @@ def test_a_mode_that_stays_on_one_place_while_the_view_changes_is_not_published(
     tracked = []
     for t, view in zip(truths, views(len(truths), rng)):
         est = b.step(frame_scores(t, rng, k=K), Motion(moved=True))
-        b.dwell(est, True, view, OBS.neighbour_similarity)
+        b.dwell(est, Motion(moved=True), view, OBS.neighbour_similarity)
         tracked.append(est)
     assert np.mean([within(e, t) for e, t in zip(tracked[3:], truths[3:])]) >= 0.9
+
+
+def test_with_odometry_a_mode_held_is_judged_by_the_distance_driven_not_by_the_view():
+    """With odometry the view's change says nothing about where the robot went: a robot that stops and turns
+    on the spot (nav2's spin) sees new views at one place, and keeps its fix; a look-alike that holds the mode
+    while odometry carries the robot further than a published fix allows (two fix radii plus odometry's own
+    error) is withheld, however little the view changed."""
+    rng = np.random.default_rng(13)
+    yaw = Rotation.from_euler("z", 30, degrees=True).as_quat()
+    b, ahead = belief(), Motion(dt=1.0, translation=np.array([1.0, 0.0, 0.0]))
+    for t, view in zip(range(10, 30), views(20, rng)):
+        est = b.step(frame_scores(t, rng, k=K), ahead)
+        b.dwell(est, ahead, view, OBS.neighbour_similarity)
+    assert within(est, 29)
+    spin, turning = Motion(dt=1.0, translation=np.zeros(3), rotation=yaw, moved=True), []
+    for view in views(12, rng):  # twelve 30-degree turns at place 29: every view new
+        est = b.step(frame_scores(29, rng, k=K), spin)
+        b.dwell(est, spin, view, OBS.neighbour_similarity)
+        turning.append(est)
+    assert all(within(e, 29) for e in turning), [e.reason for e in turning]
+    # the same views without odometry: the view's change is all there is, and the mode is withheld
+    b = belief()
+    for t, view in zip(range(10, 30), views(20, rng)):
+        b.dwell(b.step(frame_scores(t, rng, k=K), Motion(moved=True)), Motion(moved=True), view, OBS.neighbour_similarity)
+    blind = []
+    for view in views(12, rng):
+        est = b.step(frame_scores(29, rng, k=K), Motion(moved=True))
+        b.dwell(est, Motion(moved=True), view, OBS.neighbour_similarity)
+        blind.append(est)
+    # (the count began when the mode settled on 29, while the robot still drove: 3 turns are published)
+    assert [e.fix for e in blind] == [True] * 3 + [False] * 9 and "look-alike" in blind[-1].reason
+    # a look-alike that holds the mode while odometry drives on, with a view that hardly changes
+    b = belief()
+    for t, view in zip(range(10, 30), views(20, rng)):
+        b.dwell(b.step(frame_scores(t, rng, k=K), ahead), ahead, view, OBS.neighbour_similarity)
+    held = []
+    for view in views(30, rng, alike=0.95):
+        est = b.step(hub_evidence(rng, 29, 0.08), ahead)
+        b.dwell(est, ahead, view, OBS.neighbour_similarity)
+        held.append(est)
+    c = b.config  # the dwell began when place 29 became the mode, one unit before `held` starts
+    allowed = [d > 2 * b.fix_radius + c.odom_noise_floor + c.odom_noise * d for d in range(1, len(held) + 1)]
+    assert [e.place_id for e in held] == [29] * len(held)  # the look-alike holds the mode all along...
+    assert [e.fix for e in held] == [not far for far in allowed] and 0 < sum(allowed) < len(held)  # ...published until too far
+    assert "odometry carried the robot" in held[-1].reason
+    # out four units and back again (a turn of 180 degrees between): the displacement is what counts, not the path
+    b = belief()
+    for t, view in zip(range(10, 30), views(20, rng)):
+        b.dwell(b.step(frame_scores(t, rng, k=K), ahead), ahead, view, OBS.neighbour_similarity)
+    about = Motion(dt=1.0, translation=np.zeros(3), rotation=Rotation.from_euler("z", 180, degrees=True).as_quat())
+    there_and_back = []
+    for motion, view in zip([ahead] * 4 + [about] + [ahead] * 4, views(9, rng)):
+        est = b.step(hub_evidence(rng, 29, 0.08), motion)
+        b.dwell(est, motion, view, OBS.neighbour_similarity)
+        there_and_back.append(est)
+    assert [e.place_id for e in there_and_back] == [29] * 9 and all(e.fix for e in there_and_back)

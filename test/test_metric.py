@@ -269,7 +269,7 @@ def test_map_with_points_round_trip_add_and_metric_pose(street, tiny_model, tmp_
     f = filtered.localize(str(q.images[5]))
     assert f.mode == "filtered" and f.place_mode == "filtered" and f.place is f.filtered and f.single is not None
     calls, dwell = [], filtered.filter.dwell  # each filtered frame is checked for a mode held while the view changes
-    filtered.filter.dwell = lambda est, moved, view, similar: (calls.append((est, view)), dwell(est, moved, view, similar))
+    filtered.filter.dwell = lambda est, motion, view, similar: (calls.append((est, view)), dwell(est, motion, view, similar))
     f = filtered.localize(str(q.images[6]))
     assert len(calls) == 1 and calls[0][0] is f.filtered and np.size(calls[0][1]) == tiny_model.descriptor_dim
     retrieval_only = Localizer(tiny_model, PlaceMap.load(tmp_path / "map"), metric=None).localize(str(q.images[5]))

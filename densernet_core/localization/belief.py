@@ -23,8 +23,9 @@ unrecognisable", and is carried from frame to frame:
 
 The pose is the belief's mean over the places within `fix_radius` of its mode; the published
 confidence is that window's share of all the mass, "outside" included, and a fix needs `fix_mass` of
-it, unless the mode has stayed on one place while the view changed (`dwell`). `observation: relative`,
-`out_of_map: false`, `route_velocity: false`, `fix_mass: 0.5` and `dwell_frames: 0` give the earlier filter
+it, unless the mode has stayed on one place while the robot moved on (`dwell`: by odometry, else by the
+view). `observation: relative`, `out_of_map: false`, `route_velocity: false`, `fix_mass: 0.5` and
+`dwell_frames: 0` give the earlier filter
 (likelihoods relative to the frame's best place, no outside state, no route velocity; `EARLIER_FILTER`),
 kept as the baseline the benchmarks and tests compare against. Documented in docs/POSE_MODEL.md; figures in
 docs/BENCHMARKS.md.
@@ -89,8 +90,9 @@ class BeliefConfig:
     route_noise: float = 0.2         # position noise along the route, fraction of the displacement
     stop_penalty: float = 0.05       # likelihood of standing still when the frame differs from the last
     moving_similarity: float = 0.9   # consecutive frames less similar than this: the camera moved
-    dwell_frames: int = 5            # no fix while the mode stays on one place this many changed frames in a row
-                                     # and the view has changed as much as a place spacing (0: no limit)
+    dwell_frames: int = 5            # no fix while the mode stays on one place this many frames in a row and the
+                                     # robot went further (odometry: beyond two fix radii; without: the view
+                                     # changed each frame, and as much as a place spacing does) (0: no limit)
     least_evidence: float = 0.05     # the smallest share of a frame's evidence a repeated view still adds
 
     def __post_init__(self) -> None:
@@ -313,7 +315,7 @@ class PlaceBelief:
         self._set_prior()
         self._contradictions = 0
         self._fresh = True
-        self._dwell: tuple[int, np.ndarray, int] | None = None  # (mode, the view when it became the mode, frames)
+        self._dwell: _Dwell | None = None  # how long the mode has been one place, and how far the robot went since
         self.resets += 1
 
     def seed(self, position: np.ndarray, covariance: np.ndarray, orientation: np.ndarray | None = None,
@@ -615,27 +617,46 @@ class PlaceBelief:
         mean = (float(lik.sum()) + lik_rest * self._unlisted()) / self.n
         return (1.0 - out) * share * mean + out * lik_out
 
-    def dwell(self, est: BeliefEstimate, moved: bool | None, view: np.ndarray, neighbour_similarity: float) -> None:
-        """A camera that moves cannot stay at one place: when the mode has been the same place for `dwell_frames`
-        frames in a row that each changed the view (`moved`), and the view now differs from the first of them
-        as much as neighbouring mapped places differ, the fix is withheld (the belief itself is left alone).
-        The motion model cannot say it: each route step leaves ~13 % of a speed's mass on its place, and a
-        look-alike scored high in every frame (a night view of a place nearby, among a million) outgrew that
-        and held the mode for 13 frames, 7 of them published (docs/BENCHMARKS.md, *A look-alike among a million*)."""
+    def dwell(self, est: BeliefEstimate, motion: Motion, view: np.ndarray, neighbour_similarity: float) -> None:
+        """A robot that moves cannot stay at one place: when the mode has been the same place for `dwell_frames`
+        frames in a row and the robot has gone further than one place can hold, the fix is withheld (the
+        belief itself is left alone). The motion model cannot say it: each route step leaves ~13 % of a
+        speed's mass on its place, and a look-alike scored high in every frame (a night view of a place nearby,
+        among a million) outgrew that and held the mode for 13 frames, 7 of them published (docs/BENCHMARKS.md,
+        *A look-alike among a million*). How far the robot went: with odometry, its displacement since the
+        place became the mode, beyond two fix radii plus odometry's error over the path (a fix at both ends
+        would be a contradiction); a robot turning on the spot keeps its fix. Without, the view: frames that each changed
+        it (`motion.moved`), and a view that now differs from the first of them as much as neighbouring mapped
+        places differ (`neighbour_similarity`)."""
         view = np.asarray(view, dtype=np.float32).reshape(-1)
-        if self._dwell is not None and moved and est.place_id == self._dwell[0]:
-            self._dwell = (est.place_id, self._dwell[1], self._dwell[2] + 1)
+        odometry = motion.translation is not None
+        d = self._dwell
+        if d is not None and est.place_id == d.place and odometry == d.odometry and (odometry or motion.moved):
+            d.frames += 1
+            if odometry:
+                step = np.asarray(motion.translation, float)
+                d.offset += d.turned.apply(step)
+                d.path += float(np.linalg.norm(step))
+                if motion.rotation is not None:
+                    d.turned = d.turned * Rotation.from_quat(motion.rotation)
         else:
-            self._dwell = (est.place_id, view, 1 if moved else 0)
-        place, first, frames = self._dwell
-        if not (self.config.dwell_frames and est.fix and frames >= self.config.dwell_frames):
+            d = self._dwell = _Dwell(est.place_id, view, odometry, 1 if odometry or motion.moved else 0)
+        if not (self.config.dwell_frames and est.fix and d.frames >= self.config.dwell_frames):
             return
-        change = float(first @ view)
+        held = f"the belief's place {d.place} has stayed the mode for {d.frames} frames while "
+        if odometry:
+            driven = float(np.linalg.norm(d.offset))
+            allowed = 2 * self.fix_radius + self.config.odom_noise_floor + self.config.odom_noise * d.path
+            if driven > allowed:
+                est.fix = False
+                est.reason = (held + f"odometry carried the robot {driven:.3g} (> {allowed:.3g}: two fix radii and "
+                              "odometry's error): a look-alike, not published")
+            return
+        change = float(d.view @ view)
         if change < neighbour_similarity:
             est.fix = False
-            est.reason = (f"the belief's place {place} has stayed the mode for {frames} frames while the view changed "
-                          f"(cosine {change:.2f} to the first of them, < {neighbour_similarity:.2f} between neighbouring "
-                          "places): a look-alike, not published")
+            est.reason = (held + f"the view changed (cosine {change:.2f} to the first of them, < "
+                          f"{neighbour_similarity:.2f} between neighbouring places): a look-alike, not published")
 
     def step(self, evidence: Evidence, motion: Motion) -> BeliefEstimate:
         """Predict, then update. The localizer does the two apart: it scores the places the prediction
@@ -708,6 +729,20 @@ class PlaceBelief:
                       + (f"; outside the map {outside:.2f}" if c.out_of_map else ""))
         return BeliefEstimate(fix, reason, mode, mean, orientation, cov, mass, float(1.0 / squares), entropy,
                               relocalized, agreement, float(outside), window.tolist())
+
+
+@dataclass
+class _Dwell:
+    """Since `place` became the belief's mode: the view then, the frames counted, and with odometry the
+    displacement in the body frame of that moment, the path's length and the heading turned."""
+
+    place: int
+    view: np.ndarray
+    odometry: bool
+    frames: int
+    offset: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    path: float = 0.0
+    turned: Rotation = field(default_factory=Rotation.identity)
 
 
 @dataclass(frozen=True)

@@ -268,7 +268,7 @@ class Localizer:
                 evidence.weight = self.map.observation.evidence_weight(similarity, self.filter.config.least_evidence)
             filtered = self.filter.update(evidence, *standing_evidence(motion))
             if self.map.observation is not None:
-                self.filter.dwell(filtered, motion.moved, descriptor, self.map.observation.neighbour_similarity)
+                self.filter.dwell(filtered, motion, descriptor, self.map.observation.neighbour_similarity)
             interpolate_in_window(filtered, retrieval, self.map.places.positions)
         result = Localization(single, filtered, self.mode, retrieval, describe_s, 0.0)
         if self.metric is not None and features is not None:
