@@ -216,10 +216,10 @@ def kitti_turn(args, out: Path) -> dict:
     model, pmap, q, motions = kitti_map(args, out)
     kit = Path(args.data) / "kitti_vo_seq1"
     camera = load_camera(kit / "calib.txt", image_size=(1241, 376))
-    mapped = load_kitti(kit, [2 * KITTI_STOP + 0])  # odd frame 2k+1's mapped neighbour behind it, even frame 2k
+    mapped = load_kitti(kit, [2 * KITTI_STOP])  # odd frame 2k+1's mapped neighbour behind it, even frame 2k
     desc = dict(enumerate(model.describe(q.images)))
-    turn = [TURN_YAWS[0]] + [a - b for a, b in zip(TURN_YAWS[1:], TURN_YAWS)]
-    spin = [Motion(TURN_DT, np.zeros(3), Rotation.from_euler("y", d, degrees=True).as_quat()) for d in turn]
+    spin = [Motion(TURN_DT, np.zeros(3), Rotation.from_euler("y", b - a, degrees=True).as_quat())
+            for a, b in zip(TURN_YAWS, TURN_YAWS[1:])]  # between the turn's views
     result = {}
     for stop, (image, position, pose_back) in {
             "between two mapped places": (q.images[KITTI_STOP], q.positions[KITTI_STOP], None),
@@ -234,7 +234,7 @@ def kitti_turn(args, out: Path) -> dict:
             into = Motion(into.dt, *compose(inverse(before), pose_back))
             onward = Motion(onward.dt, *compose(inverse(pose_back), after))
         order = list(range(KITTI_STOP)) + list(stand) + list(range(KITTI_STOP + 1, len(q)))
-        moves = motions[:KITTI_STOP] + [into] + spin[1:] + [onward] + motions[KITTI_STOP + 2:]
+        moves = motions[:KITTI_STOP] + [into] + spin + [onward] + motions[KITTI_STOP + 2:]
         truth = lambda k, p=position: (p if k >= len(q) else q.positions[k]).tolist()  # noqa: E731
         for name, config in (("filtered", BeliefConfig()), ("no guard (dwell_frames 0)", BeliefConfig(dwell_frames=0))):
             loc = Localizer(model, pmap, PoseEstimatorConfig(), belief=config, mode="filtered")
