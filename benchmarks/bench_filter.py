@@ -169,7 +169,8 @@ def train_gp(gp: Path, run_dir: Path) -> Path:
 
 def kitti_map(args, out: Path) -> tuple:
     """The KITTI snippet's even frames as the map (off-the-shelf checkpoint), its odd frames as the camera
-    with their poses as odometry: model, map, queries, motions."""
+    with their poses as odometry: model, map, queries, motions, the queries' descriptors by index (built
+    once, for both KITTI scenarios)."""
     kit = Path(args.data) / "kitti_vo_seq1"
     db, q = load_kitti(kit, list(range(0, 51, 2))), load_kitti(kit, list(range(1, 51, 2)))
     ckpt = out / "kitti_off_the_shelf.safetensors"
@@ -179,12 +180,11 @@ def kitti_map(args, out: Path) -> tuple:
     pmap = build_map(model, ckpt.resolve(), checkpoint_hash(ckpt), db, out / "kitti_map", progress=False)
     frames = [Frame(q.names[k], np.zeros((1, 1, 3), np.uint8), float(q.timestamps[k])) for k in range(len(q))]
     source = MotionSource(poses=poses_by_name(q))
-    return model, pmap, q, [source(f) for f in frames]
+    return model, pmap, q, [source(f) for f in frames], dict(enumerate(model.describe(q.images)))
 
 
-def kitti(args, out: Path) -> dict:
-    model, pmap, q, motions = kitti_map(args, out)
-    desc = dict(enumerate(model.describe(q.images)))
+def kitti(built: tuple) -> dict:
+    model, pmap, q, motions, desc = built
     loc = Localizer(model, pmap, PoseEstimatorConfig(), belief=BeliefConfig(), mode="filtered")
     run = scenario(loc, desc, list(range(len(q))), lambda k: q.positions[k].tolist(), motions)
     return summarise(run, "m", 1.0, 3)
@@ -205,7 +205,7 @@ def turned_view(image: Path, camera, yaw_deg: float) -> np.ndarray:
     return np.repeat(warped[:, :, None], 3, axis=2)
 
 
-def kitti_turn(args, out: Path) -> dict:
+def kitti_turn(args, built: tuple) -> dict:
     """Drive the odd frames to KITTI_STOP, stand there turning (TURN_YAWS), drive on; with and without the
     guard. Two stops: at the odd frame itself (between two mapped places), and at the mapped place just
     behind it (the map's own image turned: a robot standing where the map was recorded)."""
@@ -213,11 +213,10 @@ def kitti_turn(args, out: Path) -> dict:
 
     from densernet_core.camera import load_camera
 
-    model, pmap, q, motions = kitti_map(args, out)
+    model, pmap, q, motions, desc = built
     kit = Path(args.data) / "kitti_vo_seq1"
     camera = load_camera(kit / "calib.txt", image_size=(1241, 376))
     mapped = load_kitti(kit, [2 * KITTI_STOP])  # odd frame 2k+1's mapped neighbour behind it, even frame 2k
-    desc = dict(enumerate(model.describe(q.images)))
     spin = [Motion(TURN_DT, np.zeros(3), Rotation.from_euler("y", b - a, degrees=True).as_quat())
             for a, b in zip(TURN_YAWS, TURN_YAWS[1:])]  # between the turn's views
     result = {}
@@ -353,8 +352,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"single-frame {s['single']['fixes']}", along_track=True,
                         others=[("single-frame", xy["single"], fix["single"])], label="filtered")
     if (Path(args.data) / "kitti_vo_seq1" / "poses.txt").is_file():
-        results["KITTI"] = {"odd frames, poses as odometry": kitti(args, out)}
-        results["KITTI, a stop with a turn"] = kitti_turn(args, out)
+        built = kitti_map(args, out)
+        results["KITTI"] = {"odd frames, poses as odometry": kitti(built)}
+        results["KITTI, a stop with a turn"] = kitti_turn(args, built)
     results["synthetic street"] = {"query run": synthetic(args, out)}
     results["filter_cost"] = filter_cost(ObservationModel.load(out / "synthetic_map"))
     text = table(results) + "\n\nFilter step at 10k places: " + "; ".join(

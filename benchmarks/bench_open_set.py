@@ -294,11 +294,11 @@ def street(args, out: Path, results: dict, runs: dict) -> None:
 
 
 def kitti(args, out: Path, results: dict, runs: dict) -> None:
-    model, pmap, q, motions = kitti_map(args, out)
+    model, pmap, q, motions, described = kitti_map(args, out)
     results["maps"]["kitti"] = pmap.observation.describe() if pmap.observation else pmap.observation_error
     if pmap.observation is None:
         return
-    desc = model.describe(q.images)
+    desc = np.stack([described[k] for k in range(len(q))])
     for est in ESTIMATORS:
         key = ("KITTI", "odd frames, poses as odometry", est)
         runs[key] = run_sequence(pmap, model, desc, [p.tolist() for p in q.positions], est, 5.0, BeliefConfig(),
