@@ -111,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
                                                       "eval_frames": list(EVAL_FRAMES), "machine": host,
                                                       "rows": rows}, indent=2))
 
-    def record(method: str, results: dict[str, list[EvalResult]], seconds: float, note: str = "",
+    def record(method: str, results: dict[str, list[EvalResult]], seconds: float | None, note: str = "",
                seed: int | None = None, checkpoint: Path | None = None) -> None:
-        rows.append({"method": method, "note": note, "seconds": round(seconds, 1), "seed": seed,
+        """`seconds` None: not timed (the ensemble reuses its seeds' descriptors), printed as a dash."""
+        rows.append({"method": method, "note": note, "seed": seed,
+                     "seconds": None if seconds is None else round(seconds, 1),
                      "checkpoint_sha256": checkpoint_hash(checkpoint) if checkpoint else None,
                      "protocols": {r.name: {str(k): v for k, v in r.recalls.items()} for r in results["held_out"]},
                      "fit_set": {r.name: {str(k): v for k, v in r.recalls.items()} for r in results["fit_set"]}})
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds > 1:
             rows.append(seed_summary(f"{label}: mean ± sd over {args.seeds} seeds", trained_rows))
             record(f"{label}: the {args.seeds} seeds as one ensemble (descriptors concatenated)",
-                   evaluate(f"{preset} ensemble", ensemble(seed_desc), data_dir), 0.0,
+                   evaluate(f"{preset} ensemble", ensemble(seed_desc), data_dir), None,
                    f"{args.seeds} models per frame: the most a distilled single model could reach")
         trained = checkpoints[0]  # the old-stage row is built on the recipe's own seed
         if preset == "small":
@@ -239,7 +241,8 @@ def format_rows(rows: list[dict], size: tuple[int, int]) -> str:
             continue
         cells = [f"{r['protocols'][n]['1']:.3f} / {r['protocols'][n]['5']:.3f}" for n in names]
         fit = " / ".join(f"{r['fit_set'][n]['1']:.2f}" for n in names)
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {fit} | {r['seconds']} |")
+        secs = "—" if r["seconds"] is None else r["seconds"]
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {fit} | {secs} |")
     return "\n".join(lines)
 
 
