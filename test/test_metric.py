@@ -10,7 +10,8 @@ from scipy.spatial.transform import Rotation
 from densernet_core.camera import Camera, load_camera, world_to_camera
 from densernet_core.config import ConfigError
 from densernet_core.local_features import LocalFeatures, match
-from densernet_core.localization.metric import MetricConfig, judge_intrinsics, localize_metric, solve_pnp
+from densernet_core.localization.metric import (MetricConfig, focal_disagrees, intrinsics_unproven, judge_intrinsics,
+                                                localize_metric, solve_pnp)
 from densernet_core.mapping.points import TriangulationConfig, build_points, triangulate_pair
 
 CAM = Camera(640, 480, 500.0, 500.0, 319.5, 239.5)
@@ -198,6 +199,28 @@ def test_the_recent_frames_judge_the_camera_together():
         assert 0.85 < judge_intrinsics(FX_25_PERCENT_LONG[:n], cfg) < 0.93
     assert judge_intrinsics([1.06, 1.07, 1.06, 1.07, 1.06], cfg) is not None  # tight and beyond the tolerance
     assert judge_intrinsics([0.8, 1.3, 0.9, 1.2, 0.92], cfg) is None  # off by 8 % on average, but this noisy
+
+
+def test_after_a_refused_frame_the_camera_stays_suspect_until_the_recent_frames_clear_it():
+    """The frames between one refused by its own fit and the camera-level judgement are not judged one by
+    one: an AVX2 EPYC's checkpoint made the 25 %-long camera of test_robot fit 0.861 +- 0.021 and 0.914
+    +- 0.028 (both refused), then pass frames 2-3 one by one. A right camera's outlier is cleared by the
+    median of the next frames."""
+    cfg = MetricConfig()
+    assert focal_disagrees(0.861, 0.021, cfg) and focal_disagrees(0.914, 0.028, cfg)
+    assert not focal_disagrees(0.96, 0.02, cfg)  # within the tolerance
+    assert not focal_disagrees(0.90, 0.05, cfg)  # beyond it, but within 3 sigma of the fit
+    wrong = [0.861, 0.914, 0.96, 0.95, 0.93, 0.93, 0.92]
+    refused = [focal_disagrees(s, sg, cfg) for s, sg in zip(wrong, [0.021, 0.028, 0.04, 0.04, 0.05, 0.05, 0.05])]
+    assert refused[:2] == [True, True] and not any(refused[2:])
+    for n in range(1, len(wrong) + 1):  # every frame after the first refusal: suspect, none cleared
+        assert intrinsics_unproven(wrong[:n], refused[:n], cfg) is not None, n
+    right = RIGHT_CAMERA[:8]
+    outlier = [k == 3 for k in range(len(right))]  # its frame 3 fits 1.096
+    assert all(intrinsics_unproven(right[:n], outlier[:n], cfg) is None for n in range(1, 4))  # none refused yet
+    assert intrinsics_unproven(right[:4], outlier[:4], cfg) is not None  # refused, fewer than 5 to clear it
+    assert all(intrinsics_unproven(right[:n], outlier[:n], cfg) is None for n in range(5, len(right) + 1))
+    assert all(intrinsics_unproven(RIGHT_CAMERA[:n], [False] * n, cfg) is None for n in range(1, 21))
 
 
 def test_query_from_an_unmapped_place_finds_no_pose():

@@ -25,7 +25,8 @@ from ..geometry import compose, inverse, pose_times_transform_covariance
 from ..images import to_rgb_uint8
 from ..local_features import LocalFeatures, describe_with_features
 from .belief import BeliefConfig, BeliefEstimate, Evidence, Motion, PlaceBelief, standing_evidence
-from .metric import MetricConfig, MetricPose, judge_intrinsics, localize_metric
+from .metric import (FOCAL_MIN_CHECKS, MetricConfig, MetricPose, focal_disagrees, intrinsics_unproven,
+                     judge_intrinsics, localize_metric)
 from .observation import place_posterior
 from .pose import PoseEstimate, PoseEstimatorConfig, estimate_pose
 
@@ -123,6 +124,7 @@ class Localizer:
             LOG.info("the map has no 3-D points (built without --camera): retrieval-only, no metric pose")
         self._camera: Camera | None = None  # the query camera; None: the map's, scaled to the query image
         self.focal_checks: deque[float] = deque(maxlen=FOCAL_CHECKS)  # focal scales the recent PnP inliers fit
+        self.focal_refusals: deque[bool] = deque(maxlen=FOCAL_CHECKS)  # ...and whether each frame's own fit refused
 
     @classmethod
     def from_paths(cls, map_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
@@ -210,6 +212,7 @@ class Localizer:
         """A new camera (camera_info) is judged afresh: the focal scales fitted under the old one are dropped."""
         if camera != self._camera:
             self.focal_checks.clear()
+            self.focal_refusals.clear()
         self._camera = camera
 
     def intrinsics_disagree(self) -> float | None:
@@ -287,12 +290,20 @@ class Localizer:
         camera = (self.camera or self.map.points.camera).scaled(image_hw[1], image_hw[0])
         pose = localize_metric(features, camera, self.map.points, candidates, self.metric)
         if np.isfinite(pose.focal_scale):
+            self.focal_refusals.append(focal_disagrees(pose.focal_scale, pose.focal_sigma, self.metric))
             self.focal_checks.append(pose.focal_scale)
         if pose.ok and (focal := self.intrinsics_disagree()) is not None:
             pose.ok, pose.reason = False, (
                 f"camera intrinsics disagree with the images: the last {len(self.focal_checks)} metric frames fit "
                 f"a focal length {focal:.3f} times the given one (median); no metric pose until the camera's "
                 f"intrinsics are corrected")
+        elif pose.ok and (focal := intrinsics_unproven(list(self.focal_checks), list(self.focal_refusals),
+                                                       self.metric)) is not None:
+            pose.ok, pose.reason = False, (
+                f"camera intrinsics disagree with an earlier image: {sum(self.focal_refusals)} of the last "
+                f"{len(self.focal_checks)} metric frames were refused by their own fit (median {focal:.3f} times "
+                f"the given focal length); no metric pose until at least {FOCAL_MIN_CHECKS} frames fit it within "
+                f"{self.metric.focal_tolerance:.0%} together")
         if pose.ok and self.extrinsic is not None:  # the camera's pose -> the base's (camera * extrinsic^-1)
             to_base = inverse(self.extrinsic.transform)
             pose.covariance = pose_times_transform_covariance(pose.orientation, pose.covariance, to_base)
