@@ -128,8 +128,11 @@ def gardens_point(args, out: Path, ckpt: Path | None, map_dir: str = "gp_map") -
     night = load_traverse(gp / "night_right", list(range(*GP_FRAMES)))
     pmap = build_map(model, ckpt.resolve(), sha, db, out / map_dir, progress=False)
     desc = dict(zip(range(*GP_FRAMES), model.describe(night.images, progress=True)))
-    loc = Localizer(model, pmap, PoseEstimatorConfig(cluster_radius=GP_RADIUS),
-                    belief=BeliefConfig(max_step=GP_MAX_STEP), mode="filtered")
+    def filtered(place_map) -> Localizer:  # the same filter on the benchmark's map and on the demo's
+        return Localizer(model, place_map, PoseEstimatorConfig(cluster_radius=GP_RADIUS),
+                         belief=BeliefConfig(max_step=GP_MAX_STEP), mode="filtered")
+
+    loc = filtered(pmap)
     truth = lambda f: [float(f), 0.0, 0.0]  # noqa: E731
     lo, hi = GP_FRAMES
     orders = {"forward": list(range(lo, hi)), "kidnap": list(range(lo, lo + 50)) + list(range(lo + 70, hi)),
@@ -140,8 +143,7 @@ def gardens_point(args, out: Path, ckpt: Path | None, map_dir: str = "gp_map") -
         results[name] = summarise(runs[name], "frames", 2.0, 1)
     demo_map = build_map(model, ckpt.resolve(), sha, load_traverse(gp / "day_left", list(GP_TEST_FRAMES)),
                          out / f"{map_dir}_demo", progress=False)
-    demo_loc = Localizer(model, demo_map, PoseEstimatorConfig(cluster_radius=GP_RADIUS),
-                         belief=BeliefConfig(max_step=GP_MAX_STEP), mode="filtered")
+    demo_loc = filtered(demo_map)
     camera = dict(zip(range(*GP_FRAMES), model.describe([resize(read_image(p), GP_CAMERA_SIZE) for p in night.images])))
     for name, (lc, d) in {DEMO_MAP: (demo_loc, desc), DEMO_CAMERA: (loc, camera), DEMO_BOTH: (demo_loc, camera)}.items():
         results[name] = summarise(scenario(lc, d, orders["forward"], truth, None), "frames", 2.0, 1)
