@@ -80,16 +80,39 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def _cmd_describe(args: argparse.Namespace) -> int:
+    """Images that cannot be decoded are named and left out; the rest are described and saved (the
+    image list beside the .npy gives each row's image), so one corrupt file costs only itself."""
+    from tqdm import tqdm
+
+    from .images import ImageError, read_image
     from .model.runtime import load_describer
 
     model = load_describer(args.checkpoint, args.device, tuple(args.image_size) if args.image_size else None,
                            args.backend, args.engine)
     images = list_images(args.images)
-    desc = model.describe(images, batch_size=args.batch_size, progress=True)
+    described, unreadable, desc = [], [], []
+    for start in tqdm(range(0, len(images), args.batch_size), desc="describe", unit="batch"):
+        batch = []
+        for path in images[start:start + args.batch_size]:
+            try:
+                batch.append(read_image(path))
+                described.append(path)
+            except ImageError as exc:
+                LOG.error("%s: left out, %s", path, exc)
+                unreadable.append(path)
+        if batch:
+            desc.append(model.describe(batch, batch_size=args.batch_size))
+    if not described:
+        raise ImageError(f"none of the {len(images)} images could be decoded; nothing written")
+    desc = np.concatenate(desc)
     np.save(args.out, desc, allow_pickle=False)
     names = Path(args.out).with_suffix(".txt")
-    names.write_text("".join(f"{p}\n" for p in images))
+    names.write_text("".join(f"{p}\n" for p in described))
     print(f"{desc.shape[0]} descriptors of dimension {desc.shape[1]} -> {args.out} (image list: {names})")
+    if unreadable:
+        LOG.error("%d of %d images could not be decoded and are not in %s (its rows follow %s): %s", len(unreadable),
+                  len(images), args.out, names, ", ".join(map(str, unreadable[:10])) + (" ..." if len(unreadable) > 10 else ""))
+        return 1
     return 0
 
 

@@ -175,6 +175,8 @@ def load_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file, so not a YAML {what} ({exc.reason} at byte {exc.start})") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if data is None:

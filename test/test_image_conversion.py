@@ -72,7 +72,8 @@ def test_unreadable_frames_are_refused_by_name(field, value, match):
 
 
 def test_bag_frames_with_padded_rows_read_right(tmp_path):
-    """The offline readers (densernet-localize --bag, densernet-map build --bag) share the decoder."""
+    """The offline readers (densernet-localize --bag, densernet-map build --bag) share the decoder; an
+    undecodable message does not end the recording."""
     from rosbags.rosbag2 import Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -84,11 +85,18 @@ def test_bag_frames_with_padded_rows_read_right(tmp_path):
     img = T["sensor_msgs/msg/Image"](
         header=T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=5, nanosec=0), frame_id="cam"),
         height=H, width=W, encoding="bgr8", is_bigendian=0, step=raw.step, data=np.frombuffer(raw.data, np.uint8))
+    truncated = T["sensor_msgs/msg/Image"](header=img.header, height=H, width=W, encoding="bgr8", is_bigendian=0,
+                                           step=raw.step, data=np.frombuffer(raw.data, np.uint8)[:10])
     with Writer(tmp_path / "bag", version=8) as w:
         c = w.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=ts)
-        w.write(c, 5 * 10 ** 9, ts.serialize_cdr(img, "sensor_msgs/msg/Image"))
+        for k, msg in enumerate((img, truncated, img)):
+            w.write(c, (5 + k) * 10 ** 9, ts.serialize_cdr(msg, "sensor_msgs/msg/Image"))
     frames = list(bag_frames(tmp_path / "bag", "/camera/image_raw"))
     np.testing.assert_array_equal(frames[0].rgb, RGB)
+    # A message that cannot be decoded comes in its place with the reason; the frames after it still come.
+    assert len(frames) == 3 and frames[1].rgb is None and frames[1].name == "/camera/image_raw#000001"
+    assert "image 1 on /camera/image_raw cannot be decoded" in frames[1].error and "truncated" in frames[1].error
+    np.testing.assert_array_equal(frames[2].rgb, RGB)
 
 
 def test_encodings_listed_once():

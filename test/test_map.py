@@ -335,6 +335,75 @@ def test_localize_sequence_reports_single_and_filtered_with_odometry(tiny_model,
     assert localize([str(route), "--map", str(tmp_path / "map"), "--odom-topic", "/odom"]) == 1  # needs --bag
 
 
+def test_a_corrupt_frame_costs_only_itself(tiny_model, route, ckpt, tmp_path, caplog, monkeypatch):
+    """densernet-localize over a folder with one undecodable image: the error names it, the CSV gives it a
+    row that says so, and every other frame gets the answer it gets without the bad file (the run does not
+    stop at it); the exit status is 1. Rows are written as frames are answered, so a run stopped part way
+    keeps them."""
+    import csv as csv_module
+
+    from densernet_core.localization import localizer as localizer_module
+    from densernet_core.localization.cli import main as localize
+
+    path, sha = ckpt
+    build_map(tiny_model, path, sha, load_csv(route / "poses.csv"), tmp_path / "map", progress=False)
+    common = ["--map", str(tmp_path / "map"), "--sequence"]
+    assert localize([str(route), *common, "--out", str(tmp_path / "clean.csv")]) == 0
+    (route / "004.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)  # a truncated PNG
+    caplog.clear()
+    assert localize([str(route), *common, "--out", str(tmp_path / "bad.csv")]) == 1
+    assert "cannot decode image" in caplog.text and "004.png" in caplog.text and "1 of 10 frames" in caplog.text
+    clean = list(csv_module.DictReader(open(tmp_path / "clean.csv")))
+    bad = list(csv_module.DictReader(open(tmp_path / "bad.csv")))
+    assert [r["frame"] for r in bad] == [r["frame"] for r in clean]
+    broken = bad[4]
+    assert broken["single_fix"] == broken["filtered_fix"] == "False" and broken["single_place"] == ""
+    assert broken["single_reason"].startswith("unreadable: cannot decode image")
+    single = ("single_place", "single_x", "single_y", "single_confidence", "single_reason")
+    for a, b in zip(clean, bad):  # single-frame answers depend on the frame alone
+        if a["frame"] != "004.png":
+            assert [a[k] for k in single] == [b[k] for k in single], (a, b)
+            assert b["filtered_place"] != ""
+    # Stopped at the sixth frame: the five answered are on disk.
+    calls = {"n": 0}
+    original = localizer_module.Localizer.localize
+
+    def stop_at_sixth(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise RuntimeError("stopped")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(localizer_module.Localizer, "localize", stop_at_sixth)
+    assert localize([str(route), *common, "--out", str(tmp_path / "part.csv")]) == 1
+    part = list(csv_module.DictReader(open(tmp_path / "part.csv")))
+    assert [r["frame"] for r in part] == [f"{i:03d}.png" for i in range(6)]  # five answers and the unreadable 004
+    assert [r["single_place"] for r in part if r["frame"] != "004.png"] == \
+        [r["single_place"] for r in clean[:6] if r["frame"] != "004.png"]
+    for name in (f"{i:03d}.png" for i in range(10)):
+        (route / name).write_bytes(b"not an image")
+    assert localize([str(route), *common]) == 1
+    assert "all 10 could not be decoded" in caplog.text
+
+
+def test_describe_leaves_out_an_undecodable_image_and_says_so(tiny_model, route, ckpt, tmp_path, caplog):
+    """densernet describe over a folder with one corrupt file: the others are described as without it, the
+    image list beside the .npy names each row's image, the error names the file, exit status 1."""
+    from densernet_core.cli import main as densernet
+
+    path, _ = ckpt
+    assert densernet(["describe", "--checkpoint", str(path), "--out", str(tmp_path / "clean.npy"), str(route)]) == 0
+    (route / "003.png").write_bytes(b"")
+    assert densernet(["describe", "--checkpoint", str(path), "--out", str(tmp_path / "bad.npy"),
+                      "--batch-size", "4", str(route)]) == 1
+    assert "003.png" in caplog.text and "1 of 10 images could not be decoded" in caplog.text
+    clean, bad = np.load(tmp_path / "clean.npy"), np.load(tmp_path / "bad.npy")
+    names = (tmp_path / "bad.txt").read_text().split()
+    assert len(bad) == len(names) == 9 and not any(n.endswith("003.png") for n in names)
+    keep = [i for i in range(10) if i != 3]
+    np.testing.assert_allclose(bad, clean[keep], atol=1e-5)
+
+
 def test_a_large_map_s_places_hold_no_python_object_per_place(tmp_path):
     """A node loads the map's places: 10^6 image paths as Path objects held ~900 MB in every such process.
     Read back, the paths are one string array (a Path made on access); relative ones resolve from the folder."""

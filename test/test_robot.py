@@ -40,6 +40,9 @@ def test_extrinsic_yaml_rotation_or_rpy_and_errors_named(tmp_path):
     (tmp_path / "broken.yaml").write_text("translation: [0.25, 0\n")
     with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
         load_extrinsic(tmp_path / "broken.yaml")
+    (tmp_path / "photo.yaml").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)))  # a JPEG given by mistake
+    with pytest.raises(ConfigError, match="photo.yaml: not a text file, so not a YAML extrinsic file"):
+        load_extrinsic(tmp_path / "photo.yaml")
 
 
 def test_covariance_through_the_extrinsic_matches_sampling():

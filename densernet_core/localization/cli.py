@@ -23,6 +23,8 @@ from .sequence import VIDEO_EXTS, Frame, MotionSource, bag_frames, bag_odometry,
 
 LOG = logging.getLogger("densernet")
 OFFLINE_ODOM_MAX_GAP_S = 0.5
+# Per answer mode (single, filtered, published), the CSV columns of one frame.
+ROW_FIELDS = ("fix", "place", "x", "y", "z", "qx", "qy", "qz", "qw", "sigma_x", "confidence", "reason", "error")
 
 
 def read_ground_truth(path: str) -> dict[str, np.ndarray]:
@@ -85,48 +87,49 @@ def _cmd(args: argparse.Namespace) -> int:
                                "filtered" if args.sequence else "single", backend=args.backend, engine=args.engine)
     # On a map with 3-D points the published pose is the metric one where its gate passed.
     modes = (("single", "filtered") if args.sequence else ("single",)) + (("published",) if loc.metric else ())
-    metric_poses = 0
+    metric_poses, unreadable = 0, []
     rows, true_xy = [], []
     est = {m: ([], [], []) for m in modes}  # positions, fix flags, errors of fixes
-    for frame in _inputs(args):
-        r = loc.localize(frame.rgb, motion=motion(frame))
-        truth = None
-        if gt is not None:
-            key = Path(frame.name).name  # a bag's frame "/camera/image_raw#000012" is matched as "image_raw#000012"
-            if key not in gt:
-                raise ValueError(f"{args.gt}: no ground truth for {frame.name} (rows are matched by file name: {key})")
-            truth = gt[key]
-            true_xy.append(truth[:2])
-        row, parts = [frame.name, "" if frame.stamp is None else f"{frame.stamp:.6f}",
-                      f"{r.scores[0]:.4f}" if len(r.scores) else ""], []
-        for m in modes:
-            e = {"single": r.single, "filtered": r.filtered, "published": r.estimate}[m]
-            err = None if truth is None else float(np.linalg.norm(truth[:2] - e.position[:2]))
-            xy, fix, errors = est[m]
-            xy.append(e.position[:2])
-            fix.append(e.fix)
-            if e.fix and err is not None:
-                errors.append(err)
-            x, y, z = e.position
-            source = f" [{r.pose_source}]" if m == "published" else ""
-            parts.append(f"{m}{source}: place {e.place_id} ({x:.2f}, {y:.2f}, {z:.2f}) conf {e.confidence:.2f} "
-                         + ("fix" if e.fix else "no fix: " + e.reason) + ("" if err is None else f" error {err:.2f}"))
-            row += [e.fix, e.place_id, *[f"{v:.4f}" for v in e.position], *[f"{v:.6f}" for v in e.orientation],
-                    f"{np.sqrt(e.covariance[0, 0]):.4f}", f"{e.confidence:.4f}", e.reason,
-                    "" if err is None else f"{err:.4f}"]
-        metric_poses += r.pose_source == "metric"
-        print(f"{frame.name}: " + " | ".join(parts), flush=True)
-        rows.append(row + [f"{1000 * r.total_s:.1f}"])
+    with _RowWriter(args.out, modes) as out:
+        for frame in _inputs(args):
+            if frame.rgb is None:  # named now and at the end; the filter goes on as over a dropped camera frame
+                LOG.error("%s: skipped, %s", frame.name, frame.error)
+                unreadable.append(frame.name)
+                out.write([frame.name, "" if frame.stamp is None else f"{frame.stamp:.6f}", ""]
+                          + [v for _ in modes for v in [False] + [""] * (len(ROW_FIELDS) - 3)
+                             + [f"unreadable: {frame.error}", ""]] + [""])
+                continue
+            r = loc.localize(frame.rgb, motion=motion(frame))
+            truth = None
+            if gt is not None:
+                key = Path(frame.name).name  # a bag's frame "/camera/image_raw#000012" is matched as "image_raw#000012"
+                if key not in gt:
+                    raise ValueError(f"{args.gt}: no ground truth for {frame.name} (rows are matched by file name: {key})")
+                truth = gt[key]
+                true_xy.append(truth[:2])
+            row, parts = [frame.name, "" if frame.stamp is None else f"{frame.stamp:.6f}",
+                          f"{r.scores[0]:.4f}" if len(r.scores) else ""], []
+            for m in modes:
+                e = {"single": r.single, "filtered": r.filtered, "published": r.estimate}[m]
+                err = None if truth is None else float(np.linalg.norm(truth[:2] - e.position[:2]))
+                xy, fix, errors = est[m]
+                xy.append(e.position[:2])
+                fix.append(e.fix)
+                if e.fix and err is not None:
+                    errors.append(err)
+                x, y, z = e.position
+                source = f" [{r.pose_source}]" if m == "published" else ""
+                parts.append(f"{m}{source}: place {e.place_id} ({x:.2f}, {y:.2f}, {z:.2f}) conf {e.confidence:.2f} "
+                             + ("fix" if e.fix else "no fix: " + e.reason) + ("" if err is None else f" error {err:.2f}"))
+                row += [e.fix, e.place_id, *[f"{v:.4f}" for v in e.position], *[f"{v:.6f}" for v in e.orientation],
+                        f"{np.sqrt(e.covariance[0, 0]):.4f}", f"{e.confidence:.4f}", e.reason,
+                        "" if err is None else f"{err:.4f}"]
+            metric_poses += r.pose_source == "metric"
+            print(f"{frame.name}: " + " | ".join(parts), flush=True)
+            rows.append(row)
+            out.write(row + [f"{1000 * r.total_s:.1f}"])
     if not rows:
-        raise ImageError("no frames to localize")
-    if args.out:
-        with open(args.out, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["frame", "stamp", "top_score"]
-                       + [f"{m}_{c}" for m in modes for c in ("fix", "place", "x", "y", "z", "qx", "qy", "qz", "qw",
-                                                                "sigma_x", "confidence", "reason", "error")]
-                       + ["latency_ms"])
-            w.writerows(rows)
+        raise ImageError("no frames to localize" + (f": all {len(unreadable)} could not be decoded" if unreadable else ""))
     if loc.metric:
         print(f"metric 6-DoF poses (PnP gate passed): {metric_poses} of {len(rows)} frames")
     if args.sequence:
@@ -146,7 +149,38 @@ def _cmd(args: argparse.Namespace) -> int:
                         others=[("single-frame", np.array(est["single"][0]), np.array(est["single"][1]))]
                         if len(modes) > 1 else ())
         print(f"trajectory plot: {png}")
+    if unreadable:
+        LOG.error("%d of %d frames could not be decoded and have no answer (rows with reason 'unreadable'%s): %s",
+                  len(unreadable), len(rows) + len(unreadable), f" in {args.out}" if args.out else "",
+                  ", ".join(unreadable[:10]) + (" ..." if len(unreadable) > 10 else ""))
+        return 1
     return 0
+
+
+class _RowWriter:
+    """The per-frame CSV, written row by row as frames are localized: a run stopped part way (an error
+    in a later frame, Ctrl-C) keeps every answer it gave. No file without an `--out`, nor before a first row."""
+
+    def __init__(self, path: str | None, modes: Sequence[str]) -> None:
+        self.path, self.modes, self._file, self._csv = path, modes, None, None
+
+    def __enter__(self) -> "_RowWriter":
+        return self
+
+    def write(self, row: list) -> None:
+        if self.path is None:
+            return
+        if self._file is None:
+            self._file = open(self.path, "w", newline="")
+            self._csv = csv.writer(self._file)
+            self._csv.writerow(["frame", "stamp", "top_score"]
+                               + [f"{m}_{c}" for m in self.modes for c in ROW_FIELDS] + ["latency_ms"])
+        self._csv.writerow(row)
+        self._file.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 def parser() -> argparse.ArgumentParser:

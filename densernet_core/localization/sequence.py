@@ -29,12 +29,14 @@ OFFLINE_ODOM_HISTORY_S = 1e9  # a recording's odometry is kept whole
 @dataclass
 class Frame:
     name: str                 # file name, <video>#<index>, or <topic>#<index>
-    rgb: np.ndarray
+    rgb: np.ndarray | None    # None when the frame could not be decoded (`error` says why)
     stamp: float | None       # seconds; None for unstamped images
+    error: str | None = None  # an unreadable frame is yielded, not raised: the frames after it still count
 
 
 def frames(inputs: Sequence[str], fps: float | None = None) -> Iterator[Frame]:
-    """Image files, folders and videos, in the order given."""
+    """Image files, folders and videos, in the order given. A file that cannot be decoded comes as a
+    frame with `error` set, in its place, so one corrupt image does not end a run of thousands."""
     import cv2
 
     k = 0
@@ -55,7 +57,12 @@ def frames(inputs: Sequence[str], fps: float | None = None) -> Iterator[Frame]:
             cap.release()
         else:
             for img in list_images([p]):
-                yield Frame(img.name, read_image(img), k / fps if fps else None)
+                stamp = k / fps if fps else None
+                try:
+                    frame = Frame(img.name, read_image(img), stamp)
+                except ImageError as exc:
+                    frame = Frame(img.name, None, stamp, str(exc))
+                yield frame
                 k += 1
 
 
@@ -67,12 +74,14 @@ def bag_frames(bag: str | Path, image_topic: str) -> Iterator[Frame]:
         conn = _connection(reader, bag, image_topic, IMAGE_TYPES, "image")
         for k, (c, _, raw) in enumerate(reader.messages(connections=[conn])):
             msg = reader.deserialize(raw, c.msgtype)
+            name = f"{image_topic}#{k:06d}"
             try:
                 rgb = compressed_image_to_cvimage(msg, "rgb8") if c.msgtype.endswith("CompressedImage") \
                     else message_to_rgb(msg)
             except Exception as exc:  # rosbags-image raises its own error types
-                raise ImageError(f"{bag}: image {k} on {image_topic} cannot be decoded: {exc}") from exc
-            yield Frame(f"{image_topic}#{k:06d}", np.ascontiguousarray(rgb), _stamp(msg))
+                yield Frame(name, None, _stamp(msg), f"{bag}: image {k} on {image_topic} cannot be decoded: {exc}")
+                continue
+            yield Frame(name, np.ascontiguousarray(rgb), _stamp(msg))
 
 
 def bag_odometry(bag: str | Path, topic: str, max_gap_s: float) -> OdometryBuffer:
