@@ -17,7 +17,8 @@ covariance matrix of the queries' columns:
 The first part depends only on how many queries flip and how often, so it bounds how close a recipe can
 come to a target sd (issue 22: <= 0.02 for night_right -> day_left) even if its seeds' flips were
 unrelated: an sd of 0.02 over 100 queries allows the queries' own variances to sum to at most
-0.02^2 x 100^2 = 4, e.g. 16 queries right under half the seeds (0.25 each) and no other query flipping.
+0.02^2 x 100^2 = 4: with 5 seeds, about 13 queries right under two or three of them (0.3125 each, with
+the n / (n - 1) correction) and no other query flipping.
 
 Per group and protocol: R@1 per checkpoint and mean +- sd (the headline benchmark's figures, checked
 against `evaluate_descriptors` here), queries right under all / some / none of the seeds, the sd explained
