@@ -87,6 +87,8 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     from .images import ImageError, read_image
     from .model.runtime import load_describer
 
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     model = load_describer(args.checkpoint, args.device, tuple(args.image_size) if args.image_size else None,
                            args.backend, args.engine)
     images = list_images(args.images)

@@ -384,6 +384,8 @@ def test_a_corrupt_frame_costs_only_itself(tiny_model, route, ckpt, tmp_path, ca
         (route / name).write_bytes(b"not an image")
     assert localize([str(route), *common]) == 1
     assert "all 10 could not be decoded" in caplog.text
+    assert localize([str(route), *common, "--fps", "-2"]) == 1
+    assert "--fps must be a frame rate > 0, got -2.0" in caplog.text
 
 
 def test_describe_leaves_out_an_undecodable_image_and_says_so(tiny_model, route, ckpt, tmp_path, caplog):
@@ -402,6 +404,9 @@ def test_describe_leaves_out_an_undecodable_image_and_says_so(tiny_model, route,
     assert len(bad) == len(names) == 9 and not any(n.endswith("003.png") for n in names)
     keep = [i for i in range(10) if i != 3]
     np.testing.assert_allclose(bad, clean[keep], atol=1e-5)
+    assert densernet(["describe", "--checkpoint", str(path), "--out", str(tmp_path / "x.npy"), "--batch-size", "0",
+                      str(route)]) == 1
+    assert "--batch-size must be at least 1, got 0" in caplog.text
 
 
 def test_a_large_map_s_places_hold_no_python_object_per_place(tmp_path):

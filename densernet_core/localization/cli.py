@@ -50,6 +50,8 @@ def _inputs(args: argparse.Namespace) -> Iterator[Frame]:
         return bag_frames(args.bag, args.image_topic)
     if not args.inputs:
         raise ValueError("nothing to localize: give images, folders or videos, or --bag")
+    if args.fps is not None and not args.fps > 0:  # a negative rate made time run backwards: the filter froze
+        raise ValueError(f"--fps must be a frame rate > 0, got {args.fps}")
     return frames(args.inputs, args.fps)
 
 
