@@ -89,17 +89,16 @@ def _cmd(args: argparse.Namespace) -> int:
                                "filtered" if args.sequence else "single", backend=args.backend, engine=args.engine)
     # On a map with 3-D points the published pose is the metric one where its gate passed.
     modes = (("single", "filtered") if args.sequence else ("single",)) + (("published",) if loc.metric else ())
-    metric_poses, unreadable = 0, []
-    rows, true_xy = [], []
+    metric_poses, answered, unreadable, true_xy = 0, 0, [], []
     est = {m: ([], [], []) for m in modes}  # positions, fix flags, errors of fixes
     with _RowWriter(args.out, modes) as out:
         for frame in _inputs(args):
+            stamp = "" if frame.stamp is None else f"{frame.stamp:.6f}"
             if frame.rgb is None:  # named now and at the end; the filter goes on as over a dropped camera frame
                 LOG.error("%s: skipped, %s", frame.name, frame.error)
                 unreadable.append(frame.name)
-                out.write([frame.name, "" if frame.stamp is None else f"{frame.stamp:.6f}", ""]
-                          + [v for _ in modes for v in [False] + [""] * (len(ROW_FIELDS) - 3)
-                             + [f"unreadable: {frame.error}", ""]] + [""])
+                blank = {**dict.fromkeys(ROW_FIELDS, ""), "fix": False, "reason": f"unreadable: {frame.error}"}
+                out.write([frame.name, stamp, ""] + [blank[c] for _ in modes for c in ROW_FIELDS] + [""])
                 continue
             r = loc.localize(frame.rgb, motion=motion(frame))
             truth = None
@@ -109,8 +108,7 @@ def _cmd(args: argparse.Namespace) -> int:
                     raise ValueError(f"{args.gt}: no ground truth for {frame.name} (rows are matched by file name: {key})")
                 truth = gt[key]
                 true_xy.append(truth[:2])
-            row, parts = [frame.name, "" if frame.stamp is None else f"{frame.stamp:.6f}",
-                          f"{r.scores[0]:.4f}" if len(r.scores) else ""], []
+            row, parts = [frame.name, stamp, f"{r.scores[0]:.4f}" if len(r.scores) else ""], []
             for m in modes:
                 e = {"single": r.single, "filtered": r.filtered, "published": r.estimate}[m]
                 err = None if truth is None else float(np.linalg.norm(truth[:2] - e.position[:2]))
@@ -128,12 +126,12 @@ def _cmd(args: argparse.Namespace) -> int:
                         "" if err is None else f"{err:.4f}"]
             metric_poses += r.pose_source == "metric"
             print(f"{frame.name}: " + " | ".join(parts), flush=True)
-            rows.append(row)
+            answered += 1
             out.write(row + [f"{1000 * r.total_s:.1f}"])
-    if not rows:
+    if not answered:
         raise ImageError("no frames to localize" + (f": all {len(unreadable)} could not be decoded" if unreadable else ""))
     if loc.metric:
-        print(f"metric 6-DoF poses (PnP gate passed): {metric_poses} of {len(rows)} frames")
+        print(f"metric 6-DoF poses (PnP gate passed): {metric_poses} of {answered} frames")
     if args.sequence:
         print(f"motion between frames from: {', '.join(f'{k} {v}' for k, v in motion.used.items() if v)}; "
               f"relocalizations {loc.filter.relocalizations}")
@@ -146,14 +144,14 @@ def _cmd(args: argparse.Namespace) -> int:
         published = modes[-1]
         plot_trajectory(png, np.array(true_xy), np.array(est[published][0]), np.array(est[published][1]),
                         loc.map.places.positions[:, :2],
-                        " | ".join(f"{m}: {sum(est[m][1])}/{len(rows)} fixes" for m in modes),
+                        " | ".join(f"{m}: {sum(est[m][1])}/{answered} fixes" for m in modes),
                         along_track=args.along_track,
                         others=[("single-frame", np.array(est["single"][0]), np.array(est["single"][1]))]
                         if len(modes) > 1 else ())
         print(f"trajectory plot: {png}")
     if unreadable:
         LOG.error("%d of %d frames could not be decoded and have no answer (rows with reason 'unreadable'%s): %s",
-                  len(unreadable), len(rows) + len(unreadable), f" in {args.out}" if args.out else "",
+                  len(unreadable), answered + len(unreadable), f" in {args.out}" if args.out else "",
                   ", ".join(unreadable[:10]) + (" ..." if len(unreadable) > 10 else ""))
         return 1
     return 0
