@@ -52,10 +52,11 @@ FOCUS = ("night_right", "day_left")  # the protocol issue 22's sd target is set 
 STRETCH = 10.0  # frames: queries this close flip together as one stretch (the recipe's neg_radius: never each other's negatives)
 
 
-def top1_right(desc: dict[str, np.ndarray], sets: dict, query: str, db: str) -> tuple[np.ndarray, np.ndarray]:
+def top1_right(desc: dict[str, np.ndarray], sets: dict, query: str,
+               db: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One flag per query: is its best-scoring mapped frame within the tolerance of it? Queries with no
     mapped frame within it cannot be right and are left out, as `evaluate_descriptors` leaves them out.
-    Also the counted queries' positions."""
+    Also the counted queries' positions and frame numbers (the plot's x)."""
     _, ranked = search(desc[db], desc[query], 1)
     truth = within(sets[query].positions, sets[db].positions, TOLERANCE)
     counted = np.array([len(t) > 0 for t in truth])
@@ -64,7 +65,7 @@ def top1_right(desc: dict[str, np.ndarray], sets: dict, query: str, db: str) -> 
                               sets[query].positions, TOLERANCE).recalls[1]
     if abs(right[counted].mean() - r1) > 1e-9:  # the same figure as the headline benchmark's, or a bug here
         raise RuntimeError(f"{query}->{db}: per-query R@1 {right[counted].mean()} differs from {r1}")
-    return right[counted], np.asarray(sets[query].positions)[counted]
+    return right[counted], np.asarray(sets[query].positions)[counted], EVAL_FRAMES[0] + np.flatnonzero(counted)
 
 
 def decompose(x: np.ndarray, positions: np.ndarray) -> dict:
@@ -118,17 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     sets = {t: load_traverse(data / t, range(*EVAL_FRAMES)) for t in sorted({t for pr in PROTOCOLS for t in pr})}
     results = {}
     for label, *checkpoints in args.group:
-        flags, where = {f"{q}->{db}": [] for q, db in PROTOCOLS}, {}
+        flags, where, numbers = {f"{q}->{db}": [] for q, db in PROTOCOLS}, {}, {}
         for c in checkpoints:
             model = load_model(c, "cpu")
             desc = {t: model.describe(s.images, batch_size=BATCH) for t, s in sets.items()}
             for q, db in PROTOCOLS:
-                right, where[f"{q}->{db}"] = top1_right(desc, sets, q, db)
+                right, where[f"{q}->{db}"], numbers[f"{q}->{db}"] = top1_right(desc, sets, q, db)
                 flags[f"{q}->{db}"].append(right)
             print(f"{label}: {c} described", flush=True)
         results[label] = {"checkpoints": [{"path": c, "sha256": checkpoint_hash(c)} for c in checkpoints],
-                          "protocols": {k: decompose(np.stack(v, axis=1).astype(float), where[k])
-                                        for k, v in flags.items()}}
+                          "protocols": {k: {**decompose(np.stack(v, axis=1).astype(float), where[k]),
+                                            "frames": numbers[k].tolist()} for k, v in flags.items()}}
     lines = [f"Held-out Gardens Point (frames {EVAL_FRAMES[0]}-{EVAL_FRAMES[1] - 1}, right within "
              f"{TOLERANCE:g} frames): where the seed-to-seed spread of R@1 comes from.", "",
              "| recipe | protocol | seeds | R@1 per seed | mean ± sd | right under every seed / some / none | "
@@ -145,10 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     focus = f"{FOCUS[0]}->{FOCUS[1]}"
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 3.2))
-    frames = np.arange(*EVAL_FRAMES)
     for label, r in results.items():
         d = r["protocols"][focus]
-        ax.step(frames[:len(d["p"])], d["p"], where="mid", label=f"{label} (R@1 {fmt_spread(d['r1_spread'])}, "
+        ax.step(d["frames"], d["p"], where="mid", label=f"{label} (R@1 {fmt_spread(d['r1_spread'])}, "
                 f"{d['flipping']} queries flip)")
     ax.set_xlabel(f"{FOCUS[0]} query frame")
     ax.set_ylabel("share of seeds right")

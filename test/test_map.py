@@ -386,6 +386,54 @@ def test_a_corrupt_frame_costs_only_itself(tiny_model, route, ckpt, tmp_path, ca
     assert "all 10 could not be decoded" in caplog.text
     assert localize([str(route), *common, "--fps", "-2"]) == 1
     assert "--fps must be a frame rate > 0, got -2.0" in caplog.text
+    # The filter's options without the filter were ignored; now refused, each named. With it, checked.
+    caplog.clear()
+    assert localize([str(route), "--map", str(tmp_path / "map"), "--fix-mass", "0.9", "--odometry",
+                     str(route / "poses.csv")]) == 1
+    assert "--fix-mass, --odometry set the place belief filter, which runs only with --sequence" in caplog.text
+    assert localize([str(route), *common, "--fix-mass", "1.5"]) == 1
+    assert "fix_mass=1.5" in caplog.text
+
+
+def test_a_video_cut_short_is_localized_as_far_as_it_goes_and_said(tiny_model, route, ckpt, tmp_path, caplog):
+    """densernet-localize over a video: frames named <file>#<index> and stamped from the container's rate.
+    Cut off part way (a copy that stopped, a recording whose writer died), OpenCV ends the file quietly;
+    the frames it holds are answered and the shortfall against the container's declared count is named.
+    Cut inside its first frame, the video is an unreadable input, not silently nothing."""
+    import csv as csv_module
+
+    import cv2
+
+    from densernet_core.localization.cli import main as localize
+
+    path, sha = ckpt
+    build_map(tiny_model, path, sha, load_csv(route / "poses.csv"), tmp_path / "map", progress=False)
+    video = tmp_path / "drive.avi"
+    first = cv2.imread(str(route / "000.png"))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 2.0, (first.shape[1], first.shape[0]))
+    for i in range(10):
+        writer.write(cv2.imread(str(route / f"{i:03d}.png")))
+    writer.release()
+    common = ["--map", str(tmp_path / "map"), "--sequence"]
+    assert localize([str(video), *common, "--out", str(tmp_path / "whole.csv")]) == 0
+    whole = list(csv_module.DictReader(open(tmp_path / "whole.csv")))
+    assert [(r["frame"], r["stamp"]) for r in whole] == [(f"drive.avi#{i:06d}", f"{i / 2:.6f}") for i in range(10)]
+    assert "declares" not in caplog.text
+    data = video.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[:int(len(data) * 0.6)])
+    caplog.clear()
+    assert localize([str(cut), *common, "--out", str(tmp_path / "cut.csv")]) == 0
+    rows = list(csv_module.DictReader(open(tmp_path / "cut.csv")))
+    assert 0 < len(rows) < 10
+    assert f"decoded {len(rows)} of the 10 frames its container declares" in caplog.text and "cut.avi" in caplog.text
+    single = ("single_place", "single_reason")  # the frames it holds are the same frames
+    assert [[r[k] for k in single] for r in rows] == [[r[k] for k in single] for r in whole[:len(rows)]]
+    header_only = tmp_path / "header.avi"
+    header_only.write_bytes(data[:data.index(b"movi") + 20])  # opens; its first frame is cut
+    caplog.clear()
+    assert localize([str(header_only), str(video), *common]) == 1
+    assert "header.avi" in caplog.text and "has no decodable frame" in caplog.text and "1 of 11 frames" in caplog.text
 
 
 def test_describe_leaves_out_an_undecodable_image_and_says_so(tiny_model, route, ckpt, tmp_path, caplog):

@@ -74,7 +74,13 @@ def _cmd(args: argparse.Namespace) -> int:
                                   ratio_threshold=args.ratio, min_confidence=args.min_confidence,
                                   position_floor=args.position_floor, confidence=args.confidence)
     relative = args.confidence == "relative"  # the earlier estimator and filter, for comparison
-    belief = BeliefConfig(max_step=args.max_step, max_speed=args.max_speed, fix_mass=args.fix_mass,
+    filter_options = {"max_step": args.max_step, "max_speed": args.max_speed, "fix_mass": args.fix_mass}
+    given = [f"--{k.replace('_', '-')}" for k, v in {**filter_options, "odometry": args.odometry,
+                                                      "odom_topic": args.odom_topic}.items() if v is not None]
+    if given and not args.sequence:  # they would be ignored: the single-frame answers have no filter
+        raise ValueError(f"{', '.join(given)} set the place belief filter, which runs only with --sequence: "
+                         "give --sequence too, or leave them out")
+    belief = BeliefConfig(**{k: v for k, v in filter_options.items() if v is not None},
                           position_floor=args.position_floor, observation=args.confidence, out_of_map=not relative,
                           route_velocity=not relative) if args.sequence else None
     gt = read_ground_truth(args.gt) if args.gt else None
@@ -196,11 +202,15 @@ def parser() -> argparse.ArgumentParser:
                                       "used as odometry between frames")
     p.add_argument("--fps", type=float, help="frame rate of an image folder (stamps for the filter's speed bound)")
     belief = BeliefConfig()
-    p.add_argument("--max-step", type=float, default=belief.max_step,
-                   help="--sequence: map units the robot may move per frame (unstamped frames, no odometry)")
-    p.add_argument("--max-speed", type=float, default=belief.max_speed,
-                   help="--sequence: map units per second the robot may move (stamped frames, no odometry)")
-    p.add_argument("--fix-mass", type=float, default=belief.fix_mass)
+    # The filter's options default to None so that one given without --sequence is refused, not ignored.
+    p.add_argument("--max-step", type=float,
+                   help=f"--sequence: map units the robot may move per frame (unstamped frames, no odometry; "
+                        f"default {belief.max_step:g})")
+    p.add_argument("--max-speed", type=float,
+                   help=f"--sequence: map units per second the robot may move (stamped frames, no odometry; "
+                        f"default {belief.max_speed:g})")
+    p.add_argument("--fix-mass", type=float,
+                   help=f"--sequence: belief within the fix radius needed for a fix (default {belief.fix_mass:g})")
     p.add_argument("--along-track", action="store_true", help="plot position along a straight route (traverses)")
     p.add_argument("--map", required=True)
     p.add_argument("--checkpoint", help="default: the checkpoint recorded in the map")

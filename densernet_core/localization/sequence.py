@@ -8,6 +8,7 @@ some, else from the stamps (the filter's speed bound), else from the frame count
 """
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm"}
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 ODOMETRY_TYPES = ("nav_msgs/msg/Odometry", "geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/PoseWithCovarianceStamped")
 OFFLINE_ODOM_HISTORY_S = 1e9  # a recording's odometry is kept whole
+LOG = logging.getLogger("densernet")
 
 
 @dataclass
@@ -54,7 +56,16 @@ def frames(inputs: Sequence[str], fps: float | None = None) -> Iterator[Frame]:
                     break
                 yield Frame(f"{p.name}#{j:06d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), j / rate if rate else None)
                 j += 1
+            # OpenCV ends a cut-off file quietly and skips a damaged frame without a sign; the only trace
+            # is a count short of the one the container declares (AVI, MKV keep it in their header).
+            declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
             cap.release()
+            if j == 0:
+                yield Frame(p.name, None, None, f"video {p} opened but has no decodable frame")
+            elif j < declared:
+                LOG.warning("%s: decoded %d of the %d frames its container declares (cut off or damaged?); frames "
+                            "are numbered as decoded, so after a lost one their names and stamps are early", p, j,
+                            declared)
         else:
             for img in list_images([p]):
                 stamp = k / fps if fps else None
