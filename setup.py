@@ -40,6 +40,7 @@ setup(
         "rosbags>=0.10",
         "rosbags-image>=0.9",
         "scikit-image>=0.22",
+        "threadpoolctl>=3.1",
     ],
     extras_require={
         # ROS 2 (Kilted) from PyPI wheels, for machines without a system ROS 2 install.

@@ -66,6 +66,7 @@ from densernet_core.model.runtime import BACKENDS
 from densernet_core.localization.metric import MetricConfig
 from densernet_core.geometry import compose, inverse
 from densernet_core.localization.pose import PoseEstimatorConfig
+from densernet_core.threads import limit_blas_for_frames
 
 from .frame_slot import NEXT_FRAME_MARGIN, FrameSlot
 from .frames import RobotFrames, seconds as _seconds
@@ -665,6 +666,10 @@ def run(make_node, argv: Sequence[str] | None, prog: str, description: str) -> i
             extra += ["-p", f"{name}:={getattr(args, name)}"]
     # The parameter file first, so that -p overrides given after --ros-args win.
     rclpy.init(args=[sys.argv[0], *extra, *ros_args[1:]])
+    # Before the map and the model: BLAS workers left spinning after each frame's search slowed the next
+    # frame's network by a quarter (densernet_core/threads.py).
+    rclpy.logging.get_logger(NODE_NAME).info(
+        "BLAS threads (frame by frame beside the network's): " + (", ".join(limit_blas_for_frames()) or "none loaded"))
     node = None
     try:
         try:

@@ -348,7 +348,9 @@ def test_a_corrupt_frame_costs_only_itself(tiny_model, route, ckpt, tmp_path, ca
     path, sha = ckpt
     build_map(tiny_model, path, sha, load_csv(route / "poses.csv"), tmp_path / "map", progress=False)
     common = ["--map", str(tmp_path / "map"), "--sequence"]
+    caplog.set_level("INFO", logger="densernet")
     assert localize([str(route), *common, "--out", str(tmp_path / "clean.csv")]) == 0
+    assert "BLAS threads (frame by frame beside the network's): openblas 1 (" in caplog.text
     (route / "004.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)  # a truncated PNG
     caplog.clear()
     assert localize([str(route), *common, "--out", str(tmp_path / "bad.csv")]) == 1

@@ -403,6 +403,8 @@ def test_installed_console_script_starts_from_any_directory(gp_map, tmp_path):
         out = "".join(lines) + proc.communicate(timeout=30)[0]
     assert "listening on" in out, out
     assert "parameter file not found" not in out
+    blas = next(line for line in out.splitlines() if "BLAS threads" in line)  # densernet_core/threads.py
+    assert "openblas 1 (" in blas and " 2 (" not in blas, blas
     assert proc.returncode == 0, out
 
 

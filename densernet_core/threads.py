@@ -1,0 +1,59 @@
+"""The thread pools of a process that localizes frame by frame.
+
+The BLAS libraries loaded beside torch (OpenBLAS in the numpy, scipy and faiss wheels) each keep worker
+threads, and after a matrix product those busy-wait for the next one (OpenBLAS: about 2^28 cycles, a
+tenth of a second on this CPU). Per frame the localizer multiplies the query with the map's background
+sample and re-scores places, 12,288-D products large enough for OpenBLAS to hand to its workers; they then
+spin through the next frame's describe(), whose OpenMP threads already fill every core. On 2 cores that
+took 19-22 % of a core and made describe() in the node 27-31 % slower than back to back (docs/BENCHMARKS.md,
+*Node overhead*). One query's products gain nothing from more BLAS threads, so a per-frame process holds
+BLAS to one and leaves the cores to the network (torch's own threads are not BLAS pools and keep theirs).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+PER_FRAME_BLAS_THREADS = 1
+
+
+def limit_blas_for_frames() -> list[str]:
+    """Hold every loaded BLAS library to `PER_FRAME_BLAS_THREADS` for the rest of the process, and say
+    what each now has, read back (for the start-up log)."""
+    import faiss  # noqa: F401 - threadpoolctl limits the libraries loaded so far: load each BLAS first
+    import numpy  # noqa: F401
+    import scipy.linalg  # noqa: F401
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    threadpool_limits(PER_FRAME_BLAS_THREADS, user_api="blas")  # called, not entered: it stays in force
+    return [f"{i['internal_api']} {i['num_threads']} ({i['filepath'].rsplit('/', 1)[-1]})"
+            for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def others_cpu_while_idle(product: Callable[[], object], repeats: int = 5, idle_s: float = 0.3) -> float:
+    """CPU seconds the process's other threads burn while this one sleeps `idle_s` right after `product`,
+    summed over `repeats` (Linux: /proc/self/task). BLAS workers' busy wait shows here and nowhere else."""
+    import os
+    import threading
+    import time
+
+    me = threading.get_native_id()
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def others() -> float:
+        total = 0.0
+        for t in os.listdir("/proc/self/task"):
+            if int(t) != me:
+                try:
+                    fields = open(f"/proc/self/task/{t}/stat").read().rsplit(")", 1)[1].split()
+                except OSError:  # the thread ended meanwhile
+                    continue
+                total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        return total
+
+    spent = 0.0
+    for _ in range(repeats):
+        product()
+        before = others()
+        time.sleep(idle_s)
+        spent += others() - before
+    return spent
