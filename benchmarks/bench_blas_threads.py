@@ -26,11 +26,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.small_map import day_left_map  # noqa: E402
 from benchmarks.report import machine, save_report  # noqa: E402
-from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
+from densernet_core.cli import setup_logging  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
-from densernet_core.mapping.placemap import build_map  # noqa: E402
-from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from densernet_core.plots import pyplot, save_figure  # noqa: E402
 
 IMAGE_SIZE = (192, 320)  # as bench_node.py
@@ -87,13 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     idle = json.loads(subprocess.run([sys.executable, "-c", IDLE_PROBE], cwd=ROOT, capture_output=True, text=True,
                                      check=True).stdout)
-    db = load_traverse(data / "day_left", list(range(0, 200, 5)))
-    ckpt = out / "model.safetensors"
-    if not ckpt.is_file():
-        make_checkpoint(db.images, ckpt, image_size=IMAGE_SIZE, progress=False)
-    map_dir = out / "map"
-    if not (map_dir / "manifest.json").is_file():
-        build_map(load_model(ckpt), ckpt.resolve(), checkpoint_hash(ckpt), db, map_dir, progress=False)
+    db, map_dir = day_left_map(data, out, IMAGE_SIZE)
     frames = [str(p) for p in load_traverse(data / "night_right",
                                             list(range(FIRST_QUERY, FIRST_QUERY + args.frames))).images]
     runs = []

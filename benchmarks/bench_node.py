@@ -32,13 +32,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
-from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
+from densernet_core.model.checkpoint import load_model  # noqa: E402
+from densernet_core.cli import setup_logging  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
 from densernet_ros.harness import SpinningNode, check_node_params, node_env, start_node, stop_node  # noqa: E402
 from densernet_ros.image_conversion import rgb_to_image  # noqa: E402
 from densernet_core.images import read_image, resize  # noqa: E402
-from densernet_core.mapping.placemap import build_map  # noqa: E402
+from benchmarks.small_map import day_left_map  # noqa: E402
 from benchmarks.report import machine, machine_line  # noqa: E402
 
 CAMERA_SIZE = (180, 320)  # what is published (height, width)
@@ -75,13 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     size = tuple(args.image_size)
-    db = load_traverse(data / "day_left", list(range(0, 200, 5)))
+    _, map_dir = day_left_map(data, out, size)
     ckpt = out / "model.safetensors"
-    if not ckpt.is_file():
-        make_checkpoint(db.images, ckpt, image_size=size, progress=False)
-    map_dir = out / "map"
-    if not (map_dir / "manifest.json").is_file():
-        build_map(load_model(ckpt), ckpt.resolve(), checkpoint_hash(ckpt), db, map_dir, progress=False)
     frames = [resize(read_image(p), CAMERA_SIZE) for p in load_traverse(data / "night_right", list(range(0, 200, 5))).images]
 
     model = load_model(ckpt)

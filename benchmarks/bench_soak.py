@@ -28,12 +28,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.small_map import day_left_map  # noqa: E402
 from densernet_core.plots import pyplot, save_figure  # noqa: E402
-from densernet_core.cli import make_checkpoint, setup_logging  # noqa: E402
+from densernet_core.cli import setup_logging  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
 from densernet_core.images import read_image, resize  # noqa: E402
-from densernet_core.mapping.placemap import build_map  # noqa: E402
-from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from densernet_ros.harness import SpinningNode, node_env, start_node  # noqa: E402
 
 RATE_HZ = 30.0
@@ -78,12 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no map at {map_dir}")
         return 2
     if not args.map:
-        db = load_traverse(data / "day_left", list(range(0, 200, 5)))
-        ckpt = out / "model.safetensors"
-        if not ckpt.is_file():
-            make_checkpoint(db.images, ckpt, image_size=IMAGE_SIZE, progress=False)
-        if not (map_dir / "manifest.json").is_file():
-            build_map(load_model(ckpt), ckpt.resolve(), checkpoint_hash(ckpt), db, map_dir, progress=False)
+        day_left_map(data, out, IMAGE_SIZE, map_dir)
     frames = [resize(read_image(p), CAMERA_SIZE) for p in load_traverse(data / "night_right").images]
 
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
