@@ -4,9 +4,9 @@ The BLAS libraries loaded beside torch (OpenBLAS in the numpy, scipy and faiss w
 threads, and after a matrix product those busy-wait for the next one (OpenBLAS: about 2^28 cycles, a
 tenth of a second on this CPU). Per frame the localizer multiplies the query with the map's background
 sample and re-scores places, 12,288-D products large enough for OpenBLAS to hand to its workers; they then
-spin through the next frame's describe(), whose OpenMP threads already fill every core. On 2 cores that
-took 19-22 % of a core and made describe() in the node 27-31 % slower than back to back (docs/BENCHMARKS.md,
-*Node overhead*). One query's products gain nothing from more BLAS threads, so a per-frame process holds
+spin through the next frame's describe(), whose OpenMP threads already fill every core. On 2 cores they
+took 19-22 % of a core, and densernet-localize ran 17 % slower per frame for it (docs/BENCHMARKS.md, *Node
+overhead*; the node's own ratio over a bare describe() did not move measurably). One query's products gain nothing from more BLAS threads, so a per-frame process holds
 BLAS to one and leaves the cores to the network (torch's own threads are not BLAS pools and keep theirs).
 """
 from __future__ import annotations
@@ -44,7 +44,8 @@ def others_cpu_while_idle(product: Callable[[], object], repeats: int = 5, idle_
         for t in os.listdir("/proc/self/task"):
             if int(t) != me:
                 try:
-                    fields = open(f"/proc/self/task/{t}/stat").read().rsplit(")", 1)[1].split()
+                    with open(f"/proc/self/task/{t}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
                 except OSError:  # the thread ended meanwhile
                     continue
                 total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
