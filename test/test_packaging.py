@@ -41,6 +41,32 @@ def test_package_xml_declares_ament_python_and_ros_deps():
     assert {"rclpy", "sensor_msgs", "geometry_msgs", "std_msgs", "nav_msgs", "diagnostic_msgs"} <= deps
 
 
+# setup.py's requirement -> its rosdep key in package.xml (keys checked against rosdistro's rosdep/python.yaml).
+ROSDEP_KEYS = {"numpy": "python3-numpy", "opencv-python-headless": "python3-opencv", "pyyaml": "python3-yaml",
+               "scipy": "python3-scipy", "tqdm": "python3-tqdm", "matplotlib": "python3-matplotlib",
+               "scikit-image": "python3-skimage", "faiss-cpu": "python3-faiss", "torch": "python3-pytorch-pip",
+               "torchvision": "python3-torchvision-pip", "rosbags": "python3-rosbags-pip"}
+
+
+def test_every_requirement_reaches_a_ros_workspace_user():
+    """A colcon build installs no Python requirement: each one of setup.py must be in package.xml (for
+    rosdep) or in the README's pip line for ROS workspaces. threadpoolctl was nearly added to setup.py only."""
+    import ast
+    import re
+    import xml.etree.ElementTree as ET
+
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    requires = next(k.value for k in call.keywords if k.arg == "install_requires")
+    names = {re.split(r"[<>=!\[ ]", ast.literal_eval(e))[0].lower() for e in requires.elts} - {"setuptools"}
+    deps = {e.text for e in ET.parse(ROOT / "package.xml").getroot().iter("exec_depend")}
+    readme = (ROOT / "README.md").read_text()
+    pip_line = next(line for line in readme.splitlines() if line.startswith("pip install torch=="))
+    pip_names = {re.split(r"[<>=!]", w)[0].lower() for w in pip_line.split()[2:]}
+    missing = sorted(n for n in names if ROSDEP_KEYS.get(n) not in deps and n not in pip_names)
+    assert not missing, f"requirements a ROS workspace user is never told to install: {missing}"
+
+
 def test_venv_install_registers_package_in_ament_index():
     """`pip install .` into the venv (the test command does it) puts share/ under the venv prefix."""
     prefix = Path(sys.prefix)
