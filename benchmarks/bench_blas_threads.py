@@ -35,22 +35,13 @@ from densernet_core.plots import pyplot, save_figure  # noqa: E402
 IMAGE_SIZE = (192, 320)  # as bench_node.py
 FIRST_QUERY = 100  # night_right frames the training of the demo never saw
 
-IDLE_PROBE = r'''
-import json, numpy as np
-from densernet_core.threads import limit_blas_for_frames, others_cpu_while_idle
-rng = np.random.default_rng(0)
-background = rng.standard_normal((512, 12288)).astype(np.float32)
-query = rng.standard_normal(12288).astype(np.float32)
-before = others_cpu_while_idle(lambda: background @ query)
-limited = limit_blas_for_frames()
-print(json.dumps({"before_s": before, "after_s": others_cpu_while_idle(lambda: background @ query), "limited": limited}))
-'''
+IDLE_PROBE = "import json; from densernet_core.threads import idle_burn_probe; print(json.dumps(idle_burn_probe()))"
 
 LOCALIZE = r'''
 import sys
 import densernet_core.localization.cli as cli
 if sys.argv[1] == "without":
-    cli.limit_blas_for_frames = lambda: []  # numpy's BLAS as it comes
+    cli.limit_blas_for_frames = lambda: "BLAS threads: as they come (not limited)"
 sys.exit(cli.main(sys.argv[2:]))
 '''
 
@@ -86,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     idle = json.loads(subprocess.run([sys.executable, "-c", IDLE_PROBE], cwd=ROOT, capture_output=True, text=True,
                                      check=True).stdout)
-    db, map_dir = day_left_map(data, out, IMAGE_SIZE)
+    db, _, map_dir = day_left_map(data, out, IMAGE_SIZE)
     frames = [str(p) for p in load_traverse(data / "night_right",
                                             list(range(FIRST_QUERY, FIRST_QUERY + args.frames))).images]
     runs = []

@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     size = tuple(args.image_size)
-    _, map_dir = day_left_map(data, out, size)
-    ckpt = out / "model.safetensors"
+    _, ckpt, map_dir = day_left_map(data, out, size)
     frames = [resize(read_image(p), CAMERA_SIZE) for p in load_traverse(data / "night_right", list(range(0, 200, 5))).images]
 
     model = load_model(ckpt)

@@ -11,9 +11,10 @@ from densernet_core.model.checkpoint import checkpoint_hash, load_model
 MAP_FRAMES = range(0, 200, 5)  # day_left: 40 places
 
 
-def day_left_map(data: Path, out: Path, image_size: tuple[int, int], map_dir: Path | None = None) -> tuple[GeoImages, Path]:
+def day_left_map(data: Path, out: Path, image_size: tuple[int, int],
+                 map_dir: Path | None = None) -> tuple[GeoImages, Path, Path]:
     """day_left every 5th frame, mapped with an off-the-shelf `small` at `image_size` (checkpoint and map
-    reused when `out` already holds them); the places and the map folder."""
+    reused when `out` already holds them); the places, the checkpoint and the map folder."""
     db = load_traverse(data / "day_left", list(MAP_FRAMES))
     ckpt = out / "model.safetensors"
     if not ckpt.is_file():
@@ -21,4 +22,4 @@ def day_left_map(data: Path, out: Path, image_size: tuple[int, int], map_dir: Pa
     map_dir = map_dir or out / "map"
     if not (map_dir / "manifest.json").is_file():
         build_map(load_model(ckpt), ckpt.resolve(), checkpoint_hash(ckpt), db, map_dir, progress=False)
-    return db, map_dir
+    return db, ckpt, map_dir

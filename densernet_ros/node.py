@@ -666,10 +666,9 @@ def run(make_node, argv: Sequence[str] | None, prog: str, description: str) -> i
             extra += ["-p", f"{name}:={getattr(args, name)}"]
     # The parameter file first, so that -p overrides given after --ros-args win.
     rclpy.init(args=[sys.argv[0], *extra, *ros_args[1:]])
-    # Before the map and the model: BLAS workers left spinning after each frame's search slowed the next
-    # frame's network by a quarter (densernet_core/threads.py).
-    rclpy.logging.get_logger(NODE_NAME).info(
-        "BLAS threads (frame by frame beside the network's): " + (", ".join(limit_blas_for_frames()) or "none loaded"))
+    # BLAS workers left spinning after each frame's search compete with the next frame's network
+    # (densernet_core/threads.py).
+    rclpy.logging.get_logger(NODE_NAME).info(limit_blas_for_frames())
     node = None
     try:
         try:

@@ -92,7 +92,7 @@ def _cmd(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.gt}: no ground truth for {len(missing)} frame(s), e.g. {missing[:3]} "
                              "(rows are matched by file name)")
     motion = _motion_source(args)
-    LOG.info("BLAS threads (frame by frame beside the network's): %s", ", ".join(limit_blas_for_frames()) or "none loaded")
+    LOG.info(limit_blas_for_frames())
     loc = Localizer.from_paths(args.map, args.checkpoint, args.device, None, est_cfg, args.top_k, belief,
                                "filtered" if args.sequence else "single", backend=args.backend, engine=args.engine)
     # On a map with 3-D points the published pose is the metric one where its gate passed.
