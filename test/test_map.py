@@ -401,7 +401,9 @@ def test_a_video_cut_short_is_localized_as_far_as_it_goes_and_said(tiny_model, r
     """densernet-localize over a video: frames named <file>#<index> and stamped from the container's rate.
     Cut off part way (a copy that stopped, a recording whose writer died), OpenCV ends the file quietly;
     the frames it holds are answered and the shortfall against the container's declared count is named.
-    Cut inside its first frame, the video is an unreadable input, not silently nothing."""
+    A frame damaged in the middle (which OpenCV's read() fails on as it does at the end) is one unreadable
+    row in its place, and the frames after it are answered. Cut inside its first frame, the video is an
+    unreadable input, not silently nothing."""
     import csv as csv_module
 
     import cv2
@@ -431,6 +433,34 @@ def test_a_video_cut_short_is_localized_as_far_as_it_goes_and_said(tiny_model, r
     assert f"decoded {len(rows)} of the 10 frames its container declares" in caplog.text and "cut.avi" in caplog.text
     single = ("single_place", "single_reason")  # the frames it holds are the same frames
     assert [[r[k] for k in single] for r in rows] == [[r[k] for k in single] for r in whole[:len(rows)]]
+    starts = [i for i in range(len(data)) if data.startswith(b"\xff\xd8\xff", i)]  # each frame's JPEG
+    assert len(starts) == 10
+    damaged = bytearray(data)
+    damaged[starts[4] + 100:starts[5] - 100] = bytes(starts[5] - starts[4] - 200)  # frame 4's picture zeroed
+    (tmp_path / "damaged.avi").write_bytes(damaged)
+    caplog.clear()
+    assert localize([str(tmp_path / "damaged.avi"), *common, "--out", str(tmp_path / "damaged.csv")]) == 1
+    rows = list(csv_module.DictReader(open(tmp_path / "damaged.csv")))  # read on past it, in its place
+    assert [(r["frame"], r["stamp"]) for r in rows] == [(f"damaged.avi#{i:06d}", f"{i / 2:.6f}") for i in range(10)]
+    assert rows[4]["single_reason"].startswith("unreadable:") and "frame 4 cannot be decoded" in caplog.text
+    assert [[r[k] for k in single] for i, r in enumerate(rows) if i != 4] == \
+        [[r[k] for k in single] for i, r in enumerate(whole) if i != 4]
+    assert "declares" not in caplog.text and "1 of 10 frames" in caplog.text
+    mkv = tmp_path / "drive.mkv"  # a container with a clock: a frame its demuxer drops leaves no read error
+    writer = cv2.VideoWriter(str(mkv), cv2.VideoWriter_fourcc(*"MJPG"), 2.0, (first.shape[1], first.shape[0]))
+    for i in range(10):
+        writer.write(cv2.imread(str(route / f"{i:03d}.png")))
+    writer.release()
+    blocks = bytearray(mkv.read_bytes())
+    jpeg = [i for i in range(len(blocks)) if blocks.startswith(b"\xff\xd8\xff", i)][4]
+    blocks[blocks.rindex(b"\xa3", 0, jpeg)] = 0xEC  # frame 4's SimpleBlock marked Void: skipped without a sign
+    (tmp_path / "dropped.mkv").write_bytes(blocks)
+    caplog.clear()
+    assert localize([str(tmp_path / "dropped.mkv"), *common, "--out", str(tmp_path / "dropped.csv")]) == 0
+    rows = list(csv_module.DictReader(open(tmp_path / "dropped.csv")))
+    assert [r["stamp"] for r in rows] == [f"{i / 2:.6f}" for i in range(10) if i != 4]  # the container's clock
+    assert [[r[k] for k in single] for r in rows] == [[r[k] for k in single] for i, r in enumerate(whole) if i != 4]
+    assert "decoded 9 of the 10 frames" in caplog.text and "skips before #000004 (1.500 s -> 2.500 s)" in caplog.text
     header_only = tmp_path / "header.avi"
     header_only.write_bytes(data[:data.index(b"movi") + 20])  # opens; its first frame is cut
     caplog.clear()

@@ -202,7 +202,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--odom-topic", help="--sequence: the bag's odometry (nav_msgs/Odometry or a pose topic)")
     p.add_argument("--odometry", help="--sequence: per-frame poses (CSV as for maps; rows matched by file name) "
                                       "used as odometry between frames")
-    p.add_argument("--fps", type=float, help="frame rate of an image folder (stamps for the filter's speed bound)")
+    p.add_argument("--fps", type=float, help="frame rate of an image folder (stamps for the filter's speed bound); for a video it "
+                   "replaces the container's clock")
     belief = BeliefConfig()
     # The filter's options default to None so that one given without --sequence is refused, not ignored.
     p.add_argument("--max-step", type=float,

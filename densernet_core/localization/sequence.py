@@ -1,7 +1,7 @@
 """Frames in order, with their time and the robot's motion between them, for offline localization.
 
 Sources: image files and folders (in the order given; a folder's images sorted by name; stamps
-from `fps` when given, else none), videos (stamps from the container's frame rate) and rosbag2
+from `fps` when given, else none), videos (stamps from the container's clock) and rosbag2
 recordings (an image topic with header stamps, optionally an odometry topic). Motion between two
 frames comes from odometry (a bag's topic, or per-frame poses matched by file name) when there is
 some, else from the stamps (the filter's speed bound), else from the frame count (`max_step`).
@@ -26,6 +26,8 @@ IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 ODOMETRY_TYPES = ("nav_msgs/msg/Odometry", "geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/PoseWithCovarianceStamped")
 OFFLINE_ODOM_HISTORY_S = 1e9  # a recording's odometry is kept whole
 LOG = logging.getLogger("densernet")
+VIDEO_MAX_FAILED_READS = 25  # failed reads in a row taken as the end of a video with no declared count
+CLOCK_GAP_FRAMES = 1.5  # a step of the container's clock longer than this many frame periods is named as a gap
 
 
 @dataclass
@@ -39,33 +41,11 @@ class Frame:
 def frames(inputs: Sequence[str], fps: float | None = None) -> Iterator[Frame]:
     """Image files, folders and videos, in the order given. A file that cannot be decoded comes as a
     frame with `error` set, in its place, so one corrupt image does not end a run of thousands."""
-    import cv2
-
     k = 0
     for item in inputs:
         p = Path(item)
         if p.suffix.lower() in VIDEO_EXTS:
-            cap = cv2.VideoCapture(str(p))
-            if not cap.isOpened():
-                raise ImageError(f"cannot open video {p}")
-            rate = fps or cap.get(cv2.CAP_PROP_FPS) or None
-            j = 0
-            while True:
-                ok, bgr = cap.read()
-                if not ok:
-                    break
-                yield Frame(f"{p.name}#{j:06d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), j / rate if rate else None)
-                j += 1
-            # OpenCV ends a cut-off file quietly and skips a damaged frame without a sign; the only trace
-            # is a count short of the one the container declares (AVI, MKV keep it in their header).
-            declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-            cap.release()
-            if j == 0:
-                yield Frame(p.name, None, None, f"video {p} opened but has no decodable frame")
-            elif j < declared:
-                LOG.warning("%s: decoded %d of the %d frames its container declares (cut off or damaged?); frames "
-                            "are numbered as decoded, so after a lost one their names and stamps are early", p, j,
-                            declared)
+            yield from video_frames(p, fps)
         else:
             for img in list_images([p]):
                 stamp = k / fps if fps else None
@@ -75,6 +55,58 @@ def frames(inputs: Sequence[str], fps: float | None = None) -> Iterator[Frame]:
                     frame = Frame(img.name, None, stamp, str(exc))
                 yield frame
                 k += 1
+
+
+def video_frames(p: Path, fps: float | None = None) -> Iterator[Frame]:
+    """A video's frames, named <file>#<index>. OpenCV's read() fails on a frame the decoder rejects just as
+    it does at the end, so reading goes on past a failure: such a frame comes as an unreadable Frame in its
+    place and the rest of the video still counts (stopping there lost it all). Stamps follow the container's
+    clock (right for variable-rate video and across a frame the demuxer drops without a failed read), or
+    the frame rate where the clock does not advance; `fps` overrides both."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(p))
+    if not cap.isOpened():
+        raise ImageError(f"cannot open video {p}")
+    rate = fps or cap.get(cv2.CAP_PROP_FPS) or None
+    declared = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+    use_clock, last_clock = fps is None, -1.0
+    index = decoded = rejected = 0
+    pending: list[int] = []  # failed reads: rejected frames if a frame follows, else the end
+    gaps: list[str] = []  # where the clock skips: variable-rate video, or frames the demuxer dropped
+    while len(pending) < VIDEO_MAX_FAILED_READS and not (pending and declared and index >= declared):
+        ok, bgr = cap.read()
+        if not ok:
+            pending.append(index)
+            index += 1
+            continue
+        for j in pending:
+            yield Frame(f"{p.name}#{j:06d}", None, j / rate if rate else None,
+                        f"{p}: frame {j} cannot be decoded (the frames after it are read on)")
+        rejected += len(pending)
+        pending = []
+        clock = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+        if use_clock and clock <= last_clock:
+            use_clock = False
+            LOG.warning("%s: the container's clock does not advance at frame %d; stamps from the frame rate (%s)",
+                        p, index, f"{rate:g} Hz" if rate else "unknown: no stamps")
+        if use_clock and rate and decoded and (clock - last_clock) * rate > CLOCK_GAP_FRAMES:
+            gaps.append(f"#{index:06d} ({last_clock:.3f} s -> {clock:.3f} s)")
+        last_clock = clock
+        stamp = clock if use_clock else (index / rate if rate else None)
+        yield Frame(f"{p.name}#{index:06d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), stamp)
+        index += 1
+        decoded += 1
+    cap.release()
+    if decoded == 0:
+        yield Frame(p.name, None, None, f"video {p} opened but has no decodable frame")
+    elif decoded + rejected < declared:
+        # A cut-off file ends in failed reads; a frame the demuxer skips leaves no failed read, so only this
+        # count short of the declared one (AVI, MKV keep it in their header) shows it.
+        LOG.warning("%s: decoded %d of the %d frames its container declares (cut off or damaged?); frame names "
+                    "count the frames read, so after a frame lost without a read error they are early%s%s", p,
+                    decoded + rejected, declared, " (stamps follow the container's clock)" if use_clock else
+                    ", and so are stamps", "; the clock skips before " + ", ".join(gaps) if gaps else "")
 
 
 def bag_frames(bag: str | Path, image_topic: str) -> Iterator[Frame]:
