@@ -114,11 +114,11 @@ def live(out: Path, paths: dict[str, Path]) -> dict:
 
     from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
     from nav_msgs.msg import Odometry
-    from rosbags.highlevel import AnyReader
     from sensor_msgs.msg import CameraInfo, Image
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
+    from densernet_core.bags import open_bag
     from densernet_ros.harness import SpinningNode, initial_pose, node_env, stop_node, to_rclpy
 
     real_tf2 = importlib.util.find_spec("tf2_ros") is not None
@@ -136,7 +136,7 @@ def live(out: Path, paths: dict[str, Path]) -> dict:
            *[a for p in params for a in ("-p", p)]]
     proc = subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     stamps, truth, quats = read_truth(paths["later"] / "truth.csv")
-    with AnyReader([paths["later"] / "bag"]) as reader:
+    with open_bag(paths["later"] / "bag") as reader:
         msgs = [(c.topic, to_rclpy(reader.deserialize(raw, c.msgtype), c.msgtype))
                 for c, _, raw in reader.messages() if c.topic != "/tf_static"]
     odom = [m for t, m in msgs if t == "/odom"]

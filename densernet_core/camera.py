@@ -109,12 +109,10 @@ def load_camera(path: str | Path, image_size: tuple[int, int] | None = None) -> 
 
 def camera_from_bag(bag: str | Path, topic: str) -> Camera:
     """The intrinsics of the first sensor_msgs/CameraInfo on `topic` of a rosbag2 recording."""
-    from rosbags.highlevel import AnyReader
+    from .bags import open_bag
 
     bag = Path(bag)
-    if not bag.exists():
-        raise FileNotFoundError(f"rosbag not found: {bag}")
-    with AnyReader([bag]) as reader:
+    with open_bag(bag) as reader:
         conns = [c for c in reader.connections if c.topic == topic]
         if not conns:
             raise ConfigError(f"{bag}: no topic {topic!r}; topics are {sorted({c.topic for c in reader.connections})}")

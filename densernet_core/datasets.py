@@ -10,13 +10,13 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from .bags import open_bag
 from .geometry import quat_to_yaw, rotation_to_quat, yaw_to_quat
 
 LOG = logging.getLogger("densernet")
@@ -326,24 +326,6 @@ def _stamp(msg) -> float:
     return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
 
 
-@contextmanager
-def _open_bag(bag: Path) -> Iterator:
-    """A rosbags reader, with a missing or unreadable bag named as a DatasetError."""
-    from rosbags.highlevel import AnyReader
-
-    if not bag.exists():
-        raise DatasetError(f"rosbag not found: {bag}")
-    try:
-        reader_cm = AnyReader([bag])
-        reader = reader_cm.__enter__()
-    except Exception as exc:
-        raise DatasetError(f"{bag}: cannot open as a rosbag2: {exc}") from exc
-    try:
-        yield reader
-    finally:
-        reader_cm.__exit__(None, None, None)
-
-
 def _check_topics(bag: Path, types: dict[str, str], image_topic: str, pose_topic: str) -> None:
     for topic, kinds, what in ((image_topic, IMAGE_TYPES, "image"), (pose_topic, POSE_TYPES, "pose")):
         if topic not in types:
@@ -368,7 +350,7 @@ def load_rosbag(bag: str | Path, image_topic: str, pose_topic: str, out_dir: str
     """
     import cv2
     bag, out_dir = Path(bag), Path(out_dir)
-    with _open_bag(bag) as reader:
+    with open_bag(bag) as reader:
         by_topic = {c.topic: c for c in reader.connections}
         _check_topics(bag, {t: c.msgtype for t, c in by_topic.items()}, image_topic, pose_topic)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -457,7 +439,7 @@ def bag_route(bag: str | Path, image_topic: str | None = None, pose_topic: str |
     """Pick the topics a map is built from, each given or the one of its kind the bag holds (images: Image or
     CompressedImage; poses: Odometry first, else a pose or fix topic), with the frames of their first messages."""
     bag = Path(bag)
-    with _open_bag(bag) as reader:
+    with open_bag(bag) as reader:
         types = {c.topic: c.msgtype for c in reader.connections}
         image_topic = image_topic or _only(bag, types, IMAGE_TYPES, "image", "--image-topic")
         if pose_topic is None:

@@ -102,10 +102,10 @@ def load_extrinsic(path: str | Path) -> Extrinsic:
 def extrinsic_from_bag(bag: str | Path, base_frame: str, camera_frame: str) -> Extrinsic | None:
     """base_frame -> camera_frame from a bag's /tf_static (and the first /tf message of each link), or None
     when the bag does not connect the two frames."""
-    from rosbags.highlevel import AnyReader
+    from .bags import open_bag
 
     edges: dict[tuple[str, str], Transform] = {}
-    with AnyReader([Path(bag)]) as reader:
+    with open_bag(bag) as reader:
         conns = [c for c in reader.connections if c.topic in TF_TOPICS and c.msgtype == TF_TYPE]
         if not conns:
             return None

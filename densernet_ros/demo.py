@@ -131,8 +131,9 @@ def replay(bag: Path, proc: subprocess.Popen, rate: float, timeout: float, log: 
     from geometry_msgs.msg import PoseWithCovarianceStamped
     from rclpy.qos import qos_profile_sensor_data
     from diagnostic_msgs.msg import DiagnosticArray
-    from rosbags.highlevel import AnyReader
     from sensor_msgs.msg import Image
+
+    from densernet_core.bags import open_bag
 
     from .harness import SpinningNode
 
@@ -152,7 +153,7 @@ def replay(bag: Path, proc: subprocess.Popen, rate: float, timeout: float, log: 
         player.wait_for_node(proc, pub, "place_recognition/pose", timeout, log)
         time.sleep(1.0)
         frames, last = 0, None  # last: the stamp of the frame published last
-        with AnyReader([bag]) as reader:
+        with open_bag(bag) as reader:
             t0_bag = t0_wall = None
             for conn, t, raw in reader.messages():
                 m = reader.deserialize(raw, conn.msgtype)

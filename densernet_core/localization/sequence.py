@@ -9,13 +9,13 @@ some, else from the stamps (the filter's speed bound), else from the frame count
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..bags import open_bag
 from ..images import ImageError, list_images, message_to_rgb, read_image
 from .belief import Motion
 from ..geometry import Transform, compose, inverse
@@ -113,7 +113,7 @@ def bag_frames(bag: str | Path, image_topic: str) -> Iterator[Frame]:
     """The image topic of a rosbag2, decoded frame by frame, with header stamps."""
     from rosbags.image import compressed_image_to_cvimage
 
-    with _open_bag(bag) as reader:
+    with open_bag(bag) as reader:
         conn = _connection(reader, bag, image_topic, IMAGE_TYPES, "image")
         for k, (c, _, raw) in enumerate(reader.messages(connections=[conn])):
             msg = reader.deserialize(raw, c.msgtype)
@@ -130,7 +130,7 @@ def bag_frames(bag: str | Path, image_topic: str) -> Iterator[Frame]:
 def bag_odometry(bag: str | Path, topic: str, max_gap_s: float) -> OdometryBuffer:
     """All odometry (or pose) messages of a topic, for lookups at image stamps."""
     buffer = OdometryBuffer(max_gap_s, OFFLINE_ODOM_HISTORY_S)
-    with _open_bag(bag) as reader:
+    with open_bag(bag) as reader:
         conn = _connection(reader, bag, topic, ODOMETRY_TYPES, "odometry")
         for c, _, raw in reader.messages(connections=[conn]):
             msg = reader.deserialize(raw, c.msgtype)
@@ -175,24 +175,6 @@ class MotionSource:
 def poses_by_name(data) -> dict[str, Transform]:
     """Per-frame poses (a GeoImages, e.g. a poses CSV of the query run) keyed by file name."""
     return {name: (pos, q) for name, pos, q in zip(data.names, data.positions, data.orientations)}
-
-
-@contextmanager
-def _open_bag(bag: str | Path):
-    from rosbags.highlevel import AnyReader
-
-    bag = Path(bag)
-    if not bag.exists():
-        raise FileNotFoundError(f"rosbag not found: {bag}")
-    reader = AnyReader([bag])
-    try:
-        reader.open()
-    except Exception as exc:  # rosbags raises several error types for foreign or broken folders
-        raise ValueError(f"{bag}: cannot open as a rosbag2: {exc}") from exc
-    try:
-        yield reader
-    finally:
-        reader.close()
 
 
 def _connection(reader, bag, topic: str, kinds: tuple[str, ...], what: str):
