@@ -356,8 +356,13 @@ def load_rosbag(bag: str | Path, image_topic: str, pose_topic: str, out_dir: str
         out_dir.mkdir(parents=True, exist_ok=True)
         pose_conn, img_conn = by_topic[pose_topic], by_topic[image_topic]
         pose_t, pose_p, pose_q, frame = [], [], [], "map"
-        for conn, _, raw in reader.messages(connections=[pose_conn]):
-            msg = reader.deserialize(raw, conn.msgtype)
+        damaged: dict[str, list[str]] = {pose_topic: [], image_topic: []}  # left out, with why
+        for k, (conn, _, raw) in enumerate(reader.messages(connections=[pose_conn])):
+            try:
+                msg = reader.deserialize(raw, conn.msgtype)
+            except Exception as exc:  # damaged bytes (rosbags' own error types)
+                damaged[pose_topic].append(f"{k} ({exc})")
+                continue
             p, q, frame = _pose_of(msg, conn.msgtype)
             pose_t.append(_stamp(msg))
             pose_p.append(p)
@@ -378,7 +383,11 @@ def load_rosbag(bag: str | Path, image_topic: str, pose_topic: str, out_dir: str
         for k, (conn, _, raw) in enumerate(reader.messages(connections=[img_conn])):
             if k % every:
                 continue
-            msg = reader.deserialize(raw, conn.msgtype)
+            try:
+                msg = reader.deserialize(raw, conn.msgtype)
+            except Exception as exc:
+                damaged[image_topic].append(f"{k} ({exc})")
+                continue
             t = _stamp(msg)
             j = int(np.clip(np.searchsorted(pose_t, t), 1, len(pose_t) - 1)) if len(pose_t) > 1 else 0
             if len(pose_t) > 1 and abs(pose_t[j - 1] - t) < abs(pose_t[j] - t):
@@ -390,7 +399,8 @@ def load_rosbag(bag: str | Path, image_topic: str, pose_topic: str, out_dir: str
                 img = compressed_image_to_cvimage(msg, "bgr8") if conn.msgtype.endswith("CompressedImage") \
                     else cv2.cvtColor(message_to_rgb(msg), cv2.COLOR_RGB2BGR)
             except Exception as exc:
-                raise DatasetError(f"{bag}: image {k} on {image_topic} cannot be decoded: {exc}") from exc
+                damaged[image_topic].append(f"{k} ({exc})")
+                continue
             path = out_dir / f"{k:06d}.png"
             cv2.imwrite(str(path), img)
             images.append(path)
@@ -399,6 +409,10 @@ def load_rosbag(bag: str | Path, image_topic: str, pose_topic: str, out_dir: str
             stamps.append(t)
     if unmatched:
         LOG.warning("%s: %d image(s) had no pose within %.3f s and were not used", bag, unmatched, max_dt)
+    for topic, bad in damaged.items():  # a recording cannot be mended as a folder of images can: go on without
+        if bad:
+            LOG.warning("%s: %d message(s) on %s cannot be read or decoded and were left out: %s", bag, len(bad),
+                        topic, ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
     if not images:
         raise DatasetError(f"{bag}: no image on {image_topic!r} has a pose within {max_dt} s")
     return GeoImages(images, np.array(pos), np.array(ori), np.array(stamps), str(bag),
@@ -454,7 +468,10 @@ def bag_route(bag: str | Path, image_topic: str | None = None, pose_topic: str |
         for topic in (image_topic, pose_topic):
             conns = [c for c in reader.connections if c.topic == topic]
             for c, _, raw in reader.messages(connections=conns):
-                first[topic] = reader.deserialize(raw, c.msgtype)
+                try:
+                    first[topic] = reader.deserialize(raw, c.msgtype)
+                except Exception:  # a damaged message: the frames are read from the next one
+                    continue
                 break
     pose_msg = first.get(pose_topic)
     base = getattr(pose_msg, "child_frame_id", "") if pose_msg is not None else ""

@@ -123,3 +123,35 @@ def test_what_is_not_a_recording_is_named(tmp_path):
     bag = killed(tmp_path / "closed", tmp_path / "header_only", 0.0005)  # killed before its first message
     with pytest.raises(BagError, match="holds no complete message"):
         open_bag(bag).__enter__()
+
+
+def test_a_damaged_message_costs_only_itself(tmp_path, caplog):
+    """Bytes that do not deserialize (bit rot, a bad copy) in one image and one odometry message: the frame
+    comes as unreadable in its place, odometry and map building go on without the two (both were a
+    traceback that ended the whole recording)."""
+    import sqlite3
+
+    from densernet_core.localization.sequence import bag_odometry
+
+    images = record(tmp_path / "bag", "SQLITE3")
+    db = next((tmp_path / "bag").glob("*.db3"))
+    with sqlite3.connect(db) as con:
+        topic = dict(con.execute("select name, id from topics").fetchall())
+        rows = {name: [r for (r,) in con.execute("select id from messages where topic_id = ? order by timestamp",
+                                                  (tid,))] for name, tid in topic.items()}
+        con.execute("update messages set data = substr(data, 1, 40) where id = ?", (rows[IMAGE_TOPIC][3],))
+        con.execute("update messages set data = X'00' where id = ?", (rows[ODOM_TOPIC][7],))
+    frames = list(bag_frames(tmp_path / "bag", IMAGE_TOPIC))
+    assert len(frames) == FRAMES and [k for k, f in enumerate(frames) if f.rgb is None] == [3]
+    assert "message 3 on /camera/image_raw is not a readable sensor_msgs/msg/Image" in frames[3].error
+    assert frames[3].stamp == 13.0  # its recording time
+    for k in (2, 4):
+        np.testing.assert_array_equal(frames[k].rgb, images[k])
+    odometry = bag_odometry(tmp_path / "bag", ODOM_TOPIC, 2.0)
+    assert len(odometry) == FRAMES - 1 and "1 message(s) on /odom are not readable" in caplog.text
+    caplog.clear()
+    data = load_rosbag(tmp_path / "bag", IMAGE_TOPIC, ODOM_TOPIC, tmp_path / "frames")
+    kept = [k for k in range(FRAMES) if k not in (3, 7)]  # image 7 has no pose within 0.1 s
+    assert np.allclose(data.positions[:, 0], kept)
+    assert "1 message(s) on /camera/image_raw cannot be read or decoded and were left out: 3 (" in caplog.text
+    assert "1 message(s) on /odom cannot be read" in caplog.text and "1 image(s) had no pose" in caplog.text

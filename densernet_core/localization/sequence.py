@@ -115,9 +115,14 @@ def bag_frames(bag: str | Path, image_topic: str) -> Iterator[Frame]:
 
     with open_bag(bag) as reader:
         conn = _connection(reader, bag, image_topic, IMAGE_TYPES, "image")
-        for k, (c, _, raw) in enumerate(reader.messages(connections=[conn])):
-            msg = reader.deserialize(raw, c.msgtype)
+        for k, (c, t, raw) in enumerate(reader.messages(connections=[conn])):
             name = f"{image_topic}#{k:06d}"
+            try:
+                msg = reader.deserialize(raw, c.msgtype)
+            except Exception as exc:  # damaged bytes: rosbags raises its own error types
+                yield Frame(name, None, t * 1e-9, f"{bag}: message {k} on {image_topic} is not a readable {c.msgtype} "
+                            f"({exc}); stamped with its recording time")
+                continue
             try:
                 rgb = compressed_image_to_cvimage(msg, "rgb8") if c.msgtype.endswith("CompressedImage") \
                     else message_to_rgb(msg)
@@ -132,13 +137,21 @@ def bag_odometry(bag: str | Path, topic: str, max_gap_s: float) -> OdometryBuffe
     buffer = OdometryBuffer(max_gap_s, OFFLINE_ODOM_HISTORY_S)
     with open_bag(bag) as reader:
         conn = _connection(reader, bag, topic, ODOMETRY_TYPES, "odometry")
-        for c, _, raw in reader.messages(connections=[conn]):
-            msg = reader.deserialize(raw, c.msgtype)
+        damaged = []
+        for k, (c, _, raw) in enumerate(reader.messages(connections=[conn])):
+            try:
+                msg = reader.deserialize(raw, c.msgtype)
+            except Exception as exc:  # damaged bytes: the poses either side of it still hold
+                damaged.append(f"{k} ({exc})")
+                continue
             pose = msg.pose.pose if hasattr(msg.pose, "pose") else msg.pose
             p, q = pose.position, pose.orientation
             buffer.add(_stamp(msg), (p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
+    if damaged:
+        LOG.warning("%s: %d message(s) on %s are not readable and were left out: %s", bag, len(damaged), topic,
+                    ", ".join(damaged[:5]) + (" ..." if len(damaged) > 5 else ""))
     if not len(buffer):
-        raise ValueError(f"{bag}: odometry topic {topic!r} has no messages")
+        raise ValueError(f"{bag}: odometry topic {topic!r} has no messages" + (" that can be read" if damaged else ""))
     return buffer
 
 
