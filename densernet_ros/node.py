@@ -36,6 +36,7 @@ activate subscribes and publishes, deactivate stops, cleanup frees.
 from __future__ import annotations
 
 import argparse
+import difflib
 import gc
 import sys
 import threading
@@ -78,6 +79,7 @@ ESTIMATOR = PoseEstimatorConfig()  # the estimator's and the filter's defaults a
 BELIEF = BeliefConfig()
 DIAGNOSTICS_PERIOD_S = 1.0
 WARN_THROTTLE_S = 5.0
+QOS_OVERRIDES = "qos_overrides."  # declared as the subscriptions are made, after the parameters
 # deactivate waits this long for the worker to finish its frame before it says it is still waiting (it then
 # waits on: releasing the model or the publishers under a frame still running in native code can crash).
 WORKER_STOP_WARN_S = 10.0
@@ -277,6 +279,16 @@ class LocalizerCore:
         return self._place_spacing
 
     # ---- set-up ---------------------------------------------------------------------------------
+    def _warn_unknown_parameters(self) -> None:
+        """ROS ignores a parameter file's or -p's value for a name the node does not declare, so a misspelt
+        `fix_mas: 0.5` left the default in force without a word. Named here, with the nearest real name.
+        (rclpy keeps the overrides meant for this node in Node._parameter_overrides, since Foxy.)"""
+        given = getattr(self, "_parameter_overrides", {})
+        for name in sorted(n for n in given if not self.has_parameter(n) and not n.startswith(QOS_OVERRIDES)):
+            near = difflib.get_close_matches(name, PARAMETERS, n=1)
+            self.get_logger().warning(f"parameter {name!r} is set but this node has no such parameter: ignored"
+                                      + (f" (did you mean {near[0]!r}?)" if near else ""))
+
     def _declare_parameters(self) -> NodeSettings:
         values = {}
         for name, (default, text, read_only, rng) in PARAMETERS.items():
@@ -286,6 +298,7 @@ class LocalizerCore:
             elif isinstance(rng, tuple):
                 desc.floating_point_range = [FloatingPointRange(from_value=rng[0], to_value=rng[1], step=0.0)]
             values[name] = self.declare_parameter(name, default, desc).value
+        self._warn_unknown_parameters()
         if not values["map_dir"]:
             raise ConfigError("parameter map_dir is empty: set it to a map folder built by densernet-map")
         if values["device"] not in ("auto", "cpu", "cuda") and not str(values["device"]).startswith("cuda:"):

@@ -389,8 +389,11 @@ def test_installed_console_script_starts_from_any_directory(gp_map, tmp_path):
            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     work = tmp_path / "elsewhere"
     work.mkdir()
+    typo = tmp_path / "typo.yaml"  # a misspelt parameter, which ROS ignores: the node says so
+    typo.write_text("/**:\n  ros__parameters:\n    fix_mas: 0.5\n    use_sim_time: false\n")
     proc = subprocess.Popen([str(script), "--map-dir", str(gp_map / "map"), "--ros-args", "-r", "__ns:=/installed",
-                             *[a for p in PARAMS for a in ("-p", p)]],
+                             *[a for p in PARAMS for a in ("-p", p)], "--params-file", str(typo),
+                             "-p", "zzz_unrelated:=1"],
                             cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
@@ -405,6 +408,9 @@ def test_installed_console_script_starts_from_any_directory(gp_map, tmp_path):
     assert "parameter file not found" not in out
     blas = next(line for line in out.splitlines() if "BLAS threads" in line)  # densernet_core/threads.py
     assert "openblas 1 (" in blas and " 2 (" not in blas, blas
+    assert "parameter 'fix_mas' is set but this node has no such parameter: ignored (did you mean 'fix_mass'?)" in out
+    assert "parameter 'zzz_unrelated' is set but this node has no such parameter: ignored\n" in out.replace("\r", "")
+    assert "'use_sim_time'" not in out and "qos_overrides" not in out
     assert proc.returncode == 0, out
 
 
