@@ -503,6 +503,7 @@ def test_a_large_map_s_places_hold_no_python_object_per_place(tmp_path):
         w.writerow(PLACE_FIELDS)
         for i in range(n):
             image = f"/data/run/{i:07d}.png" if i % 2 else f"images/{i:07d}.png"
+            image = "images/a, b #5.png" if i == 5 else image  # quoted by the writer; '#' is no comment
             w.writerow([i, image, float(i), 0, 0, 0, 0, 0, 1, f"{i:.9f}", "run" if i < n // 2 else "other"])
     gc.collect()
     before = len(gc.get_objects())
@@ -513,3 +514,14 @@ def test_a_large_map_s_places_hold_no_python_object_per_place(tmp_path):
     assert places.names[3] == "0000003.png" and list(places.names[:2]) == ["0000000.png", "0000001.png"]
     assert places.place_sources[0] == "run" and places.place_sources[-1] == "other"
     assert len(places) == n and places.source == "run;other"
+    assert places.images[5] == tmp_path / "images/a, b #5.png" and places.positions[5, 0] == 5.0
+    lines = (tmp_path / "places.csv").read_text().splitlines()
+    lines[7] = lines[7].replace(",6.0,", ",six,")  # line 8 of the file: place 6
+    (tmp_path / "bad.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(MapError, match=r"bad.csv:8: bad row \(could not convert string to float: 'six'\)"):
+        read_places(tmp_path / "bad.csv", tmp_path, "map")
+    lines = (tmp_path / "places.csv").read_text().splitlines()
+    lines[4] = "9" + lines[4][1:]  # place 3 numbered 9
+    (tmp_path / "order.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(MapError, match=r"order.csv:5: bad row \(id 9 out of order\)"):
+        read_places(tmp_path / "order.csv", tmp_path, "map")
