@@ -85,7 +85,7 @@ def _unclosed(bag: Path, exc: Exception):
         return reader
     try:
         reader = UnclosedBag(files)
-    except BagError as inner:
+    except Exception as inner:  # not MCAP, or garbage where a record should be
         raise BagError(f"{bag}: cannot open as a rosbag2: {exc}; read record by record: {inner}") from exc
     if not reader.message_count:
         raise BagError(f"{bag}: cannot open as a rosbag2: {exc}; read record by record it holds no complete message")

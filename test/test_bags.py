@@ -119,6 +119,10 @@ def test_what_is_not_a_recording_is_named(tmp_path):
     (tmp_path / "empty" / "empty_0.mcap").write_bytes(b"")
     with pytest.raises(BagError, match="empty_0.mcap is empty"):
         open_bag(tmp_path / "empty").__enter__()
+    (tmp_path / "garbage").mkdir()  # a schema record of garbage where its name should be
+    (tmp_path / "garbage" / "garbage_0.mcap").write_bytes(b"\x89MCAP0\r\n\x03" + (20).to_bytes(8, "little") + b"\xff" * 20)
+    with pytest.raises(BagError, match="garbage: cannot open as a rosbag2: .*; read record by record: .*codec"):
+        open_bag(tmp_path / "garbage").__enter__()
     record(tmp_path / "closed", "MCAP")
     bag = killed(tmp_path / "closed", tmp_path / "header_only", 0.0005)  # killed before its first message
     with pytest.raises(BagError, match="holds no complete message"):
