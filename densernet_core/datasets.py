@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -47,6 +47,10 @@ class StringColumn(Sequence[str]):
 
     def __iter__(self):
         return (self._item(str(v)) for v in self._values)
+
+    def strings(self) -> Iterator[str]:
+        """The values as plain strings (no Path made per value)."""
+        return (str(v) for v in self._values)
 
     def __add__(self, other: Sequence) -> list:
         return [*self, *other]

@@ -525,3 +525,45 @@ def test_a_large_map_s_places_hold_no_python_object_per_place(tmp_path):
     (tmp_path / "order.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(MapError, match=r"order.csv:5: bad row \(id 9 out of order\)"):
         read_places(tmp_path / "order.csv", tmp_path, "map")
+
+
+def test_places_are_written_as_path_resolve_writes_them(tmp_path):
+    """places.csv without a Path per place: inside the map folder relative, outside absolute, links resolved
+    (a linked folder, a linked file, a path with '..' and one that does not exist) as Path.resolve() does."""
+    import csv
+
+    from densernet_core.datasets import GeoImages
+    from densernet_core.mapping.placemap import read_places, write_places
+
+    folder, data = tmp_path / "map", tmp_path / "data"
+    (folder / "images").mkdir(parents=True)
+    (data / "run").mkdir(parents=True)
+    for p in (folder / "images" / "a.png", data / "run" / "b.png", data / "run" / "c.png"):
+        p.write_bytes(b"x")
+    (tmp_path / "linked_run").symlink_to(data / "run")  # a linked folder
+    (data / "run" / "link.png").symlink_to(folder / "images" / "a.png")  # a file linking into the map
+    (folder / "outside").symlink_to(data / "run")  # a link inside the map pointing out of it
+    images = [folder / "images" / "a.png", data / "run" / "b.png", tmp_path / "linked_run" / "c.png",
+              data / "run" / "link.png", folder / "outside" / "b.png", data / "run" / ".." / "run" / "c.png",
+              data / "missing" / "d.png", Path("relative") / "e.png"]
+    n = len(images)
+    places = GeoImages(images, np.arange(3 * n, dtype=float).reshape(n, 3) / 7, np.tile([0, 0, 0, 1.0], (n, 1)),
+                       np.arange(n) * 0.1, "run", True)
+    write_places(tmp_path / "new.csv", folder, places)
+    with open(tmp_path / "old.csv", "w", newline="") as f:  # what save() wrote before, a Path per place
+        w = csv.writer(f)
+        w.writerow(["id", "image", "x", "y", "z", "qx", "qy", "qz", "qw", "timestamp", "source"])
+        for i in range(n):
+            img = Path(places.images[i]).resolve()
+            try:
+                img = img.relative_to(folder.resolve())
+            except ValueError:
+                pass
+            w.writerow([i, str(img), *places.positions[i], *places.orientations[i], f"{places.timestamps[i]:.9f}",
+                        places.place_sources[i]])
+    assert (tmp_path / "new.csv").read_text() == (tmp_path / "old.csv").read_text()
+    rows = (tmp_path / "new.csv").read_text().splitlines()
+    assert rows[1].split(",")[1] == "images/a.png" and rows[4].split(",")[1] == "images/a.png"  # the link, followed
+    back = read_places(tmp_path / "new.csv", folder, "map")
+    write_places(tmp_path / "again.csv", folder, back)  # read back (one string column) and written again
+    assert (tmp_path / "again.csv").read_text() == (tmp_path / "new.csv").read_text()
