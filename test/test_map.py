@@ -397,6 +397,34 @@ def test_a_corrupt_frame_costs_only_itself(tiny_model, route, ckpt, tmp_path, ca
     assert "fix_mass=1.5" in caplog.text
 
 
+def test_video_stamps_follow_the_container_clock(tmp_path, caplog):
+    """A variable-rate video (a phone's): frame 5 of a 2 Hz MKV shown 200 ms late (its cluster's timecode
+    moved) is stamped 2.7 s, not 2.5 as counting frames gave; names stay consecutive, no warning; `fps`
+    overrides the clock."""
+    import cv2
+
+    from densernet_core.localization.sequence import video_frames
+
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(str(tmp_path / "drive.mkv"), cv2.VideoWriter_fourcc(*"MJPG"), 2.0, (96, 64))
+    for _ in range(10):
+        writer.write(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    writer.release()
+    data = bytearray((tmp_path / "drive.mkv").read_bytes())
+    jpeg = [i for i in range(len(data)) if data.startswith(b"\xff\xd8\xff", i)][5]
+    timecode = data.rindex(b"\xe7", 0, data.rindex(b"\xa3", 0, jpeg))  # frame 5's cluster: E7, size, milliseconds
+    size = data[timecode + 1] & 0x7F
+    value = int.from_bytes(data[timecode + 2:timecode + 2 + size], "big")
+    assert value == 2500
+    data[timecode + 2:timecode + 2 + size] = (value + 200).to_bytes(size, "big")
+    (tmp_path / "vfr.mkv").write_bytes(data)
+    frames = list(video_frames(tmp_path / "vfr.mkv"))
+    assert [f.name for f in frames] == [f"vfr.mkv#{i:06d}" for i in range(10)] and all(f.error is None for f in frames)
+    assert [f.stamp for f in frames] == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.7, 3.0, 3.5, 4.0, 4.5])
+    assert "vfr.mkv" not in caplog.text
+    assert [f.stamp for f in video_frames(tmp_path / "vfr.mkv", fps=4.0)] == pytest.approx([i / 4 for i in range(10)])
+
+
 def test_a_video_cut_short_is_localized_as_far_as_it_goes_and_said(tiny_model, route, ckpt, tmp_path, caplog):
     """densernet-localize over a video: frames named <file>#<index> and stamped from the container's rate.
     Cut off part way (a copy that stopped, a recording whose writer died), OpenCV ends the file quietly;
