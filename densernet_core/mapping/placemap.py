@@ -365,7 +365,8 @@ def read_places(path: Path, folder: Path, frame_id: str, has_orientation: bool =
     interned = np.array([str(v) for v in names], dtype=object)  # one string per traverse, shared by its places
     sources = interned[inverse.reshape(-1)].tolist()
     source = ";".join(str(names[k]) for k in np.argsort(first))
-    return GeoImages(PathColumn(images), numbers[:, 1:4], numbers[:, 4:8], numbers[:, 8], source, has_orientation,
+    columns = [np.ascontiguousarray(numbers[:, a:b]) for a, b in ((1, 4), (4, 8), (8, 9))]  # not views of it all
+    return GeoImages(PathColumn(images), columns[0], columns[1], columns[2].reshape(-1), source, has_orientation,
                      frame_id, place_sources=sources)
 
 
