@@ -150,9 +150,7 @@ class UnclosedBag:
         channels: dict[int, Topic] = {}
         schemas: dict[int, str] = {}
         pos, end = len(MCAP_MAGIC), len(data)
-        while pos < end:
-            if pos + 9 > end:
-                break
+        while pos + 9 <= end:  # a record: opcode, length, body (the file's closing magic is shorter)
             op, length = data[pos], struct.unpack_from("<Q", data, pos + 1)[0]
             body = pos + 9
             complete = body + length <= end
@@ -213,12 +211,13 @@ class UnclosedBag:
             elif op == OP_MESSAGE and len(body) >= 22:
                 cid, _, log_time, _ = struct.unpack_from("<HIQQ", body)
                 if cid in channels:
-                    found.append((log_time, channels[cid], body[22:]))
+                    if count:  # the first pass only counts: no copy of the message's bytes
+                        self.message_count += 1
+                    else:
+                        found.append((log_time, channels[cid], body[22:]))
         if in_chunk:
             found.sort(key=lambda m: m[0])
         for log_time, topic, payload in found:
-            if count:
-                self.message_count += 1
             yield topic, log_time, payload
 
     def _typestore(self):

@@ -71,7 +71,7 @@ def video_frames(p: Path, fps: float | None = None) -> Iterator[Frame]:
     rate = fps or cap.get(cv2.CAP_PROP_FPS) or None
     declared = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
     use_clock, last_clock = fps is None, -1.0
-    index = decoded = rejected = 0
+    index = decoded = 0
     pending: list[int] = []  # failed reads: rejected frames if a frame follows, else the end
     gaps: list[str] = []  # where the clock skips: variable-rate video, or frames the demuxer dropped
     while len(pending) < VIDEO_MAX_FAILED_READS and not (pending and declared and index >= declared):
@@ -83,7 +83,6 @@ def video_frames(p: Path, fps: float | None = None) -> Iterator[Frame]:
         for j in pending:
             yield Frame(f"{p.name}#{j:06d}", None, j / rate if rate else None,
                         f"{p}: frame {j} cannot be decoded (the frames after it are read on)")
-        rejected += len(pending)
         pending = []
         clock = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
         if use_clock and clock <= last_clock:
@@ -100,12 +99,12 @@ def video_frames(p: Path, fps: float | None = None) -> Iterator[Frame]:
     cap.release()
     if decoded == 0:
         yield Frame(p.name, None, None, f"video {p} opened but has no decodable frame")
-    elif decoded + rejected < declared:
+    elif index - len(pending) < declared:  # frames read, decoded or rejected (the failed reads at the end aside)
         # A cut-off file ends in failed reads; a frame the demuxer skips leaves no failed read, so only this
         # count short of the declared one (AVI, MKV keep it in their header) shows it.
         LOG.warning("%s: decoded %d of the %d frames its container declares (cut off or damaged?); frame names "
                     "count the frames read, so after a frame lost without a read error they are early%s%s", p,
-                    decoded + rejected, declared, " (stamps follow the container's clock)" if use_clock else
+                    index - len(pending), declared, " (stamps follow the container's clock)" if use_clock else
                     ", and so are stamps", "; the clock skips before " + ", ".join(gaps) if gaps else "")
 
 

@@ -319,8 +319,9 @@ class PlaceMap:
 
 def write_places(path: Path, folder: Path, places: GeoImages) -> None:
     """places.csv: images inside the map folder travel with it (relative), others keep an absolute path, both
-    resolved as Path.resolve() does. A directory is resolved once for all its images (a Path and a realpath
-    per place took ~70 s at 10^6 places), a file that is itself a link on its own."""
+    resolved as Path.resolve() does. A directory is resolved once for all its images (a Path and a resolve()
+    per place took 145 s at 10^6 places on an AVX2 EPYC, the CPU shared; now 17 s), a file that is itself a
+    link on its own."""
     root = os.path.realpath(folder) + os.sep
     resolved: dict[str, str] = {}
     positions, orientations = places.positions.tolist(), places.orientations.tolist()
@@ -342,7 +343,7 @@ def write_places(path: Path, folder: Path, places: GeoImages) -> None:
 def read_places(path: Path, folder: Path, frame_id: str, has_orientation: bool = True) -> GeoImages:
     """The map's places; their image paths held as one string array (a map may hold 10^6). Parsed by numpy's
     C reader, column by column: row by row (a dict, seven float() calls and a Path per row) this took about
-    20 of the 30 s a 1M-place node needed to start on an AVX2 EPYC (docs/BENCHMARKS.md); now about 4 s."""
+    20 of the 30 s a 1M-place node needed to start on an AVX2 EPYC (docs/BENCHMARKS.md); now about 5 s."""
     with open(path, newline="") as f:
         header = next(csv.reader(f), None)
     if header != PLACE_FIELDS:
