@@ -531,7 +531,8 @@ def test_a_large_map_s_places_hold_no_python_object_per_place(tmp_path):
         w.writerow(PLACE_FIELDS)
         for i in range(n):
             image = f"/data/run/{i:07d}.png" if i % 2 else f"images/{i:07d}.png"
-            image = "images/a, b #5.png" if i == 5 else image  # quoted by the writer; '#' is no comment
+            image = "images/a, b #5.png" if i == 5 else image  # quoted by the writer
+            image = "images/#7.png" if i == 7 else image  # not quoted: '#' is no comment either
             w.writerow([i, image, float(i), 0, 0, 0, 0, 0, 1, f"{i:.9f}", "run" if i < n // 2 else "other"])
     gc.collect()
     before = len(gc.get_objects())
@@ -543,6 +544,7 @@ def test_a_large_map_s_places_hold_no_python_object_per_place(tmp_path):
     assert places.place_sources[0] == "run" and places.place_sources[-1] == "other"
     assert len(places) == n and places.source == "run;other"
     assert places.images[5] == tmp_path / "images/a, b #5.png" and places.positions[5, 0] == 5.0
+    assert places.images[7] == tmp_path / "images/#7.png" and places.positions[7, 0] == 7.0
     lines = (tmp_path / "places.csv").read_text().splitlines()
     lines[7] = lines[7].replace(",6.0,", ",six,")  # line 8 of the file: place 6
     (tmp_path / "bad.csv").write_text("\n".join(lines) + "\n")
