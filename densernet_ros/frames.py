@@ -53,7 +53,8 @@ class RobotFrames:
         self._lock = threading.Lock()  # odometry buffer and the map -> odom message
         self._odom_frame = "odom"  # replaced by the odometry's header.frame_id
         self._odom_sub = self._tf_timer = None
-        stats.update(odometry_msgs=0, tf_updates=0, tf_skipped=0, tf_reason="", motion="", extrinsic_source="")
+        stats.update(odometry_msgs=0, odometry_restarts=0, tf_updates=0, tf_skipped=0, tf_reason="", motion="",
+                     extrinsic_source="")
         self.broadcaster = None
         if settings.publish_tf:
             try:
@@ -132,11 +133,20 @@ class RobotFrames:
         p, q = msg.pose.pose.position, msg.pose.pose.orientation
         try:
             with self._lock:
-                self.odometry.add(seconds(msg.header.stamp), (p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
+                jump = self.odometry.add(seconds(msg.header.stamp), (p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
                 self._odom_frame = msg.header.frame_id or "odom"
+                if jump:  # another run's odom frame: its correction would place this run's robot wrongly
+                    withdrawn, self._map_odom = self._map_odom is not None, None
             self.stats["odometry_msgs"] += 1
         except ValueError as exc:
             self.node.get_logger().warning(f"odometry skipped: {exc}", throttle_duration_sec=WARN_THROTTLE_S)
+            return
+        if jump:
+            self.stats["odometry_restarts"] += 1
+            self.node.get_logger().warning(
+                f"odometry on {self.odom_topic_name} went back {jump:.3f} s in time (a bag played again or looped, a "
+                "simulator reset?): its buffer starts again" + ("; map -> odom withdrawn until the next fix"
+                                                                 if withdrawn else ""))
 
     def odometry_at(self, stamp_s: float) -> Lookup:
         with self._lock:

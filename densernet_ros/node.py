@@ -61,7 +61,7 @@ from visualization_msgs.msg import MarkerArray
 
 from densernet_core.camera import Camera
 from densernet_core.config import ConfigError, heads_note
-from densernet_core.localization.belief import BeliefConfig, Motion
+from densernet_core.localization.belief import BeliefConfig, Motion, motion_between
 from densernet_core.localization.localizer import MODES
 from densernet_core.model.runtime import BACKENDS
 from densernet_core.localization.metric import MetricConfig
@@ -181,7 +181,7 @@ class LocalizerCore:
         """Load the model and the map, make the publishers and services (raises on a start-up failure)."""
         self._load_localizer()
         self.stats = {"processed": 0, "bad_frames": 0, "fixes": 0, "no_fix": 0, "metric_poses": 0, "seeds": 0,
-                      "last_score": 0.0, "last_confidence": 0.0, "last_latency_ms": 0.0, "last_error": ""}
+                      "time_jumps": 0, "last_score": 0.0, "last_confidence": 0.0, "last_latency_ms": 0.0, "last_error": ""}
         self.robot = RobotFrames(self, self.settings, self.localizer.map.extrinsic, self.stats)
         self._filter_lock = threading.Lock()  # the worker steps the belief; the reset service and initialpose set it
         self.pose_pub = self._publisher(PoseWithCovarianceStamped, "place_recognition/pose", 10)
@@ -195,7 +195,7 @@ class LocalizerCore:
                                 self._publisher(MarkerArray, "place_recognition/belief_markers", 1))
         self.reset_srv = self.create_service(Trigger, "place_recognition/reset", self._on_reset)
         self._subs: list = []
-        self._timers: list = []
+        self._core_timers: list = []  # not `_timers`: rclpy's Node keeps its own there (the executor's list)
         self.frames = None
         self.worker = None
 
@@ -224,7 +224,7 @@ class LocalizerCore:
             self.info_sub = self.create_subscription(CameraInfo, s.camera_info_topic, self._on_camera_info, 1)
             self._subs.append(self.info_sub)
         self.robot.start()
-        self._timers = [self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)]
+        self._core_timers = [self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)]
         if self.marker_pubs is not None:
             self.marker_pubs[0].publish(map_markers(self.localizer.map.places.positions, s.map_frame,
                                                     self._spacing(), self.get_clock().now().to_msg()))
@@ -249,9 +249,9 @@ class LocalizerCore:
             self.worker = None
         for sub in self._subs:
             self.destroy_subscription(sub)
-        for timer in self._timers:
+        for timer in self._core_timers:
             self.destroy_timer(timer)
-        self._subs, self._timers = [], []
+        self._subs, self._core_timers = [], []
         self.robot.stop()
 
     def cleanup(self) -> None:
@@ -390,9 +390,13 @@ class LocalizerCore:
     def _motion(self, stamp_s: float) -> Motion:
         """Time since the previous processed frame, and the odometry displacement over it when asked for."""
         prev, self._last_stamp = self._last_stamp, stamp_s
-        if prev is None:
-            return Motion()
-        motion = Motion(dt=max(stamp_s - prev, 0.0))
+        motion = motion_between(prev, stamp_s)
+        if motion.restart:  # the localizer resets the belief
+            self.stats["time_jumps"] += 1
+            self.get_logger().warning(f"image stamps went back {prev - stamp_s:.3f} s in time (a bag played again or "
+                                      "looped, a simulator reset?)" + ("; belief reset" if self.localizer.filter is not None else ""))
+        if motion.dt is None:
+            return motion
         if self.settings.filter_odometry and self.robot.odometry is not None:
             a, b = self.robot.odometry_at(prev), self.robot.odometry_at(stamp_s)
             if a.transform is not None and b.transform is not None:
@@ -533,9 +537,9 @@ class LocalizerCore:
                 values.update(belief_mass=b.mass, belief_effective_places=b.effective_places,
                               belief_entropy=b.entropy)
         if self.robot.odometry is not None:
-            values.update(odometry_msgs=s["odometry_msgs"])
+            values.update(odometry_msgs=s["odometry_msgs"], odometry_restarts=s["odometry_restarts"])
         values.update(base_frame=self.settings.base_frame, extrinsic=s["extrinsic_source"] or "no frame yet",
-                      initial_poses=s["seeds"])
+                      initial_poses=s["seeds"], time_jumps_back=s["time_jumps"])
         if self.settings.publish_tf:
             values.update(map_odom_updates=s["tf_updates"], map_odom_skipped=s["tf_skipped"],
                           map_odom_reason=s["tf_reason"])

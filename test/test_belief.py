@@ -514,3 +514,26 @@ def test_with_odometry_a_mode_held_is_judged_by_the_distance_driven_not_by_the_v
         b.dwell(est, motion, view, OBS.neighbour_similarity)
         there_and_back.append(est)
     assert [e.place_id for e in there_and_back] == [29] * 9 and all(e.fix for e in there_and_back)
+
+
+def test_time_going_back_restarts_the_belief_offline_as_live(caplog):
+    """A recording played twice (or two runs in one bag): stamps going back more than TIME_JUMP_BACK_S
+    restart the belief (Localizer.localize_descriptor resets on `restart`; the node's replay test shows what
+    keeping it cost); a smaller step back is no time passed; unstamped frames stay unknown."""
+    from densernet_core.localization.belief import TIME_JUMP_BACK_S, motion_between
+    from densernet_core.localization.sequence import Frame, MotionSource
+
+    assert motion_between(10.0, 10.5).dt == pytest.approx(0.5) and not motion_between(10.0, 10.5).restart
+    assert motion_between(10.0, 10.0 - TIME_JUMP_BACK_S / 2).dt == 0.0
+    back = motion_between(10.0, 10.0 - 2 * TIME_JUMP_BACK_S)
+    assert back.restart and back.dt is None
+    assert motion_between(None, 3.0).dt is None and not motion_between(3.0, None).restart
+
+    source = MotionSource()
+    stamps = [100.0, 101.0, 102.0, 50.0, 50.5]
+    with caplog.at_level("WARNING", logger="densernet"):
+        motions = [source(Frame(f"f{k}", None, t)) for k, t in enumerate(stamps)]
+    assert [m.restart for m in motions] == [False, False, False, True, False]
+    assert [m.dt for m in motions] == [None, 1.0, 1.0, None, 0.5]
+    assert source.used == {"odometry": 0, "stamps": 3, "frame count": 0, "restarts (time went back)": 1}
+    assert "f3 is stamped 52.000 s before f2: time went back" in caplog.text

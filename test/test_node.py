@@ -158,7 +158,8 @@ def test_camera_outage_turns_diagnostics_warn_and_back(raw_node, gardens_point):
 def test_filtered_night_sequence_beats_single_frame_and_reset_service(gp_map, gardens_point):
     """40 night frames in order, 1 s apart (a walk, 1 frame/s; the map holds every 5th frame): the
     published (filtered) answers fix more frames correctly than the single-frame ones computed beside
-    them; place_recognition/reset clears the belief."""
+    them; place_recognition/reset clears the belief, and so does time going back (the recording played
+    again)."""
     from std_srvs.srv import Trigger
 
     proc = start_node(gp_map / "map", *PARAMS, "mode:=filtered", "max_speed:=6.0", namespace="filter")
@@ -191,6 +192,24 @@ def test_filtered_night_sequence_beats_single_frame_and_reset_service(gp_map, ga
         assert future.result().success and "belief reset" in future.result().message
         client.wait_for(lambda: _diag_value(client, "filter_resets") == "1", 5.0, "diagnostics to count the reset")
         assert float(_diag_value(client, "belief_effective_places")) > 30  # uniform over 40 places
+
+        # The recording played again, now at 10 frames/s, after the belief converged at its end: time goes
+        # back 129 s. A belief kept from frames 130-139 (the code before: no time passed, so no motion) gave
+        # 5 confident fixes 20-30 frames wrong among frames 101-105; reset, none wrong, correct from 105.
+        for k in range(30, 40):
+            end, _ = client.send_and_wait(client.make_msg(frame(gardens_point, "night_right", 100 + k),
+                                                          _stamp(4400 + 10 * k)))
+        assert end["filtered_fix"] == "true" and abs(float(end["filtered_position"].split(",")[0]) - 139) <= 5
+        right = wrong = 0
+        for k in range(10):
+            v, _ = client.send_and_wait(client.make_msg(frame(gardens_point, "night_right", 100 + k), _stamp(3500 + k)))
+            print(f"after the jump back, frame {100 + k}: filtered {v['filtered_fix']} at {v.get('filtered_position')}")
+            if v["filtered_fix"] == "true":
+                near = abs(float(v["filtered_position"].split(",")[0]) - (100 + k)) <= 5
+                right, wrong = right + near, wrong + (not near)
+        assert wrong == 0 and right >= 3, (right, wrong)
+        client.wait_for(lambda: _diag_value(client, "time_jumps_back") == "1", 5.0, "diagnostics to count the jump")
+        assert _diag_value(client, "filter_resets") == "2"
     finally:
         client.close()
         code, out = stop(proc)
@@ -363,7 +382,7 @@ def test_deactivate_waits_for_a_frame_still_running_before_anything_is_released(
         order.append("frame done")
 
     fake = SimpleNamespace(frames=FrameSlot(), worker=threading.Thread(target=slow_frame), _subs=["sub"],
-                           _timers=["timer"], robot=SimpleNamespace(stop=lambda: order.append("robot stopped")),
+                           _core_timers=["timer"], robot=SimpleNamespace(stop=lambda: order.append("robot stopped")),
                            get_logger=lambda: SimpleNamespace(warning=log.append),
                            destroy_subscription=lambda s: order.append("subscription destroyed"),
                            destroy_timer=lambda t: order.append("timer destroyed"))
@@ -501,6 +520,18 @@ def test_map_to_odom_uses_odometry_at_the_image_stamp(gp_map, gardens_point, tmp
         o.x, o.y, o.z, o.w = (float(v) for v in q)
         return m
 
+    def check_correction(i: int, fix, tf):
+        """map -> odom must be fix * odom(stamp)^-1 (odometry at frame i, midway between its two samples)."""
+        odom_mid = compose(inverse(drift), (np.array([float(i), 0, 0]), np.array([0.0, 0, 0, 1])))
+        fix_tf = (np.array([fix.position.x, fix.position.y, fix.position.z]),
+                  np.array([fix.orientation.x, fix.orientation.y, fix.orientation.z, fix.orientation.w]))
+        want_t, want_q = compose(fix_tf, inverse(odom_mid))
+        got_t = np.array([tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z])
+        r = tf.transform.rotation
+        np.testing.assert_allclose(got_t, want_t, atol=1e-6)
+        assert abs(np.dot(want_q, [r.x, r.y, r.z, r.w])) == pytest.approx(1.0, abs=1e-9)
+        return fix_tf, odom_mid, got_t
+
     try:
         client.wait_matched(proc)
         client.wait_for(lambda: odom_pub.get_subscription_count() > 0 and client.node.count_publishers(tf_topic) > 0,
@@ -516,7 +547,12 @@ def test_map_to_odom_uses_odometry_at_the_image_stamp(gp_map, gardens_point, tmp
             if pose is None:
                 continue  # no fix for this frame: nothing to correct
             fix = pose.pose.pose
-            time.sleep(0.3)  # several 20 Hz re-broadcasts: the newest one carries this fix's correction
+            sent = len(tfs) if not real_tf2 else 0
+            # Longer than transform_tolerance (0.5 s): only the re-broadcasts at tf_rate_hz are stamped ahead of
+            # now by then (the node had overwritten rclpy's list of its timers: none was sent between fixes).
+            time.sleep(0.8)
+            if not real_tf2:
+                assert len(tfs) - sent >= 5, f"{len(tfs) - sent} map -> odom broadcasts in 0.8 s at tf_rate_hz 20"
             client.wait_for(lambda: latest_map_odom() is not None, 2.0, "a map -> odom broadcast (diagnostics: "
                             f"odometry_msgs={_diag_value(client, 'odometry_msgs')}, "
                             f"reason={_diag_value(client, 'map_odom_reason')!r})")
@@ -524,14 +560,7 @@ def test_map_to_odom_uses_odometry_at_the_image_stamp(gp_map, gardens_point, tmp
             assert (tf.header.frame_id, tf.child_frame_id) == ("map", "odom")
             ahead = tf.header.stamp.sec + tf.header.stamp.nanosec * 1e-9 - time.time()
             assert 0.0 < ahead <= 0.5  # stamped now + transform_tolerance (0.5 s)
-            odom_mid = compose(inverse(drift), (np.array([float(i), 0, 0]), np.array([0.0, 0, 0, 1])))
-            fix_tf = (np.array([fix.position.x, fix.position.y, fix.position.z]),
-                      np.array([fix.orientation.x, fix.orientation.y, fix.orientation.z, fix.orientation.w]))
-            want_t, want_q = compose(fix_tf, inverse(odom_mid))
-            got_t = np.array([tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z])
-            r = tf.transform.rotation
-            np.testing.assert_allclose(got_t, want_t, atol=1e-6)
-            assert abs(np.dot(want_q, [r.x, r.y, r.z, r.w])) == pytest.approx(1.0, abs=1e-9)
+            fix_tf, odom_mid, got_t = check_correction(i, fix, tf)
             if real_tf2:  # tf2's own chaining: map -> odom (node) then odom -> base_link (odometry) = the fix
                 odom_base = TransformStamped()
                 odom_base.header.stamp, odom_base.header.frame_id, odom_base.child_frame_id = \
@@ -558,6 +587,27 @@ def test_map_to_odom_uses_odometry_at_the_image_stamp(gp_map, gardens_point, tmp
         assert _diag_value(client, "map_odom_updates") == str(len(checked))
         assert _diag_value(client, "map_odom_skipped") == "1"
         assert latest_map_odom().transform.translation.x == last_tf
+
+        # The recording played again: its odometry from the start once more (time back 11 s), in an odom
+        # frame that started again (another drift). The first run's correction is withdrawn; the replay's
+        # fixes correct the new frame. (The code before kept the first run's last 10 s of odometry and pruned
+        # every replayed sample as too old: no correction again for the whole replay.)
+        drift = (np.array([-2.0, 4.0, 0.0]), Rotation.from_euler("z", -20, degrees=True).as_quat())
+        i, stamp = checked[0], _stamp(5000 + checked[0])
+        for dt_ns, dx in ((-50_000_000, -0.1), (50_000_000, 0.1)):
+            odom_pub.publish(odom_at(i + dx, stamp + dt_ns))
+        client.wait_for(lambda: _diag_value(client, "odometry_restarts") == "1", 5, "diagnostics to count the restart")
+        if not real_tf2:  # the stand-in shows every broadcast: none while there is no correction
+            time.sleep(0.3)
+            sent = len(tfs)
+            time.sleep(0.5)  # ten broadcasts at 20 Hz, were it still sent
+            assert len(tfs) == sent, "map -> odom still broadcast after the odometry started again"
+        _, pose = client.send_and_wait(client.make_msg(frame(gardens_point, "day_right", i), stamp))
+        assert pose is not None, f"frame {i} was fixed in the first run"
+        client.wait_for(lambda: _diag_value(client, "map_odom_updates") == str(len(checked) + 1), 5,
+                        f"a correction from the replay (map_odom_reason={_diag_value(client, 'map_odom_reason')!r})")
+        time.sleep(0.3)
+        check_correction(i, pose.pose.pose, latest_map_odom())
     finally:
         client.close()
         code, out = stop(proc)
@@ -571,6 +621,29 @@ def _diag_value(client, key: str, default=None):
             if key in values:
                 return values[key]
     return default
+
+
+def test_node_attributes_do_not_replace_rclpy_ones():
+    """The node is an rclpy Node (or LifecycleNode) subclass: an attribute of ours with the name of one of
+    rclpy's replaces it. `self._timers = [...]` replaced the list rclpy's executor reads its timers from, so
+    the map -> odom re-broadcast timer never ran (found 2026-12-07)."""
+    import inspect
+    import re
+
+    import rclpy.lifecycle
+    import rclpy.node
+
+    from densernet_ros import lifecycle, node
+
+    def assigned(source: str) -> set[str]:
+        return set(re.findall(r"self\.(\w+)\s*(?::[^=\n]+)?=(?!=)", source))
+
+    theirs = (assigned(inspect.getsource(rclpy.node)) | assigned(inspect.getsource(rclpy.lifecycle.node))
+              | set(dir(rclpy.lifecycle.LifecycleNode)))
+    assert {"_timers", "_subscriptions", "timers"} <= theirs  # the scan sees rclpy's own
+    ours = assigned(inspect.getsource(node)) | assigned(inspect.getsource(lifecycle))
+    assert {"stats", "robot", "localizer"} <= ours
+    assert not ours & theirs, f"node attributes that replace rclpy's: {sorted(ours & theirs)}"
 
 
 def test_parameter_file_matches_declared_parameters():

@@ -87,3 +87,30 @@ def test_out_of_order_samples_history_and_bad_quaternions():
         buf.add(5.0, (0, 0, 0), (0, 0, 0, 0))
     with pytest.raises(ValueError, match="must be > 0"):
         OdometryBuffer(0.0, 1.0)
+
+
+def test_time_going_back_starts_a_live_buffer_again_and_a_recording_keeps_both_runs():
+    """A bag played again (or looped, or a simulator reset) sends odometry from its start once more, in an
+    odom frame that started again. Kept in the buffer, those samples were pruned at once as older than the
+    history (the newest was the first run's end): every lookup in the replay failed, so map -> odom was
+    never corrected again."""
+    live = OdometryBuffer(max_gap_s=0.2, history_s=10.0)
+    for i in range(1001):  # the first run: 100 s at 10 Hz, x = 1 m/s
+        assert live.add(i * 0.1, (i * 0.1, 0, 0), (0, 0, 0, 1)) == 0.0
+    assert live.add(99.95, (99.95, 0, 0), (0, 0, 0, 1)) == 0.0  # 50 ms out of order: in place, not a restart
+    jumps = [live.add(i * 0.1, (-i * 0.1, 0, 0), (0, 0, 0, 1)) for i in range(50)]  # the replay: x = -1 m/s
+    assert jumps[0] == pytest.approx(100.0) and not any(jumps[1:])
+    assert len(live) == 50
+    found = live.at(2.05)
+    assert found.reason == "ok"
+    np.testing.assert_allclose(found.transform[0], [-2.05, 0, 0], atol=1e-9)  # the replay's pose, not the first run's
+    assert "after" in live.at(99.0).reason  # the first run's samples are gone
+
+    whole = OdometryBuffer(max_gap_s=0.2, history_s=1e9, restart_on_jump_back=False)  # a recording read whole
+    for i in range(101):
+        whole.add(100 + i * 0.1, (i * 0.1, 0, 0), (0, 0, 0, 1))
+    assert whole.add(0.0, (5.0, 0, 0), (0, 0, 0, 1)) == pytest.approx(110.0)  # reported, kept with the first run
+    whole.add(0.1, (5.1, 0, 0), (0, 0, 0, 1))
+    assert len(whole) == 103
+    np.testing.assert_allclose(whole.at(105.0).transform[0], [5.0, 0, 0], atol=1e-9)
+    np.testing.assert_allclose(whole.at(0.05).transform[0], [5.05, 0, 0], atol=1e-9)

@@ -258,6 +258,8 @@ class Localizer:
         started = time.perf_counter() if started is None else started
         retrieval = self.retrieve(descriptor)
         single, filtered = self.estimate(retrieval), None
+        if motion is not None and motion.restart:  # time went back: another run (belief.motion_between)
+            self.reset()
         if self.filter is not None:
             motion = motion or Motion()
             similarity = self.similarity_to_previous(descriptor)

@@ -27,30 +27,46 @@ class Lookup:
 class OdometryBuffer:
     """Recent odometry poses (odom -> base) by stamp; `at(t)` interpolates between neighbours."""
 
-    def __init__(self, max_gap_s: float, history_s: float) -> None:
+    def __init__(self, max_gap_s: float, history_s: float, restart_on_jump_back: bool = True) -> None:
+        """`restart_on_jump_back`: live, time going back starts the buffer again (`add`); a recording read
+        whole keeps both sides of a jump (each run's images are looked up among its own stamps)."""
         if max_gap_s <= 0 or history_s <= 0:
             raise ValueError(f"odometry buffer: max_gap_s ({max_gap_s}) and history_s ({history_s}) must be > 0")
         self.max_gap_s = max_gap_s
         self.history_s = history_s
+        self.restart_on_jump_back = restart_on_jump_back
         self._stamps: deque[float] = deque()
         self._poses: deque[Transform] = deque()
 
     def __len__(self) -> int:
         return len(self._stamps)
 
-    def add(self, stamp_s: float, translation: np.ndarray, quaternion: np.ndarray) -> None:
-        """Append a sample; out-of-order samples are inserted in place, old ones dropped."""
+    def add(self, stamp_s: float, translation: np.ndarray, quaternion: np.ndarray) -> float:
+        """Append a sample; one a little out of order is inserted in place, old ones dropped.
+
+        A sample stamped more than `max_gap_s` before the newest means time went back (a bag played
+        again or looped, a simulator reset): the jump (seconds, > 0) is returned, otherwise 0, and live
+        the buffer starts again from it, so the caller can drop what it derived from the other run. Kept
+        live, it would have been pruned at once as older than the history, and so would every sample
+        after it until the stamps passed the old ones again: odometry lost for a whole replay."""
         q = np.asarray(quaternion, float)
         norm = np.linalg.norm(q)
         if not np.isfinite(norm) or norm < 1e-9:
             raise ValueError(f"odometry at {stamp_s:.3f} s has an invalid quaternion {q.tolist()}")
         pose = (np.asarray(translation, float), q / norm)
+        jump = self._stamps[-1] - stamp_s if self._stamps else 0.0
+        if jump <= self.max_gap_s:
+            jump = 0.0
+        elif self.restart_on_jump_back:
+            self._stamps.clear()
+            self._poses.clear()
         i = bisect.bisect_right(self._stamps, stamp_s)
         self._stamps.insert(i, stamp_s)
         self._poses.insert(i, pose)
         while self._stamps and self._stamps[-1] - self._stamps[0] > self.history_s:
             self._stamps.popleft()
             self._poses.popleft()
+        return jump
 
     def at(self, stamp_s: float) -> Lookup:
         from scipy.spatial.transform import Rotation, Slerp

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..bags import open_bag
 from ..images import ImageError, list_images, message_to_rgb, read_image
-from .belief import Motion
+from .belief import Motion, motion_between
 from ..geometry import Transform, compose, inverse
 from .odometry import OdometryBuffer
 
@@ -133,10 +133,10 @@ def bag_frames(bag: str | Path, image_topic: str) -> Iterator[Frame]:
 
 def bag_odometry(bag: str | Path, topic: str, max_gap_s: float) -> OdometryBuffer:
     """All odometry (or pose) messages of a topic, for lookups at image stamps."""
-    buffer = OdometryBuffer(max_gap_s, OFFLINE_ODOM_HISTORY_S)
+    buffer = OdometryBuffer(max_gap_s, OFFLINE_ODOM_HISTORY_S, restart_on_jump_back=False)
     with open_bag(bag) as reader:
         conn = _connection(reader, bag, topic, ODOMETRY_TYPES, "odometry")
-        damaged = []
+        damaged, jumps = [], []
         for k, (c, _, raw) in enumerate(reader.messages(connections=[conn])):
             try:
                 msg = reader.deserialize(raw, c.msgtype)
@@ -145,7 +145,12 @@ def bag_odometry(bag: str | Path, topic: str, max_gap_s: float) -> OdometryBuffe
                 continue
             pose = msg.pose.pose if hasattr(msg.pose, "pose") else msg.pose
             p, q = pose.position, pose.orientation
-            buffer.add(_stamp(msg), (p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
+            if jump := buffer.add(_stamp(msg), (p.x, p.y, p.z), (q.x, q.y, q.z, q.w)):
+                jumps.append(f"{k} ({jump:.3f} s back)")
+    if jumps:  # two runs in one recording: each image is still looked up by its own stamp
+        LOG.warning("%s: the stamps on %s go back in time at message(s) %s: two runs in one recording? Where the "
+                    "runs' stamps overlap, odometry between frames may mix them", bag, topic,
+                    ", ".join(jumps[:5]) + (" ..." if len(jumps) > 5 else ""))
     if damaged:
         LOG.warning("%s: %d message(s) on %s are not readable and were left out: %s", bag, len(damaged), topic,
                     ", ".join(damaged[:5]) + (" ..." if len(damaged) > 5 else ""))
@@ -161,20 +166,25 @@ class MotionSource:
     def __init__(self, odometry: OdometryBuffer | None = None, poses: dict[str, Transform] | None = None) -> None:
         self.odometry, self.poses = odometry, poses
         self._prev: Frame | None = None
-        self.used = {"odometry": 0, "stamps": 0, "frame count": 0}
+        self.used = {"odometry": 0, "stamps": 0, "frame count": 0, "restarts (time went back)": 0}
 
     def __call__(self, frame: Frame) -> Motion:
         prev, self._prev = self._prev, frame
         if prev is None:
             return Motion()
-        dt = None if frame.stamp is None or prev.stamp is None else max(frame.stamp - prev.stamp, 0.0)
+        motion = motion_between(prev.stamp, frame.stamp)
+        if motion.restart:
+            self.used["restarts (time went back)"] += 1
+            LOG.warning("%s is stamped %.3f s before %s: time went back (another run?); the belief starts again",
+                        frame.name, prev.stamp - frame.stamp, prev.name)
+            return motion
         a, b = self._pose(prev), self._pose(frame)
         if a is not None and b is not None:
             self.used["odometry"] += 1
-            translation, rotation = compose(inverse(a), b)
-            return Motion(dt, translation, rotation)
-        self.used["stamps" if dt is not None else "frame count"] += 1
-        return Motion(dt)
+            motion.translation, motion.rotation = compose(inverse(a), b)
+            return motion
+        self.used["stamps" if motion.dt is not None else "frame count"] += 1
+        return motion
 
     def _pose(self, frame: Frame) -> Transform | None:
         if self.poses is not None:
