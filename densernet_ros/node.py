@@ -181,7 +181,8 @@ class LocalizerCore:
         """Load the model and the map, make the publishers and services (raises on a start-up failure)."""
         self._load_localizer()
         self.stats = {"processed": 0, "bad_frames": 0, "fixes": 0, "no_fix": 0, "metric_poses": 0, "seeds": 0,
-                      "time_jumps": 0, "last_score": 0.0, "last_confidence": 0.0, "last_latency_ms": 0.0, "last_error": ""}
+                      "time_jumps": 0, "unstamped": 0, "last_score": 0.0, "last_confidence": 0.0,
+                      "last_latency_ms": 0.0, "last_error": ""}
         self.robot = RobotFrames(self, self.settings, self.localizer.map.extrinsic, self.stats)
         self._filter_lock = threading.Lock()  # the worker steps the belief; the reset service and initialpose set it
         self.pose_pub = self._publisher(PoseWithCovarianceStamped, "place_recognition/pose", 10)
@@ -387,7 +388,20 @@ class LocalizerCore:
         self.stats["seeds"] += 1
         self.get_logger().info(f"belief seeded at ({p.x:.2f}, {p.y:.2f}) over {n} places")
 
-    def _motion(self, stamp_s: float) -> Motion:
+    def _stamp_or_none(self, stamp) -> float | None:
+        """The image stamp in seconds; None where the publisher left it at zero (a quick script, a driver on a
+        sim clock that is not running): at its word no time would pass between frames and the belief could
+        not move, so the speed bound is applied per frame (`max_step`) instead, as for unstamped images."""
+        stamp_s = _seconds(stamp)
+        if stamp_s == 0.0:
+            self.stats["unstamped"] += 1
+            self.get_logger().warning("image header.stamp is zero: motion between frames bounded per frame, not per "
+                                      "second; map -> odom and odometry need stamped images",
+                                      throttle_duration_sec=WARN_THROTTLE_S)
+            return None
+        return stamp_s
+
+    def _motion(self, stamp_s: float | None) -> Motion:
         """Time since the previous processed frame, and the odometry displacement over it when asked for."""
         prev, self._last_stamp = self._last_stamp, stamp_s
         motion = motion_between(prev, stamp_s)
@@ -444,7 +458,8 @@ class LocalizerCore:
         desc, features = self.localizer.describe(rgb)
         describe_s = time.perf_counter() - t_describe
         with self._filter_lock:
-            result = self.localizer.localize_descriptor(desc, self._motion(_seconds(stamp)), describe_s, t_describe,
+            result = self.localizer.localize_descriptor(desc, self._motion(self._stamp_or_none(stamp)), describe_s,
+                                                        t_describe,
                                                         features)
         est = result.estimate
         frame = self.settings.map_frame
@@ -539,7 +554,8 @@ class LocalizerCore:
         if self.robot.odometry is not None:
             values.update(odometry_msgs=s["odometry_msgs"], odometry_restarts=s["odometry_restarts"])
         values.update(base_frame=self.settings.base_frame, extrinsic=s["extrinsic_source"] or "no frame yet",
-                      initial_poses=s["seeds"], time_jumps_back=s["time_jumps"])
+                      initial_poses=s["seeds"], time_jumps_back=s["time_jumps"],
+                      unstamped_frames=s["unstamped"])
         if self.settings.publish_tf:
             values.update(map_odom_updates=s["tf_updates"], map_odom_skipped=s["tf_skipped"],
                           map_odom_reason=s["tf_reason"])
