@@ -49,6 +49,48 @@ def open_bag(bag: str | Path) -> Iterator:
         reader.close()
 
 
+@dataclass
+class BagMessage:
+    """One message of a topic: deserialized, or the reason its bytes are not (a bad copy, bit rot)."""
+
+    index: int               # its place among the connections' messages, from 0
+    topic: str
+    msg: object | None       # None where the bytes do not deserialize (`error`)
+    stamp: float             # header stamp (s); the recording time where there is no header, or it is zero
+    recorded: float          # the recording time (s)
+    error: str | None = None
+
+
+def topic_messages(reader, connections: Sequence, bag: str | Path, warn: bool = True,
+                   every: int = 1) -> Iterator[BagMessage]:
+    """The messages of `connections` in recording order, one way for every reader of a bag.
+
+    A damaged message is yielded with its error, not raised (rosbags raises its own error types, which
+    ended map building, localization or the extrinsic lookup there): the caller names and skips it, and
+    the rest still count. A header stamp left at zero (a quick publisher, a driver on a sim clock that was
+    not running) is replaced by the recording time, with a warning: taken as it is, every such message
+    would be one instant, so images would all match one pose, and the filter would see no time pass.
+    `warn` False: a probe of the first messages, read again in full later (warned there). `every`: only
+    each `every`-th message is deserialized and yielded (its index still counts all)."""
+    zero = None
+    for k, (c, t, raw) in enumerate(reader.messages(connections=list(connections))):
+        if k % every:
+            continue
+        recorded = t / 1e9
+        try:
+            msg = reader.deserialize(raw, c.msgtype)
+        except Exception as exc:  # noqa: BLE001 - rosbags' deserializers raise their own error types
+            yield BagMessage(k, c.topic, None, recorded, recorded, f"{type(exc).__name__}: {exc}")
+            continue
+        header = getattr(msg, "header", None)
+        stamp = header.stamp.sec + header.stamp.nanosec * 1e-9 if header is not None else 0.0
+        if header is not None and stamp == 0.0 and zero is None and warn:
+            zero = k
+            LOG.warning("%s: message %d on %s has a zero header stamp: it and any others like it are stamped with "
+                        "their recording time", bag, k, c.topic)
+        yield BagMessage(k, c.topic, msg, stamp or recorded, recorded)
+
+
 def data_files(bag: Path) -> list[Path]:
     """A bag folder's storage files in split order (rosbag2 names them <name>_<k>.<ext>), or the file itself."""
     if bag.is_file():

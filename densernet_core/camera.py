@@ -109,20 +109,25 @@ def load_camera(path: str | Path, image_size: tuple[int, int] | None = None) -> 
 
 def camera_from_bag(bag: str | Path, topic: str) -> Camera:
     """The intrinsics of the first sensor_msgs/CameraInfo on `topic` of a rosbag2 recording."""
-    from .bags import open_bag
+    from .bags import open_bag, topic_messages
 
     bag = Path(bag)
+    damaged = []
     with open_bag(bag) as reader:
         conns = [c for c in reader.connections if c.topic == topic]
         if not conns:
             raise ConfigError(f"{bag}: no topic {topic!r}; topics are {sorted({c.topic for c in reader.connections})}")
         if conns[0].msgtype != "sensor_msgs/msg/CameraInfo":
             raise ConfigError(f"{bag}: camera topic {topic!r} has type {conns[0].msgtype}, expected sensor_msgs/msg/CameraInfo")
-        for conn, _, raw in reader.messages(connections=conns):
-            m = reader.deserialize(raw, conn.msgtype)
+        for message in topic_messages(reader, conns, bag, warn=False):
+            m = message.msg
+            if m is None:  # a damaged message: the intrinsics are in the next one as well
+                damaged.append(f"{message.index} ({message.error})")
+                continue
             return Camera(int(m.width), int(m.height), float(m.k[0]), float(m.k[4]), float(m.k[2]), float(m.k[5]),
                           tuple(float(v) for v in m.d))
-    raise ConfigError(f"{bag}: camera topic {topic!r} has no messages")
+    raise ConfigError(f"{bag}: camera topic {topic!r} has no messages" +
+                      (f" that can be read: {', '.join(damaged[:5])}" if damaged else ""))
 
 
 def world_to_camera(position: np.ndarray, quaternion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

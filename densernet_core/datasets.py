@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .bags import open_bag
+from .bags import open_bag, topic_messages
 from .geometry import quat_to_yaw, rotation_to_quat, yaw_to_quat
 
 LOG = logging.getLogger("densernet")
@@ -326,10 +326,6 @@ POSE_TYPES = ("nav_msgs/msg/Odometry", "geometry_msgs/msg/PoseStamped",
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
 
-def _stamp(msg) -> float:
-    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-
-
 def _check_topics(bag: Path, types: dict[str, str], image_topic: str, pose_topic: str) -> None:
     for topic, kinds, what in ((image_topic, IMAGE_TYPES, "image"), (pose_topic, POSE_TYPES, "pose")):
         if topic not in types:
@@ -361,14 +357,12 @@ def load_rosbag(bag: str | Path, image_topic: str, pose_topic: str, out_dir: str
         pose_conn, img_conn = by_topic[pose_topic], by_topic[image_topic]
         pose_t, pose_p, pose_q, frame = [], [], [], "map"
         damaged: dict[str, list[str]] = {pose_topic: [], image_topic: []}  # left out, with why
-        for k, (conn, _, raw) in enumerate(reader.messages(connections=[pose_conn])):
-            try:
-                msg = reader.deserialize(raw, conn.msgtype)
-            except Exception as exc:  # damaged bytes (rosbags' own error types)
-                damaged[pose_topic].append(f"{k} ({exc})")
+        for m in topic_messages(reader, [pose_conn], bag):
+            if m.msg is None:
+                damaged[pose_topic].append(f"{m.index} ({m.error})")
                 continue
-            p, q, frame = _pose_of(msg, conn.msgtype)
-            pose_t.append(_stamp(msg))
+            p, q, frame = _pose_of(m.msg, pose_conn.msgtype)
+            pose_t.append(m.stamp)
             pose_p.append(p)
             pose_q.append(q if q is not None else IDENTITY_QUAT)
         if not pose_t:
@@ -384,15 +378,11 @@ def load_rosbag(bag: str | Path, image_topic: str, pose_topic: str, out_dir: str
 
         from .images import message_to_rgb
 
-        for k, (conn, _, raw) in enumerate(reader.messages(connections=[img_conn])):
-            if k % every:
+        for m in topic_messages(reader, [img_conn], bag, every=every):
+            k, msg, t = m.index, m.msg, m.stamp
+            if msg is None:
+                damaged[image_topic].append(f"{k} ({m.error})")
                 continue
-            try:
-                msg = reader.deserialize(raw, conn.msgtype)
-            except Exception as exc:
-                damaged[image_topic].append(f"{k} ({exc})")
-                continue
-            t = _stamp(msg)
             j = int(np.clip(np.searchsorted(pose_t, t), 1, len(pose_t) - 1)) if len(pose_t) > 1 else 0
             if len(pose_t) > 1 and abs(pose_t[j - 1] - t) < abs(pose_t[j] - t):
                 j -= 1
@@ -400,7 +390,7 @@ def load_rosbag(bag: str | Path, image_topic: str, pose_topic: str, out_dir: str
                 unmatched += 1
                 continue
             try:
-                img = compressed_image_to_cvimage(msg, "bgr8") if conn.msgtype.endswith("CompressedImage") \
+                img = compressed_image_to_cvimage(msg, "bgr8") if img_conn.msgtype.endswith("CompressedImage") \
                     else cv2.cvtColor(message_to_rgb(msg), cv2.COLOR_RGB2BGR)
             except Exception as exc:
                 damaged[image_topic].append(f"{k} ({exc})")
@@ -471,12 +461,10 @@ def bag_route(bag: str | Path, image_topic: str | None = None, pose_topic: str |
         first = {}
         for topic in (image_topic, pose_topic):
             conns = [c for c in reader.connections if c.topic == topic]
-            for c, _, raw in reader.messages(connections=conns):
-                try:
-                    first[topic] = reader.deserialize(raw, c.msgtype)
-                except Exception:  # a damaged message: the frames are read from the next one
-                    continue
-                break
+            for m in topic_messages(reader, conns, bag, warn=False):
+                if m.msg is not None:  # a damaged message: the frames are read from the next one
+                    first[topic] = m.msg
+                    break
     pose_msg = first.get(pose_topic)
     base = getattr(pose_msg, "child_frame_id", "") if pose_msg is not None else ""
     camera = first[image_topic].header.frame_id if image_topic in first else ""

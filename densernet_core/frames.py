@@ -17,6 +17,7 @@ YAML (`--extrinsic FILE`, node parameter `camera_extrinsic`):
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from scipy.spatial.transform import Rotation
 
 from .config import ConfigError, load_yaml
 from .geometry import Transform, compose, inverse
+
+LOG = logging.getLogger("densernet")
 
 TF_TOPICS = ("/tf_static", "/tf")
 TF_TYPE = "tf2_msgs/msg/TFMessage"
@@ -102,7 +105,7 @@ def load_extrinsic(path: str | Path) -> Extrinsic:
 def extrinsic_from_bag(bag: str | Path, base_frame: str, camera_frame: str) -> Extrinsic | None:
     """base_frame -> camera_frame from a bag's /tf_static (and the first /tf message of each link), or None
     when the bag does not connect the two frames."""
-    from .bags import open_bag
+    from .bags import open_bag, topic_messages
 
     edges: dict[tuple[str, str], Transform] = {}
     with open_bag(bag) as reader:
@@ -110,13 +113,20 @@ def extrinsic_from_bag(bag: str | Path, base_frame: str, camera_frame: str) -> E
         if not conns:
             return None
         static_first = sorted(conns, key=lambda c: TF_TOPICS.index(c.topic))
+        damaged = []
         for conn in static_first:
-            for c, _, raw in reader.messages(connections=[conn]):
-                for tf in reader.deserialize(raw, c.msgtype).transforms:
+            for m in topic_messages(reader, [conn], bag, warn=False):
+                if m.msg is None:  # a damaged message: the links are sent again (static: by every publisher)
+                    damaged.append(f"{conn.topic} {m.index} ({m.error})")
+                    continue
+                for tf in m.msg.transforms:
                     key = (tf.header.frame_id.lstrip("/"), tf.child_frame_id.lstrip("/"))
                     if key not in edges:  # static first; a moving link keeps its first sample
                         tr, q = tf.transform.translation, tf.transform.rotation
                         edges[key] = (np.array([tr.x, tr.y, tr.z]), np.array([q.x, q.y, q.z, q.w]))
+    if damaged:
+        LOG.warning("%s: %d transform message(s) cannot be read and were left out: %s", bag, len(damaged),
+                    ", ".join(damaged[:5]))
     chain = _chain(edges, base_frame.lstrip("/"), camera_frame.lstrip("/"))
     if chain is None:
         return None

@@ -14,9 +14,10 @@ FRAMES = 20
 IMAGE_TOPIC, ODOM_TOPIC = "/camera/image_raw", "/odom"
 
 
-def record(path: Path, storage: str, compress: bool = False) -> list[np.ndarray]:
+def record(path: Path, storage: str, compress: bool = False, stamped: bool = True) -> list[np.ndarray]:
     """A closed recording: FRAMES noise images (240x320, ~230 KB each: rosbags' 1 MiB chunks hold 4) with
-    odometry beside each; returns the images."""
+    odometry beside each, recorded 1 s apart from 10 s (header stamps the same, or zero: `stamped` False);
+    returns the images."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
     from rosbags.typesys import Stores, get_typestore
@@ -32,7 +33,7 @@ def record(path: Path, storage: str, compress: bool = False) -> list[np.ndarray]
         ci = w.add_connection(IMAGE_TOPIC, "sensor_msgs/msg/Image", typestore=ts)
         co = w.add_connection(ODOM_TOPIC, "nav_msgs/msg/Odometry", typestore=ts)
         for k, img in enumerate(images):
-            stamp = T["builtin_interfaces/msg/Time"](sec=10 + k, nanosec=0)
+            stamp = T["builtin_interfaces/msg/Time"](sec=10 + k if stamped else 0, nanosec=0)
             image = T["sensor_msgs/msg/Image"](header=T["std_msgs/msg/Header"](stamp=stamp, frame_id="camera"),
                                                height=240, width=320, encoding="rgb8", is_bigendian=0, step=960,
                                                data=img.reshape(-1))
@@ -159,3 +160,26 @@ def test_a_damaged_message_costs_only_itself(tmp_path, caplog):
     assert np.allclose(data.positions[:, 0], kept)
     assert "1 message(s) on /camera/image_raw cannot be read or decoded and were left out: 3 (" in caplog.text
     assert "1 message(s) on /odom cannot be read" in caplog.text and "1 image(s) had no pose" in caplog.text
+
+
+def test_zero_header_stamps_take_the_recording_time(tmp_path, caplog):
+    """A publisher that leaves header.stamp at zero (a quick script, a driver on a sim clock that was not
+    running). Taken as they were, every image matched the same pose, so a map built from it put all its
+    places at one position, and a localized sequence saw no time pass between frames."""
+    from densernet_core.frames import extrinsic_from_bag
+    from densernet_core.localization.sequence import bag_odometry
+
+    images = record(tmp_path / "bag", "MCAP", stamped=False)
+    frames = list(bag_frames(tmp_path / "bag", IMAGE_TOPIC))
+    assert [f.stamp for f in frames] == [10.0 + k for k in range(FRAMES)]
+    np.testing.assert_array_equal(frames[5].rgb, images[5])
+    assert "message 0 on /camera/image_raw has a zero header stamp: it and any others like it are stamped with " \
+           "their recording time" in caplog.text
+    caplog.clear()
+    data = load_rosbag(tmp_path / "bag", IMAGE_TOPIC, ODOM_TOPIC, tmp_path / "frames")
+    np.testing.assert_allclose(data.positions[:, 0], np.arange(FRAMES))  # each image its own pose
+    np.testing.assert_allclose(data.timestamps, 10.0 + np.arange(FRAMES))
+    assert "message 0 on /odom has a zero header stamp" in caplog.text
+    found = bag_odometry(tmp_path / "bag", ODOM_TOPIC, 2.0).at(14.5)
+    np.testing.assert_allclose(found.transform[0], [4.5, 0, 0])
+    assert extrinsic_from_bag(tmp_path / "bag", "base_link", "camera") is None  # no /tf: read, not raised

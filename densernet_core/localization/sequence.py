@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..bags import open_bag
+from ..bags import open_bag, topic_messages
 from ..images import ImageError, list_images, message_to_rgb, read_image
 from .belief import Motion, motion_between
 from ..geometry import Transform, compose, inverse
@@ -109,26 +109,24 @@ def video_frames(p: Path, fps: float | None = None) -> Iterator[Frame]:
 
 
 def bag_frames(bag: str | Path, image_topic: str) -> Iterator[Frame]:
-    """The image topic of a rosbag2, decoded frame by frame, with header stamps."""
+    """The image topic of a rosbag2, decoded frame by frame, with header stamps (bags.topic_messages)."""
     from rosbags.image import compressed_image_to_cvimage
 
     with open_bag(bag) as reader:
         conn = _connection(reader, bag, image_topic, IMAGE_TYPES, "image")
-        for k, (c, t, raw) in enumerate(reader.messages(connections=[conn])):
-            name = f"{image_topic}#{k:06d}"
-            try:
-                msg = reader.deserialize(raw, c.msgtype)
-            except Exception as exc:  # damaged bytes: rosbags raises its own error types
-                yield Frame(name, None, t * 1e-9, f"{bag}: message {k} on {image_topic} is not a readable {c.msgtype} "
-                            f"({exc}); stamped with its recording time")
+        for m in topic_messages(reader, [conn], bag):
+            name = f"{image_topic}#{m.index:06d}"
+            if m.msg is None:
+                yield Frame(name, None, m.stamp, f"{bag}: message {m.index} on {image_topic} is not a readable "
+                            f"{conn.msgtype} ({m.error}); stamped with its recording time")
                 continue
             try:
-                rgb = compressed_image_to_cvimage(msg, "rgb8") if c.msgtype.endswith("CompressedImage") \
-                    else message_to_rgb(msg)
+                rgb = compressed_image_to_cvimage(m.msg, "rgb8") if conn.msgtype.endswith("CompressedImage") \
+                    else message_to_rgb(m.msg)
             except Exception as exc:  # rosbags-image raises its own error types
-                yield Frame(name, None, _stamp(msg), f"{bag}: image {k} on {image_topic} cannot be decoded: {exc}")
+                yield Frame(name, None, m.stamp, f"{bag}: image {m.index} on {image_topic} cannot be decoded: {exc}")
                 continue
-            yield Frame(name, np.ascontiguousarray(rgb), _stamp(msg))
+            yield Frame(name, np.ascontiguousarray(rgb), m.stamp)
 
 
 def bag_odometry(bag: str | Path, topic: str, max_gap_s: float) -> OdometryBuffer:
@@ -137,16 +135,14 @@ def bag_odometry(bag: str | Path, topic: str, max_gap_s: float) -> OdometryBuffe
     with open_bag(bag) as reader:
         conn = _connection(reader, bag, topic, ODOMETRY_TYPES, "odometry")
         damaged, jumps = [], []
-        for k, (c, _, raw) in enumerate(reader.messages(connections=[conn])):
-            try:
-                msg = reader.deserialize(raw, c.msgtype)
-            except Exception as exc:  # damaged bytes: the poses either side of it still hold
-                damaged.append(f"{k} ({exc})")
+        for m in topic_messages(reader, [conn], bag):
+            if m.msg is None:  # damaged bytes: the poses either side of it still hold
+                damaged.append(f"{m.index} ({m.error})")
                 continue
-            pose = msg.pose.pose if hasattr(msg.pose, "pose") else msg.pose
+            pose = m.msg.pose.pose if hasattr(m.msg.pose, "pose") else m.msg.pose
             p, q = pose.position, pose.orientation
-            if jump := buffer.add(_stamp(msg), (p.x, p.y, p.z), (q.x, q.y, q.z, q.w)):
-                jumps.append(f"{k} ({jump:.3f} s back)")
+            if jump := buffer.add(m.stamp, (p.x, p.y, p.z), (q.x, q.y, q.z, q.w)):
+                jumps.append(f"{m.index} ({jump:.3f} s back)")
     if jumps:  # two runs in one recording: each image is still looked up by its own stamp
         LOG.warning("%s: the stamps on %s go back in time at message(s) %s: two runs in one recording? Where the "
                     "runs' stamps overlap, odometry between frames may mix them", bag, topic,
@@ -207,6 +203,3 @@ def _connection(reader, bag, topic: str, kinds: tuple[str, ...], what: str):
         raise ValueError(f"{bag}: {what} topic {topic!r} has type {by_topic[topic].msgtype}, expected one of {kinds}")
     return by_topic[topic]
 
-
-def _stamp(msg) -> float:
-    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
