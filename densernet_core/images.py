@@ -135,7 +135,16 @@ def list_images(items: Iterable[str | Path]) -> list[Path]:
 # ---- raw camera messages (sensor_msgs/Image fields, from rclpy or rosbags alike) -------------------------------
 # encoding -> (channels, bytes per channel)
 RAW_ENCODINGS = {"rgb8": (3, 1), "bgr8": (3, 1), "mono8": (1, 1), "rgba8": (4, 1), "bgra8": (4, 1),
-                 "mono16": (1, 2), "16UC1": (1, 2), "8UC1": (1, 1), "8UC3": (3, 1)}
+                 "mono16": (1, 2), "16UC1": (1, 2), "8UC1": (1, 1), "8UC3": (3, 1),
+                 "yuv422": (2, 1), "yuv422_yuy2": (2, 1),
+                 **{f"bayer_{p}{bits}": (1, bits // 8) for p in ("rggb", "bggr", "gbrg", "grbg") for bits in (8, 16)}}
+# What cameras send without a debayer or colour conversion in between (image_proc, a driver's own option):
+# packed 4:2:2 YUV (usb_cam's yuyv pixel format: yuv422_yuy2, YUYV; yuv422 is UYVY) and Bayer mosaics
+# (machine-vision drivers), converted as cv_bridge does. The Bayer codes are cv_bridge's too: OpenCV names a
+# pattern by the second row's second and third pixels, ROS by the first 2x2 block read row by row.
+YUV422_TO_RGB = {"yuv422": cv2.COLOR_YUV2RGB_UYVY, "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUYV}
+BAYER_TO_BGR = {"rggb": cv2.COLOR_BayerBG2BGR, "bggr": cv2.COLOR_BayerRG2BGR, "gbrg": cv2.COLOR_BayerGR2BGR,
+                "grbg": cv2.COLOR_BayerGB2BGR}
 
 
 def check_raw_image(msg) -> None:
@@ -170,7 +179,16 @@ BGR_ENCODINGS = ("bgr8", "bgra8", "8UC3")  # OpenCV's channel order
 
 
 def raw_to_rgb(img: np.ndarray, encoding: str) -> np.ndarray:
-    """A decoded raw image as RGB uint8 (16-bit: the high byte; grey: replicated; alpha dropped)."""
+    """A decoded raw image as RGB uint8 (16-bit: the high byte; grey: replicated; alpha dropped; YUV 4:2:2
+    converted; Bayer demosaiced)."""
+    if encoding in YUV422_TO_RGB:
+        if img.shape[1] % 2:
+            raise ImageError(f"{encoding} needs an even width (two pixels share one U and V), got {img.shape[1]}")
+        return cv2.cvtColor(np.ascontiguousarray(img), YUV422_TO_RGB[encoding])
+    if encoding.startswith("bayer_"):
+        if min(img.shape[:2]) < 2:
+            raise ImageError(f"{encoding} needs at least 2x2 pixels (one Bayer block), got {img.shape[1]}x{img.shape[0]}")
+        return to_rgb_uint8(cv2.cvtColor(np.ascontiguousarray(img), BAYER_TO_BGR[encoding[6:10]]), "bgr")
     return to_rgb_uint8(img, "bgr" if encoding in BGR_ENCODINGS else "rgb")
 
 

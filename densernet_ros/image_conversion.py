@@ -30,9 +30,9 @@ def image_to_rgb(msg) -> np.ndarray:
         check_raw_image(msg)
         img = _BRIDGE.imgmsg_to_cv2(msg, desired_encoding="passthrough") if _BRIDGE is not None \
             else raw_image_array(msg)
+        return raw_to_rgb(np.asarray(img), msg.encoding)
     except ImageError as exc:
         raise FrameError(str(exc)) from exc
-    return raw_to_rgb(np.asarray(img), msg.encoding)
 
 
 def compressed_to_rgb(msg) -> np.ndarray:

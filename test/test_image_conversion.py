@@ -41,6 +41,56 @@ def test_every_encoding_with_padded_rows_and_either_byte_order(encoding, pixels,
     np.testing.assert_array_equal(message_to_rgb(message(pixels, encoding, pad=0, bigendian=bigendian)), want)
 
 
+def _yuv422(y: np.ndarray, u: np.ndarray, v: np.ndarray, order: str) -> np.ndarray:
+    """H x W x 2 bytes as a driver packs 4:2:2: each pixel pair shares one U and one V (YUYV or UYVY)."""
+    h, w = y.shape
+    out = np.empty((h, w, 2), np.uint8)
+    chroma = np.empty((h, w), np.uint8)
+    chroma[:, 0::2], chroma[:, 1::2] = u, v
+    if order == "YUYV":
+        out[..., 0], out[..., 1] = y, chroma
+    else:
+        out[..., 0], out[..., 1] = chroma, y
+    return out
+
+
+@pytest.mark.parametrize("encoding,order", [("yuv422_yuy2", "YUYV"), ("yuv422", "UYVY")])
+def test_yuv422_as_usb_cameras_send_it(encoding, order):
+    """Against BT.601 limited range written out here (not OpenCV's encoder), with padded rows."""
+    rng = np.random.default_rng(3)
+    h, w = 4, 6
+    y = rng.integers(16, 236, (h, w)).astype(np.uint8)
+    u, v = (rng.integers(16, 241, (h, w // 2)).astype(np.uint8) for _ in range(2))
+    got = message_to_rgb(message(_yuv422(y, u, v, order), encoding))
+    yf, uf, vf = y - 16.0, np.repeat(u, 2, axis=1) - 128.0, np.repeat(v, 2, axis=1) - 128.0
+    want = np.stack([1.164 * yf + 1.596 * vf, 1.164 * yf - 0.392 * uf - 0.813 * vf, 1.164 * yf + 2.017 * uf], axis=2)
+    assert got.shape == (h, w, 3)
+    assert np.abs(got.astype(float) - np.clip(want, 0, 255)).max() <= 2
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_bayer_mosaics_are_demosaiced_with_the_pattern_ros_names(pattern, bits):
+    """ROS names a Bayer pattern by its first 2x2 block read row by row (bayer_rggb8: R G / G B). A smooth
+    colour ramp is sampled that way; demosaiced, each pixel keeps the colour it sampled (away from the edge,
+    where OpenCV extrapolates), and the others stay near the ramp: a pattern taken for another swaps R and B."""
+    h, w = 10, 12
+    yy, xx = np.mgrid[0:h, 0:w]
+    ramp = np.stack([40 + 8 * xx, 60 + 6 * yy, 200 - 7 * xx], axis=2).astype(np.uint8)  # RGB
+    channel = {"r": 0, "g": 1, "b": 2}
+    site = np.empty((h, w), int)
+    for k, ch in enumerate(pattern):
+        site[k // 2::2, k % 2::2] = channel[ch]
+    mosaic = np.take_along_axis(ramp, site[..., None], axis=2)[..., 0]
+    if bits == 16:
+        mosaic = mosaic.astype(np.uint16) << 8 | 0x55  # the low byte is dropped
+    got = message_to_rgb(message(mosaic, f"bayer_{pattern}{bits}", bigendian=bits == 16))
+    inner = (slice(2, h - 2), slice(2, w - 2))
+    kept = np.take_along_axis(got, site[..., None], axis=2)[..., 0]
+    np.testing.assert_array_equal(kept[inner], np.take_along_axis(ramp, site[..., None], axis=2)[..., 0][inner])
+    assert np.abs(got[inner].astype(int) - ramp[inner]).max() <= 8
+
+
 def test_the_issue_example_row_two_starts_where_the_step_says():
     """rgb8, 5 px wide, step 20: the second row's first pixel is its own, not the first row's padding."""
     pixels = np.zeros((2, 5, 3), np.uint8)
@@ -57,11 +107,13 @@ def test_node_converter_honours_step_and_byte_order():
     np.testing.assert_array_equal(image_to_rgb(message(RGB, "rgb8")), RGB)
     np.testing.assert_array_equal(image_to_rgb(message(DEEP, "mono16", bigendian=True))[:, :, 0],
                                   (DEEP >> 8).astype(np.uint8))
-    with pytest.raises(FrameError, match="unsupported encoding 'yuv422'"):
-        image_to_rgb(SimpleNamespace(encoding="yuv422", width=2, height=2, step=4, is_bigendian=0, data=b"0" * 8))
+    with pytest.raises(FrameError, match="unsupported encoding '32FC1'"):  # a depth image on the camera topic
+        image_to_rgb(SimpleNamespace(encoding="32FC1", width=2, height=2, step=8, is_bigendian=0, data=b"0" * 16))
+    with pytest.raises(FrameError, match="yuv422_yuy2 needs an even width"):
+        image_to_rgb(message(np.zeros((2, 3, 2), np.uint8), "yuv422_yuy2"))
 
 
-@pytest.mark.parametrize("field,value,match", [("encoding", "bayer_rggb8", "unsupported encoding"),
+@pytest.mark.parametrize("field,value,match", [("encoding", "32FC1", "unsupported encoding"),
                                                ("step", 4, "step 4 too small"), ("width", 0, "empty image"),
                                                ("data", b"\0" * 10, "truncated image data")])
 def test_unreadable_frames_are_refused_by_name(field, value, match):
