@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .config import ConfigError
+from .listing import first_few
 
 DISTORTION_LENGTHS = (0, 4, 5, 8, 12, 14)  # the coefficient counts OpenCV accepts
 
@@ -127,7 +128,7 @@ def camera_from_bag(bag: str | Path, topic: str) -> Camera:
             return Camera(int(m.width), int(m.height), float(m.k[0]), float(m.k[4]), float(m.k[2]), float(m.k[5]),
                           tuple(float(v) for v in m.d))
     raise ConfigError(f"{bag}: camera topic {topic!r} has no messages" +
-                      (f" that can be read: {', '.join(damaged[:5])}" if damaged else ""))
+                      (f" that can be read: {first_few(damaged)}" if damaged else ""))
 
 
 def world_to_camera(position: np.ndarray, quaternion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ import numpy as np
 
 from .config import BRANCH_INITS, MIN_IMAGES_PER_PCA_DIM, PRESETS, WEIGHT_SOURCES
 from .images import list_images
+from .listing import first_few
 
 LOG = logging.getLogger("densernet")
 
@@ -113,7 +114,7 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     print(f"{desc.shape[0]} descriptors of dimension {desc.shape[1]} -> {args.out} (image list: {names})")
     if unreadable:
         LOG.error("%d of %d images could not be decoded and are not in %s (its rows follow %s): %s", len(unreadable),
-                  len(images), args.out, names, ", ".join(map(str, unreadable[:10])) + (" ..." if len(unreadable) > 10 else ""))
+                  len(images), args.out, names, first_few(unreadable, 10))
         return 1
     return 0
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from .bags import open_bag, topic_messages
 from .geometry import quat_to_yaw, rotation_to_quat, yaw_to_quat
+from .listing import first_few
 
 LOG = logging.getLogger("densernet")
 IDENTITY_QUAT = (0.0, 0.0, 0.0, 1.0)  # x, y, z, w
@@ -406,7 +407,7 @@ def load_rosbag(bag: str | Path, image_topic: str, pose_topic: str, out_dir: str
     for topic, bad in damaged.items():  # a recording cannot be mended as a folder of images can: go on without
         if bad:
             LOG.warning("%s: %d message(s) on %s cannot be read or decoded and were left out: %s", bag, len(bad),
-                        topic, ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+                        topic, first_few(bad))
     if not images:
         raise DatasetError(f"{bag}: no image on {image_topic!r} has a pose within {max_dt} s")
     return GeoImages(images, np.array(pos), np.array(ori), np.array(stamps), str(bag),

@@ -29,6 +29,7 @@ from scipy.spatial.transform import Rotation
 
 from .config import ConfigError, load_yaml
 from .geometry import Transform, compose, inverse
+from .listing import first_few
 
 LOG = logging.getLogger("densernet")
 
@@ -126,7 +127,7 @@ def extrinsic_from_bag(bag: str | Path, base_frame: str, camera_frame: str) -> E
                         edges[key] = (np.array([tr.x, tr.y, tr.z]), np.array([q.x, q.y, q.z, q.w]))
     if damaged:
         LOG.warning("%s: %d transform message(s) cannot be read and were left out: %s", bag, len(damaged),
-                    ", ".join(damaged[:5]))
+                    first_few(damaged))
     chain = _chain(edges, base_frame.lstrip("/"), camera_frame.lstrip("/"))
     if chain is None:
         return None

@@ -66,3 +66,11 @@ def test_dependent_settings_name_both_sides():
         BeliefConfig(out_of_map=True, observation="relative")
     with pytest.raises(ConfigError, match=r"exclusion_spacings"):
         ObservationConfig(exclusion_spacings=ObservationConfig().positive_spacings)
+
+
+def test_long_lists_in_messages_say_how_many_more():
+    from densernet_core.listing import first_few
+
+    assert first_few(range(3)) == "0, 1, 2"
+    assert first_few(range(12)) == "0, 1, 2, 3, 4 and 7 more"
+    assert first_few(["a"] * 11, 10).endswith("a and 1 more") and first_few([]) == ""

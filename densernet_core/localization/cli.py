@@ -16,6 +16,7 @@ import numpy as np
 
 from ..cli import add_backend_args, run_cli, setup_logging
 from ..images import ImageError, list_images
+from ..listing import first_few
 from ..threads import limit_blas_for_frames
 from .belief import BeliefConfig
 from .pose import CONFIDENCES, PoseEstimatorConfig
@@ -160,7 +161,7 @@ def _cmd(args: argparse.Namespace) -> int:
     if unreadable:
         LOG.error("%d of %d frames could not be decoded and have no answer (rows with reason 'unreadable'%s): %s",
                   len(unreadable), answered + len(unreadable), f" in {args.out}" if args.out else "",
-                  ", ".join(unreadable[:10]) + (" ..." if len(unreadable) > 10 else ""))
+                  first_few(unreadable, 10))
         return 1
     return 0
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..bags import open_bag, topic_messages
 from ..images import ImageError, list_images, message_to_rgb, read_image
+from ..listing import first_few
 from .belief import Motion, motion_between
 from ..geometry import Transform, compose, inverse
 from .odometry import OdometryBuffer
@@ -146,10 +147,10 @@ def bag_odometry(bag: str | Path, topic: str, max_gap_s: float) -> OdometryBuffe
     if jumps:  # two runs in one recording: each image is still looked up by its own stamp
         LOG.warning("%s: the stamps on %s go back in time at message(s) %s: two runs in one recording? Where the "
                     "runs' stamps overlap, odometry between frames may mix them", bag, topic,
-                    ", ".join(jumps[:5]) + (" ..." if len(jumps) > 5 else ""))
+                    first_few(jumps))
     if damaged:
         LOG.warning("%s: %d message(s) on %s are not readable and were left out: %s", bag, len(damaged), topic,
-                    ", ".join(damaged[:5]) + (" ..." if len(damaged) > 5 else ""))
+                    first_few(damaged))
     if not len(buffer):
         raise ValueError(f"{bag}: odometry topic {topic!r} has no messages" + (" that can be read" if damaged else ""))
     return buffer

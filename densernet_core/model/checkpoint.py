@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 
 from ..tensor_files import write_safetensors
+from ..listing import first_few
 from ..config import PREPROCESSINGS, PRESETS, ConfigError, ModelConfig, model_config_from_json
 from .network import DenserNet, resolve_device
 from .pca import PCAWhitening
@@ -63,8 +64,8 @@ def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], netvla
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"{where}: does not match its config: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                              f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        raise CheckpointError(f"{where}: does not match its config: missing [{first_few(missing)}], "
+                              f"unexpected [{first_few(unexpected)}]")
     for key, tensor in expected.items():
         if tuple(state[key].shape) != tuple(tensor.shape):
             raise CheckpointError(f"{where}: tensor {key} has shape {tuple(state[key].shape)}, "
