@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -91,6 +92,7 @@ class GeoImages:
     frame_id: str = "map"
     names: Sequence[str] = field(default_factory=list)
     place_sources: list[str] = field(default_factory=list)  # per image: the traverse it came from
+    utm_zone: str = ""  # positions are UTM in this zone ('32N') where they came as lat/lon; "" otherwise
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -110,24 +112,41 @@ class GeoImages:
         idx = list(idx)
         return GeoImages([self.images[i] for i in idx], self.positions[idx], self.orientations[idx],
                          self.timestamps[idx], self.source, self.has_orientation, self.frame_id,
-                         [self.names[i] for i in idx], [self.place_sources[i] for i in idx])
+                         [self.names[i] for i in idx], [self.place_sources[i] for i in idx], self.utm_zone)
 
 
-def latlon_to_utm(lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """WGS84 to UTM easting/northing (m) in the zone of the first point (Snyder's series)."""
+UTM_ZONE = re.compile(r"([1-9]|[1-5][0-9]|60)([NS])")
+
+
+def utm_zone_of(lat: float, lon: float) -> str:
+    """The UTM zone of a point, with its hemisphere: '32N', '55S'."""
+    return f"{int((lon + 180) // 6) % 60 + 1}{'S' if lat < 0 else 'N'}"
+
+
+def latlon_to_utm(lat: np.ndarray, lon: np.ndarray, zone: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """WGS84 to UTM easting/northing (m) in one `zone` ('32N'; by default the first point's), Snyder's series.
+
+    One zone and one hemisphere for every point and every file of a map (the map records it): a route across
+    a zone's edge or the equator stays continuous, and a traverse added later, or ground truth, lands where
+    the map's places are. (Each file's own first point chose before: a traverse starting over a zone's
+    edge was put hundreds of km from the map, and each point's hemisphere 10,000 km at the equator.)"""
     lat, lon = np.asarray(lat, float), np.asarray(lon, float)
     if np.any(np.abs(lat) > 84) or np.any(np.abs(lon) > 180):
         raise DatasetError("latitude must be within +-84 and longitude within +-180 degrees for UTM")
-    zone = int((lon[0] + 180) // 6) + 1
+    zone = zone or utm_zone_of(float(lat[0]), float(lon[0]))
+    parsed = UTM_ZONE.fullmatch(zone)
+    if parsed is None:
+        raise DatasetError(f"UTM zone {zone!r} is not a zone number 1-60 and N or S, like '32N'")
+    number, south = int(parsed.group(1)), parsed.group(2) == "S"
     a, f, k0 = 6378137.0, 1 / 298.257223563, 0.9996
     e2 = f * (2 - f)
     ep2 = e2 / (1 - e2)
-    phi, lam = np.radians(lat), np.radians(lon)
-    lam0 = math.radians((zone - 1) * 6 - 180 + 3)
+    phi = np.radians(lat)
+    lam = np.radians((lon - ((number - 1) * 6 - 180 + 3) + 180) % 360 - 180)  # from the zone's meridian
     n = a / np.sqrt(1 - e2 * np.sin(phi) ** 2)
     t = np.tan(phi) ** 2
     c = ep2 * np.cos(phi) ** 2
-    aa = np.cos(phi) * (lam - lam0)
+    aa = np.cos(phi) * lam
     m = a * ((1 - e2 / 4 - 3 * e2 ** 2 / 64 - 5 * e2 ** 3 / 256) * phi
              - (3 * e2 / 8 + 3 * e2 ** 2 / 32 + 45 * e2 ** 3 / 1024) * np.sin(2 * phi)
              + (15 * e2 ** 2 / 256 + 45 * e2 ** 3 / 1024) * np.sin(4 * phi)
@@ -135,8 +154,7 @@ def latlon_to_utm(lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndar
     east = k0 * n * (aa + (1 - t + c) * aa ** 3 / 6 + (5 - 18 * t + t ** 2 + 72 * c - 58 * ep2) * aa ** 5 / 120) + 500000.0
     north = k0 * (m + n * np.tan(phi) * (aa ** 2 / 2 + (5 - t + 9 * c + 4 * c ** 2) * aa ** 4 / 24
                                          + (61 - 58 * t + t ** 2 + 600 * c - 330 * ep2) * aa ** 6 / 720))
-    north = np.where(lat < 0, north + 10000000.0, north)
-    return east, north, zone
+    return east, north + (10000000.0 if south else 0.0), zone
 
 
 # ---- loaders ----------------------------------------------------------------------------------
@@ -151,8 +169,9 @@ def _float(row: dict, key: str, where: str) -> float:
 
 
 def load_csv(csv_path: str | Path, image_root: str | Path | None = None, skip_bad: bool = False,
-             frame_id: str = "map", require_images: bool = True) -> GeoImages:
-    """`image,x,y[,z][,yaw | qx,qy,qz,qw][,timestamp]` or `image,lat,lon[,alt]...` (converted to UTM).
+             frame_id: str = "map", require_images: bool = True, utm_zone: str | None = None) -> GeoImages:
+    """`image,x,y[,z][,yaw | qx,qy,qz,qw][,timestamp]` or `image,lat,lon[,alt]...` (converted to UTM, in
+    `utm_zone` where given: the map's, for a traverse added to it or its ground truth).
 
     `require_images=False` reads positions only (ground truth for images that live elsewhere)."""
     csv_path = Path(csv_path)
@@ -199,12 +218,13 @@ def load_csv(csv_path: str | Path, image_root: str | Path | None = None, skip_ba
     if not images:
         raise DatasetError(f"{csv_path}: no usable rows")
     pos = np.array(pos)
+    zone = ""
     if geo:
-        east, north, zone = latlon_to_utm(pos[:, 0], pos[:, 1])
-        LOG.info("%s: lat/lon converted to UTM zone %d", csv_path, zone)
+        east, north, zone = latlon_to_utm(pos[:, 0], pos[:, 1], utm_zone)
+        LOG.info("%s: lat/lon converted to UTM zone %s", csv_path, zone)
         pos = np.stack([east, north, pos[:, 2]], axis=1)
     return GeoImages(images, pos, np.array(ori), np.array(stamps), str(csv_path),
-                     has_orientation=quat or "yaw" in cols, frame_id=frame_id)
+                     has_orientation=quat or "yaw" in cols, frame_id=frame_id, utm_zone=zone)
 
 
 def load_traverse(folder: str | Path, frames: Sequence[int] | None = None, spacing: float = 1.0,
@@ -344,8 +364,9 @@ def _pose_of(msg, msgtype: str) -> tuple[tuple[float, float, float], tuple[float
 
 
 def load_rosbag(bag: str | Path, image_topic: str, pose_topic: str, out_dir: str | Path,
-                max_dt: float = 0.1, every: int = 1) -> GeoImages:
-    """Images from a rosbag2 recording with the pose nearest in time (within `max_dt` s).
+                max_dt: float = 0.1, every: int = 1, utm_zone: str | None = None) -> GeoImages:
+    """Images from a rosbag2 recording with the pose nearest in time (within `max_dt` s); NavSatFix
+    positions in UTM (`utm_zone` where given, as load_csv).
 
     Frames are written to `out_dir` as JPEG/PNG so the map keeps what it was built from.
     """
@@ -371,8 +392,9 @@ def load_rosbag(bag: str | Path, image_topic: str, pose_topic: str, out_dir: str
         pose_t = np.array(pose_t)
         order = np.argsort(pose_t)
         pose_t, pose_p, pose_q = pose_t[order], np.array(pose_p)[order], np.array(pose_q)[order]
+        zone = ""
         if pose_conn.msgtype == "sensor_msgs/msg/NavSatFix":
-            east, north, _ = latlon_to_utm(pose_p[:, 0], pose_p[:, 1])
+            east, north, zone = latlon_to_utm(pose_p[:, 0], pose_p[:, 1], utm_zone)
             pose_p = np.stack([east, north, pose_p[:, 2]], axis=1)
         images, pos, ori, stamps, unmatched = [], [], [], [], 0
         from rosbags.image import compressed_image_to_cvimage
@@ -411,7 +433,8 @@ def load_rosbag(bag: str | Path, image_topic: str, pose_topic: str, out_dir: str
     if not images:
         raise DatasetError(f"{bag}: no image on {image_topic!r} has a pose within {max_dt} s")
     return GeoImages(images, np.array(pos), np.array(ori), np.array(stamps), str(bag),
-                     has_orientation=pose_conn.msgtype != "sensor_msgs/msg/NavSatFix", frame_id=frame or "map")
+                     has_orientation=pose_conn.msgtype != "sensor_msgs/msg/NavSatFix", frame_id=frame or "map",
+                     utm_zone=zone)
 
 
 def thin(data: GeoImages, min_distance: float, min_angle_deg: float) -> GeoImages:

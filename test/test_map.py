@@ -597,3 +597,60 @@ def test_places_are_written_as_path_resolve_writes_them(tmp_path):
     back = read_places(tmp_path / "new.csv", folder, "map")
     write_places(tmp_path / "again.csv", folder, back)  # read back (one string column) and written again
     assert (tmp_path / "again.csv").read_text() == (tmp_path / "new.csv").read_text()
+
+
+def _haversine(lat1, lon1, lat2, lon2) -> float:
+    p1, p2, dl = np.radians(lat1), np.radians(lat2), np.radians(lon2 - lon1)
+    h = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
+    return float(2 * 6371008.8 * np.arcsin(np.sqrt(h)))
+
+
+def test_lat_lon_across_a_zone_edge_and_the_equator_stays_one_metric_frame():
+    """Rome's 12.5 E is zone 33, its west 32; Quito's routes cross the equator. Neighbours 111 m apart stay
+    about 111 m apart in UTM (each file's own first point, or each point's hemisphere, put them ~500 km
+    or 10,000 km apart), and a zone given (the map's) is kept."""
+    from densernet_core.datasets import DatasetError, latlon_to_utm
+
+    for lat, lon in (((41.9, 41.9), (11.9994, 12.0006)), ((0.0005, -0.0005), (-78.45, -78.45))):
+        east, north, zone = latlon_to_utm(np.array(lat), np.array(lon))
+        grid = float(np.hypot(east[1] - east[0], north[1] - north[0]))
+        assert grid == pytest.approx(_haversine(lat[0], lon[0], lat[1], lon[1]), rel=5e-3), zone  # a sphere: ~0.3 %
+    e33, _, zone = latlon_to_utm(np.array([41.9]), np.array([12.0006]))
+    e32, _, zone32 = latlon_to_utm(np.array([41.9]), np.array([12.0006]), "32N")
+    assert (zone, zone32) == ("33N", "32N") and abs(e33[0] - e32[0]) > 400_000
+    with pytest.raises(DatasetError, match="'61N' is not a zone"):
+        latlon_to_utm(np.array([41.9]), np.array([12.0]), "61N")
+
+
+def test_a_lat_lon_traverse_added_over_a_zone_edge_lands_on_the_map(tiny_model, route, ckpt, tmp_path, capsys):
+    """The map (zone 32N, west of 12 E) records its zone; `densernet-map add` projects a traverse that starts
+    east of 12 E in it, so its places land beside the map's; the ground truth of densernet-localize too."""
+    import csv as csvlib
+    import json
+
+    from densernet_core.localization.cli import read_ground_truth
+    from densernet_core.mapping.cli import main as map_main
+
+    path, _ = ckpt
+    images = sorted(route.glob("*.png"))
+    lons = 11.9990 + 0.0002 * np.arange(len(images))  # 17 m apart, 12 E between images 4 and 5
+
+    def write(name: str, rows: range) -> Path:
+        with open(route / name, "w", newline="") as f:
+            w = csvlib.writer(f)
+            w.writerow(["image", "lat", "lon"])
+            w.writerows([[images[i].name, 41.9, f"{lons[i]:.6f}"] for i in rows])
+        return route / name
+
+    m = tmp_path / "m"
+    assert map_main(["build", "--checkpoint", str(path), "--poses", str(write("west.csv", range(5))), "--out",
+                     str(m), "--no-progress"]) == 0
+    assert json.loads((m / "manifest.json").read_text())["utm_zone"] == "32N"
+    assert map_main(["add", str(m), "--checkpoint", str(path), "--poses", str(write("east.csv", range(5, 10))),
+                     "--no-progress"]) == 0
+    capsys.readouterr()
+    east = PlaceMap.load(m).places.positions[:, 0]
+    steps = np.diff(east)
+    assert np.all(np.abs(steps - 16.6) < 0.5), steps  # one metric frame: no 500 km jump at the fifth place
+    truth = read_ground_truth(str(write("truth.csv", range(10))), "32N")
+    np.testing.assert_allclose([truth[p.name][0] for p in images], east, atol=1e-6)

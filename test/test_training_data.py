@@ -133,3 +133,17 @@ def test_shipped_experiment_configs_load():
             load_train_config(path)
             kinds["training"] += 1
     assert kinds["protocols"] and kinds["training"], kinds
+
+
+def test_lat_lon_sources_of_a_split_share_the_first_ones_utm_zone(tmp_path):
+    """Two GPS traverses of one street either side of 12 E (Rome): positives are found by distance across
+    traverses, so both must be in one metric frame (each in its own zone, they were ~500 km apart)."""
+    write_images(tmp_path, ["a.png", "b.png"])
+    for name, lon in (("west.csv", 11.9999), ("east.csv", 12.0001)):
+        (tmp_path / name).write_text(f"image,lat,lon\n{'a.png' if name == 'west.csv' else 'b.png'},41.9,{lon}\n")
+    split = load_split((SourceSpec(type="csv", path=str(tmp_path / "west.csv")),
+                        SourceSpec(type="csv", path=str(tmp_path / "east.csv"))))
+    assert split.data.utm_zone == "32N"
+    assert np.linalg.norm(split.data.positions[1] - split.data.positions[0]) == pytest.approx(16.6, abs=0.2)
+    later = load_split((SourceSpec(type="csv", path=str(tmp_path / "east.csv")),), split.data.utm_zone)
+    np.testing.assert_allclose(later.data.positions, split.data.positions[1:])

@@ -46,7 +46,8 @@ def _run(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, args.device, tuple(args.image_size) if args.image_size else None)
     results, described = [], {}
     for i, p in enumerate(protocols):
-        db, q = load_split(p.database), load_split(p.queries)
+        db = load_split(p.database)
+        q = load_split(p.queries, db.data.utm_zone or None)
         descs = []
         for split in (db, q):
             key = tuple(str(x) for x in split.data.images)

@@ -29,11 +29,12 @@ OFFLINE_ODOM_MAX_GAP_S = 0.5
 ROW_FIELDS = ("fix", "place", "x", "y", "z", "qx", "qy", "qz", "qw", "sigma_x", "confidence", "reason", "error")
 
 
-def read_ground_truth(path: str) -> dict[str, np.ndarray]:
-    """Positions by file name (the last component of the CSV's image column), wherever the images are."""
+def read_ground_truth(path: str, utm_zone: str | None = None) -> dict[str, np.ndarray]:
+    """Positions by file name (the last component of the CSV's image column), wherever the images are; lat/lon
+    in `utm_zone` (the map's)."""
     from ..datasets import DatasetError, load_csv
 
-    data = load_csv(path, require_images=False)
+    data = load_csv(path, require_images=False, utm_zone=utm_zone)
     out: dict[str, np.ndarray] = {}
     for img, pos in zip(data.images, data.positions):
         if img.name in out:
@@ -59,11 +60,13 @@ def _inputs(args: argparse.Namespace) -> Iterator[Frame]:
 
 def _motion_source(args: argparse.Namespace) -> MotionSource:
     from ..datasets import load_csv
+    from ..mapping.placemap import read_manifest
 
     if args.odom_topic and not args.bag:
         raise ValueError("--odom-topic reads a bag's odometry: give --bag too")
     if args.odometry:
-        return MotionSource(poses=poses_by_name(load_csv(args.odometry, require_images=False)))
+        return MotionSource(poses=poses_by_name(load_csv(args.odometry, require_images=False,
+                                                         utm_zone=read_manifest(args.map).utm_zone or None)))
     if args.odom_topic:
         return MotionSource(odometry=bag_odometry(args.bag, args.odom_topic, OFFLINE_ODOM_MAX_GAP_S))
     return MotionSource()
@@ -85,7 +88,9 @@ def _cmd(args: argparse.Namespace) -> int:
     belief = BeliefConfig(**{k: v for k, v in filter_options.items() if v is not None},
                           position_floor=args.position_floor, observation=args.confidence, out_of_map=not relative,
                           route_velocity=not relative) if args.sequence else None
-    gt = read_ground_truth(args.gt) if args.gt else None
+    from ..mapping.placemap import read_manifest
+
+    gt = read_ground_truth(args.gt, read_manifest(args.map).utm_zone or None) if args.gt else None  # lat/lon: the map's zone
     if gt is not None and not args.bag:  # check image files before any work (video frames: as they come)
         missing = [p.name for item in args.inputs if Path(item).suffix.lower() not in VIDEO_EXTS
                    for p in list_images([item]) if p.name not in gt]

@@ -17,7 +17,7 @@ from ..datasets import GeoImages, bag_route, load_csv, load_kitti, load_rosbag, 
 from ..local_features import DEFAULT_FEATURES, FEATURE_TYPES
 from .extraction import DEFAULT_BATCH, DEFAULT_WORKERS, ExtractionOptions
 from .index import BUILD_TYPES, EXACT_MAX_PLACES
-from .placemap import DTYPES, PlaceMap, add_to_map, build_map, reindex_map
+from .placemap import DTYPES, PlaceMap, add_to_map, build_map, read_manifest, reindex_map
 
 LOG = logging.getLogger("densernet")
 INDEX_HELP = (f"map search: flat (exact), compact (a projection fitted on the map, an inverted file of 8-bit codes in "
@@ -26,20 +26,21 @@ INDEX_HELP = (f"map search: flat (exact), compact (a projection fitted on the ma
               f"(the default: flat up to {EXACT_MAX_PLACES} places, compact above, chosen again by `add`)")
 
 
-def load_route(args: argparse.Namespace, out_dir: Path) -> GeoImages:
-    """The route to map, from exactly one of: --poses CSV, --bag, --traverse, --kitti."""
+def load_route(args: argparse.Namespace, out_dir: Path, utm_zone: str | None = None) -> GeoImages:
+    """The route to map, from exactly one of: --poses CSV, --bag, --traverse, --kitti; lat/lon in `utm_zone`
+    (the map's, when adding to it)."""
     given = [x for x in ("poses", "bag", "traverse", "kitti") if getattr(args, x)]
     if len(given) != 1:
         raise ValueError("give exactly one route source: --poses CSV, --bag BAG, --traverse DIR or --kitti DIR")
     if args.poses:
-        data = load_csv(args.poses, args.images, skip_bad=args.skip_bad, frame_id=args.frame_id)
+        data = load_csv(args.poses, args.images, skip_bad=args.skip_bad, frame_id=args.frame_id, utm_zone=utm_zone)
     elif args.bag:
         args.bag_route = bag_route(args.bag, args.image_topic, args.pose_topic)
         LOG.info("bag %s: images %s (%s), poses %s (%s), camera info %s", args.bag, args.bag_route.image_topic,
                  args.bag_route.camera_frame or "no frame", args.bag_route.pose_topic,
                  args.bag_route.base_frame or "no child frame", args.bag_route.camera_info_topic or "none")
         data = load_rosbag(args.bag, args.bag_route.image_topic, args.bag_route.pose_topic, out_dir / "images",
-                           args.max_dt)
+                           args.max_dt, utm_zone=utm_zone)
     elif args.traverse:
         data = load_traverse(args.traverse, spacing=args.spacing)
     else:
@@ -123,7 +124,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 def _cmd_add(args: argparse.Namespace) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("densernet-map add runs in one process; start it without torchrun")
-    data = load_route(args, Path(args.map))
+    data = load_route(args, Path(args.map), read_manifest(args.map).utm_zone or None)
     model, sha = _model(args)
     print(add_to_map(args.map, model, sha, data, progress=not args.no_progress, extraction=_extraction(args))
           .info(args.map))

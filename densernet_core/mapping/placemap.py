@@ -85,9 +85,23 @@ class Manifest:
     extrinsic: dict | None = None
     index_request: str = ""  # what was asked for (auto: chosen by size, again at every `add`); "": index_type
     projection: dict | None = None  # a compact index's Projection (provenance, when to refit)
+    utm_zone: str = ""  # the places came as lat/lon, projected in this UTM zone ('32N'); later lat/lon too
 
     def requested_index(self) -> str:
         return self.index_request or self.index_type
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    """A map's manifest alone (what a traverse to add or ground truth needs of it, without its descriptors)."""
+    path = Path(folder) / MANIFEST
+    if not Path(folder).is_dir():
+        raise MapError(f"map folder not found: {folder}")
+    if not path.is_file():
+        raise MapError(f"map {folder} is incomplete: {MANIFEST} missing")
+    try:
+        return Manifest(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise MapError(f"{path}: corrupt manifest ({exc})") from exc
 
 
 def camera_poses(places: GeoImages, extrinsic: Extrinsic | None, ids: np.ndarray | None = None
@@ -177,11 +191,7 @@ class PlaceMap:
         for name in (MANIFEST, DESCRIPTORS, PLACES):
             if not (folder / name).is_file():
                 raise MapError(f"map {folder} is incomplete: {name} missing")
-        try:
-            raw = json.loads((folder / MANIFEST).read_text())
-            manifest = Manifest(**raw)
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise MapError(f"{folder / MANIFEST}: corrupt manifest ({exc})") from exc
+        manifest = read_manifest(folder)
         if manifest.format_version not in READABLE_VERSIONS:
             raise MapError(f"{folder}: map format {manifest.format_version}, this densernet reads {READABLE_VERSIONS}")
         built = tuple(k for k in INDEX_TYPES if k != "auto")  # a search that exists; "auto" is only asked for
@@ -204,6 +214,7 @@ class PlaceMap:
             raise MapError(f"{folder / DESCRIPTORS}: shape {desc.shape} {desc.dtype}, manifest says "
                            f"({manifest.num_places}, {manifest.descriptor_dim}) in one of {DTYPES}")
         places = read_places(folder / PLACES, folder, manifest.frame_id, manifest.has_orientation)
+        places.utm_zone = manifest.utm_zone
         if len(places) != manifest.num_places:
             raise MapError(f"{folder / PLACES}: {len(places)} places, manifest says {manifest.num_places}")
         try:
@@ -437,7 +448,7 @@ def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoIm
     manifest = Manifest(FORMAT_VERSION, model.config.to_dict(), checkpoint_sha256, str(checkpoint),
                         int(desc.shape[1]), len(data), data.frame_id, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         index_type, dtype, data.has_orientation,  # the search is chosen by PlaceMap
-                        None if extrinsic is None else extrinsic.to_dict(), index_type)
+                        None if extrinsic is None else extrinsic.to_dict(), index_type, utm_zone=data.utm_zone)
     pmap = PlaceMap(manifest, desc.astype(dtype), data, points=points)
     pmap.fit_observation(observation)
     pmap.save(out)
@@ -461,6 +472,15 @@ def add_to_map(folder: str | Path, model, checkpoint_sha256: str, data: GeoImage
     pmap.check_model(model.descriptor_dim, checkpoint_sha256)
     if data.frame_id != pmap.manifest.frame_id and data.frame_id != "map":
         raise MapError(f"traverse frame {data.frame_id!r} differs from the map frame {pmap.manifest.frame_id!r}")
+    zone = pmap.manifest.utm_zone
+    if data.utm_zone and zone and data.utm_zone != zone:
+        raise MapError(f"traverse positions are UTM zone {data.utm_zone}, the map's are zone {zone}: load its "
+                       f"lat/lon in the map's zone (densernet-map add does)")
+    if data.utm_zone and not zone:
+        LOG.warning("the map does not record a UTM zone (built from x/y, or before maps recorded it); the "
+                    "traverse's lat/lon were projected in zone %s, recorded now: right if the map's places were "
+                    "lat/lon in that zone too", data.utm_zone)
+        pmap.manifest.utm_zone = data.utm_zone
     features = pmap.points.kind if pmap.points is not None else None
     new, new_feats = describe_images(model, data.images, folder / PARTIAL, checkpoint_sha256, features, extraction,
                                      progress=progress)
@@ -470,7 +490,7 @@ def add_to_map(folder: str | Path, model, checkpoint_sha256: str, data: GeoImage
                        np.concatenate([pmap.places.timestamps, data.timestamps]),
                        ";".join(dict.fromkeys(pmap.places.source.split(";") + [data.source])),
                        pmap.places.has_orientation and data.has_orientation, pmap.manifest.frame_id,
-                       place_sources=pmap.places.place_sources + data.place_sources)
+                       place_sources=pmap.places.place_sources + data.place_sources, utm_zone=pmap.manifest.utm_zone)
     pmap.manifest.has_orientation = merged.has_orientation
     descriptors = _appended(folder, pmap.descriptors, new)
     pmap.manifest.num_places = len(merged)

@@ -54,10 +54,11 @@ class SourceSpec:
         return f"{self.path}:{self.split}" if self.type == "mat" else self.path
 
 
-def load_source(spec: SourceSpec) -> GeoImages:
+def load_source(spec: SourceSpec, utm_zone: str | None = None) -> GeoImages:
+    """One source; lat/lon (a CSV's, a bag's NavSatFix) in `utm_zone` where given (load_split: the first's)."""
     frames = list(range(spec.frames[0], spec.frames[1], spec.step)) if spec.frames else None
     if spec.type == "csv":
-        data = load_csv(spec.path, spec.image_root or None, skip_bad=spec.skip_bad)
+        data = load_csv(spec.path, spec.image_root or None, skip_bad=spec.skip_bad, utm_zone=utm_zone)
     elif spec.type == "traverse":
         data = load_traverse(spec.path, frames, spacing=spec.spacing)
     elif spec.type == "kitti":
@@ -65,7 +66,8 @@ def load_source(spec: SourceSpec) -> GeoImages:
     elif spec.type == "mat":
         data = load_netvlad_mat(spec.path, spec.image_root, spec.split, skip_missing=spec.skip_bad)
     else:
-        data = load_rosbag(spec.path, spec.image_topic, spec.pose_topic, spec.extract_dir, max_dt=spec.max_dt)
+        data = load_rosbag(spec.path, spec.image_topic, spec.pose_topic, spec.extract_dir, max_dt=spec.max_dt,
+                           utm_zone=utm_zone)
     if spec.type in ("csv", "mat", "rosbag") and (spec.frames or spec.step > 1):
         start, stop = spec.frames if spec.frames else (0, len(data))
         data = data.subset(range(start, min(stop, len(data)), spec.step))
@@ -83,15 +85,20 @@ class Split:
     group_names: list[str] = field(default_factory=list)
 
 
-def load_split(specs: tuple[SourceSpec, ...]) -> Split:
+def load_split(specs: tuple[SourceSpec, ...], utm_zone: str | None = None) -> Split:
+    """The sources concatenated; every lat/lon in one UTM zone (`utm_zone`, else the first such source's),
+    so positives across traverses are measured in one frame (`data.utm_zone` says which)."""
     if not specs:
         raise ConfigError("a split needs at least one source")
-    parts = [load_source(s) for s in specs]
+    parts = []
+    for spec in specs:
+        parts.append(load_source(spec, utm_zone))
+        utm_zone = utm_zone or parts[-1].utm_zone or None
     images = [p for part in parts for p in part.images]
     data = GeoImages(images, np.concatenate([p.positions for p in parts]),
                      np.concatenate([p.orientations for p in parts]), np.concatenate([p.timestamps for p in parts]),
                      ";".join(s.group for s in specs), all(p.has_orientation for p in parts), parts[0].frame_id,
-                     [n for part in parts for n in part.names])
+                     [n for part in parts for n in part.names], utm_zone=utm_zone or "")
     groups = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
     return Split(data, groups, [s.group for s in specs])
 

@@ -88,9 +88,11 @@ class Data:
 
 
 def load_data(cfg: TrainConfig) -> Data:
-    db, queries = load_split(cfg.train.database), load_split(cfg.train.queries)
-    val_db = load_split(cfg.val.database) if cfg.val else None
-    val_q = load_split(cfg.val.queries) if cfg.val else None
+    db = load_split(cfg.train.database)
+    zone = db.data.utm_zone or None  # every split's lat/lon in the zone of the first
+    queries = load_split(cfg.train.queries, zone)
+    val_db = load_split(cfg.val.database, zone) if cfg.val else None
+    val_q = load_split(cfg.val.queries, zone) if cfg.val else None
     paths: list[Path] = []
     row_of: dict[Path, int] = {}
 
