@@ -652,5 +652,50 @@ def test_a_lat_lon_traverse_added_over_a_zone_edge_lands_on_the_map(tiny_model, 
     east = PlaceMap.load(m).places.positions[:, 0]
     steps = np.diff(east)
     assert np.all(np.abs(steps - 16.6) < 0.5), steps  # one metric frame: no 500 km jump at the fifth place
-    truth = read_ground_truth(str(write("truth.csv", range(10))), "32N")
+    truth, zone = read_ground_truth(str(write("truth.csv", range(10))), "32N")
+    assert zone == "32N"
     np.testing.assert_allclose([truth[p.name][0] for p in images], east, atol=1e-6)
+
+
+def test_lat_lon_and_local_x_y_are_not_mixed_in_one_map(tiny_model, route, ckpt, tmp_path, caplog):
+    """A GPS traverse added to a map of local x/y (or x/y to a map made from GPS) would land hundreds of km
+    from its places, silently: it is refused by name and the map is left as it was; ground truth in the
+    other kind is refused before any error is reported. A map made from lat/lon before maps recorded their
+    zone (its places UTM-like) still takes a GPS traverse, with a warning, and records the zone."""
+    import json
+
+    from densernet_core.localization.cli import main as localize
+    from densernet_core.mapping.cli import main as map_main
+
+    path, sha = ckpt
+    images = sorted(route.glob("*.png"))
+    gps = route / "gps.csv"
+    gps.write_text("image,lat,lon\n" + "".join(f"{p.name},41.9,{11.9990 + 0.0002 * i:.6f}\n"
+                                                for i, p in enumerate(images)))
+    local = tmp_path / "local"  # the route's own x/y (0-18 m)
+    assert map_main(["build", "--checkpoint", str(path), "--poses", str(route / "poses.csv"), "--out", str(local),
+                     "--no-progress"]) == 0
+    assert map_main(["add", str(local), "--checkpoint", str(path), "--poses", str(gps), "--no-progress"]) == 1
+    assert "came as lat/lon (UTM zone 32N), but the map's places are x/y in a local frame (x 0 to 18 m" in caplog.text
+    assert PlaceMap.load(local).manifest.num_places == 10 and PlaceMap.load(local).manifest.utm_zone == ""
+    caplog.clear()
+    assert localize([str(route), "--map", str(local), "--gt", str(gps)]) == 1
+    assert "ground truth" in caplog.text and "x/y in a local frame" in caplog.text
+
+    geo = tmp_path / "geo"
+    assert map_main(["build", "--checkpoint", str(path), "--poses", str(gps), "--out", str(geo), "--no-progress"]) == 0
+    caplog.clear()
+    assert map_main(["add", str(geo), "--checkpoint", str(path), "--poses", str(route / "poses.csv"),
+                     "--no-progress"]) == 1
+    assert "is x/y in a local frame (x 0 to 18 m" in caplog.text and "zone 32N" in caplog.text
+    assert PlaceMap.load(geo).manifest.num_places == 10
+
+    manifest = json.loads((geo / "manifest.json").read_text())  # as a map made before the zone was recorded
+    manifest.pop("utm_zone")
+    (geo / "manifest.json").write_text(json.dumps(manifest))
+    caplog.clear()
+    assert map_main(["add", str(geo), "--checkpoint", str(path), "--poses", str(gps), "--no-progress"]) == 0
+    assert "does not record a UTM zone" in caplog.text
+    added = PlaceMap.load(geo)
+    assert added.manifest.utm_zone == "32N" and added.manifest.num_places == 20
+    np.testing.assert_allclose(added.places.positions[10:], added.places.positions[:10])

@@ -29,9 +29,9 @@ OFFLINE_ODOM_MAX_GAP_S = 0.5
 ROW_FIELDS = ("fix", "place", "x", "y", "z", "qx", "qy", "qz", "qw", "sigma_x", "confidence", "reason", "error")
 
 
-def read_ground_truth(path: str, utm_zone: str | None = None) -> dict[str, np.ndarray]:
+def read_ground_truth(path: str, utm_zone: str | None = None) -> tuple[dict[str, np.ndarray], str]:
     """Positions by file name (the last component of the CSV's image column), wherever the images are; lat/lon
-    in `utm_zone` (the map's)."""
+    in `utm_zone` (the map's), and the zone they were projected in ("" for x/y)."""
     from ..datasets import DatasetError, load_csv
 
     data = load_csv(path, require_images=False, utm_zone=utm_zone)
@@ -41,7 +41,7 @@ def read_ground_truth(path: str, utm_zone: str | None = None) -> dict[str, np.nd
             raise DatasetError(f"{path}: file name {img.name!r} appears more than once; ground truth is matched by "
                                "file name, so each must be unique")
         out[img.name] = pos
-    return out
+    return out, data.utm_zone
 
 
 def _inputs(args: argparse.Namespace) -> Iterator[Frame]:
@@ -88,9 +88,9 @@ def _cmd(args: argparse.Namespace) -> int:
     belief = BeliefConfig(**{k: v for k, v in filter_options.items() if v is not None},
                           position_floor=args.position_floor, observation=args.confidence, out_of_map=not relative,
                           route_velocity=not relative) if args.sequence else None
-    from ..mapping.placemap import read_manifest
+    from ..mapping.placemap import frame_mismatch, read_manifest
 
-    gt = read_ground_truth(args.gt, read_manifest(args.map).utm_zone or None) if args.gt else None  # lat/lon: the map's zone
+    gt, gt_zone = read_ground_truth(args.gt, read_manifest(args.map).utm_zone or None) if args.gt else (None, "")
     if gt is not None and not args.bag:  # check image files before any work (video frames: as they come)
         missing = [p.name for item in args.inputs if Path(item).suffix.lower() not in VIDEO_EXTS
                    for p in list_images([item]) if p.name not in gt]
@@ -101,6 +101,9 @@ def _cmd(args: argparse.Namespace) -> int:
     LOG.info(limit_blas_for_frames())
     loc = Localizer.from_paths(args.map, args.checkpoint, args.device, None, est_cfg, args.top_k, belief,
                                "filtered" if args.sequence else "single", backend=args.backend, engine=args.engine)
+    if gt and (problem := frame_mismatch(loc.map.manifest.utm_zone, loc.map.places.positions, gt_zone,
+                                         np.array(list(gt.values())), f"ground truth {args.gt}")):
+        raise ValueError(problem)  # every error would be hundreds of km
     # On a map with 3-D points the published pose is the metric one where its gate passed.
     modes = (("single", "filtered") if args.sequence else ("single",)) + (("published",) if loc.metric else ())
     metric_poses, answered, unreadable, true_xy = 0, 0, [], []
