@@ -116,6 +116,8 @@ class GeoImages:
 
 
 UTM_ZONE = re.compile(r"([1-9]|[1-5][0-9]|60)([NS])")
+UTM_EASTING_M = (100_000.0, 900_000.0)  # every UTM zone's eastings lie in here (166-834 km at the equator)
+UTM_NORTHING_M = (0.0, 10_000_000.0)
 
 
 def utm_zone_of(lat: float, lon: float) -> str:
@@ -155,6 +157,33 @@ def latlon_to_utm(lat: np.ndarray, lon: np.ndarray, zone: str | None = None) -> 
     north = k0 * (m + n * np.tan(phi) * (aa ** 2 / 2 + (5 - t + 9 * c + 4 * c ** 2) * aa ** 4 / 24
                                          + (61 - 58 * t + t ** 2 + 600 * c - 330 * ep2) * aa ** 6 / 720))
     return east, north + (10000000.0 if south else 0.0), zone
+
+
+def looks_utm(positions: np.ndarray) -> bool:
+    """Whether x/y could be UTM metres: eastings of a zone, northings of a hemisphere (a local frame's
+    places lie near its origin, 100 km and more from any easting)."""
+    xy = np.asarray(positions, float)[:, :2]
+    return bool(len(xy) and np.all((xy[:, 0] > UTM_EASTING_M[0]) & (xy[:, 0] < UTM_EASTING_M[1])
+                                   & (xy[:, 1] >= UTM_NORTHING_M[0]) & (xy[:, 1] <= UTM_NORTHING_M[1])))
+
+
+def frame_mismatch(ref_zone: str, ref_positions: np.ndarray, zone: str, positions: np.ndarray, what: str,
+                   ref: str = "the map's places") -> str | None:
+    """Why `what`'s positions cannot be in the frame of `ref` (a map's places, a split's first source), or
+    None: lat/lon (projected into UTM `zone`) against local x/y, local x/y against lat/lon, or another UTM
+    zone. Any of them would land hundreds of km from the other's positions, silently."""
+    def extent(xy: np.ndarray) -> str:
+        return f"x {xy[:, 0].min():.0f} to {xy[:, 0].max():.0f} m, y {xy[:, 1].min():.0f} to {xy[:, 1].max():.0f} m"
+
+    if zone and ref_zone and zone != ref_zone:
+        return f"{what} is UTM zone {zone}, {ref} zone {ref_zone}: project its lat/lon in zone {ref_zone}"
+    if zone and not ref_zone and not looks_utm(ref_positions):
+        return (f"{what} came as lat/lon (UTM zone {zone}), but {ref} are x/y in a local frame "
+                f"({extent(np.asarray(ref_positions, float))}): give its positions as x/y in that frame")
+    if ref_zone and not zone and not looks_utm(positions):
+        return (f"{what} is x/y in a local frame ({extent(np.asarray(positions, float))}), but {ref} came as "
+                f"lat/lon (UTM zone {ref_zone}): give its lat/lon, or UTM x/y in zone {ref_zone}")
+    return None
 
 
 # ---- loaders ----------------------------------------------------------------------------------

@@ -147,3 +147,24 @@ def test_lat_lon_sources_of_a_split_share_the_first_ones_utm_zone(tmp_path):
     assert np.linalg.norm(split.data.positions[1] - split.data.positions[0]) == pytest.approx(16.6, abs=0.2)
     later = load_split((SourceSpec(type="csv", path=str(tmp_path / "east.csv")),), split.data.utm_zone)
     np.testing.assert_allclose(later.data.positions, split.data.positions[1:])
+
+
+def test_lat_lon_and_local_x_y_sources_are_not_mixed_in_a_split(tmp_path):
+    """A GPS traverse beside one in local x/y (a frame-index traverse, a CSV of metres from a start): positives
+    found by distance across them would be hundreds of km apart; refused by name, within a split and between
+    a database and its queries."""
+    from densernet_core.config import ConfigError
+    from densernet_core.training.sources import load_database_and_queries
+
+    write_images(tmp_path, ["a.png", "b.png"])
+    (tmp_path / "gps.csv").write_text("image,lat,lon\na.png,41.9,12.0\nb.png,41.9001,12.0\n")
+    (tmp_path / "local.csv").write_text("image,x,y\na.png,0,0\nb.png,11,0\n")
+    gps, local = (SourceSpec(type="csv", path=str(tmp_path / n)) for n in ("gps.csv", "local.csv"))
+    with pytest.raises(ConfigError, match=r"local.csv is x/y in a local frame \(x 0 to 11 m.*came as lat/lon"):
+        load_split((gps, local))
+    with pytest.raises(ConfigError, match="gps.csv came as lat/lon .*but the first source's"):
+        load_split((local, gps))
+    with pytest.raises(ConfigError, match="data.train queries came as lat/lon.*data.train database's positions"):
+        load_database_and_queries((local,), (gps,), "data.train")
+    db, q = load_database_and_queries((gps,), (gps,), "data.train")
+    np.testing.assert_allclose(db.data.positions, q.data.positions)

@@ -20,7 +20,7 @@ from densernet_core.model.checkpoint import load_model  # noqa: E402
 from densernet_core.cli import run_cli, setup_logging  # noqa: E402
 from densernet_core.config import ConfigError, load_yaml  # noqa: E402
 from densernet_core.training.evaluation import evaluate_descriptors, format_table, save_results  # noqa: E402
-from densernet_core.training.sources import load_split  # noqa: E402
+from densernet_core.training.sources import load_database_and_queries  # noqa: E402
 from densernet_core.training.train_config import eval_data_from  # noqa: E402
 
 
@@ -46,8 +46,7 @@ def _run(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, args.device, tuple(args.image_size) if args.image_size else None)
     results, described = [], {}
     for i, p in enumerate(protocols):
-        db = load_split(p.database)
-        q = load_split(p.queries, db.data.utm_zone or None)
+        db, q = load_database_and_queries(p.database, p.queries, p.name or f"protocols[{i}]")
         descs = []
         for split in (db, q):
             key = tuple(str(x) for x in split.data.images)

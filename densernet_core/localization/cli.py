@@ -88,7 +88,8 @@ def _cmd(args: argparse.Namespace) -> int:
     belief = BeliefConfig(**{k: v for k, v in filter_options.items() if v is not None},
                           position_floor=args.position_floor, observation=args.confidence, out_of_map=not relative,
                           route_velocity=not relative) if args.sequence else None
-    from ..mapping.placemap import frame_mismatch, read_manifest
+    from ..datasets import frame_mismatch
+    from ..mapping.placemap import read_manifest
 
     gt, gt_zone = read_ground_truth(args.gt, read_manifest(args.map).utm_zone or None) if args.gt else (None, "")
     if gt is not None and not args.bag:  # check image files before any work (video frames: as they come)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import GeoImages, PathColumn, StringColumn
+from ..datasets import GeoImages, PathColumn, StringColumn, frame_mismatch
 from ..camera import Camera
 from ..config import heads_note
 from ..frames import Extrinsic, extrinsic_from_mapping
@@ -61,8 +61,6 @@ COPY_ROWS = 16384  # descriptors copied at a time when a map's descriptors are r
 TIMING_QUERIES = 20  # searches `info` times to report the expected query time
 BACKGROUND_PLACES = 512  # fixed random places against which a query's similarity to "anywhere" is measured
 MAD_TO_STD = 1.4826  # median absolute deviation -> standard deviation of a normal distribution
-UTM_EASTING_M = (100_000.0, 900_000.0)  # every UTM zone's eastings lie in here (166-834 km at the equator)
-UTM_NORTHING_M = (0.0, 10_000_000.0)
 
 
 class MapError(ValueError):
@@ -104,33 +102,6 @@ def read_manifest(folder: str | Path) -> Manifest:
         return Manifest(**json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError) as exc:
         raise MapError(f"{path}: corrupt manifest ({exc})") from exc
-
-
-def looks_utm(positions: np.ndarray) -> bool:
-    """Whether x/y could be UTM metres: eastings of a zone, northings of a hemisphere (a local frame's
-    places lie near its origin, 100 km and more from any easting)."""
-    xy = np.asarray(positions, float)[:, :2]
-    return bool(len(xy) and np.all((xy[:, 0] > UTM_EASTING_M[0]) & (xy[:, 0] < UTM_EASTING_M[1])
-                                   & (xy[:, 1] >= UTM_NORTHING_M[0]) & (xy[:, 1] <= UTM_NORTHING_M[1])))
-
-
-def frame_mismatch(map_zone: str, map_positions: np.ndarray, zone: str, positions: np.ndarray,
-                   what: str) -> str | None:
-    """Why `what`'s positions cannot be in the map's frame, or None: lat/lon (projected into UTM `zone`)
-    against a map of local x/y, local x/y against a map made from lat/lon, or another UTM zone. Either
-    way they would land hundreds of km from the map's places, silently."""
-    def extent(xy: np.ndarray) -> str:
-        return f"x {xy[:, 0].min():.0f} to {xy[:, 0].max():.0f} m, y {xy[:, 1].min():.0f} to {xy[:, 1].max():.0f} m"
-
-    if zone and map_zone and zone != map_zone:
-        return f"{what} is UTM zone {zone}, the map's places zone {map_zone}: project its lat/lon in the map's zone"
-    if zone and not map_zone and not looks_utm(map_positions):
-        return (f"{what} came as lat/lon (UTM zone {zone}), but the map's places are x/y in a local frame "
-                f"({extent(np.asarray(map_positions, float))}): give its positions as x/y in the map's frame")
-    if map_zone and not zone and not looks_utm(positions):
-        return (f"{what} is x/y in a local frame ({extent(np.asarray(positions, float))}), but the map's places "
-                f"came as lat/lon (UTM zone {map_zone}): give its lat/lon, or UTM x/y in zone {map_zone}")
-    return None
 
 
 def camera_poses(places: GeoImages, extrinsic: Extrinsic | None, ids: np.ndarray | None = None

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..config import ConfigError, dataclass_from_mapping
-from ..datasets import GeoImages, load_csv, load_kitti, load_netvlad_mat, load_rosbag, load_traverse
+from ..datasets import GeoImages, frame_mismatch, load_csv, load_kitti, load_netvlad_mat, load_rosbag, load_traverse
 
 SOURCE_TYPES = ("csv", "traverse", "kitti", "mat", "rosbag")
 
@@ -93,6 +93,10 @@ def load_split(specs: tuple[SourceSpec, ...], utm_zone: str | None = None) -> Sp
     parts = []
     for spec in specs:
         parts.append(load_source(spec, utm_zone))
+        problem = frame_mismatch(parts[0].utm_zone, parts[0].positions, parts[-1].utm_zone, parts[-1].positions,
+                                 f"source {spec.group}", f"the first source's ({specs[0].group}) positions")
+        if problem:  # positives and negatives are found by distance across sources
+            raise ConfigError(problem)
         utm_zone = utm_zone or parts[-1].utm_zone or None
     images = [p for part in parts for p in part.images]
     data = GeoImages(images, np.concatenate([p.positions for p in parts]),
@@ -109,3 +113,16 @@ def specs_from(items: Any, where: str) -> tuple[SourceSpec, ...]:
     if not isinstance(items, list) or not items:
         raise ConfigError(f"{where}: expected a list of sources, got {items!r}")
     return tuple(dataclass_from_mapping(SourceSpec, item, f"{where}[{i}]") for i, item in enumerate(items))
+
+
+def load_database_and_queries(database: tuple[SourceSpec, ...], queries: tuple[SourceSpec, ...],
+                              name: str) -> tuple[Split, Split]:
+    """A database and its queries in one metric frame: lat/lon in the database's UTM zone, and neither local
+    x/y against the other's lat/lon (their positives are found by distance)."""
+    db = load_split(database)
+    q = load_split(queries, db.data.utm_zone or None)
+    problem = frame_mismatch(db.data.utm_zone, db.data.positions, q.data.utm_zone, q.data.positions,
+                             f"{name} queries", f"{name} database's positions")
+    if problem:
+        raise ConfigError(problem)
+    return db, q

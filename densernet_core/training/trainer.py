@@ -36,7 +36,7 @@ from .losses import create as create_loss, similarity_distillation
 from .mining import TupleMiner, negative_pools, positives
 from ..model.network import DenserNet, build_from_config, sample_locations, sample_tap_locations
 from ..model.pca import check_pca_fit_size, fit_pca_whitening
-from .sources import Split, load_split
+from .sources import Split, load_database_and_queries
 from .tap_cache import TapCache, trunk_fingerprint, stored_taps, trunk_taps
 from .train_config import TrainConfig
 from ..plots import pyplot, save_figure
@@ -88,11 +88,9 @@ class Data:
 
 
 def load_data(cfg: TrainConfig) -> Data:
-    db = load_split(cfg.train.database)
-    zone = db.data.utm_zone or None  # every split's lat/lon in the zone of the first
-    queries = load_split(cfg.train.queries, zone)
-    val_db = load_split(cfg.val.database, zone) if cfg.val else None
-    val_q = load_split(cfg.val.queries, zone) if cfg.val else None
+    db, queries = load_database_and_queries(cfg.train.database, cfg.train.queries, "data.train")
+    val_db, val_q = (load_database_and_queries(cfg.val.database, cfg.val.queries, "data.val") if cfg.val
+                     else (None, None))
     paths: list[Path] = []
     row_of: dict[Path, int] = {}
 
