@@ -95,7 +95,7 @@ def test_bad_frames_are_counted_and_node_keeps_answering(raw_node, gardens_point
     rgb = frame(gardens_point, "day_right", 50)
     bad = []
     m = client.make_msg(rgb, _stamp(1001))
-    m.encoding = "yuv422_yuy2"
+    m.encoding = "32FC1"  # a depth image on the camera topic (yuv422_yuy2, used here before, is read since)
     bad.append(m)
     m = client.make_msg(rgb, _stamp(1002))
     m.data = m.data[: len(m.data) // 3]
