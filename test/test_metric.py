@@ -77,13 +77,18 @@ def test_camera_files_scaling_and_distortion(tmp_path):
 
 
 # ---- triangulation -----------------------------------------------------------------------------
-def test_triangulation_recovers_points_and_rejects_what_the_views_disagree_on():
-    pts = scene()
+def two_views(pts: np.ndarray) -> tuple:
+    """Two mapped frames 1 m apart and the features each sees of `pts` (0.3 px noise): poses, features, mask."""
     a, b = pose(0.0), pose(1.0)
     (ua, va), (ub, vb) = project(pts, a, noise=0.3, seed=3), project(pts, b, noise=0.3, seed=4)
     both = va & vb
     desc = unit_descriptors(len(pts))
-    fa, fb = features(ua[both], desc[both]), features(ub[both], desc[both])
+    return a, b, features(ua[both], desc[both]), features(ub[both], desc[both]), both
+
+
+def test_triangulation_recovers_points_and_rejects_what_the_views_disagree_on():
+    pts = scene()
+    a, b, fa, fb, both = two_views(pts)
     xyz, ia, ib = triangulate_pair(CAM, a, b, fa, fb, TriangulationConfig())
     assert len(xyz) >= 0.9 * both.sum()
     assert np.median(np.linalg.norm(xyz - pts[both][ia], axis=1)) < 0.05
@@ -124,6 +129,35 @@ def test_pnp_pose_within_tolerance_and_covariance_covers_the_truth():
     assert err < 0.05 and rot < 0.5
     sigma = np.sqrt(np.diag(est.covariance))
     assert np.all(np.linalg.eigvalsh(est.covariance) > 0) and err <= 3 * np.linalg.norm(sigma[:3])
+
+
+@pytest.mark.parametrize("offset", [(123.0, 456.0, 0.0), (750_123.0, 5_640_456.0, 0.0)], ids=["470m", "utm"])
+def test_the_same_scene_far_from_the_map_origin_gives_the_same_points_pose_and_gate(offset, tmp_path):
+    """The scene moved 470 m from the map's origin (a long local route), or to UTM metres (a map made from
+    GPS): it triangulates, solves PnP, passes the gate and saves its points as near the origin, to the
+    micrometre. Before, PnP's condition gate refused both ("degenerate geometry": rotating about a far
+    origin is nearly translating), and in UTM float32 points stepped by 0.5 m."""
+    from densernet_core.mapping.points import MapPoints
+
+    offset = np.array(offset)
+    pts = scene()
+    a, b, fa, fb, _ = two_views(pts)
+    near = triangulate_pair(CAM, a, b, fa, fb, TriangulationConfig())
+    far = triangulate_pair(CAM, (a[0] + offset, a[1]), (b[0] + offset, b[1]), fa, fb, TriangulationConfig())
+    assert len(near[0]) > 100 and all(np.array_equal(x, y) for x, y in zip(near[1:], far[1:]))
+    np.testing.assert_allclose(far[0] - offset, near[0], atol=1e-6)
+
+    truth = pose(2.3, 0.4, 1.7, yaw=7.0)
+    uv, vis = project(pts, truth, noise=0.5, seed=5)
+    local, moved = solve_pnp(pts[vis], uv[vis], CAM), solve_pnp(pts[vis] + offset, uv[vis], CAM)
+    assert local.ok and moved.ok, (local.reason, moved.reason)
+    np.testing.assert_allclose(moved.position - offset, local.position, atol=1e-6)
+    np.testing.assert_allclose(moved.covariance, local.covariance, rtol=1e-3, atol=1e-9)
+
+    saved = MapPoints(CAM, "densernet", far[0], np.c_[np.zeros(len(far[0]), int), np.arange(len(far[0]))],
+                      np.zeros((len(far[0]), 2)), np.zeros((len(far[0]), 8)))
+    saved.save(tmp_path)
+    np.testing.assert_allclose(MapPoints.load(tmp_path).xyz - offset, near[0], atol=1e-6)
 
 
 def test_pnp_with_outliers_uses_ransac():

@@ -76,11 +76,19 @@ class MetricPose:
 
 def solve_pnp(points3d: np.ndarray, pixels: np.ndarray, camera: Camera, config: MetricConfig = MetricConfig()
               ) -> MetricPose:
-    """Camera pose from 2-D/3-D correspondences (pixels of an image of `camera`'s size)."""
+    """Camera pose from 2-D/3-D correspondences (pixels of an image of `camera`'s size).
+
+    Solved about the points' centre and moved back after, so that the answer and its gate do not depend on
+    where the map's origin is: the rotation's Jacobian about a far origin is nearly a translation's, and
+    the condition gate refused every pose of the synthetic street moved 470 m from its origin (0 of 60
+    metric poses against 49 of 60, bench_metric.py), and of any map in UTM metres, where the finite
+    differences lost every digit below the metre too."""
     n = len(points3d)
     if n < max(config.min_inliers, 4):
         return MetricPose(False, f"too few correspondences: {n} < {config.min_inliers}", matches=n)
-    obj = np.ascontiguousarray(points3d, dtype=np.float64).reshape(-1, 1, 3)
+    world = np.asarray(points3d, dtype=np.float64).reshape(-1, 3)
+    origin = world.mean(axis=0)
+    obj = np.ascontiguousarray(world - origin).reshape(-1, 1, 3)
     img = np.ascontiguousarray(pixels, dtype=np.float64).reshape(-1, 1, 2)
     k, dist = camera.matrix, camera.dist
     ok, rvec, tvec, inl = cv2.solvePnPRansac(obj, img, k, dist, iterationsCount=config.ransac_iterations,
@@ -103,7 +111,7 @@ def solve_pnp(points3d: np.ndarray, pixels: np.ndarray, camera: Camera, config: 
     j = jac[:, :6].reshape(-1, 2, 6)[good].reshape(-1, 6)  # d(u, v) / d(rvec, tvec)
     jtj = j.T @ j
     cond = np.linalg.cond(jtj) if count else math.inf
-    pose = MetricPose(False, "", position, orientation, np.eye(6), n, count, mean_err)
+    pose = MetricPose(False, "", position + origin, orientation, np.eye(6), n, count, mean_err)
     if count < config.min_inliers:
         pose.reason = f"{count} inliers after refinement < {config.min_inliers}"
     elif mean_err > config.max_reproj_px:

@@ -18,7 +18,8 @@ reports points per place: few points on a stretch of the route is the fingerprin
 
 Stored in the map folder, no pickle:
     points.json        intrinsics, feature kind, parameters, counts
-    points_xyz.npy     M x 3 float32, map frame
+    points_xyz.npy     M x 3 float64, map frame (float32 before 2026-12-07, still read: it steps by 0.5 m
+                       at UTM northings)
     points_obs.npy     O x 2 int32: (place id, point id), one row per observation of a point
     points_kp.npy      O x 2 float32: the keypoint in that place's image (pixels of the mapped image)
     points_desc.npy    O x D float16: the local descriptor there
@@ -86,7 +87,7 @@ class MapPoints:
 
     # ---- io -------------------------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
-        np.save(folder / FILES["xyz"], self.xyz.astype(np.float32), allow_pickle=False)
+        np.save(folder / FILES["xyz"], self.xyz.astype(np.float64), allow_pickle=False)
         np.save(folder / FILES["obs"], self.obs.astype(np.int32), allow_pickle=False)
         np.save(folder / FILES["kp"], self.kp.astype(np.float32), allow_pickle=False)
         np.save(folder / FILES["desc"], self.desc.astype(np.float16), allow_pickle=False)
@@ -131,14 +132,22 @@ def place_pairs(positions: np.ndarray, config: TriangulationConfig) -> list[tupl
 def triangulate_pair(camera: Camera, pose_a: tuple[np.ndarray, np.ndarray], pose_b: tuple[np.ndarray, np.ndarray],
                      fa: LocalFeatures, fb: LocalFeatures, config: TriangulationConfig
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Points seen by both frames: (xyz M x 3, index into fa, index into fb), after every check."""
+    """Points seen by both frames: (xyz M x 3, index into fa, index into fb), after every check.
+
+    Triangulated about frame a's centre, in float64, and moved back after: linear triangulation minimises an
+    algebraic error that depends on where the frame's origin is, so the points are now the same wherever
+    the map's origin lies, and poses in UTM metres (a map made from GPS) keep their millimetres (in the map
+    frame they lost every digit below the metre)."""
     m = match(fa.descriptors, fb.descriptors)
     if len(m) == 0:
         return np.zeros((0, 3)), np.zeros(0, np.int64), np.zeros(0, np.int64)
     k = camera.matrix
+    origin = np.asarray(pose_a[0], np.float64)
+    pose_a, pose_b = (np.asarray(pose_a[0], np.float64) - origin, pose_a[1]), \
+        (np.asarray(pose_b[0], np.float64) - origin, pose_b[1])
     (ra, ta), (rb, tb) = world_to_camera(*pose_a), world_to_camera(*pose_b)
-    xa, xb = camera.undistort(fa.keypoints[m[:, 0]]), camera.undistort(fb.keypoints[m[:, 1]])
-    hom = cv2.triangulatePoints(k @ np.c_[ra, ta], k @ np.c_[rb, tb], xa.T, xb.T)
+    xa, xb = (camera.undistort(f.keypoints[i]).astype(np.float64) for f, i in ((fa, m[:, 0]), (fb, m[:, 1])))
+    hom = cv2.triangulatePoints(k @ np.c_[ra, ta], k @ np.c_[rb, tb], xa.T, xb.T)  # float64 in, float64 out
     with np.errstate(divide="ignore", invalid="ignore"):
         xyz = (hom[:3] / hom[3]).T
     ok = np.isfinite(xyz).all(axis=1)
@@ -153,7 +162,7 @@ def triangulate_pair(camera: Camera, pose_a: tuple[np.ndarray, np.ndarray], pose
     with np.errstate(invalid="ignore"):
         cos = (ray_a * ray_b).sum(1) / (np.linalg.norm(ray_a, axis=1) * np.linalg.norm(ray_b, axis=1))
     ok &= np.degrees(np.arccos(np.clip(cos, -1, 1))) >= config.min_parallax_deg
-    return xyz[ok], m[ok, 0], m[ok, 1]
+    return xyz[ok] + origin, m[ok, 0], m[ok, 1]
 
 
 def build_points(camera: Camera, positions: np.ndarray, orientations: np.ndarray,
