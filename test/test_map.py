@@ -646,6 +646,7 @@ def test_a_lat_lon_traverse_added_over_a_zone_edge_lands_on_the_map(tiny_model, 
     assert map_main(["build", "--checkpoint", str(path), "--poses", str(write("west.csv", range(5))), "--out",
                      str(m), "--no-progress"]) == 0
     assert json.loads((m / "manifest.json").read_text())["utm_zone"] == "32N"
+    assert "positions: UTM zone 32N (from lat/lon" in PlaceMap.load(m).info()
     assert map_main(["add", str(m), "--checkpoint", str(path), "--poses", str(write("east.csv", range(5, 10))),
                      "--no-progress"]) == 0
     capsys.readouterr()

@@ -284,7 +284,9 @@ class PlaceMap:
         if isinstance(self.index, ShortlistIndex) and self.index.provenance is not None:
             lines.append(self.index.provenance.describe())
         return "\n".join(lines + [
-            f"frame: {m.frame_id}   extent: {extent[0]:.1f} x {extent[1]:.1f} x {extent[2]:.1f}",
+            f"frame: {m.frame_id}   extent: {extent[0]:.1f} x {extent[1]:.1f} x {extent[2]:.1f}"
+            + (f"   positions: UTM zone {m.utm_zone} (from lat/lon; later lat/lon are projected in it)" if m.utm_zone
+               else ""),
             f"model: preset {m.model_config.get('preset')}, image {m.model_config.get('image_size')}, "
             f"weights {m.model_config.get('weights')}"
             + heads_note(m.model_config.get("heads", 1)),
