@@ -58,15 +58,14 @@ def _inputs(args: argparse.Namespace) -> Iterator[Frame]:
     return frames(args.inputs, args.fps)
 
 
-def _motion_source(args: argparse.Namespace) -> MotionSource:
+def _motion_source(args: argparse.Namespace, utm_zone: str | None) -> MotionSource:
+    """Odometry from --odometry (lat/lon in the map's `utm_zone`) or a bag's --odom-topic, else none."""
     from ..datasets import load_csv
-    from ..mapping.placemap import read_manifest
 
     if args.odom_topic and not args.bag:
         raise ValueError("--odom-topic reads a bag's odometry: give --bag too")
     if args.odometry:
-        return MotionSource(poses=poses_by_name(load_csv(args.odometry, require_images=False,
-                                                         utm_zone=read_manifest(args.map).utm_zone or None)))
+        return MotionSource(poses=poses_by_name(load_csv(args.odometry, require_images=False, utm_zone=utm_zone)))
     if args.odom_topic:
         return MotionSource(odometry=bag_odometry(args.bag, args.odom_topic, OFFLINE_ODOM_MAX_GAP_S))
     return MotionSource()
@@ -91,14 +90,16 @@ def _cmd(args: argparse.Namespace) -> int:
     from ..datasets import frame_mismatch
     from ..mapping.placemap import read_manifest
 
-    gt, gt_zone = read_ground_truth(args.gt, read_manifest(args.map).utm_zone or None) if args.gt else (None, "")
+    # lat/lon of ground truth and odometry in the map's UTM zone (the manifest read once, only for them)
+    map_zone = (read_manifest(args.map).utm_zone or None) if args.gt or args.odometry else None
+    gt, gt_zone = read_ground_truth(args.gt, map_zone) if args.gt else (None, "")
     if gt is not None and not args.bag:  # check image files before any work (video frames: as they come)
         missing = [p.name for item in args.inputs if Path(item).suffix.lower() not in VIDEO_EXTS
                    for p in list_images([item]) if p.name not in gt]
         if missing:
             raise ValueError(f"{args.gt}: no ground truth for {len(missing)} frame(s), e.g. {missing[:3]} "
                              "(rows are matched by file name)")
-    motion = _motion_source(args)
+    motion = _motion_source(args, map_zone)
     LOG.info(limit_blas_for_frames())
     loc = Localizer.from_paths(args.map, args.checkpoint, args.device, None, est_cfg, args.top_k, belief,
                                "filtered" if args.sequence else "single", backend=args.backend, engine=args.engine)
