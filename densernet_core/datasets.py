@@ -167,6 +167,18 @@ def looks_utm(positions: np.ndarray) -> bool:
                                    & (xy[:, 1] >= UTM_NORTHING_M[0]) & (xy[:, 1] <= UTM_NORTHING_M[1])))
 
 
+def local_origin(positions: np.ndarray, utm_zone: str = "") -> np.ndarray | None:
+    """Where a map frame relative to the places should have its origin, for places in UTM metres (from lat/lon,
+    or UTM x/y): the first place's easting and northing in whole metres, height 0; None for places already in a
+    local frame. Published poses at UTM northings (5.6e6 m) lose 0.5 m to float32 in RViz and other consumers
+    (nav2's GPS set-up keeps `map` local, under a `utm` frame); the first place never changes as traverses are
+    added, so neither does the origin."""
+    xy = np.asarray(positions, float)
+    if not len(xy) or not (utm_zone or looks_utm(xy)):
+        return None
+    return np.array([round(float(xy[0, 0])), round(float(xy[0, 1])), 0.0])
+
+
 def frame_mismatch(ref_zone: str, ref_positions: np.ndarray, zone: str, positions: np.ndarray, what: str,
                    ref: str = "the map's places") -> str | None:
     """Why `what`'s positions cannot be in the frame of `ref` (a map's places, a split's first source), or

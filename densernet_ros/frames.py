@@ -6,6 +6,8 @@
   now + `transform_tolerance`, as AMCL does; with `map_odom_2d` (default) both are flattened to x, y and
   heading first, so a fix's small roll/pitch error does not tip the odom frame (0.5 degree of pitch is
   0.25 m of height 30 m from odom's origin). It needs tf2_ros (a ROS 2 install; not on PyPI).
+- A map in UTM metres is published relative to its origin (`local_frame`): utm_frame -> map_frame, the
+  origin's translation, goes out once on /tf_static (nav2's GPS set-up: `map` local, under `utm`).
 - The extrinsic base_frame -> camera frame (the image header's frame_id), in this order: tf2 (when
   tf2_ros imports and the robot publishes it, looked up once per camera frame and cached), the
   `camera_extrinsic` parameter (a YAML file), the one recorded in the map (densernet_core/frames.py).
@@ -55,7 +57,7 @@ class RobotFrames:
         self._odom_sub = self._tf_timer = None
         stats.update(odometry_msgs=0, odometry_restarts=0, tf_updates=0, tf_skipped=0, tf_reason="", motion="",
                      extrinsic_source="")
-        self.broadcaster = None
+        self.broadcaster = self._static = None
         if settings.publish_tf:
             try:
                 from tf2_ros import TransformBroadcaster
@@ -176,6 +178,36 @@ class RobotFrames:
             self._map_odom = tf
         self.stats.update(tf_updates=self.stats["tf_updates"] + 1, tf_reason="ok")
         self.broadcast()
+
+    def publish_origin(self, origin: np.ndarray | None) -> None:
+        """utm_frame -> map_frame on /tf_static, for a map published relative to its origin (where tf2_ros
+        imports and utm_frame is set); said in the log either way, and in diagnostics (`map_origin`)."""
+        s = self.settings
+        if origin is None:
+            return
+        where = f"x {origin[0]:.0f}, y {origin[1]:.0f}"
+        self.stats["map_origin"] = f"{where} in {s.utm_frame or 'UTM metres'}"
+        if not s.utm_frame:
+            self.node.get_logger().info(f"poses in {s.map_frame} relative to the map's origin at {where} (UTM "
+                                        "metres); utm_frame is empty: no transform broadcast for it")
+            return
+        try:
+            from tf2_ros import StaticTransformBroadcaster
+        except ImportError:
+            self.node.get_logger().info(f"poses in {s.map_frame} relative to the map's origin at {where} (UTM "
+                                        f"metres); {s.utm_frame} -> {s.map_frame} not broadcast: tf2_ros cannot "
+                                        "be imported")
+            return
+        tf = TransformStamped()
+        tf.header.stamp = self.node.get_clock().now().to_msg()
+        tf.header.frame_id, tf.child_frame_id = s.utm_frame, s.map_frame
+        v = tf.transform.translation
+        v.x, v.y, v.z = (float(c) for c in origin)
+        tf.transform.rotation.w = 1.0
+        self._static = StaticTransformBroadcaster(self.node)  # kept: its latched publisher serves late joiners
+        self._static.sendTransform(tf)
+        self.node.get_logger().info(f"poses in {s.map_frame} relative to the map's origin; {s.utm_frame} -> "
+                                    f"{s.map_frame} on /tf_static: {where}")
 
     def broadcast(self) -> None:
         with self._lock:

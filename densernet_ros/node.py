@@ -23,6 +23,8 @@ so the executor never blocks and no queue builds up. Publishes (all relative to 
   /tf (publish_tf only)         map -> odom, from each fix and the odometry (odom_topic,
                                 nav_msgs/Odometry) interpolated at the image stamp; re-sent at
                                 tf_rate_hz, stamped now + transform_tolerance (as AMCL does)
+  /tf_static (a UTM map)        utm -> map: a map whose places are UTM metres (made from lat/lon,
+                                or UTM x/y) is published relative to its origin (`local_frame`)
   place_recognition/map_markers visualization_msgs/MarkerArray of the mapped places (latched)
   place_recognition/belief_markers  the belief over the places, per frame (RViz: rviz/densernet.rviz)
 Subscribes to `initialpose` (geometry_msgs/PoseWithCovarianceStamped in map_frame: RViz's "2D Pose
@@ -117,6 +119,8 @@ class NodeSettings:
     map_odom_2d: bool
     publish_markers: bool
     autostart: bool
+    local_frame: bool
+    utm_frame: str
 
 
 # name: (default, description, read_only, range)
@@ -137,6 +141,12 @@ PARAMETERS = {
                                 "answers, fewer per second; 0: take the newest however long it waited)", True,
                          (0.0, 10.0)),
     "map_frame": ("map", "frame_id of published poses", True, None),
+    "local_frame": (True, "a map in UTM metres (from lat/lon or UTM x/y) is published in map_frame relative to its "
+                          "origin (the first place, whole metres), not in UTM metres, where float32 consumers "
+                          "(RViz) step by 0.5 m; initialpose is read in that frame", True, None),
+    "utm_frame": ("utm", "local_frame on a UTM map: utm_frame -> map_frame (the origin) is broadcast on /tf_static "
+                         "(needs tf2_ros); empty: not broadcast (another node owns it, e.g. navsat_transform)",
+                  True, None),
     "mode": ("filtered", "filtered: the place belief over time (motion and earlier frames); single: each frame "
                          "alone", True, None),
     "max_speed": (BELIEF.max_speed, "filter: the robot's top speed, map units per second (no odometry)", True,
@@ -184,6 +194,7 @@ class LocalizerCore:
                       "time_jumps": 0, "unstamped": 0, "last_score": 0.0, "last_confidence": 0.0,
                       "last_latency_ms": 0.0, "last_error": ""}
         self.robot = RobotFrames(self, self.settings, self.localizer.map.extrinsic, self.stats)
+        self.robot.publish_origin(self.localizer.map.origin if self.localizer.map.recentred else None)
         self._filter_lock = threading.Lock()  # the worker steps the belief; the reset service and initialpose set it
         self.pose_pub = self._publisher(PoseWithCovarianceStamped, "place_recognition/pose", 10)
         self.cand_pub = self._publisher(PoseArray, "place_recognition/candidates", 10)
@@ -308,6 +319,9 @@ class LocalizerCore:
             raise ConfigError("parameter image_topic is empty")
         if not values["base_frame"]:
             raise ConfigError("parameter base_frame is empty: name the robot frame whose pose is published")
+        if values["utm_frame"] and values["utm_frame"] == values["map_frame"]:
+            raise ConfigError(f"parameters utm_frame and map_frame are both {values['map_frame']!r}: the transform "
+                              "between them would be a loop; name another utm_frame, or empty for none")
         size = (values["image_height"], values["image_width"])
         if (size[0] == 0) != (size[1] == 0):
             raise ConfigError(f"parameters image_height={size[0]}, image_width={size[1]}: set both or neither (0)")
@@ -329,7 +343,7 @@ class LocalizerCore:
                             values["odom_topic"], values["odom_max_gap_s"], values["odom_history_s"],
                             values["transform_tolerance"], values["tf_rate_hz"], values["base_frame"],
                             values["camera_extrinsic"], values["map_odom_2d"], values["publish_markers"],
-                            values["autostart"])
+                            values["autostart"], values["local_frame"], values["utm_frame"])
 
     def _load_localizer(self) -> None:
         from densernet_core.localization.localizer import Localizer
@@ -338,7 +352,7 @@ class LocalizerCore:
         size = s.image_size if s.image_size and s.image_size[0] > 0 else None
         self.localizer = Localizer.from_paths(s.map_dir, s.checkpoint or None, s.device, size, s.estimator,
                                               s.top_k, s.belief, s.mode, MetricConfig() if s.metric else None,
-                                              s.backend, s.engine or None)
+                                              s.backend, s.engine or None, s.local_frame)
         self._last_stamp: float | None = None  # image stamp of the previous processed frame (filter motion)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
@@ -553,6 +567,8 @@ class LocalizerCore:
                               belief_entropy=b.entropy)
         if self.robot.odometry is not None:
             values.update(odometry_msgs=s["odometry_msgs"], odometry_restarts=s["odometry_restarts"])
+        if "map_origin" in s:
+            values["map_origin"] = s["map_origin"]
         values.update(base_frame=self.settings.base_frame, extrinsic=s["extrinsic_source"] or "no frame yet",
                       initial_poses=s["seeds"], time_jumps_back=s["time_jumps"],
                       unstamped_frames=s["unstamped"])

@@ -700,3 +700,58 @@ def test_lat_lon_and_local_x_y_are_not_mixed_in_one_map(tiny_model, route, ckpt,
     added = PlaceMap.load(geo)
     assert added.manifest.utm_zone == "32N" and added.manifest.num_places == 20
     np.testing.assert_allclose(added.places.positions[10:], added.places.positions[:10])
+
+
+def test_a_map_in_utm_metres_gets_a_local_origin_that_its_places_and_points_move_to(tiny_model, route, ckpt,
+                                                                                    tmp_path):
+    """A map made from lat/lon holds UTM metres (northings of 4.6e6 here); its origin for a local map frame is
+    its first place in whole metres, recorded in the manifest (and the same for a map made before it was); the
+    node's Localizer moves places, points and the belief there. A map of local x/y has none and does not move."""
+    import json
+
+    from densernet_core.datasets import latlon_to_utm, local_origin
+    from densernet_core.localization.belief import BeliefConfig
+    from densernet_core.localization.localizer import Localizer
+    from densernet_core.mapping.cli import main as map_main
+    from densernet_core.mapping.points import MapPoints
+
+    path, _ = ckpt
+    images = sorted(route.glob("*.png"))
+    gps = route / "gps.csv"
+    gps.write_text("image,lat,lon\n" + "".join(f"{p.name},41.9,{11.9990 + 0.0002 * i:.6f}\n"
+                                                for i, p in enumerate(images)))
+    geo, local = tmp_path / "geo", tmp_path / "local"
+    for poses, out in ((gps, geo), (route / "poses.csv", local)):
+        assert map_main(["build", "--checkpoint", str(path), "--poses", str(poses), "--out", str(out),
+                         "--no-progress"]) == 0
+    east, north, _ = latlon_to_utm(np.array([41.9]), np.array([11.9990]), "32N")
+    want = [round(float(east[0])), round(float(north[0])), 0.0]
+    assert json.loads((geo / "manifest.json").read_text())["map_origin"] == want
+    assert json.loads((local / "manifest.json").read_text())["map_origin"] is None
+    assert f"local map frame: origin at x {want[0]}, y {want[1]}" in PlaceMap.load(geo).info()
+    assert "local map frame" not in PlaceMap.load(local).info()
+    manifest = json.loads((geo / "manifest.json").read_text())  # as a map made before the origin was recorded
+    manifest.pop("map_origin")
+    (geo / "manifest.json").write_text(json.dumps(manifest))
+    assert PlaceMap.load(geo).origin.tolist() == want
+    assert local_origin(np.array([[700000.4, 5600000.6, 31.0]])).tolist() == [700000.0, 5600001.0, 0.0]  # UTM x/y
+    assert local_origin(np.array([[12.0, 3.0, 0.0]])) is None
+
+    pmap = PlaceMap.load(geo)
+    stored = pmap.places.positions.copy()
+    pmap.points = MapPoints(None, "sift", stored[:3] + [0.0, 0.0, 1.5], np.zeros((0, 2), np.int64),
+                            np.zeros((0, 2)), np.zeros((0, 128), np.float16))
+    np.testing.assert_array_equal(pmap.recentre(), want)
+    pmap.recentre()  # once only
+    np.testing.assert_allclose(pmap.places.positions, stored - want, atol=1e-9)
+    np.testing.assert_allclose(pmap.points.xyz, stored[:3] + [0.0, 0.0, 1.5] - want, atol=1e-9)
+    assert np.abs(pmap.places.positions[:, :2]).max() < 200  # metres from the origin, not 4.6e6
+    with pytest.raises(MapError, match="moved to its local frame"):
+        pmap.save(tmp_path / "moved")
+    np.testing.assert_array_equal(PlaceMap.load(geo).places.positions, stored)  # the files keep UTM metres
+
+    loc = Localizer.from_paths(geo, path, belief=BeliefConfig(), mode="filtered", metric=None, local_frame=True)
+    np.testing.assert_allclose(loc.filter.positions, stored - want, atol=1e-9)
+    assert loc.seed(stored[4] - want, np.eye(3) * 0.01) >= 1
+    assert np.linalg.norm(loc.filter.estimate().position - (stored[4] - want)) < 1.0
+    assert not Localizer.from_paths(local, path, metric=None, local_frame=True).map.recentred

@@ -479,6 +479,14 @@ class TransformBroadcaster:
     def sendTransform(self, transform):
         for t in transform if isinstance(transform, list) else [transform]:
             self._pub.publish(t)
+
+
+class StaticTransformBroadcaster(TransformBroadcaster):
+    def __init__(self, node, qos=None):
+        from rclpy.qos import DurabilityPolicy, QoSProfile
+
+        self._pub = node.create_publisher(TransformStamped, "test_tf_static",
+                                          QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
 '''
 
 
@@ -645,6 +653,94 @@ def test_map_to_odom_uses_odometry_at_the_image_stamp(gp_map, gardens_point, tmp
         client.close()
         code, out = stop(proc)
     assert code == 0, out
+
+
+def test_a_map_in_utm_metres_is_published_relative_to_its_origin_under_a_utm_frame(raw_node, gp_map, gardens_point,
+                                                                                     tmp_path):
+    """A map whose places are UTM metres (made from GPS) is published in `map` relative to its origin (its first
+    place in whole metres): what the same map in local x/y publishes, moved by the rounding, poses and candidates
+    alike; utm -> map, the origin, goes on /tf_static, and diagnostics name it. The code before published UTM
+    northings (5.6e6 m here), which RViz draws in float32 steps of 0.5 m."""
+    import csv
+    import shutil
+
+    from geometry_msgs.msg import TransformStamped
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+
+    shift = np.array([700000.25, 5600000.75, 0.0])  # the origin is (700000, 5600001): local = x + 0.25, y - 0.25
+    utm = tmp_path / "utm_map"
+    shutil.copytree(gp_map / "map", utm)
+    with open(utm / "places.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    for row in rows[1:]:
+        row[2], row[3] = repr(float(row[2]) + float(shift[0])), repr(float(row[3]) + float(shift[1]))
+    with open(utm / "places.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    real_tf2 = _has_tf2_ros()
+    pythonpath: tuple[str, ...] = ()
+    if not real_tf2:
+        fake = tmp_path / "fake_tf2"
+        (fake / "tf2_ros").mkdir(parents=True)
+        (fake / "tf2_ros" / "__init__.py").write_text(FAKE_TF2_ROS)
+        pythonpath = (str(fake),)
+    _, local_client = raw_node
+    proc = start_node(utm, *PARAMS, namespace="utm", pythonpath=pythonpath)
+    client = Client(namespace="utm")
+    statics: list = []
+    if real_tf2:
+        import tf2_ros
+        from rclpy.time import Time
+
+        buffer = tf2_ros.Buffer()
+        client.tf_listener = tf2_ros.TransformListener(buffer, client.node)
+
+        def utm_map():
+            return buffer.lookup_transform("utm", "map", Time()) if buffer.can_transform("utm", "map", Time()) else None
+    else:
+        client.node.create_subscription(TransformStamped, "test_tf_static", statics.append,
+                                        QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+
+        def utm_map():
+            return statics[-1] if statics else None
+
+    def of_stamp(messages, stamp_ns):
+        return next(m for m in messages if (m.header.stamp.sec, m.header.stamp.nanosec) == divmod(stamp_ns, 10 ** 9))
+
+    try:
+        client.wait_matched(proc)
+        fixes = 0
+        for i in (40, 90, 150):
+            stamp = _stamp(8000 + i)
+            msg = client.make_msg(frame(gardens_point, "day_right", i), stamp)
+            local_v, local_pose = local_client.send_and_wait(msg)
+            v, pose = client.send_and_wait(msg)
+            assert (v["fix"], v["top_k_ids"], v["place_id"]) == (local_v["fix"], local_v["top_k_ids"], local_v["place_id"])
+            for got, want in ((pose, local_pose), *zip(of_stamp(client.candidates, stamp).poses,
+                                                      of_stamp(local_client.candidates, stamp).poses)):
+                if want is None:
+                    assert got is None
+                    continue
+                got, want = getattr(got, "pose", got), getattr(want, "pose", want)
+                got, want = getattr(got, "pose", got), getattr(want, "pose", want)
+                np.testing.assert_allclose([got.position.x, got.position.y, got.position.z],
+                                           [want.position.x + 0.25, want.position.y - 0.25, want.position.z], atol=1e-6)
+            if pose is not None:
+                fixes += 1
+                assert pose.header.frame_id == "map"
+                np.testing.assert_allclose(pose.pose.covariance, local_pose.pose.covariance, atol=1e-9)
+        assert fixes >= 2, "too few fixes to compare the published poses"
+        client.wait_for(lambda: utm_map() is not None, 10, "utm -> map on /tf_static")
+        tf = utm_map()
+        assert (tf.header.frame_id, tf.child_frame_id) == ("utm", "map")
+        t = tf.transform.translation
+        assert (t.x, t.y, t.z, tf.transform.rotation.w) == (700000.0, 5600001.0, 0.0, 1.0)
+        client.wait_for(lambda: _diag_value(client, "map_origin") is not None, 5, "diagnostics naming the origin")
+        assert _diag_value(client, "map_origin") == "x 700000, y 5600001 in utm"
+    finally:
+        client.close()
+        code, out = stop(proc)
+    assert code == 0, out
+    assert "relative to the map's origin" in out
 
 
 def _diag_value(client, key: str, default=None):

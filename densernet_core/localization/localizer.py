@@ -131,9 +131,13 @@ class Localizer:
                    image_size: tuple[int, int] | None = None, estimator: PoseEstimatorConfig = PoseEstimatorConfig(),
                    top_k: int = 10, belief: BeliefConfig | None = None, mode: str = "single",
                    metric: MetricConfig | None = MetricConfig(), backend: str = "torch",
-                   engine: str | Path | None = None) -> "Localizer":
-        """`backend`/`engine`: run the network on an exported engine (model/runtime.py), not PyTorch."""
+                   engine: str | Path | None = None, local_frame: bool = False) -> "Localizer":
+        """`backend`/`engine`: run the network on an exported engine (model/runtime.py), not PyTorch.
+        `local_frame`: a map in UTM metres is localized in, and answers in, its frame local to the places
+        (PlaceMap.recentre; the node's map frame), not in UTM metres."""
         place_map = PlaceMap.load(map_dir)
+        if local_frame:
+            place_map.recentre()
         ckpt = Path(checkpoint) if checkpoint else Path(place_map.manifest.checkpoint)
         if not ckpt.is_absolute() and not ckpt.is_file():
             ckpt = Path(map_dir) / ckpt

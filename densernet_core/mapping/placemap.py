@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import GeoImages, PathColumn, StringColumn, frame_mismatch
+from ..datasets import GeoImages, PathColumn, StringColumn, frame_mismatch, local_origin
 from ..camera import Camera
 from ..config import heads_note
 from ..frames import Extrinsic, extrinsic_from_mapping
@@ -86,6 +86,9 @@ class Manifest:
     index_request: str = ""  # what was asked for (auto: chosen by size, again at every `add`); "": index_type
     projection: dict | None = None  # a compact index's Projection (provenance, when to refit)
     utm_zone: str = ""  # the places came as lat/lon, projected in this UTM zone ('32N'); later lat/lon too
+    # places in UTM metres: the point [x, y, z] of their frame where the node's map frame has its origin
+    # (datasets.local_origin); None: the places' frame is the map frame
+    map_origin: list[float] | None = None
 
     def requested_index(self) -> str:
         return self.index_request or self.index_type
@@ -137,6 +140,28 @@ class PlaceMap:
         self._background = read_rows(descriptors, background_rows(len(places)), self._prefetch).astype(np.float32)
         self.observation = observation
         self.observation_error = ""  # why there is no observation model, when there is none
+        if manifest.map_origin is None:  # new maps, and maps made before the origin was recorded
+            origin = local_origin(places.positions, manifest.utm_zone)
+            manifest.map_origin = None if origin is None else [float(v) for v in origin]
+        self.recentred = False
+
+    @property
+    def origin(self) -> np.ndarray | None:
+        """Where a map frame local to the places has its origin, in the places' frame (UTM maps), or None."""
+        return None if self.manifest.map_origin is None else np.asarray(self.manifest.map_origin, float)
+
+    def recentre(self) -> np.ndarray | None:
+        """Move the places and 3-D points, in memory, into the map frame local to them (their positions less
+        `origin`): what the node publishes and takes in. Returns the origin (None: nothing to move). A map so
+        moved is not saved: its files keep the places' own frame."""
+        origin = self.origin
+        if origin is None or self.recentred:
+            return origin
+        self.places.positions = self.places.positions - origin
+        if self.points is not None:
+            self.points.xyz = self.points.xyz - origin
+        self.recentred = True
+        return origin
 
     @property
     def extrinsic(self) -> Extrinsic | None:
@@ -165,6 +190,9 @@ class PlaceMap:
 
     # ---- io -------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
+        if self.recentred:
+            raise MapError("this map's places were moved to its local frame in memory (recentre); saving them "
+                           "would move the map's files off their frame")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for stale in (INDEX, COARSE, *REFINE_FILES, POINTS_META, *POINT_FILES.values(), OBSERVATION_FILE):  # written anew
@@ -287,6 +315,9 @@ class PlaceMap:
             f"frame: {m.frame_id}   extent: {extent[0]:.1f} x {extent[1]:.1f} x {extent[2]:.1f}"
             + (f"   positions: UTM zone {m.utm_zone} (from lat/lon; later lat/lon are projected in it)" if m.utm_zone
                else ""),
+            *([] if self.origin is None else [
+                f"local map frame: origin at x {self.origin[0]:.0f}, y {self.origin[1]:.0f} of the places' UTM metres "
+                "(the node publishes relative to it, under a utm frame)"]),
             f"model: preset {m.model_config.get('preset')}, image {m.model_config.get('image_size')}, "
             f"weights {m.model_config.get('weights')}"
             + heads_note(m.model_config.get("heads", 1)),
