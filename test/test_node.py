@@ -496,6 +496,16 @@ def _has_tf2_ros() -> bool:
     return importlib.util.find_spec("tf2_ros") is not None
 
 
+def _tf2_or_stand_in(tmp_path: Path) -> tuple[bool, tuple[str, ...]]:
+    """Whether the real tf2_ros imports; where it does not, the PYTHONPATH of the stand-in (FAKE_TF2_ROS)."""
+    if _has_tf2_ros():
+        return True, ()
+    fake = tmp_path / "fake_tf2"
+    (fake / "tf2_ros").mkdir(parents=True)
+    (fake / "tf2_ros" / "__init__.py").write_text(FAKE_TF2_ROS)
+    return False, (str(fake),)
+
+
 def test_publish_tf_without_tf2_ros_exits_with_message(gp_map):
     if _has_tf2_ros():
         pytest.skip("tf2_ros is installed here: the missing-tf2_ros start-up error cannot occur")
@@ -518,13 +528,7 @@ def test_map_to_odom_uses_odometry_at_the_image_stamp(gp_map, gardens_point, tmp
 
     from densernet_core.geometry import compose, inverse
 
-    real_tf2 = _has_tf2_ros()
-    pythonpath: tuple[str, ...] = ()
-    if not real_tf2:
-        fake = tmp_path / "fake_tf2"
-        (fake / "tf2_ros").mkdir(parents=True)
-        (fake / "tf2_ros" / "__init__.py").write_text(FAKE_TF2_ROS)
-        pythonpath = (str(fake),)
+    real_tf2, pythonpath = _tf2_or_stand_in(tmp_path)
     proc = start_node(gp_map / "map", *PARAMS, "publish_tf:=true", "tf_rate_hz:=20.0", namespace="map_odom",
                       pythonpath=pythonpath)
     client = Client(namespace="map_odom")
@@ -676,13 +680,7 @@ def test_a_map_in_utm_metres_is_published_relative_to_its_origin_under_a_utm_fra
         row[2], row[3] = repr(float(row[2]) + float(shift[0])), repr(float(row[3]) + float(shift[1]))
     with open(utm / "places.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
-    real_tf2 = _has_tf2_ros()
-    pythonpath: tuple[str, ...] = ()
-    if not real_tf2:
-        fake = tmp_path / "fake_tf2"
-        (fake / "tf2_ros").mkdir(parents=True)
-        (fake / "tf2_ros" / "__init__.py").write_text(FAKE_TF2_ROS)
-        pythonpath = (str(fake),)
+    real_tf2, pythonpath = _tf2_or_stand_in(tmp_path)
     _, local_client = raw_node
     proc = start_node(utm, *PARAMS, namespace="utm", pythonpath=pythonpath)
     client = Client(namespace="utm")
