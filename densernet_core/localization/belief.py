@@ -95,6 +95,8 @@ class BeliefConfig:
                                      # robot went further (odometry: beyond two fix radii; without: the view
                                      # changed each frame, and as much as a place spacing does) (0: no limit)
     least_evidence: float = 0.05     # the smallest share of a frame's evidence a repeated view still adds
+    seed_gate_sigma: float = 5.0     # an initial pose this many standard deviations (its covariance, the position
+                                     # floor) from every place is refused: off the map, or given in another frame
 
     def __post_init__(self) -> None:
         checks = {"max_speed": self.max_speed > 0, "max_step": self.max_step > 0, "odom_noise": self.odom_noise >= 0,
@@ -110,7 +112,7 @@ class BeliefConfig:
                   "enter_rate": 0 < self.enter_rate <= 1, "velocity_change": 0 <= self.velocity_change <= 1,
                   "route_noise": self.route_noise >= 0, "stop_penalty": 0 < self.stop_penalty <= 1,
                   "moving_similarity": -1 <= self.moving_similarity <= 1, "dwell_frames": self.dwell_frames >= 0,
-                  "least_evidence": 0 < self.least_evidence <= 1}
+                  "least_evidence": 0 < self.least_evidence <= 1, "seed_gate_sigma": self.seed_gate_sigma > 0}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"belief filter: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)} "
@@ -352,7 +354,14 @@ class PlaceBelief:
             cov[2, 2] = 1.0
             d[:, 2] = 0.0
         m = np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d)
-        weight = np.exp(-0.5 * (m - m.min()))
+        nearest = int(np.argmin(m))
+        if m[nearest] > c.seed_gate_sigma ** 2:  # weighed relative to the nearest place, it would land there anyway
+            raise ValueError(f"initial pose ({', '.join(f'{v:.2f}' for v in np.asarray(position, float).reshape(3)[:2])}) "
+                             f"is {np.linalg.norm(d[nearest]):.1f} map units from the nearest mapped place "
+                             f"({np.sqrt(m[nearest]):.1f} standard deviations of its covariance, beyond "
+                             f"{c.seed_gate_sigma:g}): off the map, or in another frame than the map's; not seeded "
+                             "(give a larger covariance if the robot may be that far from the route)")
+        weight = np.exp(-0.5 * (m - m[nearest]))
         if orientation is not None and self._rot is not None and yaw_variance is not None and yaw_variance > 0:
             from ..geometry import quat_to_yaw
 
