@@ -734,6 +734,11 @@ def test_a_map_in_utm_metres_gets_a_local_origin_that_its_places_and_points_move
     manifest.pop("map_origin")
     (geo / "manifest.json").write_text(json.dumps(manifest))
     assert PlaceMap.load(geo).origin.tolist() == want
+    for bad in ([1.0, 2.0], "700000,5600000", [1.0, None, 0.0]):  # hand-edited: refused by name, not a numpy error
+        (geo / "manifest.json").write_text(json.dumps({**manifest, "map_origin": bad}))
+        with pytest.raises(MapError, match="map_origin .* is not \\[x, y, z\\]"):
+            PlaceMap.load(geo)
+    (geo / "manifest.json").write_text(json.dumps(manifest))
     assert local_origin(np.array([[700000.4, 5600000.6, 31.0]])).tolist() == [700000.0, 5600001.0, 0.0]  # UTM x/y
     assert local_origin(np.array([[12.0, 3.0, 0.0]])) is None
 

@@ -227,6 +227,11 @@ class PlaceMap:
                                    ("index request", manifest.index_request or manifest.index_type, INDEX_TYPES)):
             if value not in known:
                 raise MapError(f"{folder / MANIFEST}: {name} {value!r} unknown; expected one of {known}")
+        origin = manifest.map_origin
+        if origin is not None and not (isinstance(origin, list) and len(origin) == 3
+                                       and all(isinstance(v, (int, float)) and np.isfinite(v) for v in origin)):
+            raise MapError(f"{folder / MANIFEST}: map_origin {origin!r} is not [x, y, z] in the places' frame "
+                           "(delete the key: it is the first place's x, y in whole metres again)")
         if rebuild_index is not None:
             manifest.index_request = rebuild_index or manifest.requested_index()
             try:
