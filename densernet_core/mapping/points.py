@@ -143,8 +143,7 @@ def triangulate_pair(camera: Camera, pose_a: tuple[np.ndarray, np.ndarray], pose
         return np.zeros((0, 3)), np.zeros(0, np.int64), np.zeros(0, np.int64)
     k = camera.matrix
     origin = np.asarray(pose_a[0], np.float64)
-    pose_a, pose_b = (np.asarray(pose_a[0], np.float64) - origin, pose_a[1]), \
-        (np.asarray(pose_b[0], np.float64) - origin, pose_b[1])
+    pose_a, pose_b = ((np.asarray(p, np.float64) - origin, q) for p, q in (pose_a, pose_b))
     (ra, ta), (rb, tb) = world_to_camera(*pose_a), world_to_camera(*pose_b)
     xa, xb = (camera.undistort(f.keypoints[i]).astype(np.float64) for f, i in ((fa, m[:, 0]), (fb, m[:, 1])))
     hom = cv2.triangulatePoints(k @ np.c_[ra, ta], k @ np.c_[rb, tb], xa.T, xb.T)  # float64 in, float64 out
