@@ -121,6 +121,7 @@ class NodeSettings:
     autostart: bool
     local_frame: bool
     utm_frame: str
+    bond_heartbeat_period: float
 
 
 # name: (default, description, read_only, range)
@@ -181,6 +182,8 @@ PARAMETERS = {
     "publish_markers": (True, "RViz markers: the map's places (latched) and the belief per frame", True, None),
     "autostart": (False, "managed node only: configure and activate at start-up (as nav2's lifecycle_manager "
                           "would)", True, None),
+    "bond_heartbeat_period": (0.1, "managed node only: heartbeat period (s) of the bond nav2's lifecycle_manager "
+                                   "forms with the node once active (bondpy); 0: no bond", True, (0.0, 10.0)),
 }
 
 
@@ -343,7 +346,8 @@ class LocalizerCore:
                             values["odom_topic"], values["odom_max_gap_s"], values["odom_history_s"],
                             values["transform_tolerance"], values["tf_rate_hz"], values["base_frame"],
                             values["camera_extrinsic"], values["map_odom_2d"], values["publish_markers"],
-                            values["autostart"], values["local_frame"], values["utm_frame"])
+                            values["autostart"], values["local_frame"], values["utm_frame"],
+                            values["bond_heartbeat_period"])
 
     def _load_localizer(self) -> None:
         from densernet_core.localization.localizer import Localizer

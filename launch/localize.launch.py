@@ -2,6 +2,7 @@
 
     ros2 launch densernet_ros localize.launch.py map_dir:=/path/to/map image_topic:=/camera/image_raw
     ros2 launch densernet_ros localize.launch.py managed:=true autostart:=true map_dir:=...   # lifecycle node
+    ros2 launch densernet_ros localize.launch.py managed:=true map_dir:=...   # driven by nav2's lifecycle_manager
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction

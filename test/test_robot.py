@@ -327,13 +327,50 @@ def _xyz(pose) -> np.ndarray:
     return np.array([p.x, p.y, p.z])
 
 
-def test_managed_node_follows_the_lifecycle_services_and_publishes_nothing_inactive(robot):
+# A test double of bondpy (ros/bond_core's bondpy.Bond; bond's messages are not on PyPI): the upstream
+# constructor and properties, each heartbeat and the break published as a std_msgs/String on test_<topic>.
+FAKE_BONDPY = '''
+import threading
+
+from std_msgs.msg import String
+
+
+class Bond:
+    def __init__(self, node, topic, id, on_broken=None, on_formed=None):
+        self.node, self.topic, self.id = node, topic, id
+        self.heartbeat_period, self.heartbeat_timeout = 1.0, 4.0  # bond's Constants
+        self._pub = node.create_publisher(String, "test_" + topic, 10)
+        self._stop = threading.Event()
+        self.is_shutdown = False  # bondpy's: its heartbeat thread ends when it is set
+
+    def _say(self, state):
+        self._pub.publish(String(data=f"{self.id} {state} {self.heartbeat_period:g} {self.heartbeat_timeout:g}"))
+
+    def _beat(self):
+        while not self._stop.wait(self.heartbeat_period) and not self.is_shutdown:
+            self._say("alive")
+
+    def start(self):
+        self._say("alive")
+        threading.Thread(target=self._beat, daemon=True).start()
+
+    def shutdown(self):
+        self._stop.set()
+        self.is_shutdown = True
+        self._say("dead")
+'''
+
+
+def test_managed_node_follows_the_lifecycle_services_and_publishes_nothing_inactive(robot, tmp_path):
     """nav2's lifecycle_manager drives a managed node through the standard services: configure loads (the
     node is inactive and answers no frame), activate answers, deactivate stops answering, cleanup frees;
-    `autostart` comes up active by itself."""
+    `autostart` comes up active by itself. Once active it keeps the manager's bond (bondpy, a stand-in
+    here) with nav2's heartbeat and timeout, and breaks it on deactivation: the code before had none, and
+    nav2's lifecycle_manager aborted the bring-up 4 s after activating it ("unable to be reached by bond")."""
     from lifecycle_msgs.msg import State, Transition
     from lifecycle_msgs.srv import ChangeState, GetState
     from rosbags.highlevel import AnyReader
+    from std_msgs.msg import String
 
     from densernet_ros.harness import to_rclpy
     from ros_helpers import Client, ros_env, stop
@@ -344,13 +381,26 @@ def test_managed_node_follows_the_lifecycle_services_and_publishes_nothing_inact
         images = [to_rclpy(reader.deserialize(raw, c.msgtype), c.msgtype)
                   for c, _, raw in reader.messages(connections=conn)][:6]
 
-    def start(namespace: str, *params: str) -> subprocess.Popen:
+    stand_in = tmp_path / "fake_bondpy"
+    (stand_in / "bondpy").mkdir(parents=True)
+    (stand_in / "bondpy" / "__init__.py").write_text("")
+    (stand_in / "bondpy" / "bondpy.py").write_text(FAKE_BONDPY)
+
+    def start(namespace: str, *params: str, bondpy: bool = True) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "densernet_ros.lifecycle", "--map-dir", str(work / "map"), "--ros-args",
                "-r", f"__ns:=/{namespace}", *[a for p in params for a in ("-p", p)]]
-        return subprocess.Popen(cmd, env=ros_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env = ros_env((str(stand_in),) if bondpy else ())
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     proc = start("managed")
     client = Client(namespace="managed")
+    bond: list[str] = []
+    client.node.create_subscription(String, "test_bond", lambda m: bond.append(m.data), 50)
+
+    def beats(seconds: float) -> list[str]:
+        before = len(bond)
+        time.sleep(seconds)
+        return bond[before:]
     get_state = client.node.create_client(GetState, "densernet_localizer/get_state")
     change = client.node.create_client(ChangeState, "densernet_localizer/change_state")
 
@@ -380,11 +430,17 @@ def test_managed_node_follows_the_lifecycle_services_and_publishes_nothing_inact
         assert transition(Transition.TRANSITION_CONFIGURE) and state() == State.PRIMARY_STATE_INACTIVE
         client.wait_for(lambda: client.pub.get_subscription_count() == 0, 5, "no image subscription while inactive")
         assert not answered(images[0], 3.0)  # inactive: nothing is published
+        assert not bond, bond  # no bond before activation (the manager forms it after activating)
         assert transition(Transition.TRANSITION_ACTIVATE) and state() == State.PRIMARY_STATE_ACTIVE
         client.wait_for(lambda: client.pub.get_subscription_count() > 0, 30, "the image subscription once active")
+        client.wait_for(lambda: bool(bond), 10, "the bond's first heartbeat")
+        alive = beats(1.0)  # nav2's heartbeat: every 0.1 s, broken after 4 s of silence
+        assert len(alive) >= 5 and set(alive) == {"densernet_localizer alive 0.1 4"}, alive
         values, _ = client.send_and_wait(images[1])
         assert values["fix"] in ("true", "false")
         assert transition(Transition.TRANSITION_DEACTIVATE) and state() == State.PRIMARY_STATE_INACTIVE
+        client.wait_for(lambda: "densernet_localizer dead 0.1 4" in bond, 5, "the bond broken on deactivation")
+        assert not beats(0.5)
         count = len(client.places)
         assert not answered(images[2], 3.0) and len(client.places) == count
         assert transition(Transition.TRANSITION_CLEANUP) and state() == State.PRIMARY_STATE_UNCONFIGURED
@@ -395,15 +451,19 @@ def test_managed_node_follows_the_lifecycle_services_and_publishes_nothing_inact
         client.close()
         code, out = stop(proc)
     assert code == 0, out
-    proc = start("auto", "autostart:=true")
-    client = Client(namespace="auto")
-    try:
-        client.wait_matched(proc)
-        values, _ = client.send_and_wait(images[4])
-    finally:
-        client.close()
-        code, out = stop(proc)
-    assert code == 0, out
+    assert out.count("bond 'densernet_localizer' on bond: heartbeat every 0.1 s") == 2  # activated twice
+    for params, bondpy, said in ((("bond_heartbeat_period:=0.0",), True, "bond_heartbeat_period is 0: no bond"),
+                                 ((), False, "bondpy cannot be imported")):
+        proc = start("auto", "autostart:=true", *params, bondpy=bondpy)
+        client = Client(namespace="auto")
+        try:
+            client.wait_matched(proc)
+            values, _ = client.send_and_wait(images[4])
+        finally:
+            client.close()
+            code, out = stop(proc)
+        assert code == 0, out
+        assert said in out, out
 
 
 def test_localize_a_bag_in_sequence_with_its_odometry_from_the_shell(robot, capsys):
