@@ -18,6 +18,7 @@ bond_timeout (4 s) for its bond and aborts the whole bring-up without one; witho
 """
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Sequence
 
@@ -46,7 +47,9 @@ def start_bond(node: Node, period_s: float):
                                "lifecycle_manager aborts its bring-up without one unless its bond_timeout is 0.0 "
                                "(or install it: apt install ros-$ROS_DISTRO-bondpy)")
         return None
-    bond = Bond(node=node, topic=BOND_TOPIC, id=node.get_name())  # by name: bondpy's argument order changed
+    # bondpy's constructor changed between releases: (topic, id, node), (node, topic, id), (node, topic, bond_id)
+    id_name = "bond_id" if "bond_id" in inspect.signature(Bond).parameters else "id"
+    bond = Bond(node=node, topic=BOND_TOPIC, **{id_name: node.get_name()})
     bond.heartbeat_period = period_s
     bond.heartbeat_timeout = BOND_HEARTBEAT_TIMEOUT_S
     bond.start()

@@ -327,8 +327,8 @@ def _xyz(pose) -> np.ndarray:
     return np.array([p.x, p.y, p.z])
 
 
-# A test double of bondpy (ros/bond_core's bondpy.Bond; bond's messages are not on PyPI): the upstream
-# constructor and properties, each heartbeat and the break published as a std_msgs/String on test_<topic>.
+# A test double of bondpy (ros/bond_core's bondpy.Bond, its ros2 branch; bond's messages are not on PyPI): the
+# upstream constructor and properties, each heartbeat and the break published as a std_msgs/String on test_<topic>.
 FAKE_BONDPY = '''
 import threading
 
@@ -336,8 +336,8 @@ from std_msgs.msg import String
 
 
 class Bond:
-    def __init__(self, node, topic, id, on_broken=None, on_formed=None):
-        self.node, self.topic, self.id = node, topic, id
+    def __init__(self, node, topic, bond_id, on_broken=None, on_formed=None):
+        self.node, self.topic, self.id = node, topic, bond_id
         self.heartbeat_period, self.heartbeat_timeout = 1.0, 4.0  # bond's Constants
         self._pub = node.create_publisher(String, "test_" + topic, 10)
         self._stop = threading.Event()
