@@ -101,6 +101,11 @@ class ManagedLocalizerNode(LocalizerCore, LifecycleNode):
             return
         if self.context.ok():
             bond.shutdown()
+            # bondpy destroys its publisher and subscription itself, leaving them in the node's lists: the
+            # executor's next wait set met their destroyed handles and the node died (InvalidHandle), seen with
+            # the real bondpy. The node's own bookkeeping lets them go (their handles are already released).
+            self.destroy_subscription(bond.sub)
+            self.destroy_publisher(bond.pub)
         else:
             bond.is_shutdown = True
 
