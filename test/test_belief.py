@@ -293,17 +293,24 @@ def test_a_given_pose_seeds_the_belief_and_resolves_a_look_alike():
     assert not fresh.fix
     with pytest.raises(ValueError, match="positive definite"):
         seeded.seed(np.zeros(3), np.full((3, 3), np.nan))
-    # A pose off the route by 20 units at a 2-unit sigma (8.9 sigma with the 1-unit floor), or in another frame
-    # (UTM metres against a local map): refused by name, the belief as it was. The code before seeded the
-    # place nearest to it, however far.
+    # A pose off the route by 20 units at a 2-unit sigma (6.7 sigma with the 1-unit floor and the 2-unit fix
+    # radius), or in another frame (UTM metres against a local map): refused by name, the belief as it was.
+    # The code before seeded the place nearest to it, however far.
     before = seeded.state.copy(), seeded.away.copy()
+    assert seeded.fix_radius == pytest.approx(2.0)
     for far in ([75.0, 20.0, 0.0], [700075.0, 5600000.0, 0.0]):
         with pytest.raises(ValueError, match=r"from the nearest mapped place .* off the map, or in another frame"):
             seeded.seed(np.array(far), np.eye(3) * 4.0)
         np.testing.assert_array_equal(seeded.state, before[0])
         np.testing.assert_array_equal(seeded.away, before[1])
-    assert seeded.seed(np.array([75.0, 8.0, 0.0]), np.eye(3) * 4.0) > 0  # 3.6 sigma: beside the route, taken
+    assert seeded.seed(np.array([75.0, 8.0, 0.0]), np.eye(3) * 4.0) > 0  # 2.7 sigma: beside the route, taken
     assert np.argmax(seeded.state.sum(axis=0)) == 75
+    # Places 15 units apart: a click midway (7.5 from both) with RViz's 0.5-unit sigma is on the map (the gate
+    # widens by the 30-unit fix radius); 200 units off it is not.
+    sparse = belief(positions=LINE * 15.0)
+    assert sparse.seed(np.array([15.0 * 40 + 7.5, 0.0, 0.0]), np.eye(3) * 0.25) > 0
+    with pytest.raises(ValueError, match="off the map"):
+        sparse.seed(np.array([600.0, 200.0, 0.0]), np.eye(3) * 0.25)
 
 
 def test_route_runs_break_where_places_are_far_apart_in_map_units():

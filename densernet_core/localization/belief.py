@@ -96,7 +96,8 @@ class BeliefConfig:
                                      # changed each frame, and as much as a place spacing does) (0: no limit)
     least_evidence: float = 0.05     # the smallest share of a frame's evidence a repeated view still adds
     seed_gate_sigma: float = 5.0     # an initial pose this many standard deviations (its covariance, the position
-                                     # floor) from every place is refused: off the map, or given in another frame
+                                     # floor and fix_radius: a pose between sparse places is on the map) from every
+                                     # place is refused: off the map, or given in another frame
 
     def __post_init__(self) -> None:
         checks = {"max_speed": self.max_speed > 0, "max_step": self.max_step > 0, "odom_noise": self.odom_noise >= 0,
@@ -355,12 +356,18 @@ class PlaceBelief:
             d[:, 2] = 0.0
         m = np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d)
         nearest = int(np.argmin(m))
-        if m[nearest] > c.seed_gate_sigma ** 2:  # weighed relative to the nearest place, it would land there anyway
+        # Weighed relative to the nearest place, a pose however far would land there. The gate widens by
+        # fix_radius (2 place spacings): a click between two places of a sparse map is still on it.
+        gates = np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov + np.eye(3) * self.fix_radius ** 2), d)
+        closest = int(np.argmin(gates))
+        gate = float(gates[closest])
+        if gate > c.seed_gate_sigma ** 2:
             raise ValueError(f"initial pose ({', '.join(f'{v:.2f}' for v in np.asarray(position, float).reshape(3)[:2])}) "
-                             f"is {np.linalg.norm(d[nearest]):.1f} map units from the nearest mapped place "
-                             f"({np.sqrt(m[nearest]):.1f} standard deviations of its covariance, beyond "
-                             f"{c.seed_gate_sigma:g}): off the map, or in another frame than the map's; not seeded "
-                             "(give a larger covariance if the robot may be that far from the route)")
+                             f"is {np.linalg.norm(d[closest]):.1f} map units from the nearest mapped place "
+                             f"({np.sqrt(gate):.1f} standard deviations of its covariance widened by the fix radius "
+                             f"{self.fix_radius:.3g}, beyond {c.seed_gate_sigma:g}): off the map, or in another frame "
+                             "than the map's; not seeded (give a larger covariance if the robot may be that far "
+                             "from the route)")
         weight = np.exp(-0.5 * (m - m[nearest]))
         if orientation is not None and self._rot is not None and yaw_variance is not None and yaw_variance > 0:
             from ..geometry import quat_to_yaw
