@@ -82,6 +82,8 @@ BELIEF = BeliefConfig()
 DIAGNOSTICS_PERIOD_S = 1.0
 WARN_THROTTLE_S = 5.0
 QOS_OVERRIDES = "qos_overrides."  # declared as the subscriptions are made, after the parameters
+# Declared later by a library, not by the node: bondpy's switch, read when a heartbeat times out (lifecycle.py).
+LIBRARY_PARAMETERS = ("bond_disable_heartbeat_timeout",)
 # deactivate waits this long for the worker to finish its frame before it says it is still waiting (it then
 # waits on: releasing the model or the publishers under a frame still running in native code can crash).
 WORKER_STOP_WARN_S = 10.0
@@ -299,7 +301,8 @@ class LocalizerCore:
         `fix_mas: 0.5` left the default in force without a word. Named here, with the nearest real name.
         (rclpy keeps the overrides meant for this node in Node._parameter_overrides, since Foxy.)"""
         given = getattr(self, "_parameter_overrides", {})
-        for name in sorted(n for n in given if not self.has_parameter(n) and not n.startswith(QOS_OVERRIDES)):
+        for name in sorted(n for n in given if not self.has_parameter(n) and not n.startswith(QOS_OVERRIDES)
+                           and n not in LIBRARY_PARAMETERS):
             near = difflib.get_close_matches(name, PARAMETERS, n=1)
             self.get_logger().warning(f"parameter {name!r} is set but this node has no such parameter: ignored"
                                       + (f" (did you mean {near[0]!r}?)" if near else ""))

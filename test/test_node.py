@@ -442,7 +442,8 @@ def test_installed_console_script_starts_from_any_directory(gp_map, tmp_path):
     work = tmp_path / "elsewhere"
     work.mkdir()
     typo = tmp_path / "typo.yaml"  # a misspelt parameter, which ROS ignores: the node says so
-    typo.write_text("/**:\n  ros__parameters:\n    fix_mas: 0.5\n    use_sim_time: false\n")
+    typo.write_text("/**:\n  ros__parameters:\n    fix_mas: 0.5\n    use_sim_time: false\n"
+                    "    bond_disable_heartbeat_timeout: false\n")  # bondpy's, read by bondpy when it needs it
     proc = subprocess.Popen([str(script), "--map-dir", str(gp_map / "map"), "--ros-args", "-r", "__ns:=/installed",
                              *[a for p in PARAMS for a in ("-p", p)], "--params-file", str(typo),
                              "-p", "zzz_unrelated:=1"],
@@ -462,7 +463,7 @@ def test_installed_console_script_starts_from_any_directory(gp_map, tmp_path):
     assert "openblas 1 (" in blas and " 2 (" not in blas, blas
     assert "parameter 'fix_mas' is set but this node has no such parameter: ignored (did you mean 'fix_mass'?)" in out
     assert "parameter 'zzz_unrelated' is set but this node has no such parameter: ignored\n" in out.replace("\r", "")
-    assert "'use_sim_time'" not in out and "qos_overrides" not in out
+    assert "'use_sim_time'" not in out and "qos_overrides" not in out and "'bond_disable" not in out
     assert proc.returncode == 0, out
 
 
