@@ -6,8 +6,9 @@
   now + `transform_tolerance`, as AMCL does; with `map_odom_2d` (default) both are flattened to x, y and
   heading first, so a fix's small roll/pitch error does not tip the odom frame (0.5 degree of pitch is
   0.25 m of height 30 m from odom's origin). It needs tf2_ros (a ROS 2 install; not on PyPI).
-- A map in UTM metres is published relative to its origin (`local_frame`): utm_frame -> map_frame, the
-  origin's translation, goes out once on /tf_static (nav2's GPS set-up: `map` local, under `utm`).
+- A map in UTM metres is published relative to its origin (`local_frame`): map_frame -> utm_frame (utm's
+  origin in the map: minus the map's origin) goes out once on /tf_static, utm a child of map, as
+  robot_localization's navsat_transform broadcasts it by default (map stays the tree's root).
 - The extrinsic base_frame -> camera frame (the image header's frame_id), in this order: tf2 (when
   tf2_ros imports and the robot publishes it, looked up once per camera frame and cached), the
   `camera_extrinsic` parameter (a YAML file), the one recorded in the map (densernet_core/frames.py).
@@ -180,7 +181,7 @@ class RobotFrames:
         self.broadcast()
 
     def publish_origin(self, origin: np.ndarray | None) -> None:
-        """utm_frame -> map_frame on /tf_static, for a map published relative to its origin (where tf2_ros
+        """map_frame -> utm_frame on /tf_static, for a map published relative to its origin (where tf2_ros
         imports and utm_frame is set); said in the log either way, and in diagnostics (`map_origin`)."""
         s = self.settings
         if origin is None:
@@ -195,19 +196,19 @@ class RobotFrames:
             from tf2_ros import StaticTransformBroadcaster
         except ImportError:
             self.node.get_logger().info(f"poses in {s.map_frame} relative to the map's origin at {where} (UTM "
-                                        f"metres); {s.utm_frame} -> {s.map_frame} not broadcast: tf2_ros cannot "
+                                        f"metres); {s.map_frame} -> {s.utm_frame} not broadcast: tf2_ros cannot "
                                         "be imported")
             return
         tf = TransformStamped()
         tf.header.stamp = self.node.get_clock().now().to_msg()
-        tf.header.frame_id, tf.child_frame_id = s.utm_frame, s.map_frame
+        tf.header.frame_id, tf.child_frame_id = s.map_frame, s.utm_frame
         v = tf.transform.translation
-        v.x, v.y, v.z = (float(c) for c in origin)
+        v.x, v.y, v.z = (-float(c) for c in origin)  # a point's UTM metres less the origin are its map coordinates
         tf.transform.rotation.w = 1.0
         self._static = StaticTransformBroadcaster(self.node)  # kept: its latched publisher serves late joiners
         self._static.sendTransform(tf)
-        self.node.get_logger().info(f"poses in {s.map_frame} relative to the map's origin; {s.utm_frame} -> "
-                                    f"{s.map_frame} on /tf_static: {where}")
+        self.node.get_logger().info(f"poses in {s.map_frame} relative to the map's origin at {where} (UTM metres); "
+                                    f"{s.map_frame} -> {s.utm_frame} on /tf_static")
 
     def broadcast(self) -> None:
         with self._lock:

@@ -23,7 +23,7 @@ so the executor never blocks and no queue builds up. Publishes (all relative to 
   /tf (publish_tf only)         map -> odom, from each fix and the odometry (odom_topic,
                                 nav_msgs/Odometry) interpolated at the image stamp; re-sent at
                                 tf_rate_hz, stamped now + transform_tolerance (as AMCL does)
-  /tf_static (a UTM map)        utm -> map: a map whose places are UTM metres (made from lat/lon,
+  /tf_static (a UTM map)        map -> utm: a map whose places are UTM metres (made from lat/lon,
                                 or UTM x/y) is published relative to its origin (`local_frame`)
   place_recognition/map_markers visualization_msgs/MarkerArray of the mapped places (latched)
   place_recognition/belief_markers  the belief over the places, per frame (RViz: rviz/densernet.rviz)
@@ -147,8 +147,9 @@ PARAMETERS = {
     "local_frame": (True, "a map in UTM metres (from lat/lon or UTM x/y) is published in map_frame relative to its "
                           "origin (the first place, whole metres), not in UTM metres, where float32 consumers "
                           "(RViz) step by 0.5 m; initialpose is read in that frame", True, None),
-    "utm_frame": ("utm", "local_frame on a UTM map: utm_frame -> map_frame (the origin) is broadcast on /tf_static "
-                         "(needs tf2_ros); empty: not broadcast (another node owns it, e.g. navsat_transform)",
+    "utm_frame": ("utm", "local_frame on a UTM map: map_frame -> utm_frame (minus the origin; utm a child of map, as "
+                         "navsat_transform's default) is broadcast on /tf_static (needs tf2_ros); empty: not "
+                         "broadcast (another node owns it, e.g. navsat_transform)",
                   True, None),
     "mode": ("filtered", "filtered: the place belief over time (motion and earlier frames); single: each frame "
                          "alone", True, None),

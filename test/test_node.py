@@ -664,8 +664,9 @@ def test_a_map_in_utm_metres_is_published_relative_to_its_origin_under_a_utm_fra
                                                                                      tmp_path):
     """A map whose places are UTM metres (made from GPS) is published in `map` relative to its origin (its first
     place in whole metres): what the same map in local x/y publishes, moved by the rounding, poses and candidates
-    alike; utm -> map, the origin, goes on /tf_static, and diagnostics name it. The code before published UTM
-    northings (5.6e6 m here), which RViz draws in float32 steps of 0.5 m."""
+    alike; map -> utm (utm a child of map, as navsat_transform has it; minus the origin) goes on /tf_static, and
+    diagnostics name it. The code before published UTM northings (5.6e6 m here), which RViz draws in float32
+    steps of 0.5 m."""
     import csv
     import shutil
 
@@ -693,13 +694,13 @@ def test_a_map_in_utm_metres_is_published_relative_to_its_origin_under_a_utm_fra
         buffer = tf2_ros.Buffer()
         client.tf_listener = tf2_ros.TransformListener(buffer, client.node)
 
-        def utm_map():
-            return buffer.lookup_transform("utm", "map", Time()) if buffer.can_transform("utm", "map", Time()) else None
+        def map_utm():
+            return buffer.lookup_transform("map", "utm", Time()) if buffer.can_transform("map", "utm", Time()) else None
     else:
         client.node.create_subscription(TransformStamped, "test_tf_static", statics.append,
                                         QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
 
-        def utm_map():
+        def map_utm():
             return statics[-1] if statics else None
 
     def of_stamp(messages, stamp_ns):
@@ -728,11 +729,11 @@ def test_a_map_in_utm_metres_is_published_relative_to_its_origin_under_a_utm_fra
                 assert pose.header.frame_id == "map"
                 np.testing.assert_allclose(pose.pose.covariance, local_pose.pose.covariance, atol=1e-9)
         assert fixes >= 2, "too few fixes to compare the published poses"
-        client.wait_for(lambda: utm_map() is not None, 10, "utm -> map on /tf_static")
-        tf = utm_map()
-        assert (tf.header.frame_id, tf.child_frame_id) == ("utm", "map")
-        t = tf.transform.translation
-        assert (t.x, t.y, t.z, tf.transform.rotation.w) == (700000.0, 5600001.0, 0.0, 1.0)
+        client.wait_for(lambda: map_utm() is not None, 10, "map -> utm on /tf_static")
+        tf = map_utm()
+        assert (tf.header.frame_id, tf.child_frame_id) == ("map", "utm")
+        t = tf.transform.translation  # utm's origin in the map: a place at UTM (700000.25, y) is at x 0.25
+        assert (t.x, t.y, t.z, tf.transform.rotation.w) == (-700000.0, -5600001.0, 0.0, 1.0)
         client.wait_for(lambda: _diag_value(client, "map_origin") is not None, 5, "diagnostics naming the origin")
         assert _diag_value(client, "map_origin") == "x 700000, y 5600001 in utm"
     finally:

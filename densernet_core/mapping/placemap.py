@@ -322,7 +322,7 @@ class PlaceMap:
                else ""),
             *([] if self.origin is None else [
                 f"local map frame: origin at x {self.origin[0]:.0f}, y {self.origin[1]:.0f} of the places' UTM metres "
-                "(the node publishes relative to it, under a utm frame)"]),
+                "(the node publishes relative to it, with a utm frame below its map frame)"]),
             f"model: preset {m.model_config.get('preset')}, image {m.model_config.get('image_size')}, "
             f"weights {m.model_config.get('weights')}"
             + heads_note(m.model_config.get("heads", 1)),
