@@ -188,16 +188,15 @@ class RobotFrames:
             return
         where = f"x {origin[0]:.0f}, y {origin[1]:.0f}"
         self.stats["map_origin"] = f"{where} in {s.utm_frame or 'UTM metres'}"
+        said = f"poses in {s.map_frame} relative to the map's origin at {where} (UTM metres)"
         if not s.utm_frame:
-            self.node.get_logger().info(f"poses in {s.map_frame} relative to the map's origin at {where} (UTM "
-                                        "metres); utm_frame is empty: no transform broadcast for it")
+            self.node.get_logger().info(f"{said}; utm_frame is empty: no transform broadcast for it")
             return
         try:
             from tf2_ros import StaticTransformBroadcaster
         except ImportError:
-            self.node.get_logger().info(f"poses in {s.map_frame} relative to the map's origin at {where} (UTM "
-                                        f"metres); {s.map_frame} -> {s.utm_frame} not broadcast: tf2_ros cannot "
-                                        "be imported")
+            self.node.get_logger().info(f"{said}; {s.map_frame} -> {s.utm_frame} not broadcast: tf2_ros cannot be "
+                                        "imported")
             return
         tf = TransformStamped()
         tf.header.stamp = self.node.get_clock().now().to_msg()
@@ -207,8 +206,7 @@ class RobotFrames:
         tf.transform.rotation.w = 1.0
         self._static = StaticTransformBroadcaster(self.node)  # kept: its latched publisher serves late joiners
         self._static.sendTransform(tf)
-        self.node.get_logger().info(f"poses in {s.map_frame} relative to the map's origin at {where} (UTM metres); "
-                                    f"{s.map_frame} -> {s.utm_frame} on /tf_static")
+        self.node.get_logger().info(f"{said}; {s.map_frame} -> {s.utm_frame} on /tf_static")
 
     def broadcast(self) -> None:
         with self._lock:

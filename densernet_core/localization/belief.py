@@ -355,7 +355,6 @@ class PlaceBelief:
             cov[2, 2] = 1.0
             d[:, 2] = 0.0
         m = np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d)
-        nearest = int(np.argmin(m))
         # Weighed relative to the nearest place, a pose however far would land there. The gate widens by
         # fix_radius (2 place spacings): a click between two places of a sparse map is still on it.
         gates = np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov + np.eye(3) * self.fix_radius ** 2), d)
@@ -368,7 +367,7 @@ class PlaceBelief:
                              f"{self.fix_radius:.3g}, beyond {c.seed_gate_sigma:g}): off the map, or in another frame "
                              "than the map's; not seeded (give a larger covariance if the robot may be that far "
                              "from the route)")
-        weight = np.exp(-0.5 * (m - m[nearest]))
+        weight = np.exp(-0.5 * (m - m.min()))
         if orientation is not None and self._rot is not None and yaw_variance is not None and yaw_variance > 0:
             from ..geometry import quat_to_yaw
 
