@@ -2,7 +2,7 @@
 and places proposed, against the night queries of the Gardens Point haystack.
 
     .venv/bin/python benchmarks/bench_first_stage.py [--map bench_out/haystack/gardens_point_1000000]
-        [--out bench_out/first_stage] [--only map graph_ip ...]
+        [--out bench_out/first_stage] [--only map graph_ip ...] [--settings map:256:2000:64 ...]
 
 The map: a compact Gardens Point haystack kept by bench_haystack.py (day_left 0-199, then distractors); the
 queries: night_right 100-199 described by the map's checkpoint, as that benchmark describes them. Per
@@ -22,7 +22,8 @@ vectors with a coordinate appended, sqrt(R^2 - |x|^2) (R: the largest norm), the
 places by inner product in a metric space (each built once, kept in <out>). Besides the night queries,
 SELF_QUERIES of the map's own places, queried with their stored descriptors: the share whose own row the
 first stage proposes. Exact search's top-1 is computed once over the stored rows and kept in <out>.
-Writes <out>/results.json, table.md and first_stage.png.
+`--settings CODES:PROBES:PROPOSED[:RERANK]` replaces the built-in list (RERANK: places re-scored exactly,
+COMPACT_RERANK unless given). Writes <out>/results.json, table.md and first_stage.png.
 """
 from __future__ import annotations
 
@@ -64,6 +65,20 @@ GRAPH_M, GRAPH_EF_CONSTRUCTION = 32, 80  # the graphs' links per place and candi
 GRAPH_ADD_ROWS = 100000  # vectors added to a graph at a time
 SELF_QUERIES = 1000  # the map's own places queried with their stored descriptors
 STAGES = ("project", "propose", "codes", "rerank")
+
+
+def setting(text: str) -> tuple:
+    """CODES:PROBES:PROPOSED[:RERANK] from the command line."""
+    parts = text.split(":")
+    try:
+        if len(parts) not in (3, 4) or not parts[0]:
+            raise ValueError
+        numbers = tuple(int(v) for v in parts[1:])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected CODES:PROBES:PROPOSED[:RERANK], e.g. map:256:2000:64") from None
+    if min(numbers) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: probes, proposed and re-rank depth must be >= 1")
+    return (parts[0], *numbers)
 
 
 def built_index(base, vectors: np.ndarray, codes: str):
@@ -151,9 +166,10 @@ def wider_index(pmap: pm.PlaceMap, dim: int, out: Path):
 
 
 def run_setting(pmap: pm.PlaceMap, ivf, project, queries: np.ndarray, probes: int, proposed: int, evict,
-                refine: bool = True) -> dict:
+                refine: bool = True, rerank: int = COMPACT_RERANK) -> dict:
     """Every query through the four stages, warm then after `evict()`; what each stage kept. Without `refine`
-    the proposals are re-ranked exactly as they come (the codes' stage is then empty)."""
+    the proposals are re-ranked exactly as they come (the codes' stage is then empty); with it the codes'
+    best `rerank` are."""
     index = pmap.index
     ivf.nprobe = probes
     times = {mode: {s: [] for s in STAGES} for mode in ("warm", "after_describe")}
@@ -170,7 +186,7 @@ def run_setting(pmap: pm.PlaceMap, ivf, project, queries: np.ndarray, probes: in
                 _, cand = ivf.search(p, proposed)
                 t.append(time.perf_counter())
                 cand = np.unique(cand[0][cand[0] >= 0])
-                best = np.sort(index.refine.top(q, cand, COMPACT_RERANK)) if refine else cand
+                best = np.sort(index.refine.top(q, cand, rerank)) if refine else cand
                 t.append(time.perf_counter())
                 exact = read_rows(index.ref, best, index.prefetch).astype(np.float32) @ q
                 t.append(time.perf_counter())
@@ -214,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--out", default="bench_out/first_stage")
     p.add_argument("--only", nargs="+", help="only the settings of these codes (e.g. map graph_ip; default: all)")
+    p.add_argument("--settings", nargs="+", type=setting, help="CODES:PROBES:PROPOSED[:RERANK], instead of the built-in list")
     args = p.parse_args(argv)
     import faiss
 
@@ -236,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     tied = bh.tied_tops(exact_s, exact_i)
     own_rows = np.sort(np.random.default_rng(0).choice(len(pmap), SELF_QUERIES, replace=False))
     own = read_rows(pmap.index.ref, own_rows, pmap.index.prefetch).astype(np.float32)
-    for codes, probes, proposed in SETTINGS:
+    for codes, probes, proposed, *depth in args.settings or SETTINGS:
+        rerank = depth[0] if depth else COMPACT_RERANK
         kind, alone = codes.split("/")[0], codes.endswith("/alone")
         if args.only and kind not in args.only:
             continue
@@ -253,9 +271,9 @@ def main(argv: list[str] | None = None) -> int:
                 built[codes] = (graph_index(vectors, kind == "graph_mips", out) if kind.startswith("graph")
                                 else built_index(base, vectors, codes))
             ivf = built[codes]
-        r = run_setting(pmap, ivf, project, queries, probes, proposed, evict, refine=not alone)
+        r = run_setting(pmap, ivf, project, queries, probes, proposed, evict, refine=not alone, rerank=rerank)
         row = {"codes": codes, "code_bytes": int(ivf.code_size) + (0 if alone else pmap.index.refine.pq.code_size),
-               "probes": probes, "proposed": proposed,
+               "probes": probes, "proposed": proposed, "rerank": rerank,
                "times_ms": r["times_ms"],
                "proposed_share": float(np.mean([np.isin(t, a[0]).any() for t, a in zip(tied, r["answers"])])),
                "kept_share": float(np.mean([np.isin(t, a[1]).any() for t, a in zip(tied, r["answers"])])),
@@ -267,12 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
     base.nprobe = pmap.index.provenance.nprobe
     lines = [f"{len(pmap):,} places, {len(queries)} night queries; exact search R@1 {results['exact_recall_at_1']:.2f}",
-             "", "| codes (B per place, the refining codes' included) | lists probed | places proposed | search warm, ms p50 (project / propose / codes / "
+             "", "| codes (B per place, the refining codes' included) | lists probed | places proposed | re-scored exactly | search warm, ms p50 (project / propose / codes / "
              "re-rank) | after a describe | exact top-1 proposed | kept by the codes | answer as exact | R@1 | the map's own places: own row proposed |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["settings"]:
         w, c = row["times_ms"]["warm"], row["times_ms"]["after_describe"]
-        lines.append(f"| {row['codes']} ({row['code_bytes']}) | {row['probes']} | {row['proposed']} | "
+        lines.append(f"| {row['codes']} ({row['code_bytes']}) | {row['probes']} | {row['proposed']} | {row['rerank']} | "
                      f"{sum(w.values()):.2f} ({' / '.join(f'{w[s]:.2f}' for s in STAGES)}) | "
                      f"{sum(c.values()):.2f} ({' / '.join(f'{c[s]:.2f}' for s in STAGES)}) | "
                      f"{row['proposed_share']:.2f} | {row['kept_share']:.2f} | {row['agreement']:.2f} | {row['recall_at_1']:.2f} | "

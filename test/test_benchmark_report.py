@@ -205,3 +205,16 @@ def test_light_shift_is_the_mean_night_excess_and_the_running_version_scales_it_
     changed = night_q.copy()
     changed[50:] -= light
     np.testing.assert_allclose(shifted_running(changed, db, light)[0][:50], out_night[:50])
+
+
+def test_first_stage_settings_parse_and_refuse_by_name():
+    """`bench_first_stage.py --settings`: the re-rank depth is optional, and a malformed setting names itself."""
+    import argparse
+
+    from benchmarks.bench_first_stage import setting
+
+    assert setting("map:256:2000:64") == ("map", 256, 2000, 64)
+    assert setting("sq8@1024/alone:128:32") == ("sq8@1024/alone", 128, 32)
+    for bad in ("map:256", "map:x:2000", ":1:2", "map:0:1000", "map:1:2:3:4"):
+        with pytest.raises(argparse.ArgumentTypeError, match=repr(bad).replace("(", r"\(")):
+            setting(bad)
