@@ -309,12 +309,17 @@ def plot(results: dict, png: Path) -> None:
             ms = sum(row["times_ms"][mode].values())
             ax.plot(ms, row["agreement"], marker, color="C0" if row["codes"].startswith("map") else "C2" if "@" in row["codes"] else "C1",
                     mfc="none" if mode == "after_describe" else None)
-        ax.annotate(f"{row['codes']} {row['probes']}/{row['proposed']}", (sum(row["times_ms"]["warm"].values()),
+        depth = row.get("rerank", COMPACT_RERANK)
+        label = f"{row['codes']} {row['probes']}/{row['proposed']}" + ("" if depth == COMPACT_RERANK else f"/{depth}")
+        ax.annotate(label, (sum(row["times_ms"]["warm"].values()),
                     row["agreement"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
     ax.axvline(5.0, color="0.5", ls="--", label="target, 5 ms")
+    spent = [sum(row["times_ms"][m].values()) for row in results["settings"] for m in ("warm", "after_describe")]
+    if spent and max(spent) > 20 * min(spent):
+        ax.set_xscale("log")  # a sweep up to every place spans two decades
     ax.set_xlabel("whole search, ms p50 (filled: warm; open: after a describe)")
     ax.set_ylabel("answer as exact search's")
-    ax.set_title(f"the first stage at {results['places']:,} places")
+    ax.set_title(f"the first stage at {results['places']:,} places (lists probed / proposed [/ re-scored])", fontsize=10)
     ax.legend(fontsize=8)
     save_figure(fig, png, dpi=110)
 
