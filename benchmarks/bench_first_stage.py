@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             ivf = built[codes]
         r = run_setting(pmap, ivf, project, queries, probes, proposed, evict, refine=not alone, rerank=rerank)
         row = {"codes": codes, "code_bytes": int(ivf.code_size) + (0 if alone else pmap.index.refine.pq.code_size),
-               "probes": probes, "proposed": proposed, "rerank": rerank,
+               "probes": probes, "proposed": proposed, "rerank": proposed if alone else rerank,  # /alone: every proposal
                "times_ms": r["times_ms"],
                "proposed_share": float(np.mean([np.isin(t, a[0]).any() for t, a in zip(tied, r["answers"])])),
                "kept_share": float(np.mean([np.isin(t, a[1]).any() for t, a in zip(tied, r["answers"])])),
