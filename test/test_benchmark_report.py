@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -216,5 +217,5 @@ def test_first_stage_settings_parse_and_refuse_by_name():
     assert setting("map:256:2000:64") == ("map", 256, 2000, 64)
     assert setting("sq8@1024/alone:128:32") == ("sq8@1024/alone", 128, 32)
     for bad in ("map:256", "map:x:2000", ":1:2", "map:0:1000", "map:1:2:3:4"):
-        with pytest.raises(argparse.ArgumentTypeError, match=repr(bad).replace("(", r"\(")):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(repr(bad))):
             setting(bad)
