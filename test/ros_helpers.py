@@ -142,6 +142,22 @@ class Client:
                       f"the pose that the place message of frame {stamp} announced")
         return values, answered(self.poses)
 
+    def call(self, service_client, request, timeout: float, what: str, resend_s: float = 10.0):
+        """A service's answer, the request sent again every `resend_s` s until one comes. Fast DDS can call a
+        server ready before the server's reply writer has matched this client's reader, and the reply to a
+        request sent then is lost (seen here: the first get_state unanswered for 120 s, on a ready service).
+        Only for requests that are safe to repeat."""
+        end = time.monotonic() + timeout
+        while True:
+            future = service_client.call_async(request)
+            try:
+                self.wait_for(future.done, min(resend_s, max(end - time.monotonic(), 0.0)), what)
+                return future.result()
+            except TimeoutError:
+                service_client.remove_pending_request(future)
+                if time.monotonic() >= end:
+                    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}") from None
+
     def close(self) -> None:
         self._spinner.close()
 
