@@ -146,13 +146,15 @@ class Client:
         """A service's answer, the request sent again every `resend_s` s until one comes. Fast DDS can call a
         server ready before the server's reply writer has matched this client's reader, and the reply to a
         request sent then is lost (seen here: the first get_state unanswered for 120 s, on a ready service).
-        Only for requests that are safe to repeat."""
+        Only for requests that are safe to repeat. Returns (the answer, how many times the request was sent)."""
         end = time.monotonic() + timeout
+        sent = 0
         while True:
             future = service_client.call_async(request)
+            sent += 1
             try:
                 self.wait_for(future.done, min(resend_s, max(end - time.monotonic(), 0.0)), what)
-                return future.result()
+                return future.result(), sent
             except TimeoutError:
                 service_client.remove_pending_request(future)
                 if time.monotonic() >= end:

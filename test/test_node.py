@@ -187,10 +187,11 @@ def test_filtered_night_sequence_beats_single_frame_and_reset_service(gp_map, ga
 
         reset = client.node.create_client(Trigger, "place_recognition/reset")
         assert reset.wait_for_service(timeout_sec=10.0)
-        future = reset.call_async(Trigger.Request())
-        client.wait_for(future.done, 10.0, "the reset service's answer")
-        assert future.result().success and "belief reset" in future.result().message
-        client.wait_for(lambda: _diag_value(client, "filter_resets") == "1", 5.0, "diagnostics to count the reset")
+        reply, sent = client.call(reset, Trigger.Request(), 30.0, "the reset service's answer")
+        assert reply.success and "belief reset" in reply.message
+        # one reset per request that arrived: the first (sent > 1) may have been lost on the way in, or its reply
+        client.wait_for(lambda: 1 <= int(_diag_value(client, "filter_resets") or 0) <= sent, 5.0,
+                        "diagnostics to count the reset")
         assert float(_diag_value(client, "belief_effective_places")) > 30  # uniform over 40 places
 
         # The recording played again, now at 10 frames/s, after the belief converged at its end: time goes

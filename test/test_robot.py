@@ -412,7 +412,7 @@ def test_managed_node_follows_the_lifecycle_services_and_publishes_nothing_inact
 
     # liveness bounds, not speed checks: on 2 cores with a 1M-map job beside it, the first answer took > 30 s
     def state() -> int:
-        return client.call(get_state, GetState.Request(), 120, "get_state").current_state.id
+        return client.call(get_state, GetState.Request(), 120, "get_state")[0].current_state.id
 
     reached = {Transition.TRANSITION_CONFIGURE: State.PRIMARY_STATE_INACTIVE,
                Transition.TRANSITION_ACTIVATE: State.PRIMARY_STATE_ACTIVE,
