@@ -29,7 +29,12 @@ Variants, each beside the checkpoints as trained, in the same run:
   weight, netvlad.py);
 - test-time augmentation, each image described twice and the two descriptors summed (unit length again),
   queries and map alike, at twice the network's cost per frame: with its mirror image, or at 1.5 times the
-  trained resolution as well (a second scale, as multi-scale NetVLAD evaluations do).
+  trained resolution as well (a second scale, as multi-scale NetVLAD evaluations do);
+- the global top 10 re-ranked by the fused dense map (its 192-D features, 2x2-pooled to a 24x40 grid and
+  unit length, the map's and the query's matched by mutual nearest neighbour): by the count of mutual
+  matches, or by Patch-NetVLAD's rapid spatial scoring of their displacements (Hausler et al., CVPR 2021),
+  which also asks that the matches move together, as one view of one place does. Rule and depth fixed
+  before the first run, as the SIFT re-rank's top 10 (docs/TRAINING.md).
 Writes <out>/results.json, table.md and machine.json.
 """
 from __future__ import annotations
@@ -59,7 +64,9 @@ HALF_ROUTE = slice(0, (EVAL_FRAMES[1] - EVAL_FRAMES[0]) // 2)  # queries on the 
 SECOND_SCALE = 1.5  # the test-time second resolution, times the trained one
 NUISANCE_DIMS = (1, 5, 20)  # directions removed; 300 training differences keep >= 10 per direction (docs/TRAINING.md)
 NIGHT_RUN, DAY_RUN = "night_right", "day_right"  # the light shift: night less day on the same side of the path
-VARIANTS = ("power", "centre", "nuisance", "shift", "dba", "sharpness", "mirror", "scale")
+VARIANTS = ("power", "centre", "nuisance", "shift", "dba", "sharpness", "mirror", "scale", "rerank")
+RERANK_TOP = 10  # global candidates re-ranked by the dense map
+RERANK_POOL = 2  # the dense map averaged over POOL x POOL cells before matching (48x80 -> 24x40 at 192x320)
 BATCH = 8  # images per forward pass; the mirror variant reads its flipped images one batch at a time
 
 
@@ -164,6 +171,48 @@ def recalls(desc: dict, sets: dict, query_fn=lambda x: x, db_fn=lambda x: x, pai
     return out
 
 
+def dense_grid(dense: np.ndarray, pool: int = RERANK_POOL) -> np.ndarray:
+    """A C x h x w fused map as (h/pool * w/pool) x C unit rows, row-major over the pooled grid."""
+    c, h, w = dense.shape
+    pooled = dense[:, :h - h % pool, :w - w % pool].reshape(c, h // pool, pool, w // pool, pool).mean(axis=(2, 4))
+    return unit(pooled.reshape(c, -1).T.astype(np.float64))
+
+
+def spatial_scores(a: np.ndarray, b: np.ndarray, width: int, height: int) -> tuple[int, float]:
+    """(mutual nearest neighbours of two grids' features, their rapid spatial score): the score rewards
+    matches whose displacement is near the matches' mean displacement, per axis, relative to the grid's size."""
+    sim = a @ b.T
+    ab, ba = sim.argmax(axis=1), sim.argmax(axis=0)
+    mutual = np.flatnonzero(ba[ab] == np.arange(len(a)))
+    if len(mutual) < 2:
+        return len(mutual), 0.0
+    qy, qx = np.divmod(mutual, width)
+    dy, dx = np.divmod(ab[mutual], width)
+    ex, ey = dx - qx, dy - qy
+    ex, ey = np.abs(ex - ex.mean()), np.abs(ey - ey.mean())
+    score = (np.maximum(0.0, width - ex) ** 2).sum() / width ** 2 + (np.maximum(0.0, height - ey) ** 2).sum() / height ** 2
+    return len(mutual), float(score)
+
+
+def reranked_recalls(desc: dict, grids: dict, sets: dict, shape: tuple[int, int], top: int = RERANK_TOP
+                     ) -> tuple[list[float], list[float]]:
+    """R@1 per protocol after re-ranking each query's global top `top` by mutual matches, and by spatial score."""
+    from densernet_core.training.mining import within
+
+    by_count, by_space = [], []
+    for q, db in PROTOCOLS:
+        ranked = np.argsort(-(desc[q] @ desc[db].T), axis=1, kind="stable")[:, :top]
+        truth = within(np.asarray(sets[q].positions), np.asarray(sets[db].positions), TOLERANCE)
+        right_count = right_space = 0
+        for i, cands in enumerate(ranked):
+            scores = [spatial_scores(grids[q][i], grids[db][j], shape[1], shape[0]) for j in cands]
+            right_count += cands[int(np.argmax([s[0] for s in scores]))] in truth[i]
+            right_space += cands[int(np.argmax([s[1] for s in scores]))] in truth[i]
+        by_count.append(right_count / len(ranked))
+        by_space.append(right_space / len(ranked))
+    return by_count, by_space
+
+
 def with_sharpness(model, scale: float, sets: dict) -> dict[str, np.ndarray]:
     """Describe with every NetVLAD's assignment weights scaled by `scale`, then put them back."""
     import torch
@@ -263,6 +312,16 @@ def main(argv: list[str] | None = None) -> int:
             larger = describe_all(load_model(c, image_size=big), sets)
             per.setdefault(f"with a second scale, {big[0]}x{big[1]} (2 descriptors per frame)", []).append(
                 recalls(summed(desc, larger), sets))
+        if "rerank" in args.variants:
+            grids, shape = {}, None
+            for t, s in sets.items():
+                _, dense = model.describe(s.images, batch_size=BATCH, return_dense=True)
+                grids[t] = [dense_grid(d) for d in dense]
+                shape = (dense[0].shape[1] // RERANK_POOL, dense[0].shape[2] // RERANK_POOL)
+            by_count, by_space = reranked_recalls(desc, grids, sets, shape)
+            per.setdefault(f"top {RERANK_TOP} re-ranked by the dense map's mutual matches", []).append(by_count)
+            per.setdefault(f"top {RERANK_TOP} re-ranked by their rapid spatial score (Patch-NetVLAD's)", []).append(
+                by_space)
         print(f"{c}: " + "; ".join(f"{k}: {' / '.join(f'{x:.2f}' for x in v[-1])}" for k, v in per.items()), flush=True)
     names = [f"{q}->{db}" for q, db in PROTOCOLS]
     summary = {k: {n: spread([r[i] for r in rows]) for i, n in enumerate(names)} for k, rows in per.items()}
