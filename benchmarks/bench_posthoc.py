@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     fit_sets = ({t: load_traverse(data / t, range(*FIT_FRAMES)) for t in sets}
                 if {"nuisance", "shift"} & set(args.variants) else {})
     per: dict[str, list[list[float]]] = {}
-    shas, shift_cosines, rerank_ms = [], [], []  # per checkpoint: the training frames' light shift against the evaluated frames'
+    # per checkpoint: its sha256, the cosine of the training frames' light shift with the evaluated frames', the re-rank p50
+    shas, shift_cosines, rerank_ms = [], [], []
     for c in args.checkpoints:
         shas.append(checkpoint_hash(c))
         model = load_model(c)
