@@ -227,6 +227,7 @@ def test_dense_rerank_counts_mutual_matches_and_rewards_a_common_shift() -> None
     n_scat, s_scat = spatial_scores(a, scattered, w, h)
     n_other, s_other = spatial_scores(a, other, w, h)
     assert n_shift == h * (w - 1) and n_scat == h * w  # the shifted grid lost one column off its edge
+    assert np.isclose(s_shift, 2.0 * n_shift)  # every match moved by the common shift: full marks on both axes
     assert s_shift > 1.5 * s_scat and s_shift > 1.5 * s_other and n_other < n_shift
     assert spatial_scores(a[:1], other[:1], w, h) == (1, 0.0)  # one match has no spread to score
     dense = rng.normal(size=(c, 4, 6)).astype(np.float32)
