@@ -12,6 +12,9 @@
   unless --gp-checkpoint is given. Given several (e.g. the seeds of `bench_gardens_point.py --seeds 5`),
   every Gardens Point row is also reported as mean +- sd over them (issue 22: one checkpoint's fixes
   are one draw of the training seed); the table's own rows and the plot are the first checkpoint's.
+  Forward, kidnap and the demo's setups also with the top 10 re-ranked by the dense map (the maps' dense
+  grids and the frames', as the node does; localization/rerank.py), beside the global ranking's rows; and
+  both with an off-the-shelf checkpoint in the node test's setup (why such maps keep no grids by default).
 - KITTI snippet: map from the even frames (with orientations), the odd frames in order, with their
   poses as odometry; metric error. Checkpoint: `densernet init` on the map's own frames. Also a stop
   with a turn on the spot (nav2's spin): after half the odd frames the car stands and the camera looks
@@ -44,6 +47,8 @@ from densernet_core.localization.belief import BeliefConfig, Evidence, Motion, P
 from densernet_core.localization.localizer import Localizer  # noqa: E402
 from densernet_core.localization.observation import ObservationModel  # noqa: E402
 from densernet_core.localization.pose import PoseEstimatorConfig  # noqa: E402
+from densernet_core.localization.rerank import dense_grid  # noqa: E402
+from densernet_core.model.network import DEFAULT_BATCH  # noqa: E402
 from densernet_core.localization.report import plot_trajectory  # noqa: E402
 from densernet_core.localization.sequence import Frame, MotionSource, poses_by_name  # noqa: E402
 from densernet_core.mapping.placemap import build_map  # noqa: E402
@@ -58,6 +63,8 @@ GP_RADIUS = 5.0  # single-frame cluster radius, frames (as bench_pose)
 DEMO_MAP = "forward, map day_left 100-199 (the demo's)"
 DEMO_CAMERA = "forward, camera 320x180 (the demo's)"
 DEMO_BOTH = "forward, both (the Gardens Point demo offline)"
+RERANKED = "top 10 re-ranked by the dense map"  # rows with the map's dense grids used, as the node does
+OTS_EVERY = 5  # the off-the-shelf rows' map: every 5th day_left frame (test/test_node.py's)
 KITTI_SIZE = (128, 416)
 KITTI_STOP = 12  # the odd frame (its index among them) where the car stops and turns
 TURN_YAWS = (0, 10, 20, 30, 40, 50, 40, 30, 20, 10, 0, -10, -20, -30, -40, -50, -40, -30, -20, -10, 0)  # degrees: the camera looks left and right where the car stands
@@ -68,13 +75,16 @@ COST_PLACES = 10000
 COST_MEDIAN, COST_SCALE = 0.45, 0.03  # the frame's median similarity to the map and its spread (typical of a trained map)
 
 
-def scenario(loc: Localizer, desc: dict[int, np.ndarray], order: list[int], truth_x, motions) -> dict:
-    """Run frames in `order` through a fresh filter; per frame both answers and the truth."""
+def scenario(loc: Localizer, desc: dict[int, np.ndarray], order: list[int], truth_x, motions,
+             grids: dict[int, np.ndarray] | None = None) -> dict:
+    """Run frames in `order` through a fresh filter; per frame both answers and the truth. With the frames'
+    dense `grids` (and a map that has them) the top candidates are re-ranked by the dense map, as the node does."""
     loc.filter.reset()
     loc.filter.resets = loc.filter.relocalizations = 0
     rows = []
     for k, f in enumerate(order):
-        r = loc.localize_descriptor(desc[f][None], motions[k] if motions else Motion())
+        r = loc.localize_descriptor(desc[f][None], motions[k] if motions else Motion(),
+                                    grid=None if grids is None else grids[f])
         rows.append({"frame": f, "truth": truth_x(f), "single": _answer(r.single), "filtered": _answer(r.filtered)})
     return {"rows": rows, "relocalizations": loc.filter.relocalizations}
 
@@ -120,14 +130,26 @@ def kidnap_recovery(run: dict, jump_at: int, tol: float) -> dict:
     return {"frames_until_right": None if right is None else right + 1, "wrong_fixes_meanwhile": int(wrong)}
 
 
+def described_with_grids(model, images: list) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """The night frames' descriptors and dense grids by frame, in the batches `describe` makes alone (so the
+    descriptors are those of the rows without the re-rank, to the bit)."""
+    descs, grids = [], []
+    for i in range(0, len(images), DEFAULT_BATCH):
+        d, dense = model.describe(images[i:i + DEFAULT_BATCH], return_dense=True)
+        descs.append(d)
+        grids += [dense_grid(x) for x in dense]
+    frames = range(*GP_FRAMES)
+    return dict(zip(frames, np.concatenate(descs))), dict(zip(frames, grids))
+
+
 def gardens_point(args, out: Path, ckpt: Path | None, map_dir: str = "gp_map") -> tuple[dict, dict]:
     gp = Path(args.data) / "gardens_point"
     ckpt = ckpt if ckpt is not None else train_gp(gp, out / "gp_train")
     model, sha = load_model(ckpt), checkpoint_hash(ckpt)
     db = load_traverse(gp / "day_left")
     night = load_traverse(gp / "night_right", list(range(*GP_FRAMES)))
-    pmap = build_map(model, ckpt.resolve(), sha, db, out / map_dir, progress=False)
-    desc = dict(zip(range(*GP_FRAMES), model.describe(night.images, progress=True)))
+    pmap = build_map(model, ckpt.resolve(), sha, db, out / map_dir, progress=False)  # with dense grids (auto)
+    desc, grids = described_with_grids(model, night.images)
     def filtered(place_map) -> Localizer:  # the same filter on the benchmark's map and on the demo's
         return Localizer(model, place_map, PoseEstimatorConfig(cluster_radius=GP_RADIUS),
                          belief=BeliefConfig(max_step=GP_MAX_STEP), mode="filtered")
@@ -141,15 +163,45 @@ def gardens_point(args, out: Path, ckpt: Path | None, map_dir: str = "gp_map") -
     for name, order in orders.items():
         runs[name] = scenario(loc, desc, order, truth, None)
         results[name] = summarise(runs[name], "frames", 2.0, 1)
+    for name in ("forward", "kidnap"):
+        runs[f"{name}, {RERANKED}"] = scenario(loc, desc, orders[name], truth, None, grids)
+        results[f"{name}, {RERANKED}"] = summarise(runs[f"{name}, {RERANKED}"], "frames", 2.0, 1)
     demo_map = build_map(model, ckpt.resolve(), sha, load_traverse(gp / "day_left", list(GP_TEST_FRAMES)),
                          out / f"{map_dir}_demo", progress=False)
     demo_loc = filtered(demo_map)
-    camera = dict(zip(range(*GP_FRAMES), model.describe([resize(read_image(p), GP_CAMERA_SIZE) for p in night.images])))
-    for name, (lc, d) in {DEMO_MAP: (demo_loc, desc), DEMO_CAMERA: (loc, camera), DEMO_BOTH: (demo_loc, camera)}.items():
+    camera, camera_grids = described_with_grids(model, [resize(read_image(p), GP_CAMERA_SIZE) for p in night.images])
+    for name, (lc, d, g) in {DEMO_MAP: (demo_loc, desc, grids), DEMO_CAMERA: (loc, camera, camera_grids),
+                             DEMO_BOTH: (demo_loc, camera, camera_grids)}.items():
         results[name] = summarise(scenario(lc, d, orders["forward"], truth, None), "frames", 2.0, 1)
+        results[f"{name}, {RERANKED}"] = summarise(scenario(lc, d, orders["forward"], truth, None, g), "frames", 2.0, 1)
     results["kidnap"]["recovery"] = kidnap_recovery(runs["kidnap"], 50, 2.0)
+    results[f"kidnap, {RERANKED}"]["recovery"] = kidnap_recovery(runs[f"kidnap, {RERANKED}"], 50, 2.0)
     results["checkpoint_sha256"] = sha
     return results, runs
+
+
+def off_the_shelf(args, out: Path) -> dict:
+    """Why a map of an off-the-shelf checkpoint keeps no dense grids by default (mapping/grids.py): the node
+    test's setup (`densernet init` on the mapped frames at 180x320, a map of every 5th day_left frame, night_right
+    100-199 as 320x180 camera frames 1 s apart, speed bound 6 frames/s, right within 5 frames), filtered with the
+    global ranking and with the top 10 re-ranked, the map's grids built although auto would not."""
+    gp = Path(args.data) / "gardens_point"
+    mapped = load_traverse(gp / "day_left", list(range(0, 200, OTS_EVERY)))
+    ckpt = out / "gp_off_the_shelf.safetensors"
+    if not ckpt.is_file():
+        make_checkpoint(mapped.images, ckpt, image_size=GP_CAMERA_SIZE, progress=False)
+    model = load_model(ckpt)
+    pmap = build_map(model, ckpt.resolve(), checkpoint_hash(ckpt), mapped, out / "gp_ots_map", grids="always",
+                     progress=False)
+    night = load_traverse(gp / "night_right", list(range(*GP_FRAMES)))
+    desc, grids = described_with_grids(model, [resize(read_image(p), GP_CAMERA_SIZE) for p in night.images])
+    loc = Localizer(model, pmap, PoseEstimatorConfig(cluster_radius=6.0, min_confidence=0.1, position_floor=1.0),
+                    belief=BeliefConfig(max_speed=6.0), mode="filtered")
+    order = list(range(*GP_FRAMES))
+    truth = lambda f: [float(f), 0.0, 0.0]  # noqa: E731
+    runs = {"forward, global ranking": None, f"forward, {RERANKED}": grids}
+    return {name: summarise(scenario(loc, desc, order, truth, [Motion()] + [Motion(dt=1.0) for _ in order[1:]], g),
+                            "frames", float(OTS_EVERY), 1) for name, g in runs.items()}
 
 
 SPREAD_FIGURES = ("fixes", "within", "median", "p95", "coverage_2sigma")
@@ -359,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  for k, c in enumerate(ckpts[1:], start=1)]
             results["Gardens Point, each checkpoint"] = each
             results["Gardens Point, over checkpoints"] = across_checkpoints(each)
+        results["Gardens Point, off the shelf, map of every 5th frame"] = off_the_shelf(args, out)
         fwd = runs["forward"]["rows"]
         truth = np.array([[r["truth"][0], 0.0] for r in fwd])
         xy = {m: np.array([r[m]["position"][:2] for r in fwd]) for m in ("single", "filtered")}
@@ -380,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         text += "\n\n" + turn_table(results["KITTI, a stop with a turn"])
     if "Gardens Point" in results:
         text += (f"\n\nGardens Point rows above: checkpoint sha256 {results['Gardens Point']['checkpoint_sha256']}"
-                 f"\n\nKidnap recovery: {results['Gardens Point']['kidnap']['recovery']}")
+                 f"\n\nKidnap recovery: {results['Gardens Point']['kidnap']['recovery']}; {RERANKED}: "
+                 f"{results['Gardens Point'][f'kidnap, {RERANKED}']['recovery']}")
     if "Gardens Point, over checkpoints" in results:
         each = results["Gardens Point, each checkpoint"]
         text += ("\n\n" + spread_table(results["Gardens Point, over checkpoints"], len(each)) + "\n\nKidnap recovery per "

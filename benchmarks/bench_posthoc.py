@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 from densernet_core.cli import setup_logging  # noqa: E402
 from densernet_core.datasets import load_traverse  # noqa: E402
 from densernet_core.images import read_image  # noqa: E402
+from densernet_core.localization.rerank import dense_grid, spatial_score  # noqa: E402
 from densernet_core.model.checkpoint import checkpoint_hash, load_model  # noqa: E402
 from densernet_core.training.evaluation import evaluate_descriptors  # noqa: E402
 from benchmarks.bench_final_stage import unit  # noqa: E402
@@ -171,29 +172,6 @@ def recalls(desc: dict, sets: dict, query_fn=lambda x: x, db_fn=lambda x: x, pai
     return out
 
 
-def dense_grid(dense: np.ndarray, pool: int = RERANK_POOL) -> np.ndarray:
-    """A C x h x w fused map as (h/pool * w/pool) x C unit rows, row-major over the pooled grid."""
-    c, h, w = dense.shape
-    pooled = dense[:, :h - h % pool, :w - w % pool].reshape(c, h // pool, pool, w // pool, pool).mean(axis=(2, 4))
-    return unit(pooled.reshape(c, -1).T.astype(np.float64))
-
-
-def spatial_scores(a: np.ndarray, b: np.ndarray, width: int, height: int) -> tuple[int, float]:
-    """(mutual nearest neighbours of two grids' features, their rapid spatial score): the score rewards
-    matches whose displacement is near the matches' mean displacement, per axis, relative to the grid's size."""
-    sim = a @ b.T
-    ab, ba = sim.argmax(axis=1), sim.argmax(axis=0)
-    mutual = np.flatnonzero(ba[ab] == np.arange(len(a)))
-    if len(mutual) < 2:
-        return len(mutual), 0.0
-    qy, qx = np.divmod(mutual, width)
-    dy, dx = np.divmod(ab[mutual], width)
-    ex, ey = dx - qx, dy - qy
-    ex, ey = np.abs(ex - ex.mean()), np.abs(ey - ey.mean())
-    score = (np.maximum(0.0, width - ex) ** 2).sum() / width ** 2 + (np.maximum(0.0, height - ey) ** 2).sum() / height ** 2
-    return len(mutual), float(score)
-
-
 def reranked_recalls(desc: dict, grids: dict, sets: dict, shape: tuple[int, int], top: int = RERANK_TOP
                      ) -> tuple[list[float], list[float], list[float]]:
     """R@1 per protocol after re-ranking each query's global top `top` by mutual matches, and by spatial score;
@@ -209,7 +187,7 @@ def reranked_recalls(desc: dict, grids: dict, sets: dict, shape: tuple[int, int]
         right_count = right_space = 0
         for i, cands in enumerate(ranked):
             t0 = time.perf_counter()
-            scores = [spatial_scores(grids[q][i], grids[db][j], shape[1], shape[0]) for j in cands]
+            scores = [spatial_score(grids[q][i], grids[db][j], shape[1], shape[0]) for j in cands]
             seconds.append(time.perf_counter() - t0)
             right_count += cands[int(np.argmax([s[0] for s in scores]))] in truth[i]
             right_space += cands[int(np.argmax([s[1] for s in scores]))] in truth[i]
@@ -322,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             grids, shape = {}, None
             for t, s in sets.items():
                 _, dense = model.describe(s.images, batch_size=BATCH, return_dense=True)
-                grids[t] = [dense_grid(d) for d in dense]
+                grids[t] = [dense_grid(d, RERANK_POOL, np.float64) for d in dense]  # as first measured
                 shape = (dense[0].shape[1] // RERANK_POOL, dense[0].shape[2] // RERANK_POOL)
             by_count, by_space, seconds = reranked_recalls(desc, grids, sets, shape)
             rerank_ms.append(1000 * float(np.median(seconds)))

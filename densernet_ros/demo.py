@@ -96,8 +96,17 @@ def _map_is_current(map_dir: Path, ckpt: Path) -> bool:
     """A map built earlier is reused only if it was built with this very checkpoint."""
     from densernet_core.model.checkpoint import checkpoint_hash
 
+    from densernet_core.mapping.grids import GRIDS_META, wanted
+    from densernet_core.model.checkpoint import is_trained
+
     manifest = map_dir / "manifest.json"
-    return manifest.is_file() and json.loads(manifest.read_text()).get("checkpoint_sha256") == checkpoint_hash(ckpt)
+    if not manifest.is_file():
+        return False
+    stored = json.loads(manifest.read_text())
+    if stored.get("checkpoint_sha256") != checkpoint_hash(ckpt):
+        return False
+    # a map made before the dense re-rank, without the grids it would now get, is built again
+    return not wanted("auto", stored.get("num_places", 0), is_trained(ckpt))[0] or (map_dir / GRIDS_META).is_file()
 
 
 def write_bag(query: GeoImages, bag: Path, topic: str = "/image", size: tuple[int, int] | None = None) -> None:
@@ -328,6 +337,8 @@ def _run(args: argparse.Namespace) -> int:
     if not np.array_equal(published, fix):
         raise RuntimeError("the poses published differ from the node's filtered answers in place_recognition/place")
     lat = np.array(list(latency.values())) * 1000
+    reranked = [places[k] for k in stamps if k in places and "rerank_ms" in places[k]]
+    moved = sum(v["global_best"] != v["top_k_ids"].split(",")[0] for v in reranked)  # the re-rank changed the top
     unanswered = sum(k not in places for k in stamps)  # dropped by the node's newest-frame slot while busy
     from densernet_core.model.checkpoint import checkpoint_hash
 
@@ -338,6 +349,8 @@ def _run(args: argparse.Namespace) -> int:
               "open_set": modes["filtered"]["open_set"],
               "single_frame": {"fixes": int(sum(modes["single"]["fix"])), "error": modes["single"]["stats"],
                                "open_set": modes["single"]["open_set"]},
+              "rerank": {"frames": len(reranked), "top_changed": int(moved),
+                         "ms_p50": float(np.median([float(v["rerank_ms"]) for v in reranked])) if reranked else None},
               "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
               "latency_ms_p95": float(np.percentile(lat, 95)) if lat.size else None,
               "median_error_bound": bound, "wall_s": time.monotonic() - t_start}
@@ -372,6 +385,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{label}: {int(sum(modes[mode]['fix']))} fixes" + (f"; position error: median {s['median']:.2f} {unit}, "
                                                                    f"p90 {s['p90']:.2f} {unit}; {within}" if s.get("n") else "")
               + f"; confidence as a score: PR AUC {o['auc']:.2f}, recall at 100 % precision {100 * o['recall_at_100p']:.0f} %")
+    if reranked:
+        print(f"dense re-rank: {len(reranked)} frames, the top place changed on {moved}, "
+              f"{report['rerank']['ms_p50']:.0f} ms p50 per frame")
     if lat.size:
         print(f"end-to-end latency (publish -> pose received): p50 {report['latency_ms_p50']:.0f} ms, "
               f"p95 {report['latency_ms_p95']:.0f} ms")

@@ -208,36 +208,6 @@ def test_light_shift_is_the_mean_night_excess_and_the_running_version_scales_it_
     np.testing.assert_allclose(shifted_running(changed, db, light)[0][:50], out_night[:50])
 
 
-def test_dense_rerank_counts_mutual_matches_and_rewards_a_common_shift() -> None:
-    """A view of the same place moves its features together: the grid shifted by one cell keeps every mutual
-    match it can and scores highest; the same features scattered keep the count but lose the spatial score;
-    unrelated features match fewer and score low. And the pooled grid is row-major and unit length."""
-    from benchmarks.bench_posthoc import dense_grid, spatial_scores
-
-    rng = np.random.default_rng(4)
-    h, w, c = 6, 10, 32
-    feats = rng.normal(size=(h, w + 1, c))
-    a = feats[:, :w].reshape(-1, c)
-    shifted = feats[:, 1:].reshape(-1, c)  # the scene one column to the left: column j of a is j - 1 here
-    scattered = a[rng.permutation(len(a))]
-    a, shifted, scattered = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (a, shifted, scattered))
-    other = rng.normal(size=a.shape)
-    other /= np.linalg.norm(other, axis=1, keepdims=True)
-    n_shift, s_shift = spatial_scores(a, shifted, w, h)
-    n_scat, s_scat = spatial_scores(a, scattered, w, h)
-    n_other, s_other = spatial_scores(a, other, w, h)
-    assert n_shift == h * (w - 1) and n_scat == h * w  # the shifted grid lost one column off its edge
-    assert np.isclose(s_shift, 2.0 * n_shift)  # every match moved by the common shift: full marks on both axes
-    assert s_shift > 1.5 * s_scat and s_shift > 1.5 * s_other and n_other < n_shift
-    assert spatial_scores(a[:1], other[:1], w, h) == (1, 0.0)  # one match has no spread to score
-    dense = rng.normal(size=(c, 4, 6)).astype(np.float32)
-    grid = dense_grid(dense, pool=2)
-    assert grid.shape == (6, c)
-    np.testing.assert_allclose(np.linalg.norm(grid, axis=1), 1.0)
-    cell = dense[:, 2:4, 2:4].mean(axis=(1, 2))
-    np.testing.assert_allclose(grid[4], cell / np.linalg.norm(cell), rtol=1e-6)  # row 1, column 1 of the 2 x 3 grid
-
-
 def test_first_stage_settings_parse_and_refuse_by_name():
     """`bench_first_stage.py --settings`: the re-rank depth is optional, and a malformed setting names itself."""
     import argparse

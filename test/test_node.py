@@ -217,6 +217,36 @@ def test_filtered_night_sequence_beats_single_frame_and_reset_service(gp_map, ga
     assert code == 0, out
 
 
+def test_rerank_on_a_map_given_dense_grids_and_off_by_parameter(gp_map, gardens_point, tmp_path):
+    """`densernet-map grids` adds dense grids to a map built without them (an off-the-shelf checkpoint's, which
+    auto leaves without); the node then re-ranks its top 10 by them and says so in place_recognition/place
+    (`rerank_ms`, `global_best`: the place the global descriptor alone put first, among the candidates);
+    rerank:=false keeps the global ranking and reports neither."""
+    import shutil
+
+    from densernet_core.mapping.cli import main as map_main
+
+    assert not (gp_map / "map" / "dense_grids.json").exists()
+    m = tmp_path / "map"
+    shutil.copytree(gp_map / "map", m)
+    assert map_main(["grids", str(m), "--no-progress"]) == 0
+    for rerank in (True, False):
+        ns = f"rerank_{str(rerank).lower()}"
+        proc = start_node(m, *PARAMS, f"rerank:={str(rerank).lower()}", namespace=ns)
+        client = Client(namespace=ns)
+        try:
+            client.wait_matched(proc)
+            v, _ = client.send_and_wait(client.make_msg(frame(gardens_point, "night_right", 120), _stamp(5000)))
+            assert ("rerank_ms" in v) is rerank and ("global_best" in v) is rerank, v
+            if rerank:
+                assert float(v["rerank_ms"]) > 0
+                assert v["global_best"] in v["top_k_ids"].split(",")
+        finally:
+            client.close()
+            code, out = stop(proc)
+        assert code == 0, out
+
+
 def test_unstamped_frames_are_filtered_frame_by_frame(gp_map, gardens_point):
     """A camera publisher that leaves header.stamp at zero (a quick script, a driver on a stopped sim clock):
     at its word no time passes between frames and the belief cannot move. The night frames 100-139 in order:

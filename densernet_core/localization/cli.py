@@ -73,6 +73,7 @@ def _motion_source(args: argparse.Namespace, utm_zone: str | None) -> MotionSour
 
 def _cmd(args: argparse.Namespace) -> int:
     from .localizer import Localizer
+    from .rerank import RerankConfig
 
     est_cfg = PoseEstimatorConfig(min_score=args.min_score, cluster_radius=args.cluster_radius,
                                   ratio_threshold=args.ratio, min_confidence=args.min_confidence,
@@ -102,7 +103,8 @@ def _cmd(args: argparse.Namespace) -> int:
     motion = _motion_source(args, map_zone)
     LOG.info(limit_blas_for_frames())
     loc = Localizer.from_paths(args.map, args.checkpoint, args.device, None, est_cfg, args.top_k, belief,
-                               "filtered" if args.sequence else "single", backend=args.backend, engine=args.engine)
+                               "filtered" if args.sequence else "single", backend=args.backend, engine=args.engine,
+                               rerank=None if args.no_rerank else RerankConfig())
     if gt and (problem := frame_mismatch(loc.map.manifest.utm_zone, loc.map.places.positions, gt_zone,
                                          np.array(list(gt.values())), f"ground truth {args.gt}")):
         raise ValueError(problem)  # every error would be hundreds of km
@@ -237,6 +239,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     add_backend_args(p)
     p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--no-rerank", action="store_true",
+                   help="keep the global ranking on a map with dense grids (default: its top 10 re-ordered by the "
+                        "dense map, localization/rerank.py)")
     defaults = PoseEstimatorConfig()  # one set of defaults for the CLI, the node and the API
     p.add_argument("--min-score", type=float, default=defaults.min_score)
     p.add_argument("--cluster-radius", type=float, default=defaults.cluster_radius)

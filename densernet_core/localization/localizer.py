@@ -23,12 +23,13 @@ from ..camera import Camera
 from ..frames import Extrinsic
 from ..geometry import compose, inverse, pose_times_transform_covariance
 from ..images import to_rgb_uint8
-from ..local_features import LocalFeatures, describe_with_features
+from ..local_features import LocalFeatures, densernet_features, sift_features
 from .belief import BeliefConfig, BeliefEstimate, Evidence, Motion, PlaceBelief, standing_evidence
 from .metric import (FOCAL_MIN_CHECKS, MetricConfig, MetricPose, focal_disagrees, intrinsics_unproven,
                      judge_intrinsics, localize_metric)
 from .observation import place_posterior
 from .pose import PoseEstimate, PoseEstimatorConfig, estimate_pose
+from .rerank import RerankConfig, dense_grid, rerank_order
 
 LOG = logging.getLogger("densernet")
 MODES = ("filtered", "single")
@@ -46,6 +47,9 @@ class Retrieval:
     background: np.ndarray | None = None  # its similarities to the map's background sample
     weights: np.ndarray | None = None  # each candidate's evidence for the single-frame estimate (Localizer.estimate)
     search_s: float = 0.0  # the map search's share of it (the top-k; the background sample is scored apart)
+    rerank_s: float = 0.0  # the dense re-rank's (0 without one)
+    reranked: bool = False  # whether the dense map re-ordered the candidates
+    global_best: int | None = None  # the global descriptor's own best place, when a re-rank moved it
 
 
 @dataclass
@@ -97,8 +101,9 @@ class Localization:
 class Localizer:
     def __init__(self, model, place_map: PlaceMap, estimator: PoseEstimatorConfig = PoseEstimatorConfig(),
                  top_k: int = 10, belief: BeliefConfig | None = None, mode: str = "single",
-                 metric: MetricConfig | None = MetricConfig()) -> None:
-        """`metric`: refine to a 6-DoF pose when the map has 3-D points (None: never)."""
+                 metric: MetricConfig | None = MetricConfig(), rerank: RerankConfig | None = RerankConfig()) -> None:
+        """`metric`: refine to a 6-DoF pose when the map has 3-D points (None: never). `rerank`: re-order the
+        global top candidates by the dense map when the map holds the places' dense grids (None: never)."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if mode not in MODES:
@@ -120,6 +125,9 @@ class Localizer:
         # camera poses (made before extrinsics) and the camera's pose is what is published.
         self.extrinsic: Extrinsic | None = place_map.extrinsic
         self.metric = metric if place_map.points is not None else None
+        self.rerank = rerank if place_map.grids is not None else None
+        if rerank is not None and place_map.grids is None:
+            LOG.info("the map has no dense grids (`densernet-map grids` adds them): the global ranking is kept")
         if metric is not None and place_map.points is None:
             LOG.info("the map has no 3-D points (built without --camera): retrieval-only, no metric pose")
         self._camera: Camera | None = None  # the query camera; None: the map's, scaled to the query image
@@ -131,7 +139,8 @@ class Localizer:
                    image_size: tuple[int, int] | None = None, estimator: PoseEstimatorConfig = PoseEstimatorConfig(),
                    top_k: int = 10, belief: BeliefConfig | None = None, mode: str = "single",
                    metric: MetricConfig | None = MetricConfig(), backend: str = "torch",
-                   engine: str | Path | None = None, local_frame: bool = False) -> "Localizer":
+                   engine: str | Path | None = None, local_frame: bool = False,
+                   rerank: RerankConfig | None = RerankConfig()) -> "Localizer":
         """`backend`/`engine`: run the network on an exported engine (model/runtime.py), not PyTorch.
         `local_frame`: a map in UTM metres is localized in, and answers in, its frame local to the places
         (PlaceMap.recentre; the node's map frame), not in UTM metres."""
@@ -149,17 +158,29 @@ class Localizer:
                            "descriptors at other resolutions are not comparable")
         model = load_describer(ckpt, device, map_size or None, backend, engine)
         place_map.check_model(model.descriptor_dim, checkpoint_hash(ckpt))
-        return cls(model, place_map, estimator, top_k, belief, mode, metric)
+        return cls(model, place_map, estimator, top_k, belief, mode, metric, rerank)
 
-    def retrieve(self, descriptor: np.ndarray) -> Retrieval:
+    def retrieve(self, descriptor: np.ndarray, grid: np.ndarray | None = None) -> Retrieval:
+        """The top-k by global similarity; with the frame's dense `grid` (and the map's), the first
+        `rerank.top` of them re-ordered by the dense map, their similarities staying in sorted order
+        (rerank.py: the confidence stays the global descriptor's, calibrated on it)."""
         t0 = time.perf_counter()
         scores, ids = self.map.search(descriptor, self.top_k)
         search_s = time.perf_counter() - t0
         background = self.map.background_scores(descriptor)  # once per frame: 512 x D multiply-adds
         median, scale = background_statistics(background)
         valid = ids[0] >= 0
-        return Retrieval(ids[0][valid], scores[0][valid], float(median[0]), float(scale[0]), background[0],
-                         search_s=search_s)
+        retrieval = Retrieval(ids[0][valid], scores[0][valid], float(median[0]), float(scale[0]), background[0],
+                              search_s=search_s)
+        if grid is not None and self.rerank is not None and len(retrieval.ids) > 1:
+            t0 = time.perf_counter()
+            n = min(self.rerank.top, len(retrieval.ids))
+            order, _ = rerank_order(grid, self.map.grids.of(retrieval.ids[:n]), self.map.grids.meta.shape)
+            if order[0] != 0:
+                retrieval.global_best = int(retrieval.ids[0])
+            retrieval.ids = np.concatenate([retrieval.ids[:n][order], retrieval.ids[n:]])
+            retrieval.rerank_s, retrieval.reranked = time.perf_counter() - t0, True
+        return retrieval
 
     def unscored_ratio(self, retrieval: Retrieval) -> float:
         """The likelihood ratio a place not scored for this frame is given: the mean over the map's background
@@ -243,24 +264,38 @@ class Localizer:
     def localize(self, image, color: str = "rgb", motion: Motion | None = None) -> Localization:
         """One frame; `motion` (time and/or odometry since the previous frame) feeds the filter."""
         t0 = time.perf_counter()
-        desc, features = self.describe(image, color)
+        desc, features, grid = self.describe(image, color)
         t1 = time.perf_counter()
-        return self.localize_descriptor(desc, motion, t1 - t0, t0, features)
+        return self.localize_descriptor(desc, motion, t1 - t0, t0, features, grid)
 
-    def describe(self, image, color: str = "rgb") -> tuple[np.ndarray, tuple[LocalFeatures, tuple[int, int]] | None]:
-        """The global descriptor and, on a metric map, the local features from the same forward pass."""
-        if self.metric is None:
-            return self.model.describe([image], color=color), None
+    def describe(self, image, color: str = "rgb"
+                 ) -> tuple[np.ndarray, tuple[LocalFeatures, tuple[int, int]] | None, np.ndarray | None]:
+        """The global descriptor and, from the same forward pass, the dense grid for the re-rank (a map with
+        grids) and the local features for the metric pose (a map with 3-D points); None where not used."""
+        dense_features = self.metric is not None and self.map.points.kind == "densernet"
+        if self.metric is None and self.rerank is None:
+            return self.model.describe([image], color=color), None, None
         rgb = to_rgb_uint8(image, color)
-        desc, feats = describe_with_features(self.model, [rgb], self.map.points.kind)
-        return desc, (feats[0], rgb.shape[:2])
+        if not dense_features and self.rerank is None:
+            desc, dense = self.model.describe([rgb]), None
+        else:
+            desc, maps = self.model.describe([rgb], return_dense=True)
+            dense = maps[0]
+        grid = None if self.rerank is None else dense_grid(dense, self.map.grids.meta.pool)
+        if self.metric is None:
+            return desc, None, grid
+        feats = (densernet_features(rgb, dense, self.model.config.image_size) if dense_features
+                 else sift_features(rgb))
+        return desc, (feats, rgb.shape[:2]), grid
 
     def localize_descriptor(self, descriptor: np.ndarray, motion: Motion | None = None, describe_s: float = 0.0,
                             started: float | None = None,
-                            features: tuple[LocalFeatures, tuple[int, int]] | None = None) -> Localization:
-        """`features`: the frame's local features and image size (h, w), for the metric refinement."""
+                            features: tuple[LocalFeatures, tuple[int, int]] | None = None,
+                            grid: np.ndarray | None = None) -> Localization:
+        """`features`: the frame's local features and image size (h, w), for the metric refinement;
+        `grid`: its dense grid, for the re-rank."""
         started = time.perf_counter() if started is None else started
-        retrieval = self.retrieve(descriptor)
+        retrieval = self.retrieve(descriptor, grid)
         single, filtered = self.estimate(retrieval), None
         if motion is not None and motion.restart:  # time went back: another run (belief.motion_between)
             self.reset()

@@ -35,6 +35,7 @@ from ..datasets import GeoImages, PathColumn, StringColumn, frame_mismatch, loca
 from ..camera import Camera
 from ..config import heads_note
 from ..frames import Extrinsic, extrinsic_from_mapping
+from ..model.checkpoint import is_trained
 from ..geometry import compose_poses
 from ..images import read_image
 from ..distributed import DistContext
@@ -42,6 +43,7 @@ from ..local_features import DEFAULT_FEATURES, FEATURE_TYPES, LocalFeatures, ext
 from ..localization.observation import (OBSERVATION_FILE, ObservationConfig, ObservationError, ObservationModel,
                                         fit_observation_model)
 from .extraction import ExtractionOptions, describe_images
+from .grids import GRID_CHOICES, DenseGrids, GridError, build_grids, remove_grids, wanted as wanted_grids
 from .index import (INDEX_TYPES, SHORTLIST, ExactIndex, Projection, RefineCodes, RowPrefetch, ShortlistIndex,
                     build_index, load_coarse, read_rows, resolve_index_type, save_index)
 from .points import POINTS_META, FILES as POINT_FILES, MapPoints, TriangulationConfig, build_points
@@ -123,9 +125,10 @@ def background_rows(n: int) -> np.ndarray:
 class PlaceMap:
     def __init__(self, manifest: Manifest, descriptors: np.ndarray, places: GeoImages,
                  index: ExactIndex | ShortlistIndex | None = None, points: MapPoints | None = None,
-                 observation: ObservationModel | None = None) -> None:
+                 observation: ObservationModel | None = None, grids: DenseGrids | None = None) -> None:
         self.manifest = manifest
         self.points = points
+        self.grids = grids  # the places' dense grids for the re-rank (mapping/grids.py), or None
         self.descriptors = descriptors  # as stored (float16 by default); a memory map for approximate maps
         self.places = places
         if index is None:
@@ -209,10 +212,12 @@ class PlaceMap:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, observation: bool = True, rebuild_index: str | None = None) -> "PlaceMap":
+    def load(cls, folder: str | Path, observation: bool = True, rebuild_index: str | None = None,
+             grids: bool = True) -> "PlaceMap":
         """`observation` False: the stored observation model is neither read nor fitted (calibrate replaces it).
         `rebuild_index`: the stored search is not read (it may be damaged); this kind ("": the one the map
-        asked for) is built from the descriptors instead (`reindex`)."""
+        asked for) is built from the descriptors instead (`reindex`). `grids` False: the dense grids are not
+        read (`densernet-map grids` replaces them)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise MapError(f"map folder not found: {folder}")
@@ -256,8 +261,13 @@ class PlaceMap:
         except ValueError as exc:
             raise MapError(f"{exc}; `densernet-map calibrate {folder}` fits it anew" if OBSERVATION_FILE in str(exc)
                            else str(exc)) from exc
+        try:
+            dense = DenseGrids.load(folder, manifest.num_places, manifest.checkpoint_sha256) if grids else None
+        except GridError as exc:
+            raise MapError(str(exc)) from exc
         stored = approximate and rebuild_index is None
-        pmap = cls(manifest, desc, places, _load_shortlist(folder, manifest, desc) if stored else None, points, model)
+        pmap = cls(manifest, desc, places, _load_shortlist(folder, manifest, desc) if stored else None, points, model,
+                   dense)
         if observation and model is None:
             t0 = time.perf_counter()
             if pmap.fit_observation() is not None:
@@ -329,6 +339,7 @@ class PlaceMap:
             f"checkpoint: {m.checkpoint} (sha256 {m.checkpoint_sha256[:16]}…)",
             f"created: {m.created}   sources: {sorted(set(self.places.source.split(';')))}",
             self._points_info(),
+            self._grids_info(),
             f"poses: of {self.extrinsic.base_frame}, camera {self.extrinsic.describe()}" if self.extrinsic else
             "poses: as given by the route (no extrinsic: a map with 3-D points holds camera poses)",
             self.observation.describe() if self.observation is not None else
@@ -355,6 +366,14 @@ class PlaceMap:
         return (f"bytes per place: {ram:.0f} in RAM for search, {self.bytes_per_place(folder):.0f} on disk{reads}; "
                 f"expected query time: {self.query_time_ms():.2f} ms (p50 of {min(n, TIMING_QUERIES)} searches "
                 f"timed now)")
+
+    def _grids_info(self) -> str:
+        if self.grids is None:
+            return ("dense grids: none (the global ranking is used as is; `densernet-map grids` adds them to re-rank "
+                    "the top candidates by the dense map)")
+        g = self.grids.meta
+        return (f"dense grids: {g.height}x{g.width} cells of {g.channels} ({g.dtype}, pool {g.pool}), "
+                f"{g.bytes_per_place() / 1024:.0f} KB per place on disk, read per query for the candidates re-ranked")
 
     def _points_info(self) -> str:
         if self.points is None:
@@ -456,12 +475,13 @@ def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoIm
               index_type: str = "auto", dtype: str = "float16", progress: bool = True, camera: Camera | None = None,
               features: str = DEFAULT_FEATURES, triangulation: TriangulationConfig = TriangulationConfig(),
               extraction: ExtractionOptions = ExtractionOptions(), ctx: DistContext = DistContext(),
-              observation: ObservationConfig = ObservationConfig(), extrinsic: Extrinsic | None = None
-              ) -> PlaceMap | None:
+              observation: ObservationConfig = ObservationConfig(), extrinsic: Extrinsic | None = None,
+              grids: str = "auto") -> PlaceMap | None:
     """Descriptors of every mapped image, indexed, with the observation model fitted from them; with
     `camera` (the mapped images' intrinsics) also their local features, triangulated into 3-D points
     between neighbouring places. `extrinsic` (base -> camera): the route's poses are the robot base's,
-    the points are triangulated from the camera poses they imply (frames.py).
+    the points are triangulated from the camera poses they imply (frames.py). `grids`: keep the places'
+    dense grids for the re-rank (mapping/grids.py; auto: a trained checkpoint's maps of up to AUTO_MAX_PLACES).
 
     Under torchrun (`ctx`) each rank describes its share of the images and rank 0 writes the map
     (the other ranks return None)."""
@@ -471,6 +491,8 @@ def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoIm
         raise MapError(f"dtype {dtype!r} unknown; choose one of {DTYPES}")
     if len(data) == 0:
         raise MapError("no images to build a map from")
+    if grids not in GRID_CHOICES:
+        raise MapError(f"grids {grids!r} unknown; choose one of {GRID_CHOICES}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if camera is not None:
@@ -489,7 +511,12 @@ def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoIm
                         None if extrinsic is None else extrinsic.to_dict(), index_type, utm_zone=data.utm_zone)
     pmap = PlaceMap(manifest, desc.astype(dtype), data, points=points)
     pmap.fit_observation(observation)
+    remove_grids(out)  # a map built anew in an old folder: its grids were another map's
     pmap.save(out)
+    build, why = wanted_grids(grids, len(data), grids == "auto" and Path(checkpoint).is_file() and is_trained(checkpoint))
+    LOG.info("dense grids for the re-rank: %s", why)
+    if build:
+        pmap.grids = build_grids(model, data.images, out, checkpoint_sha256, progress=progress)
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
     ctx.barrier()  # the other ranks may now drop their partial results
     return pmap
@@ -537,6 +564,9 @@ def add_to_map(folder: str | Path, model, checkpoint_sha256: str, data: GeoImage
         points = _extend_points(points, model, merged, pmap.extrinsic, len(pmap.places), new_feats, progress)
     out = PlaceMap(pmap.manifest, descriptors, merged, _extended_index(folder, pmap, new, descriptors), points)
     out.fit_observation(_observation_config(pmap.observation))  # refitted on the whole map, as first fitted
+    if pmap.grids is not None:  # written before the map: a map whose grids fall short of it does not load
+        out.grids = build_grids(model, data.images, folder, checkpoint_sha256, pmap.grids.meta.pool, pmap.grids,
+                                progress)
     out.save(folder)
     shutil.rmtree(folder / PARTIAL, ignore_errors=True)
     return out

@@ -90,6 +90,21 @@ def load_model(path: str | Path, device: str = "cpu", image_size: tuple[int, int
     return model.to(resolve_device(device)).eval()
 
 
+TRAINED_STAGES = ("train", "best", "final")  # the `stage` densernet-train writes into the checkpoints it saves
+
+
+def is_trained(path: str | Path) -> bool:
+    """Whether a checkpoint's weights come from training (a stage densernet-train saves, or an ensemble of
+    trained seeds), not from `densernet init` alone. The dense re-rank was measured to help the former and to
+    add wrong fixes with an off-the-shelf one, so a map decides by it (mapping/grids.py)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 - as read_checkpoint: truncated or foreign
+        raise CheckpointError(f"{path}: not a readable densernet checkpoint ({exc})") from exc
+    return meta.get("stage") in TRAINED_STAGES or "ensemble_members" in meta
+
+
 def checkpoint_hash(path: str | Path) -> str:
     """Content hash a map records, so a map is never queried with another model's descriptors."""
     return sha256_of(Path(path))
