@@ -14,9 +14,10 @@ The re-rank decides the candidates' order only. Their confidence keeps coming fr
 on which the observation model and the open-set gate were fitted: the k scores, sorted, are handed out in
 the re-ranked order, so the best score stays the best score (the gate's decision does not move) and the
 estimate's weight goes to the place the dense map prefers. In the Gardens Point demo offline (the filter,
-map day_left 100-199) that took 63 +- 4 right fixes to 77 +- 4 over the five checkpoints. With an
-off-the-shelf checkpoint (`densernet init`, untrained fusion) it raised R@1 but added wrong filtered fixes,
-so maps keep grids for trained checkpoints only by default (mapping/grids.py).
+map day_left 100-199) that took 68.4 +- 4.1 fixes, 92 % within 2 frames, to 79.2 +- 3.4, 97 %, over the five
+checkpoints (benchmarks/bench_filter.py). With an off-the-shelf checkpoint (`densernet init`, untrained
+fusion) it added wrong filtered fixes (3 -> 9 of 100), so maps keep grids for trained checkpoints only by
+default (mapping/grids.py).
 """
 from __future__ import annotations
 

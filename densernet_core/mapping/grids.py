@@ -99,8 +99,9 @@ class DenseGrids:
 
 def wanted(choice: str, places: int, trained: bool) -> tuple[bool, str]:
     """Whether a map of `places` gets grids under `choice`, and why. auto: small maps of a trained checkpoint
-    only: with `densernet init`'s off-the-shelf one the re-rank raised night R@1 on Gardens Point (0.67 -> 0.74,
-    a map of every 5th frame) but the filter's wrong fixes too (3 -> 10 of 100 frames, docs/BENCHMARKS.md)."""
+    only: with `densernet init`'s off-the-shelf one the re-rank left the filter's right fixes on Gardens Point
+    night as they were and tripled its wrong ones (3 -> 9 of 100 frames, a map of every 5th frame;
+    benchmarks/bench_filter.py, docs/BENCHMARKS.md)."""
     if choice not in GRID_CHOICES:
         raise ValueError(f"grids {choice!r} unknown; choose one of {GRID_CHOICES}")
     if choice != "auto":
