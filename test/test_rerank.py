@@ -8,7 +8,7 @@ from densernet_core.datasets import load_csv
 from densernet_core.localization.localizer import Localizer
 from densernet_core.localization.rerank import RerankConfig, dense_grid, rerank_order, spatial_score
 from densernet_core.mapping import grids as grids_module
-from densernet_core.mapping.grids import GRIDS, GRIDS_META, GRIDS_PARTIAL, GRIDS_PROGRESS, build_grids
+from densernet_core.mapping.grids import GRIDS, GRIDS_META, GRIDS_PARTIAL, GRIDS_PROGRESS, build_grids, remove_grids
 from densernet_core.mapping.placemap import MapError, PlaceMap, add_to_map, build_map
 from densernet_core.model.checkpoint import checkpoint_hash, is_trained, save_checkpoint
 
@@ -132,6 +132,7 @@ def test_interrupted_grids_resume_to_the_same_rows_and_add_extends_them(tiny_mod
     with pytest.raises(Interrupt):
         build_grids(tiny_model, data.images, m, sha, progress=False)
     assert (m / GRIDS_PARTIAL).is_file() and json.loads((m / GRIDS_PROGRESS).read_text())["done"] == 4
+    remove_grids(m, partial=False)  # what build_map does before writing a map: an interrupted build's work stays
     monkeypatch.setattr(tiny_model, "describe", real)
     calls.clear()
     counted = []

@@ -148,7 +148,6 @@ def _cmd_grids(args: argparse.Namespace) -> int:
     args.image_size = None
     model, sha = _model(args)
     pmap.check_model(model.descriptor_dim, sha)
-    remove_grids(args.map)
     grids = build_grids(model, pmap.places.images, args.map, sha, progress=not args.no_progress)
     print(f"{args.map}: dense grids of {grids.meta.places} places, {grids.meta.height}x{grids.meta.width} cells of "
           f"{grids.meta.channels}, {grids.meta.bytes_per_place() / 1024:.0f} KB per place on disk")

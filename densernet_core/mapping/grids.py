@@ -159,6 +159,8 @@ def build_grids(model, images: Sequence[str | Path], folder: str | Path, checkpo
     return DenseGrids.load(folder, total, checkpoint_sha256)
 
 
-def remove_grids(folder: str | Path) -> None:
-    for name in (GRIDS, GRIDS_META, GRIDS_PARTIAL, GRIDS_PROGRESS):
+def remove_grids(folder: str | Path, partial: bool = True) -> None:
+    """A map's grids gone; `partial` False keeps an interrupted build's work (its progress file says whose
+    it is, so `build_grids` resumes it only for the same images and checkpoint)."""
+    for name in (GRIDS, GRIDS_META, *((GRIDS_PARTIAL, GRIDS_PROGRESS) if partial else ())):
         (Path(folder) / name).unlink(missing_ok=True)

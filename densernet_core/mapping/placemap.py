@@ -511,7 +511,7 @@ def build_map(model, checkpoint: str | Path, checkpoint_sha256: str, data: GeoIm
                         None if extrinsic is None else extrinsic.to_dict(), index_type, utm_zone=data.utm_zone)
     pmap = PlaceMap(manifest, desc.astype(dtype), data, points=points)
     pmap.fit_observation(observation)
-    remove_grids(out)  # a map built anew in an old folder: its grids were another map's
+    remove_grids(out, partial=False)  # a map built anew in an old folder: its grids were another map's
     pmap.save(out)
     build, why = wanted_grids(grids, len(data), grids == "auto" and Path(checkpoint).is_file() and is_trained(checkpoint))
     LOG.info("dense grids for the re-rank: %s", why)
