@@ -178,3 +178,17 @@ def test_localizer_reranks_by_the_dense_map_and_keeps_the_scores_sorted(tiny_mod
     d, features, g = loc.describe(read_image(image))
     assert features is None and g.shape == (80, loc.map.grids.meta.channels)
     assert loc.localize(read_image(image)).retrieval.reranked
+
+
+def test_localize_cli_reranks_on_a_map_with_grids_unless_told_not_to(tiny_model, route, ckpt, tmp_path, capsys):
+    """`densernet-localize` uses the map's grids as the node does and says what the re-rank did; --no-rerank
+    keeps the global ranking (and says nothing of it)."""
+    from densernet_core.localization.cli import main as localize
+
+    path, sha = ckpt
+    build_map(tiny_model, path, sha, load_csv(route / "poses.csv"), tmp_path / "map", grids="always", progress=False)
+    queries = [str(route / f"{i:03d}.png") for i in (2, 5, 7)]
+    assert localize([*queries, "--map", str(tmp_path / "map")]) == 0
+    assert "dense re-rank: 3 frames, the first place changed on" in capsys.readouterr().out
+    assert localize([*queries, "--map", str(tmp_path / "map"), "--no-rerank"]) == 0
+    assert "dense re-rank" not in capsys.readouterr().out

@@ -111,6 +111,7 @@ def _cmd(args: argparse.Namespace) -> int:
     # On a map with 3-D points the published pose is the metric one where its gate passed.
     modes = (("single", "filtered") if args.sequence else ("single",)) + (("published",) if loc.metric else ())
     metric_poses, answered, unreadable, true_xy = 0, 0, [], []
+    rerank_s, moved = [], 0  # the dense re-rank's time per frame, and the frames whose first place it changed
     est = {m: ([], [], []) for m in modes}  # positions, fix flags, errors of fixes
     with _RowWriter(args.out, modes) as out:
         for frame in _inputs(args):
@@ -146,6 +147,9 @@ def _cmd(args: argparse.Namespace) -> int:
                         f"{np.sqrt(e.covariance[0, 0]):.4f}", f"{e.confidence:.4f}", e.reason,
                         "" if err is None else f"{err:.4f}"]
             metric_poses += r.pose_source == "metric"
+            if r.retrieval.reranked:
+                rerank_s.append(r.retrieval.rerank_s)
+                moved += r.retrieval.global_best is not None
             print(f"{frame.name}: " + " | ".join(parts), flush=True)
             answered += 1
             out.write(row + [f"{1000 * r.total_s:.1f}"])
@@ -153,6 +157,9 @@ def _cmd(args: argparse.Namespace) -> int:
         raise ImageError("no frames to localize" + (f": all {len(unreadable)} could not be decoded" if unreadable else ""))
     if loc.metric:
         print(f"metric 6-DoF poses (PnP gate passed): {metric_poses} of {answered} frames")
+    if rerank_s:
+        print(f"dense re-rank: {len(rerank_s)} frames, the first place changed on {moved}, "
+              f"{1000 * float(np.median(rerank_s)):.0f} ms p50 per frame")
     if args.sequence:
         print(f"motion between frames from: {', '.join(f'{k} {v}' for k, v in motion.used.items() if v)}; "
               f"relocalizations {loc.filter.relocalizations}")
