@@ -105,13 +105,18 @@ def extract_features(model, images: list[np.ndarray], kind: str, max_keypoints: 
 
 
 def describe_with_features(model, images: list[np.ndarray], kind: str, max_keypoints: int = MAX_KEYPOINTS,
-                           batch_size: int | None = None) -> tuple[np.ndarray, list[LocalFeatures]]:
+                           batch_size: int | None = None, return_dense: bool = False
+                           ) -> tuple[np.ndarray, list[LocalFeatures]] | tuple[np.ndarray, list[LocalFeatures], list]:
     """Global descriptors and local features of RGB images in one forward pass (DenserNet's dense map
-    is what the global descriptor is pooled from)."""
+    is what the global descriptor is pooled from); with `return_dense`, the dense maps of that pass too
+    (the re-rank's grids, localization/rerank.py)."""
     if kind not in FEATURE_TYPES:
         raise ValueError(f"local feature kind {kind!r} unknown; choose one of {FEATURE_TYPES}")
     batching = {} if batch_size is None else {"batch_size": batch_size}
-    if kind == "densernet":
+    if kind == "densernet" or return_dense:
         desc, dense = model.describe(images, return_dense=True, **batching)
-        return desc, [densernet_features(img, d, model.config.image_size, max_keypoints) for img, d in zip(images, dense)]
-    return model.describe(images, **batching), [sift_features(img, max_keypoints) for img in images]
+    else:
+        desc, dense = model.describe(images, **batching), None
+    feats = ([densernet_features(img, d, model.config.image_size, max_keypoints) for img, d in zip(images, dense)]
+             if kind == "densernet" else [sift_features(img, max_keypoints) for img in images])
+    return (desc, feats, dense) if return_dense else (desc, feats)

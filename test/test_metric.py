@@ -368,3 +368,31 @@ def test_points_capped_per_place_keep_the_first_found():
     np.testing.assert_array_equal(capped.obs, obs[[0, 1, 2, 3, 5]])
     np.testing.assert_array_equal(capped.kp, points.kp[[0, 1, 2, 3, 5]])
     assert capped.per_place(3).tolist() == [2, 1, 2]
+
+
+@pytest.mark.parametrize("kind", ["sift", "densernet"])
+def test_a_metric_map_with_dense_grids_gets_features_and_grid_from_one_pass(street, tiny_model, tmp_path, kind):
+    """On a map with 3-D points and dense grids, one forward pass gives the descriptor, the local features and
+    the re-rank's grid (the frame's own dense map, as the map's grids are made), and the frame is re-ranked
+    and refined."""
+    from densernet_core.datasets import load_csv
+    from densernet_core.images import read_image
+    from densernet_core.localization.localizer import Localizer
+    from densernet_core.localization.rerank import dense_grid
+    from densernet_core.mapping.placemap import build_map
+    from densernet_core.model.checkpoint import checkpoint_hash, save_checkpoint
+
+    route, _ = street
+    db, q = load_csv(route / "map" / "poses.csv"), load_csv(route / "query" / "poses.csv")
+    ckpt = save_checkpoint(tiny_model, tmp_path / "model.safetensors")
+    pmap = build_map(tiny_model, ckpt, checkpoint_hash(ckpt), db, tmp_path / "map", grids="always", features=kind,
+                     camera=load_camera(route / "map" / "camera.yaml"), progress=False)
+    loc = Localizer(tiny_model, pmap)
+    rgb = read_image(q.images[5])
+    desc, features, grid = loc.describe(rgb)
+    plain, dense = tiny_model.describe([rgb], return_dense=True)
+    np.testing.assert_allclose(desc, plain, atol=1e-6)
+    np.testing.assert_allclose(grid, dense_grid(dense[0]), atol=1e-6)
+    assert features[0].kind == kind and len(features[0]) > 0 and features[1] == rgb.shape[:2]
+    r = loc.localize(rgb)
+    assert r.retrieval.reranked and r.metric is not None

@@ -23,7 +23,7 @@ from ..camera import Camera
 from ..frames import Extrinsic
 from ..geometry import compose, inverse, pose_times_transform_covariance
 from ..images import to_rgb_uint8
-from ..local_features import LocalFeatures, densernet_features, sift_features
+from ..local_features import LocalFeatures, describe_with_features
 from .belief import BeliefConfig, BeliefEstimate, Evidence, Motion, PlaceBelief, standing_evidence
 from .metric import (FOCAL_MIN_CHECKS, MetricConfig, MetricPose, focal_disagrees, intrinsics_unproven,
                      judge_intrinsics, localize_metric)
@@ -272,21 +272,17 @@ class Localizer:
                  ) -> tuple[np.ndarray, tuple[LocalFeatures, tuple[int, int]] | None, np.ndarray | None]:
         """The global descriptor and, from the same forward pass, the dense grid for the re-rank (a map with
         grids) and the local features for the metric pose (a map with 3-D points); None where not used."""
-        dense_features = self.metric is not None and self.map.points.kind == "densernet"
         if self.metric is None and self.rerank is None:
             return self.model.describe([image], color=color), None, None
         rgb = to_rgb_uint8(image, color)
-        if not dense_features and self.rerank is None:
-            desc, dense = self.model.describe([rgb]), None
-        else:
-            desc, maps = self.model.describe([rgb], return_dense=True)
-            dense = maps[0]
-        grid = None if self.rerank is None else dense_grid(dense, self.map.grids.meta.pool)
-        if self.metric is None:
-            return desc, None, grid
-        feats = (densernet_features(rgb, dense, self.model.config.image_size) if dense_features
-                 else sift_features(rgb))
-        return desc, (feats, rgb.shape[:2]), grid
+        if self.metric is None:  # the re-rank alone
+            desc, dense = self.model.describe([rgb], return_dense=True)
+            return desc, None, dense_grid(dense[0], self.map.grids.meta.pool)
+        if self.rerank is None:
+            desc, feats = describe_with_features(self.model, [rgb], self.map.points.kind)
+            return desc, (feats[0], rgb.shape[:2]), None
+        desc, feats, dense = describe_with_features(self.model, [rgb], self.map.points.kind, return_dense=True)
+        return desc, (feats[0], rgb.shape[:2]), dense_grid(dense[0], self.map.grids.meta.pool)
 
     def localize_descriptor(self, descriptor: np.ndarray, motion: Motion | None = None, describe_s: float = 0.0,
                             started: float | None = None,
