@@ -637,8 +637,7 @@ def _place_array(stamp, frame: str, est, result, processing_ms: float) -> Diagno
               "search_ms": f"{1000 * result.retrieval.search_s:.2f}"}  # the map search (top-k) alone
     if result.retrieval.reranked:  # the dense re-rank's cost, and the place the global descriptor alone put first
         values.update(rerank_ms=f"{1000 * result.retrieval.rerank_s:.1f}",
-                      global_best=str(result.retrieval.global_best if result.retrieval.global_best is not None
-                                      else int(result.ids[0])))
+                      global_best=str(result.retrieval.global_best))
     # position standard deviation (root of the covariance's trace) of what is published and of the place estimate
     values.update(pose_sigma=f"{np.sqrt(np.trace(est.covariance[:3, :3])):.4f}",
                   place_sigma=f"{np.sqrt(np.trace(result.place.covariance[:3, :3])):.4f}")

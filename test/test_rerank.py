@@ -164,7 +164,9 @@ def test_localizer_reranks_by_the_dense_map_and_keeps_the_scores_sorted(tiny_mod
     target = int(before.ids[2])
     grid = np.asarray(loc.map.grids.rows[target], np.float32)
     after = loc.retrieve(desc, grid)
-    assert after.reranked and after.ids[0] == target and after.global_best == 0
+    assert after.reranked and after.ids[0] == target and after.global_best == 0 and after.rerank_moved
+    kept = loc.retrieve(desc, np.asarray(loc.map.grids.rows[0], np.float32))  # its own grid: place 0 stays first
+    assert kept.reranked and kept.global_best == kept.ids[0] == 0 and not kept.rerank_moved
     assert sorted(after.ids.tolist()) == sorted(before.ids.tolist())
     np.testing.assert_array_equal(after.scores, before.scores)  # the confidence's input is the global one
     result = loc.localize_descriptor(desc, grid=grid)

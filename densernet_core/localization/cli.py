@@ -149,7 +149,7 @@ def _cmd(args: argparse.Namespace) -> int:
             metric_poses += r.pose_source == "metric"
             if r.retrieval.reranked:
                 rerank_s.append(r.retrieval.rerank_s)
-                moved += r.retrieval.global_best is not None
+                moved += r.retrieval.rerank_moved
             print(f"{frame.name}: " + " | ".join(parts), flush=True)
             answered += 1
             out.write(row + [f"{1000 * r.total_s:.1f}"])

@@ -48,8 +48,16 @@ class Retrieval:
     weights: np.ndarray | None = None  # each candidate's evidence for the single-frame estimate (Localizer.estimate)
     search_s: float = 0.0  # the map search's share of it (the top-k; the background sample is scored apart)
     rerank_s: float = 0.0  # the dense re-rank's (0 without one)
-    reranked: bool = False  # whether the dense map re-ordered the candidates
-    global_best: int | None = None  # the global descriptor's own best place, when a re-rank moved it
+    global_best: int | None = None  # re-ranked: the global descriptor's own first place (None: no re-rank)
+
+    @property
+    def reranked(self) -> bool:
+        return self.global_best is not None
+
+    @property
+    def rerank_moved(self) -> bool:
+        """Whether the dense map put another place first than the global descriptor did."""
+        return self.reranked and self.global_best != int(self.ids[0])
 
 
 @dataclass
@@ -176,10 +184,9 @@ class Localizer:
             t0 = time.perf_counter()
             n = min(self.rerank.top, len(retrieval.ids))
             order, _ = rerank_order(grid, self.map.grids.of(retrieval.ids[:n]), self.map.grids.meta.shape)
-            if order[0] != 0:
-                retrieval.global_best = int(retrieval.ids[0])
+            retrieval.global_best = int(retrieval.ids[0])
             retrieval.ids = np.concatenate([retrieval.ids[:n][order], retrieval.ids[n:]])
-            retrieval.rerank_s, retrieval.reranked = time.perf_counter() - t0, True
+            retrieval.rerank_s = time.perf_counter() - t0
         return retrieval
 
     def unscored_ratio(self, retrieval: Retrieval) -> float:
